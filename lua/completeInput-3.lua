@@ -1,0 +1,23 @@
+--[[
+  completeInput-3.lua
+  Fenced advance of the inbox cursor: the owner marks an input consumed (its run
+  reached a terminal entry) and removes it from the inbox, so XLEN = pending.
+
+  KEYS[1] epoch key              sw:{S}:epoch
+  KEYS[2] inbox key              sw:{S}:inbox
+  KEYS[3] meta key               sw:{S}:meta
+
+  ARGV[1] token                  caller's fencing token
+  ARGV[2] entry_id               inbox entry consumed
+
+  Returns {1, pending}                          cursor advanced
+          {-3, epoch}                           STALE_TOKEN
+]]
+local rcall = redis.call
+local epoch = tonumber(rcall('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) ~= epoch then
+  return {-3, epoch}
+end
+rcall('XDEL', KEYS[2], ARGV[2])
+rcall('HSET', KEYS[3], 'inbox_cursor', ARGV[2])
+return {1, rcall('XLEN', KEYS[2])}

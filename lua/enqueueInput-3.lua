@@ -1,0 +1,46 @@
+--[[
+  enqueueInput-3.lua
+  Append an invocation to the session inbox, atomically with its idempotency
+  key and the multitask "reject" check. Creates the session's meta on first use.
+
+  KEYS[1] inbox key              sw:{S}:inbox
+  KEYS[2] meta key               sw:{S}:meta
+  KEYS[3] idempotency key        sw:{S}:idem:<key>  (passed even when unused)
+
+  ARGV[1] run_id                 minted by the caller
+  ARGV[2] input                  JSON text
+  ARGV[3] multitask              enqueue | reject | interrupt
+  ARGV[4] use_idempotency        "1" or "0"
+  ARGV[5] idempotency_ttl_ms
+  ARGV[6] project
+  ARGV[7] session_id
+  ARGV[8] source                 who sent it (invoke, event:<route>)
+
+  Returns {1, entry_id, active_run_id, pending}     queued ("" when no active run)
+          {2, run_id}                               DUPLICATE: the idempotency key names run_id
+          {-6, active_run_id, pending}              BUSY: multitask=reject and a run is active
+]]
+local rcall = redis.call
+if ARGV[4] == '1' then
+  local existing = rcall('GET', KEYS[3])
+  if existing then
+    return {2, existing}
+  end
+end
+local active = rcall('HGET', KEYS[2], 'active_run_id') or ''
+local pending = rcall('XLEN', KEYS[1])
+if ARGV[3] == 'reject' and (active ~= '' or pending > 0) then
+  return {-6, active, pending}
+end
+local t = rcall('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = rcall('XADD', KEYS[1], '*', 'run_id', ARGV[1], 'input', ARGV[2],
+  'multitask', ARGV[3], 'source', ARGV[8], 'enqueued_ms', now)
+if ARGV[4] == '1' then
+  rcall('SET', KEYS[3], ARGV[1], 'PX', ARGV[5])
+end
+if rcall('HSETNX', KEYS[2], 'created_ms', now) == 1 then
+  rcall('HSET', KEYS[2], 'project', ARGV[6], 'session_id', ARGV[7])
+end
+rcall('HSET', KEYS[2], 'status', 'active', 'updated_ms', now)
+return {1, id, active, pending + 1}

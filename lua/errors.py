@@ -1,0 +1,134 @@
+"""One exception hierarchy for streamward, and the one map from Lua status codes to it."""
+
+from __future__ import annotations
+
+# Integer status codes returned as the first element of every script's reply.
+OK = 1
+DUPLICATE = 2
+HELD = -1
+NOT_OWNER = -2
+STALE_TOKEN = -3
+REPLICA_LOST = -4
+SEQ_GAP = -5
+BUSY = -6
+NOT_FOUND = -7
+
+
+class StreamwardError(Exception):
+    """Base of every error streamward raises on purpose."""
+
+    code = "streamward_error"
+
+
+class InvalidId(StreamwardError, ValueError):
+    """A session, project or replica id that does not match the id pattern."""
+
+    code = "invalid_id"
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid {field}: {reason} (got {value!r})")
+
+
+class ScriptError(StreamwardError):
+    """A script was called wrongly (key count) or returned an unknown status."""
+
+    code = "script_error"
+
+
+class LeaseError(StreamwardError):
+    """Base of ownership errors."""
+
+    code = "lease_error"
+
+
+class LeaseHeld(LeaseError):
+    """The lease is held by another owner."""
+
+    code = "lease_held"
+
+    def __init__(self, replica_id: str, incarnation: str, token: int, pttl_ms: int) -> None:
+        self.replica_id = replica_id
+        self.incarnation = incarnation
+        self.token = token
+        self.pttl_ms = pttl_ms
+        super().__init__(f"lease held by {replica_id}/{incarnation} with token {token}")
+
+
+class NotOwner(LeaseError):
+    """The caller does not hold the lease it acted on."""
+
+    code = "not_owner"
+
+
+class StaleToken(LeaseError):
+    """The caller's fencing token is older than the session's epoch: a newer owner exists."""
+
+    code = "stale_token"
+
+    def __init__(self, token: int, epoch: int) -> None:
+        self.token = token
+        self.epoch = epoch
+        super().__init__(f"token {token} is stale: session epoch is {epoch}")
+
+
+class ReplicaLost(LeaseError):
+    """The replica lease is gone or names another incarnation."""
+
+    code = "replica_lost"
+
+    def __init__(self, replica_id: str, current_incarnation: str) -> None:
+        self.replica_id = replica_id
+        self.current_incarnation = current_incarnation
+        who = current_incarnation or "nobody"
+        super().__init__(f"replica lease of {replica_id} lost (now held by {who})")
+
+
+class SeqGap(StreamwardError):
+    """An ingest batch would leave a gap in the session's seq."""
+
+    code = "seq_gap"
+
+    def __init__(self, last_seq: int, seq: int) -> None:
+        self.last_seq = last_seq
+        self.seq = seq
+        super().__init__(f"seq {seq} would leave a gap: last stored seq is {last_seq}")
+
+
+class SessionBusy(StreamwardError):
+    """multitask=reject and the session has an active or pending run."""
+
+    code = "session_busy"
+
+    def __init__(self, active_run_id: str, pending: int) -> None:
+        self.active_run_id = active_run_id
+        self.pending = pending
+        super().__init__(f"session busy: active run {active_run_id or '-'}, {pending} pending")
+
+
+def status_error(script: str, reply: list[object]) -> StreamwardError:
+    """Map a non-success reply of ``script`` to its exception (the one place codes are read)."""
+    code = int(reply[0])  # type: ignore[call-overload]
+    rest = [_text(x) for x in reply[1:]]
+    if code == HELD:
+        return LeaseHeld(rest[0], rest[1], int(rest[2]), int(rest[3]))
+    if code == NOT_OWNER:
+        holder = f" (held by {rest[0]}/{rest[1]} token {rest[2]})" if rest else ""
+        return NotOwner(f"not the owner{holder}")
+    if code == STALE_TOKEN:
+        return StaleToken(-1, int(rest[0]))
+    if code == REPLICA_LOST:
+        return ReplicaLost("", rest[0] if rest else "")
+    if code == SEQ_GAP:
+        return SeqGap(int(rest[0]), int(rest[1]))
+    if code == BUSY:
+        return SessionBusy(rest[0], int(rest[1]))
+    if code == NOT_FOUND:
+        return NotOwner("no lease is held")
+    return ScriptError(f"{script} returned unknown status {code}: {reply!r}")
+
+
+def _text(x: object) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)

@@ -1,0 +1,26 @@
+--[[
+  releaseLease-1.lua
+  Owner-checked release: deletes the lease only when it names the caller's
+  replica, incarnation and token. The epoch is left alone; the next acquisition
+  bumps it.
+
+  KEYS[1] lease key              sw:{S}:lease
+
+  ARGV[1] replica_id
+  ARGV[2] incarnation
+  ARGV[3] token
+
+  Returns {1}                                   released
+          {-2, replica, incarnation, token}     NOT_OWNER: held by someone else
+          {-7}                                  NOT_FOUND: no lease (expired or released)
+]]
+local rcall = redis.call
+local h = rcall('HMGET', KEYS[1], 'replica', 'incarnation', 'token')
+if not h[1] then
+  return {-7}
+end
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or h[3] ~= ARGV[3] then
+  return {-2, h[1], h[2], tonumber(h[3])}
+end
+rcall('DEL', KEYS[1])
+return {1}

@@ -1,0 +1,30 @@
+--[[
+  renewReplica-1.lua
+  Renew a replica lease. Never recreates a lease that is gone or that names
+  another incarnation: that replica has lost everything and must re-register.
+
+  KEYS[1] replica key            sw:replica:{R}
+
+  ARGV[1] incarnation            the caller's incarnation
+  ARGV[2] ttl_ms                 replica lease TTL
+  ARGV[3..] field, value, ...    status fields to refresh (leases, inflight, draining)
+
+  Returns {1, now_ms}                           renewed
+          {-4, current_incarnation}             REPLICA_LOST ("" when the key is gone)
+]]
+local rcall = redis.call
+local cur = rcall('HGET', KEYS[1], 'incarnation')
+if not cur then
+  return {-4, ''}
+end
+if cur ~= ARGV[1] then
+  return {-4, cur}
+end
+local t = rcall('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+rcall('HSET', KEYS[1], 'heartbeat_ms', now)
+for i = 3, #ARGV, 2 do
+  rcall('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+rcall('PEXPIRE', KEYS[1], ARGV[2])
+return {1, now}

@@ -1,0 +1,385 @@
+"""Typed async facade over the scripts: the only way api/ and runner/ touch Redis leases."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from redis.asyncio.client import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from lua import errors as E
+from lua.keys import Keys, SessionKeys, validate_id
+from lua.loader import Scripts
+
+RENEW_CHUNK = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    now_ms: int
+    previous_incarnation: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A session lease the caller now holds."""
+
+    session: SessionKeys
+    replica_id: str
+    incarnation: str
+    token: int
+    acquired_ms: int
+    fresh: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """What Redis says about one session's owner."""
+
+    project: str
+    session_id: str
+    held: bool
+    epoch: int
+    replica_id: str | None = None
+    incarnation: str | None = None
+    token: int | None = None
+    acquired_ms: int | None = None
+    renewed_ms: int | None = None
+    lease_ttl_ms: int | None = None
+    replica_alive: bool = False
+    replica_ttl_ms: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        """The lease is valid: held, and its holder's replica lease is alive."""
+        return self.held and self.replica_alive
+
+    @property
+    def expires_in_ms(self) -> int | None:
+        """Time until the lease stops being valid: the earlier of the two TTLs."""
+        if not self.held or self.lease_ttl_ms is None:
+            return None
+        if not self.replica_alive or self.replica_ttl_ms is None:
+            return 0
+        return max(0, min(self.lease_ttl_ms, self.replica_ttl_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class RenewResult:
+    now_ms: int
+    renewed: list[SessionKeys]
+    lost: list[tuple[SessionKeys, str]]  # (session, reason: expired | not_owner | stale_token)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One transcript entry to ingest; ``data`` is JSON text."""
+
+    seq: int
+    type: str
+    data: str
+    ts_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    run_id: str
+    entry_id: str | None
+    duplicate: bool
+    active_run_id: str
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForceReleased:
+    old_replica_id: str
+    old_incarnation: str
+    old_token: int
+    new_epoch: int
+
+
+_LOST_REASON = {0: "expired", E.NOT_OWNER: "not_owner", E.STALE_TOKEN: "stale_token"}
+
+
+def _s(x: object) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _check(script: str, reply: list[object]) -> list[object]:
+    if int(reply[0]) not in (E.OK, E.DUPLICATE):  # type: ignore[call-overload]
+        raise E.status_error(script, reply)
+    return reply
+
+
+class LeaseStore:
+    """Async, typed calls over one Redis client (standalone, Sentinel master or Cluster)."""
+
+    def __init__(self, client: Redis, keys: Keys | None = None) -> None:
+        self.client = client
+        self.keys = keys or Keys()
+        self.scripts = Scripts(client)
+        self.cluster = isinstance(client, RedisCluster)
+
+    # -- replica lease -----------------------------------------------------------------
+
+    async def register_replica(
+        self, replica_id: str, incarnation: str, ttl_ms: int, fields: dict[str, str] | None = None
+    ) -> Registration:
+        rk = self.keys.replica(replica_id)
+        args: list[str | int] = [incarnation, ttl_ms]
+        for k, v in (fields or {}).items():
+            args += [k, v]
+        reply = _check("registerReplica", await self.scripts.registerReplica([rk.lease], args))
+        await self.client.zadd(self.keys.replicas, {replica_id: int(reply[1])})  # type: ignore[call-overload]
+        return Registration(int(reply[1]), _s(reply[2]))  # type: ignore[call-overload]
+
+    async def renew_replica(
+        self, replica_id: str, incarnation: str, ttl_ms: int, fields: dict[str, str] | None = None
+    ) -> int:
+        """Renew the replica lease; return Redis time in ms. Raises ReplicaLost."""
+        rk = self.keys.replica(replica_id)
+        args: list[str | int] = [incarnation, ttl_ms]
+        for k, v in (fields or {}).items():
+            args += [k, v]
+        reply = await self.scripts.renewReplica([rk.lease], args)
+        if int(reply[0]) != E.OK:
+            raise E.ReplicaLost(replica_id, _s(reply[1]))
+        now = int(reply[1])
+        await self.client.zadd(self.keys.replicas, {replica_id: now})
+        return now
+
+    async def replica_alive(self, replica_id: str, incarnation: str | None = None) -> bool:
+        """Whether the replica lease exists (and names ``incarnation`` when given)."""
+        cur = await self.client.hget(self.keys.replica(replica_id).lease, "incarnation")  # type: ignore[misc]
+        if cur is None:
+            return False
+        return incarnation is None or _s(cur) == incarnation
+
+    # -- session lease -----------------------------------------------------------------
+
+    async def acquire(
+        self, session: SessionKeys, replica_id: str, incarnation: str, ttl_ms: int
+    ) -> Lease:
+        """Acquire (or confirm) a session lease. Raises LeaseHeld with the holder."""
+        validate_id("replica_id", replica_id)
+        reply = _check(
+            "acquireLease",
+            await self.scripts.acquireLease(
+                [session.lease, session.epoch, session.meta], [replica_id, incarnation, ttl_ms]
+            ),
+        )
+        lease = Lease(session, replica_id, incarnation, int(reply[1]), int(reply[2]), reply[3] == 1)  # type: ignore[call-overload]
+        await self.client.sadd(self.keys.replica(replica_id).leases, session.ref)  # type: ignore[misc]
+        return lease
+
+    async def takeover(
+        self,
+        session: SessionKeys,
+        expected: tuple[str, str, int],
+        replica_id: str,
+        incarnation: str,
+        ttl_ms: int,
+    ) -> Lease:
+        """Compare-and-set takeover from ``expected`` = (replica, incarnation, token)."""
+        validate_id("replica_id", replica_id)
+        old_replica, old_inc, old_token = expected
+        reply = _check(
+            "takeoverLease",
+            await self.scripts.takeoverLease(
+                [session.lease, session.epoch, session.meta],
+                [old_replica, old_inc, old_token, replica_id, incarnation, ttl_ms],
+            ),
+        )
+        lease = Lease(session, replica_id, incarnation, int(reply[1]), int(reply[2]), reply[3] == 1)  # type: ignore[call-overload]
+        await self.client.sadd(self.keys.replica(replica_id).leases, session.ref)  # type: ignore[misc]
+        if lease.fresh and old_replica != replica_id:
+            await self.client.srem(self.keys.replica(old_replica).leases, session.ref)  # type: ignore[misc]
+        return lease
+
+    async def renew_many(
+        self,
+        replica_id: str,
+        incarnation: str,
+        leases: Sequence[tuple[SessionKeys, int]],
+        ttl_ms: int,
+        chunk: int = RENEW_CHUNK,
+    ) -> RenewResult:
+        """Renew many leases: one script call per chunk (grouped by slot), all pipelined."""
+        groups: dict[int, list[tuple[SessionKeys, int]]] = defaultdict(list)
+        for sk, token in leases:
+            groups[key_slot(sk.lease.encode()) if self.cluster else 0].append((sk, token))
+        chunks = [
+            items[i : i + chunk] for items in groups.values() for i in range(0, len(items), chunk)
+        ]
+        renewed: list[SessionKeys] = []
+        lost: list[tuple[SessionKeys, str]] = []
+        now = 0
+        if not chunks:
+            return RenewResult(0, renewed, lost)
+        replies = await self._run_chunks(replica_id, incarnation, ttl_ms, chunks)
+        for part, reply in zip(chunks, replies, strict=True):
+            now = max(now, int(reply[0]))
+            for (sk, _), r in zip(part, reply[1:], strict=True):
+                if int(r) == E.OK:
+                    renewed.append(sk)
+                else:
+                    lost.append((sk, _LOST_REASON.get(int(r), "unknown")))
+        if lost:
+            await self.client.srem(  # type: ignore[misc]
+                self.keys.replica(replica_id).leases, *[sk.ref for sk, _ in lost]
+            )
+        return RenewResult(now, renewed, lost)
+
+    async def _run_chunks(
+        self,
+        replica_id: str,
+        incarnation: str,
+        ttl_ms: int,
+        chunks: list[list[tuple[SessionKeys, int]]],
+    ) -> list[list[int]]:
+        script = self.scripts.renewLeases
+        if self.cluster:  # a cluster pipeline cannot carry EVALSHA across slots reliably
+            return [
+                await script(
+                    [sk.lease for sk, _ in part],
+                    [replica_id, incarnation, ttl_ms, *[str(t) for _, t in part]],
+                )
+                for part in chunks
+            ]
+        pipe = self.client.pipeline(transaction=False)
+        for part in chunks:
+            script.queue(
+                pipe,
+                [sk.lease for sk, _ in part],
+                [replica_id, incarnation, ttl_ms, *[str(t) for _, t in part]],
+            )
+        return list(await pipe.execute())
+
+    async def release(
+        self, session: SessionKeys, replica_id: str, incarnation: str, token: int
+    ) -> bool:
+        """Owner-checked release. True if released, False if no lease was held; NotOwner else."""
+        reply = await self.scripts.releaseLease([session.lease], [replica_id, incarnation, token])
+        await self.client.srem(self.keys.replica(replica_id).leases, session.ref)  # type: ignore[misc]
+        code = int(reply[0])
+        if code == E.OK:
+            return True
+        if code == E.NOT_FOUND:
+            return False
+        raise E.status_error("releaseLease", reply)
+
+    async def force_release(self, session: SessionKeys, reason: str = "manual") -> ForceReleased:
+        """Break-glass: delete the lease whoever holds it and bump the epoch (fences the owner)."""
+        reply = _check(
+            "forceRelease",
+            await self.scripts.forceRelease([session.lease, session.epoch, session.meta], [reason]),
+        )
+        out = ForceReleased(_s(reply[1]), _s(reply[2]), int(reply[3]), int(reply[4]))  # type: ignore[call-overload]
+        if out.old_replica_id:
+            await self.client.srem(self.keys.replica(out.old_replica_id).leases, session.ref)  # type: ignore[misc]
+        return out
+
+    async def ownership(self, session: SessionKeys) -> Ownership:
+        """Lease fields + whether the holder's replica lease is alive + TTLs."""
+        reply = await self.scripts.readLease([session.lease, session.epoch], [])
+        if int(reply[0]) == E.NOT_FOUND:
+            return Ownership(session.project, session.session_id, held=False, epoch=int(reply[1]))
+        replica_id, incarnation = _s(reply[1]), _s(reply[2])
+        rk = self.keys.replica(replica_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(rk.lease, "incarnation")
+        pipe.pttl(rk.lease)
+        cur, rttl = await pipe.execute()
+        alive = cur is not None and _s(cur) == incarnation
+        return Ownership(
+            session.project,
+            session.session_id,
+            held=True,
+            epoch=int(reply[7]),
+            replica_id=replica_id,
+            incarnation=incarnation,
+            token=int(reply[3]),
+            acquired_ms=int(reply[4]),
+            renewed_ms=int(reply[5]),
+            lease_ttl_ms=int(reply[6]),
+            replica_alive=alive,
+            replica_ttl_ms=int(rttl) if alive and int(rttl) >= 0 else None,
+        )
+
+    # -- transcript and inbox ----------------------------------------------------------
+
+    async def ingest(
+        self, session: SessionKeys, run_id: str, token: int, entries: Iterable[Entry]
+    ) -> IngestResult:
+        """Fenced, idempotent append. Raises StaleToken or SeqGap; nothing is written then."""
+        args: list[str | int] = [token, run_id, 0]
+        n = 0
+        for e in entries:
+            args += [e.seq, e.type, e.data, "" if e.ts_ms is None else e.ts_ms]
+            n += 1
+        args[2] = n
+        reply = await self.scripts.ingestEntries(
+            [session.epoch, session.log, session.meta, session.runs], args
+        )
+        code = int(reply[0])
+        if code == E.STALE_TOKEN:
+            raise E.StaleToken(token, int(reply[1]))
+        _check("ingestEntries", reply)
+        return IngestResult(int(reply[1]), int(reply[2]), int(reply[3]))
+
+    async def enqueue(
+        self,
+        session: SessionKeys,
+        run_id: str,
+        input_json: str,
+        *,
+        multitask: str = "enqueue",
+        idempotency_key: str | None = None,
+        idempotency_ttl_ms: int = 24 * 3600 * 1000,
+        source: str = "invoke",
+    ) -> Enqueued:
+        """Append an invocation to the inbox. Raises SessionBusy for multitask=reject."""
+        idem = session.idempotency(idempotency_key or "-")
+        reply = _check(
+            "enqueueInput",
+            await self.scripts.enqueueInput(
+                [session.inbox, session.meta, idem],
+                [
+                    run_id,
+                    input_json,
+                    multitask,
+                    "1" if idempotency_key else "0",
+                    idempotency_ttl_ms,
+                    session.project,
+                    session.session_id,
+                    source,
+                ],
+            ),
+        )
+        if int(reply[0]) == E.DUPLICATE:  # type: ignore[call-overload]
+            return Enqueued(_s(reply[1]), None, True, "", 0)
+        return Enqueued(run_id, _s(reply[1]), False, _s(reply[2]), int(reply[3]))  # type: ignore[call-overload]
+
+    async def complete_input(self, session: SessionKeys, token: int, entry_id: str) -> int:
+        """Fenced: mark an inbox entry consumed. Returns pending count. Raises StaleToken."""
+        reply = await self.scripts.completeInput(
+            [session.epoch, session.inbox, session.meta], [token, entry_id]
+        )
+        if int(reply[0]) == E.STALE_TOKEN:
+            raise E.StaleToken(token, int(reply[1]))
+        return int(reply[1])
+
+    async def claim_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """Take or extend a named lock (watchdog election)."""
+        reply = await self.scripts.claimLock([key], [owner, ttl_ms])
+        return int(reply[0]) == E.OK
