@@ -76,7 +76,7 @@ class Script:
     def queue(self, pipe: Pipeline, keys: Sequence[KeyT], args: Sequence[ArgT]) -> None:
         """Queue the call on a pipeline (its reply comes back from ``pipe.execute()``)."""
         self._check(keys)
-        pipe.scripts.add(self._script)
+        pipe.scripts.add(self._script)  # type: ignore[arg-type]
         pipe.evalsha(self._script.sha, len(keys), *keys, *args)
 
 

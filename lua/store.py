@@ -160,7 +160,7 @@ class LeaseStore:
 
     async def replica_alive(self, replica_id: str, incarnation: str | None = None) -> bool:
         """Whether the replica lease exists (and names ``incarnation`` when given)."""
-        cur = await self.client.hget(self.keys.replica(replica_id).lease, "incarnation")  # type: ignore[misc]
+        cur = await self.client.hget(self.keys.replica(replica_id).lease, "incarnation")
         if cur is None:
             return False
         return incarnation is None or _s(cur) == incarnation
@@ -179,7 +179,7 @@ class LeaseStore:
             ),
         )
         lease = Lease(session, replica_id, incarnation, int(reply[1]), int(reply[2]), reply[3] == 1)  # type: ignore[call-overload]
-        await self.client.sadd(self.keys.replica(replica_id).leases, session.ref)  # type: ignore[misc]
+        await self.client.sadd(self.keys.replica(replica_id).leases, session.ref)
         return lease
 
     async def takeover(
@@ -201,9 +201,9 @@ class LeaseStore:
             ),
         )
         lease = Lease(session, replica_id, incarnation, int(reply[1]), int(reply[2]), reply[3] == 1)  # type: ignore[call-overload]
-        await self.client.sadd(self.keys.replica(replica_id).leases, session.ref)  # type: ignore[misc]
+        await self.client.sadd(self.keys.replica(replica_id).leases, session.ref)
         if lease.fresh and old_replica != replica_id:
-            await self.client.srem(self.keys.replica(old_replica).leases, session.ref)  # type: ignore[misc]
+            await self.client.srem(self.keys.replica(old_replica).leases, session.ref)
         return lease
 
     async def renew_many(
@@ -235,7 +235,7 @@ class LeaseStore:
                 else:
                     lost.append((sk, _LOST_REASON.get(int(r), "unknown")))
         if lost:
-            await self.client.srem(  # type: ignore[misc]
+            await self.client.srem(
                 self.keys.replica(replica_id).leases, *[sk.ref for sk, _ in lost]
             )
         return RenewResult(now, renewed, lost)
@@ -270,7 +270,7 @@ class LeaseStore:
     ) -> bool:
         """Owner-checked release. True if released, False if no lease was held; NotOwner else."""
         reply = await self.scripts.releaseLease([session.lease], [replica_id, incarnation, token])
-        await self.client.srem(self.keys.replica(replica_id).leases, session.ref)  # type: ignore[misc]
+        await self.client.srem(self.keys.replica(replica_id).leases, session.ref)
         code = int(reply[0])
         if code == E.OK:
             return True
@@ -286,7 +286,7 @@ class LeaseStore:
         )
         out = ForceReleased(_s(reply[1]), _s(reply[2]), int(reply[3]), int(reply[4]))  # type: ignore[call-overload]
         if out.old_replica_id:
-            await self.client.srem(self.keys.replica(out.old_replica_id).leases, session.ref)  # type: ignore[misc]
+            await self.client.srem(self.keys.replica(out.old_replica_id).leases, session.ref)
         return out
 
     async def ownership(self, session: SessionKeys) -> Ownership:

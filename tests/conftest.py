@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
+from api.fleet import Fleet
 from lua.keys import Keys
 from lua.server import RedisServer
 from lua.store import LeaseStore
@@ -39,3 +40,18 @@ def keys() -> Keys:
 @pytest.fixture
 async def store(redis_client: aioredis.Redis, keys: Keys) -> LeaseStore:
     return LeaseStore(redis_client, keys)
+
+
+@pytest.fixture
+def fleet(redis_server: RedisServer) -> Iterator[Fleet]:
+    """A process fleet (API instances, runners) on a flushed test Redis; all stopped after."""
+    import redis as syncredis
+
+    c = syncredis.Redis.from_url(redis_server.url)
+    c.flushall()
+    c.close()
+    f = Fleet(redis_server.url)
+    try:
+        yield f
+    finally:
+        f.stop()

@@ -1,0 +1,218 @@
+"""Wire schemas: the contract shared by the HTTP API, its Python client and the runners."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,200}$", min_length=1, max_length=200)]
+EntryType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", max_length=64)]
+RunStatusName = Literal["running", "queued"]
+Multitask = Literal["enqueue", "reject", "interrupt"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- public ------------------------------------------------------------------------------
+
+
+class InvokeRequest(Model):
+    input: Any = None
+    mode: Literal["stream", "detached"] = "stream"
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    multitask: Multitask = "enqueue"
+
+
+class Owner(Model):
+    replica_id: str
+    token: int
+
+
+class InvokeAccepted(Model):
+    run_id: str
+    session_id: str
+    status: RunStatusName
+    owner: Owner | None = None
+
+
+class LogEntryOut(Model):
+    """One transcript entry as served (NDJSON line, SSE data, transcript item)."""
+
+    id: str
+    seq: int
+    type: str
+    run_id: str
+    session_id: str
+    token: int
+    data: Any = None
+    ts: str
+
+
+class OwnerDetail(Model):
+    replica_id: str
+    incarnation: str
+    token: int
+    acquired_at: str
+    renewed_at: str
+    expires_in_ms: int
+
+
+class Liveness(Model):
+    session_id: str
+    alive: bool
+    status: str
+    owner: OwnerDetail | None = None
+    pending: int
+    attached: int
+    active_run_id: str | None = None
+
+
+class DetachRequest(Model):
+    connection_id: str | None = None
+
+
+class DetachResult(Model):
+    session_id: str
+    detached: int
+
+
+class CancelResult(Model):
+    session_id: str
+    run_id: str
+    status: Literal["cancelling"]
+
+
+class SessionOut(Model):
+    session_id: str
+    project: str
+    status: str
+    created_at: str | None = None
+    updated_at: str | None = None
+    active_run_id: str | None = None
+    last_seq: int = 0
+    pending: int = 0
+    transitions: int = 0
+    owner: OwnerDetail | None = None
+    delete_after: str | None = None
+
+
+class SessionPage(Model):
+    items: list[SessionOut]
+    next_cursor: str | None = None
+
+
+class TranscriptPage(Model):
+    items: list[LogEntryOut]
+    next_after: str | None = None
+
+
+# -- admin -------------------------------------------------------------------------------
+
+
+class LeaseRef(Model):
+    session_id: Id
+    project: Id = "default"
+    token: int
+
+
+class HeartbeatRequest(Model):
+    replica_id: Id
+    incarnation: Annotated[str, Field(min_length=1, max_length=200)]
+    leases: Annotated[list[LeaseRef], Field(max_length=10_000)] = []
+    lease_ttl_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 60_000
+
+
+class HeartbeatResult(Model):
+    renewed: list[str]
+    lost: list[str]
+
+
+class StreamDetachRequest(Model):
+    replica_id: Id
+    incarnation: Annotated[str, Field(min_length=1, max_length=200)]
+    session_id: Id
+    project: Id = "default"
+    token: int
+
+
+class StreamDetachResult(Model):
+    session_id: str
+    released: bool
+
+
+class IngestEntry(Model):
+    seq: Annotated[int, Field(ge=1)]
+    type: EntryType
+    data: Any = None
+    ts: str | None = None  # RFC 3339; the server's clock when absent
+
+
+class IngestRequest(Model):
+    session_id: Id
+    project: Id = "default"
+    run_id: Id
+    token: Annotated[int, Field(ge=1)]
+    entries: Annotated[list[IngestEntry], Field(min_length=1, max_length=10_000)]
+
+
+class IngestResult(Model):
+    accepted: int
+    duplicates: int
+    last_seq: int
+
+
+class LockOut(Model):
+    session_id: str
+    project: str
+    holder: str | None = None
+    incarnation: str | None = None
+    token: int | None = None
+    epoch: int = 0
+    transitions: int = 0
+    acquired_at: str | None = None
+    renewed_at: str | None = None
+    expires_in_ms: int | None = None
+    state: Literal["held", "orphaned", "free"]
+
+
+class LockPage(Model):
+    items: list[LockOut]
+    next_cursor: str | None = None
+
+
+class ForceReleaseResult(Model):
+    session_id: str
+    before: LockOut
+    after: LockOut
+
+
+class ReplicaOut(Model):
+    replica_id: str
+    incarnation: str | None = None
+    started_at: str | None = None
+    last_heartbeat: str | None = None
+    leases: int = 0
+    in_flight: int = 0
+    draining: bool = False
+    state: Literal["ready", "draining", "dead"]
+    host: str | None = None
+    version: str | None = None
+
+
+class DrainResult(Model):
+    replica_id: str
+    status: Literal["draining"]
+
+
+class Problem(Model):
+    """RFC 9457 problem details with a stable machine-readable ``code``."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = "about:blank"
+    title: str
+    status: int
+    code: str
+    detail: str | None = None
