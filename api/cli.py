@@ -34,6 +34,32 @@ def api_command(
     raise typer.Exit(serve(host=host, port=port, redis_url=redis_url))
 
 
+@app.command("dev")
+def dev_command(
+    runners: Annotated[int, typer.Option(help="Runner replicas to start.")] = 2,
+    port: Annotated[int, typer.Option(help="API port.")] = 8700,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Use this Redis instead of an embedded one.")
+    ] = None,
+    no_demo: Annotated[bool, typer.Option("--no-demo", help="Skip the demo.")] = False,
+    exit_after_demo: Annotated[
+        bool, typer.Option("--exit-after-demo", help="Stop once the demo has run.")
+    ] = False,
+) -> None:
+    """Run the whole system locally: embedded Redis, the API and runners, and a demo."""
+    from api.dev import main as dev
+
+    raise typer.Exit(
+        dev(
+            runners=runners,
+            port=port,
+            redis_url=redis_url,
+            demo=not no_demo,
+            exit_after_demo=exit_after_demo,
+        )
+    )
+
+
 def main() -> None:
     app()
 

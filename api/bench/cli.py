@@ -1,4 +1,4 @@
-"""``streamward bench ...``: benchmarks that print figures and ratios against a same-run baseline."""
+"""``streamward bench ...``: figures and ratios against a baseline measured in the same run."""
 
 from __future__ import annotations
 
