@@ -73,6 +73,7 @@ class Keys:
         self.work = f"{prefix}:work"
         self.sessions = f"{prefix}:sessions"
         self.watchdog = f"{prefix}:watchdog"
+        self.routes = f"{prefix}:routes"
         self.work_group = "runners"
 
     def session(self, project: str, session_id: str) -> SessionKeys:
@@ -106,6 +107,13 @@ class Keys:
         return ReplicaKeys(
             replica_id=replica_id, lease=tag, leases=f"{tag}:leases", mail=f"{tag}:mail"
         )
+
+
+def binding_key(keys: Keys, project: str, route_id: str, key_hash: str) -> str:
+    """The key binding an event key of a route to its current session generation."""
+    validate_id("project", project)
+    validate_id("route_id", route_id)
+    return f"{keys.prefix}:{{{project}/{route_id}/{key_hash}}}:binding"
 
 
 def hash_tag(key: str) -> str:
