@@ -21,7 +21,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = rcall('HMGET', KEYS[1], 'replica', 'incarnation', 'token', 'acquired_ms')
 if h[1] then
   if h[1] == ARGV[1] and h[2] == ARGV[2] then
-    rcall('HSET', KEYS[1], 'renewed_ms', now)
+    rcall('HSET', KEYS[1], 'renewed_ms', now, 'ttl_ms', ARGV[3])
     rcall('PEXPIRE', KEYS[1], ARGV[3])
     return {1, tonumber(h[3]), tonumber(h[4]), 0}
   end
@@ -29,7 +29,8 @@ if h[1] then
 end
 local token = rcall('INCR', KEYS[2])
 rcall('HSET', KEYS[1], 'replica', ARGV[1], 'incarnation', ARGV[2], 'token', token,
-  'acquired_ms', now, 'renewed_ms', now)
+  'acquired_ms', now, 'renewed_ms', now, 'ttl_ms', ARGV[3],
+  'owner', ARGV[1] .. '|' .. ARGV[2] .. '|' .. token)
 rcall('PEXPIRE', KEYS[1], ARGV[3])
 rcall('HINCRBY', KEYS[3], 'transitions', 1)
 rcall('HSET', KEYS[3], 'owner_changed_ms', now)

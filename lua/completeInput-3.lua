@@ -2,6 +2,7 @@
   completeInput-3.lua
   Fenced advance of the inbox cursor: the owner marks an input consumed (its run
   reached a terminal entry) and removes it from the inbox, so XLEN = pending.
+  Accepted only when token == epoch >= 1 (a never-acquired session accepts nobody).
 
   KEYS[1] epoch key              sw:{S}:epoch
   KEYS[2] inbox key              sw:{S}:inbox
@@ -15,7 +16,8 @@
 ]]
 local rcall = redis.call
 local epoch = tonumber(rcall('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) ~= epoch then
+local token = tonumber(ARGV[1])
+if token == nil or token < 1 or token ~= epoch then
   return {-3, epoch}
 end
 rcall('XDEL', KEYS[2], ARGV[2])

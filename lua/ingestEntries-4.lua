@@ -1,7 +1,8 @@
 --[[
   ingestEntries-4.lua
   Fenced, idempotent append of one run's entries to the session log. Accepted
-  only when the caller's token equals the session epoch (the newest owner).
+  only when the caller's token equals the session epoch (the newest owner);
+  tokens start at 1, so a session never acquired (epoch 0) accepts nobody.
   Each entry carries the session-wide seq; its stream id is "<seq>-0", so a
   replayed entry (seq already stored) is counted as a duplicate, never written
   twice. A gap in seq refuses the whole batch; nothing is written.
@@ -23,7 +24,7 @@
 local rcall = redis.call
 local epoch = tonumber(rcall('GET', KEYS[1]) or '0')
 local token = tonumber(ARGV[1])
-if token ~= epoch then
+if token == nil or token < 1 or token ~= epoch then
   return {-3, epoch}
 end
 local t = rcall('TIME')

@@ -2,7 +2,9 @@
   renewLeases-n.lua
   Renew many session leases of one replica in one call (variadic: 1..n keys,
   which on Redis Cluster the caller groups by slot). Cost is one round trip per
-  chunk, not per lease.
+  chunk, not per lease. The common case costs one HGET of the lease's owner
+  signature and one PEXPIRE per key (no write of renewed_ms: readLease derives it
+  from the remaining TTL and the ttl_ms stored at acquisition).
 
   KEYS[1..n] lease keys          sw:{S}:lease, one per session
 
@@ -18,18 +20,18 @@ local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {now}
+local prefix = ARGV[1] .. '|' .. ARGV[2] .. '|'
 for i = 1, #KEYS do
-  local h = rcall('HMGET', KEYS[i], 'replica', 'incarnation', 'token')
-  if not h[1] then
-    out[i + 1] = 0
-  elseif h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then
-    out[i + 1] = -2
-  elseif h[3] ~= ARGV[3 + i] then
-    out[i + 1] = -3
-  else
-    rcall('HSET', KEYS[i], 'renewed_ms', now)
+  local owner = rcall('HGET', KEYS[i], 'owner')
+  if owner == prefix .. ARGV[3 + i] then
     rcall('PEXPIRE', KEYS[i], ARGV[3])
     out[i + 1] = 1
+  elseif not owner then
+    out[i + 1] = 0
+  elseif string.sub(owner, 1, #prefix) ~= prefix then
+    out[i + 1] = -2
+  else
+    out[i + 1] = -3
   end
 end
 return out

@@ -193,6 +193,7 @@ class LeaseStore:
         """Compare-and-set takeover from ``expected`` = (replica, incarnation, token)."""
         validate_id("replica_id", replica_id)
         old_replica, old_inc, old_token = expected
+        validate_id("replica_id", old_replica)  # before Redis: used for its index afterwards
         reply = _check(
             "takeoverLease",
             await self.scripts.takeoverLease(

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio.client import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, WatchError
 
 from lua.keys import Keys, SessionKeys
 
@@ -374,3 +374,103 @@ class Streams:
         cur = await self.client.hget(rk.lease, "incarnation")
         if cur is not None and _s(cur) == incarnation:
             await self.client.delete(rk.lease)
+
+    # -- API helpers (issue 4) --------------------------------------------------------------
+
+    async def session_overview(self, session: SessionKeys) -> tuple[dict[str, str], int, int]:
+        """(meta, pending inputs, live attached connections) in one round trip."""
+        now = await self.now_ms()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(session.meta)
+        pipe.xlen(session.inbox)
+        pipe.zcount(session.attached, now, "+inf")
+        meta, pending, attached = await pipe.execute()
+        return dict(meta), int(pending), int(attached)
+
+    async def delete_session_state(self, session: SessionKeys) -> None:
+        """Drop the inbox, attachments and cancel requests (the log and epoch are kept)."""
+        await self.client.delete(session.inbox, session.attached, session.cancels)
+
+    async def mark_replica_draining(self, replica_id: str) -> bool:
+        """Set ``draining=1`` on a live replica lease; False when the replica is gone.
+
+        WATCH makes the HSET conditional on the key still existing, so a lease that expires
+        meanwhile is never resurrected as a TTL-less hash.
+        """
+        rk = self.keys.replica(replica_id)
+        for _ in range(5):  # the replica's own renewals touch the key: retry on a conflict
+            async with self.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(rk.lease)
+                if not await pipe.exists(rk.lease):
+                    await pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.hset(rk.lease, "draining", "1")
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                return True
+        return False
+
+    async def refresh_attached(self, session: SessionKeys, conn_id: str, ttl_ms: int) -> bool:
+        """Extend a registered connection (never re-adds a detached one); prune expired ones.
+
+        Returns whether ``conn_id`` is still registered.
+        """
+        now = await self.now_ms()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(session.attached, {conn_id: now + ttl_ms}, xx=True)
+        pipe.zremrangebyscore(session.attached, "-inf", now - 1)
+        pipe.zscore(session.attached, conn_id)
+        _, _, score = await pipe.execute()
+        return score is not None
+
+    # -- runner helpers (issue 3) -----------------------------------------------------------
+
+    async def inbox_last_id(self, session: SessionKeys) -> str:
+        """Id of the newest pending input ("0-0" when the inbox is empty)."""
+        tail = await self.client.xrevrange(session.inbox, count=1)
+        return _s(tail[0][0]) if tail else "0-0"
+
+    async def sweep_sessions(self, items: list[tuple[SessionKeys, str]]) -> list[tuple[int, bool]]:
+        """Per (session, running run id or ""): (pending inputs, cancel requested), pipelined."""
+        if not items:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for sk, run_id in items:
+            pipe.xlen(sk.inbox)
+            pipe.sismember(sk.cancels, run_id or "-")
+        replies = await pipe.execute()
+        return [
+            (int(replies[2 * i]), bool(replies[2 * i + 1]) and bool(run_id))
+            for i, (_, run_id) in enumerate(items)
+        ]
+
+    async def replicas_alive(self, replica_ids: list[str]) -> list[bool]:
+        """Whether each replica lease key exists (one pipelined round trip)."""
+        if not replica_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for rid in replica_ids:
+            pipe.exists(self.keys.replica(rid).lease)
+        return [bool(x) for x in await pipe.execute()]
+
+    async def publish_work_many(self, session_refs: list[str], reason: str) -> None:
+        """``publish_work`` for many sessions in one pipelined round trip."""
+        if not session_refs:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for ref in session_refs:
+            pipe.xadd(
+                self.keys.work,
+                {"session": ref, "reason": reason},
+                maxlen=WORK_MAXLEN,
+                approximate=True,
+            )
+        await pipe.execute()
+
+    async def index_sessions(self, replica_id: str, session_refs: list[str]) -> None:
+        """Re-add sessions to a replica's lease index (heals an index a watchdog raced)."""
+        if session_refs:
+            await self.client.sadd(self.keys.replica(replica_id).leases, *session_refs)

@@ -24,7 +24,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = rcall('HMGET', KEYS[1], 'replica', 'incarnation', 'token', 'acquired_ms')
 if h[1] then
   if h[1] == ARGV[4] and h[2] == ARGV[5] then
-    rcall('HSET', KEYS[1], 'renewed_ms', now)
+    rcall('HSET', KEYS[1], 'renewed_ms', now, 'ttl_ms', ARGV[6])
     rcall('PEXPIRE', KEYS[1], ARGV[6])
     return {1, tonumber(h[3]), tonumber(h[4]), 0}
   end
@@ -35,7 +35,8 @@ end
 local token = rcall('INCR', KEYS[2])
 rcall('DEL', KEYS[1])
 rcall('HSET', KEYS[1], 'replica', ARGV[4], 'incarnation', ARGV[5], 'token', token,
-  'acquired_ms', now, 'renewed_ms', now)
+  'acquired_ms', now, 'renewed_ms', now, 'ttl_ms', ARGV[6],
+  'owner', ARGV[4] .. '|' .. ARGV[5] .. '|' .. token)
 rcall('PEXPIRE', KEYS[1], ARGV[6])
 rcall('HINCRBY', KEYS[3], 'transitions', 1)
 rcall('HINCRBY', KEYS[3], 'takeovers', 1)

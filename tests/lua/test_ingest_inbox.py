@@ -1,0 +1,335 @@
+"""ingestEntries-4 (fenced transcript), enqueueInput-3 and completeInput-3 (inbox)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from lua.errors import SeqGap, SessionBusy, StaleToken
+from lua.keys import SessionKeys
+from lua.store import Entry, LeaseStore
+from lua.streams import Streams
+from tests.lua.helpers import LEASE_TTL_MS, entries, log_entries, log_ids, snapshot
+
+# -- ingestEntries-4 ---------------------------------------------------------------------
+
+
+async def test_ingest_with_current_token_writes_entries_with_seq_ids(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    out = await store.ingest(
+        session,
+        "run_a",
+        lease.token,
+        [
+            Entry(1, "run.started", '{"replica_id": "r1", "attempt": 1}'),
+            Entry(2, "run.output", '{"text": "hi"}', ts_ms=1234),
+        ],
+    )
+    assert (out.accepted, out.duplicates, out.last_seq) == (2, 0, 2)
+    assert await log_ids(redis_client, session) == ["1-0", "2-0"]
+    stored = await log_entries(redis_client, session)
+    assert stored[0]["type"] == "run.started" and stored[1]["type"] == "run.output"
+    assert {e["run_id"] for e in stored} == {"run_a"}
+    assert {e["token"] for e in stored} == {str(lease.token)}
+    assert [e["seq"] for e in stored] == ["1", "2"]
+    assert orjson.loads(stored[1]["data"]) == {"text": "hi"}
+    assert stored[1]["ts"] == "1234"
+    sec, _ = await redis_client.time()
+    assert abs(int(stored[0]["ts"]) - sec * 1000) < 5_000  # "" ts = Redis TIME
+    meta = await redis_client.hgetall(session.meta)
+    assert meta["last_seq"] == "2"
+    # the read side parses what ingest wrote
+    log = await Streams(redis_client).read_log(session)
+    assert [(e.seq, e.type, e.token) for e in log] == [
+        (1, "run.started", lease.token),
+        (2, "run.output", lease.token),
+    ]
+
+
+async def test_ingest_maintains_runs_hash_and_active_run_id(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    streams = Streams(redis_client)
+    started = '{"replica_id": "r1", "attempt": 2, "input": {"x": 1}}'
+    await store.ingest(session, "run_a", lease.token, [Entry(1, "run.started", started)])
+    assert (await redis_client.hgetall(session.meta))["active_run_id"] == "run_a"
+    state = await streams.run_state(session, "run_a")
+    assert state is not None
+    assert (state.status, state.token, state.replica_id, state.attempt) == (
+        "started",
+        lease.token,
+        "r1",
+        2,
+    )
+    assert state.started_id == state.last_id == "1-0"
+
+    await store.ingest(session, "run_a", lease.token, entries([2, 3]))  # outputs: no run change
+    state = await streams.run_state(session, "run_a")
+    assert state is not None and state.status == "started" and state.last_id == "1-0"
+
+    # a terminal entry of another run does not clear the active run
+    await store.ingest(session, "run_b", lease.token, [Entry(4, "run.cancelled", "{}")])
+    assert (await redis_client.hgetall(session.meta))["active_run_id"] == "run_a"
+    b = await streams.run_state(session, "run_b")
+    assert b is not None and b.status == "cancelled" and b.started_id is None
+
+    await store.ingest(session, "run_a", lease.token, [Entry(5, "run.completed", '{"outputs":2}')])
+    assert "active_run_id" not in await redis_client.hgetall(session.meta)
+    state = await streams.run_state(session, "run_a")
+    assert state is not None
+    assert (state.status, state.started_id, state.last_id) == ("completed", "1-0", "5-0")
+    assert state.attempt == 2  # kept from run.started
+
+
+@pytest.mark.parametrize("terminal", ["run.failed", "run.cancelled", "run.interrupted"])
+async def test_ingest_terminal_or_interrupted_clears_active_run(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys, terminal: str
+) -> None:
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    await store.ingest(session, "run_a", lease.token, [Entry(1, "run.started", "{}")])
+    await store.ingest(session, "run_a", lease.token, [Entry(2, terminal, "{}")])
+    assert "active_run_id" not in await redis_client.hgetall(session.meta)
+    state = await Streams(redis_client).run_state(session, "run_a")
+    assert state is not None and state.status == terminal.removeprefix("run.")
+
+
+async def test_ingest_duplicates_are_counted_not_errors(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    await store.ingest(session, "run_a", lease.token, entries([1, 2, 3]))
+    out = await store.ingest(session, "run_a", lease.token, entries([2, 3, 4, 4, 5]))
+    assert (out.accepted, out.duplicates, out.last_seq) == (2, 3, 5)
+    assert await log_ids(redis_client, session) == [f"{i}-0" for i in range(1, 6)]
+    # the stored entry of a duplicate seq is the first one written
+    stored = await log_entries(redis_client, session)
+    assert orjson.loads(stored[1]["data"]) == {"seq": 2}
+
+
+async def test_replaying_a_batch_changes_nothing(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    batch = [
+        Entry(1, "run.started", '{"replica_id": "r1", "attempt": 1}'),
+        Entry(2, "run.output", '{"n": 1}'),
+        Entry(3, "run.completed", '{"outputs": 1}'),
+    ]
+    first = await store.ingest(session, "run_a", lease.token, batch)
+    assert (first.accepted, first.duplicates) == (3, 0)
+    before = await snapshot(redis_client, session)
+    again = await store.ingest(session, "run_a", lease.token, batch)
+    assert (again.accepted, again.duplicates, again.last_seq) == (0, 3, 3)
+    assert await snapshot(redis_client, session) == before
+
+
+@pytest.mark.parametrize(
+    ("seqs", "gap_at"),
+    [([5], 5), ([4, 6], 6), ([4, 5, 7], 7), ([3, 5], 5)],
+    ids=["skip-ahead", "gap-after-one", "gap-at-end", "dup-then-gap"],
+)
+async def test_ingest_gap_refuses_whole_batch_and_writes_nothing(
+    store: LeaseStore,
+    redis_client: aioredis.Redis,
+    session: SessionKeys,
+    seqs: list[int],
+    gap_at: int,
+) -> None:
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    await store.ingest(session, "run_a", lease.token, [Entry(1, "run.started", "{}")])
+    await store.ingest(session, "run_a", lease.token, entries([2, 3]))
+    before = await snapshot(redis_client, session)
+    with pytest.raises(SeqGap) as exc:
+        await store.ingest(session, "run_b", lease.token, entries(seqs, etype="run.started"))
+    assert (exc.value.last_seq, exc.value.seq) == (3, gap_at)
+    assert await snapshot(redis_client, session) == before
+
+
+async def test_ingest_into_empty_log_must_start_at_one(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    with pytest.raises(SeqGap) as exc:
+        await store.ingest(session, "run_a", lease.token, entries([2]))
+    assert (exc.value.last_seq, exc.value.seq) == (0, 2)
+    assert await redis_client.exists(session.log) == 0
+
+
+async def test_ingest_empty_batch_is_a_no_op(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    await store.ingest(session, "run_a", lease.token, entries([1]))
+    out = await store.ingest(session, "run_a", lease.token, [])
+    assert (out.accepted, out.duplicates, out.last_seq) == (0, 0, 1)
+
+
+@pytest.mark.parametrize("delta", [-1, 1], ids=["older", "newer"])
+async def test_ingest_with_token_other_than_epoch_is_stale(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys, delta: int
+) -> None:
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    await store.ingest(session, "run_a", lease.token, entries([1]))
+    await store.release(session, "r1", "inc-1", lease.token)
+    second = await store.acquire(session, "r2", "inc-1", LEASE_TTL_MS)
+    before = await snapshot(redis_client, session)
+    with pytest.raises(StaleToken) as exc:
+        await store.ingest(session, "run_a", second.token + delta, entries([2]))
+    assert (exc.value.token, exc.value.epoch) == (second.token + delta, second.token)
+    assert await snapshot(redis_client, session) == before
+
+
+async def test_ingest_into_never_acquired_session_is_refused(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    """Tokens are minted from 1: token 0 must not match the epoch of a fresh session."""
+    with pytest.raises(StaleToken) as exc:
+        await store.ingest(session, "run_a", 0, entries([1]))
+    assert exc.value.epoch == 0
+    assert await redis_client.exists(session.log, session.meta, session.runs) == 0
+
+
+# -- stale token after takeover / force-release -------------------------------------------
+
+
+async def test_stale_token_after_takeover_is_refused_and_writes_nothing(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    old = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    await store.ingest(session, "run_a", old.token, [Entry(1, "run.started", "{}")])
+    new = await store.takeover(session, ("r1", "inc-1", old.token), "r2", "inc-1", LEASE_TTL_MS)
+    before = await snapshot(redis_client, session)
+    # the paused former owner wakes up and tries to write the next entries
+    with pytest.raises(StaleToken) as exc:
+        await store.ingest(session, "run_a", old.token, entries([2, 3]))
+    assert (exc.value.token, exc.value.epoch) == (old.token, new.token)
+    # ... or to replay what it already wrote: refused too, not counted as duplicates
+    with pytest.raises(StaleToken):
+        await store.ingest(session, "run_a", old.token, [Entry(1, "run.started", "{}")])
+    assert await snapshot(redis_client, session) == before
+    # the new owner continues the same seq
+    out = await store.ingest(session, "run_a", new.token, [Entry(2, "run.interrupted", "{}")])
+    assert (out.accepted, out.last_seq) == (1, 2)
+    assert [e["token"] for e in await log_entries(redis_client, session)] == [
+        str(old.token),
+        str(new.token),
+    ]
+
+
+async def test_stale_token_after_force_release_is_refused_and_writes_nothing(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    old = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    await store.ingest(session, "run_a", old.token, entries([1]))
+    forced = await store.force_release(session, "break-glass")
+    before = await snapshot(redis_client, session)
+    with pytest.raises(StaleToken) as exc:
+        await store.ingest(session, "run_a", old.token, entries([2]))
+    assert (exc.value.token, exc.value.epoch) == (old.token, forced.new_epoch)
+    assert await snapshot(redis_client, session) == before
+    # still refused once a new owner exists
+    new = await store.acquire(session, "r2", "inc-1", LEASE_TTL_MS)
+    with pytest.raises(StaleToken):
+        await store.ingest(session, "run_a", old.token, entries([2]))
+    assert (await store.ingest(session, "run_b", new.token, entries([2]))).accepted == 1
+
+
+# -- enqueueInput-3 ----------------------------------------------------------------------
+
+
+async def test_enqueue_appends_and_creates_meta(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    first = await store.enqueue(session, "run_1", '{"q": 1}', source="event:gh")
+    assert not first.duplicate and first.run_id == "run_1"
+    assert (first.active_run_id, first.pending) == ("", 1)
+    second = await store.enqueue(session, "run_2", '{"q": 2}')
+    assert second.pending == 2
+    assert first.entry_id is not None and second.entry_id is not None
+    items = await Streams(redis_client).read_inbox(session)
+    assert [(i.id, i.run_id, i.input, i.source, i.multitask) for i in items] == [
+        (first.entry_id, "run_1", {"q": 1}, "event:gh", "enqueue"),
+        (second.entry_id, "run_2", {"q": 2}, "invoke", "enqueue"),
+    ]
+    meta = await redis_client.hgetall(session.meta)
+    assert (meta["project"], meta["session_id"], meta["status"]) == ("proj", "sess-1", "active")
+    assert int(meta["created_ms"]) <= int(meta["updated_ms"])
+
+
+async def test_enqueue_reports_active_run(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    await store.ingest(session, "run_0", lease.token, [Entry(1, "run.started", "{}")])
+    out = await store.enqueue(session, "run_1", "{}")
+    assert (out.active_run_id, out.pending) == ("run_0", 1)
+
+
+async def test_enqueue_idempotency_key_returns_first_run(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    first = await store.enqueue(
+        session, "run_1", "{}", idempotency_key="k1", idempotency_ttl_ms=9000
+    )
+    dup = await store.enqueue(session, "run_2", '{"other": 1}', idempotency_key="k1")
+    assert dup.duplicate and dup.run_id == "run_1" and dup.entry_id is None
+    assert await redis_client.xlen(session.inbox) == 1
+    idem = session.idempotency("k1")
+    assert await redis_client.get(idem) == "run_1"
+    assert 0 < await redis_client.pttl(idem) <= 9000
+    other = await store.enqueue(session, "run_3", "{}", idempotency_key="k2")
+    assert not other.duplicate and other.pending == 2
+    # without a key nothing is deduplicated and no idempotency key is written
+    await store.enqueue(session, "run_4", "{}")
+    await store.enqueue(session, "run_4", "{}")
+    assert await redis_client.xlen(session.inbox) == 4
+    assert await redis_client.exists(session.idempotency("-")) == 0
+    assert first.run_id == "run_1"
+
+
+async def test_enqueue_reject_when_busy_raises_session_busy(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    ok = await store.enqueue(session, "run_1", "{}", multitask="reject")  # idle: accepted
+    assert ok.pending == 1
+    with pytest.raises(SessionBusy) as exc:
+        await store.enqueue(session, "run_2", "{}", multitask="reject", idempotency_key="k")
+    assert (exc.value.active_run_id, exc.value.pending) == ("", 1)
+    assert await redis_client.xlen(session.inbox) == 1
+    assert await redis_client.exists(session.idempotency("k")) == 0  # rejected: no key kept
+
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    await store.ingest(session, "run_1", lease.token, [Entry(1, "run.started", "{}")])
+    await store.complete_input(session, lease.token, ok.entry_id or "")
+    with pytest.raises(SessionBusy) as exc:  # inbox empty but a run is active
+        await store.enqueue(session, "run_2", "{}", multitask="reject")
+    assert (exc.value.active_run_id, exc.value.pending) == ("run_1", 0)
+    # other modes still queue behind the active run
+    assert (await store.enqueue(session, "run_2", "{}", multitask="enqueue")).pending == 1
+
+
+# -- completeInput-3 ---------------------------------------------------------------------
+
+
+async def test_complete_input_is_fenced(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    a = await store.enqueue(session, "run_1", "{}")
+    b = await store.enqueue(session, "run_2", "{}")
+    assert a.entry_id and b.entry_id
+    with pytest.raises(StaleToken):  # never acquired: no token is valid
+        await store.complete_input(session, 0, a.entry_id)
+    old = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    assert await store.complete_input(session, old.token, a.entry_id) == 1
+    assert (await redis_client.hgetall(session.meta))["inbox_cursor"] == a.entry_id
+    new = await store.takeover(session, ("r1", "inc-1", old.token), "r2", "i", LEASE_TTL_MS)
+    with pytest.raises(StaleToken) as exc:
+        await store.complete_input(session, old.token, b.entry_id)
+    assert exc.value.epoch == new.token
+    assert await redis_client.xlen(session.inbox) == 1
+    assert (await redis_client.hgetall(session.meta))["inbox_cursor"] == a.entry_id
+    assert await store.complete_input(session, new.token, b.entry_id) == 0

@@ -1,0 +1,134 @@
+"""lua.loader: script discovery, key-count check, EVALSHA with NOSCRIPT fallback, load_all."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from lua.errors import ScriptError
+from lua.keys import Keys, SessionKeys
+from lua.loader import NAME_PATTERN, Scripts, script_sources
+from lua.server import free_port
+from lua.store import LeaseStore
+from tests.lua.helpers import LEASE_TTL_MS
+
+
+def test_script_sources_cover_every_lua_file() -> None:
+    files = sorted(e.name for e in resources.files("lua").iterdir() if e.name.endswith(".lua"))
+    assert files, "no lua/*.lua shipped"
+    assert all(NAME_PATTERN.fullmatch(f) for f in files), files
+    sources = script_sources()
+    assert sorted(s.filename for s in sources.values()) == files
+    for name, src in sources.items():
+        assert src.name == name
+        assert (resources.files("lua") / src.filename).read_text(encoding="utf-8") == src.source
+    assert sources["renewLeases"].num_keys is None
+    assert sources["ingestEntries"].num_keys == 4
+
+
+def _unreachable_client() -> aioredis.Redis:
+    """A client whose every command would fail: proves a check happens before Redis."""
+    return aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+
+
+@pytest.mark.parametrize("name", sorted(script_sources()))
+async def test_wrong_key_count_raises_before_reaching_redis(name: str) -> None:
+    client = _unreachable_client()
+    try:
+        scripts = Scripts(client)
+        script = getattr(scripts, name)
+        n = script.src.num_keys
+        wrong: list[list[str]] = [[]] if n is None else [[], ["k"] * (n + 1)]
+        if n is not None and n > 1:
+            wrong.append(["k"] * (n - 1))
+        for keys in wrong:
+            with pytest.raises(ScriptError, match=f"{script.src.filename} takes"):
+                await script(keys, [])
+            with pytest.raises(ScriptError):
+                script.queue(client.pipeline(), keys, [])
+    finally:
+        await client.aclose()
+
+
+async def test_wrong_key_count_sends_nothing(redis_client: aioredis.Redis) -> None:
+    scripts = Scripts(redis_client)
+    await redis_client.config_resetstat()
+    with pytest.raises(ScriptError):
+        await scripts.acquireLease(["a", "b"], ["r", "i", 1000])
+    pipe = redis_client.pipeline(transaction=False)
+    with pytest.raises(ScriptError):
+        scripts.releaseLease.queue(pipe, [], [])
+    assert len(pipe) == 0
+    stats = await redis_client.info("commandstats")
+    assert not any(k in stats for k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_script"))
+
+
+async def test_unknown_script_name_is_attribute_error(redis_client: aioredis.Redis) -> None:
+    with pytest.raises(AttributeError, match="no script named acquireLeases"):
+        Scripts(redis_client).acquireLeases  # noqa: B018
+
+
+async def test_sha_is_sha1_of_source(redis_client: aioredis.Redis) -> None:
+    for script in Scripts(redis_client).all():
+        assert script.sha == hashlib.sha1(script.src.source.encode()).hexdigest()
+
+
+async def test_load_all_loads_every_script(redis_client: aioredis.Redis) -> None:
+    scripts = Scripts(redis_client)
+    shas = [s.sha for s in scripts.all()]
+    assert len(shas) == len(script_sources())
+    await redis_client.script_flush()
+    assert not any(await redis_client.script_exists(*shas))
+    await scripts.load_all(redis_client)
+    assert all(await redis_client.script_exists(*shas))
+
+
+async def test_calls_after_load_all_are_evalsha_hits(
+    redis_client: aioredis.Redis, store: LeaseStore, keys: Keys
+) -> None:
+    await store.scripts.load_all(redis_client)
+    await redis_client.config_resetstat()
+    await store.acquire(keys.session("p", "s"), "r1", "i", LEASE_TTL_MS)
+    stats: dict[str, Any] = await redis_client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert "cmdstat_script|load" not in stats and "cmdstat_script" not in stats
+
+
+async def test_noscript_fallback_after_script_flush(
+    redis_client: aioredis.Redis, store: LeaseStore, keys: Keys
+) -> None:
+    session = keys.session("p", "s")
+    first = await store.acquire(session, "r1", "i", LEASE_TTL_MS)
+    sha = store.scripts.acquireLease.sha
+    assert (await redis_client.script_exists(sha)) == [True]
+    await redis_client.script_flush()  # e.g. a Redis restart or failover to a fresh replica
+    assert (await redis_client.script_exists(sha)) == [False]
+    again = await store.acquire(session, "r1", "i", LEASE_TTL_MS)
+    assert again.token == first.token and not again.fresh
+    assert (await redis_client.script_exists(sha)) == [True]
+
+
+async def test_noscript_fallback_in_pipeline(
+    redis_client: aioredis.Redis, store: LeaseStore, keys: Keys
+) -> None:
+    sessions: list[SessionKeys] = [keys.session("p", f"s{i}") for i in range(5)]
+    leases = [(s, (await store.acquire(s, "r1", "i", LEASE_TTL_MS)).token) for s in sessions]
+    await redis_client.script_flush()
+    result = await store.renew_many("r1", "i", leases, LEASE_TTL_MS, chunk=2)
+    assert result.renewed == sessions and result.lost == []
+
+
+async def test_script_is_bound_to_no_client(redis_client: aioredis.Redis, keys: Keys) -> None:
+    """A Scripts built on one client can run on another passed per call."""
+    dead = _unreachable_client()
+    try:
+        scripts = Scripts(dead)
+        reply = await scripts.claimLock([keys.watchdog], ["r1:i", 1000], client=redis_client)
+        assert reply == [1]
+        assert await redis_client.get(keys.watchdog) == "r1:i"
+    finally:
+        await dead.aclose()
