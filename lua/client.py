@@ -22,8 +22,8 @@ class HiredisPackConnection(Connection):
         try:  # str/bytes/int/float go straight to C (utf-8, as our encoder would)
             return [hiredis.pack_command(args)]
         except TypeError:  # anything else: redis-py's encoder, with its errors
-            encode = self.encoder.encode
-            return [hiredis.pack_command(tuple(encode(a) for a in args))]
+            encode = self.encoder.encode  # encoder is untyped in redis-py
+            return [hiredis.pack_command(tuple(encode(a) for a in args))]  # type: ignore[no-untyped-call]
 
 
 def connect(
