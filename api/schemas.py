@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,200}$", min_length=1, max_length=200)]
 EntryType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", max_length=64)]
-RunStatusName = Literal["running", "queued"]
+# running/queued for a new run; an idempotent repeat reports the run's current state
+RunStatusName = Literal["running", "queued", "completed", "failed", "cancelled"]
 Multitask = Literal["enqueue", "reject", "interrupt"]
 
 
@@ -70,6 +71,10 @@ class Liveness(Model):
     active_run_id: str | None = None
 
 
+class CancelRequest(Model):
+    run_id: Id | None = None  # default: the active run
+
+
 class DetachRequest(Model):
     connection_id: str | None = None
 
@@ -123,11 +128,14 @@ class HeartbeatRequest(Model):
     incarnation: Annotated[str, Field(min_length=1, max_length=200)]
     leases: Annotated[list[LeaseRef], Field(max_length=10_000)] = []
     lease_ttl_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 60_000
+    # when set, the replica lease is renewed first (409 replica_lost if it is gone)
+    replica_ttl_ms: Annotated[int, Field(ge=500, le=600_000)] | None = None
 
 
 class HeartbeatResult(Model):
     renewed: list[str]
     lost: list[str]
+    reasons: dict[str, str] = {}  # lost session_id -> expired | not_owner | stale_token
 
 
 class StreamDetachRequest(Model):

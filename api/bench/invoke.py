@@ -1,0 +1,427 @@
+"""``streamward bench invoke``: detached invoke latency and admin ingest throughput.
+
+Measured in one run, on one throwaway ``redis-server``, one ``streamward api`` and two
+``streamward runner`` processes (echo handler), each figure beside a raw-Redis baseline:
+
+* **detached invoke round trip**: ``POST /v1/sessions/{id}/invoke`` (mode detached) until the
+  202 that names the run's owner, i.e. API enqueue -> mail/work -> runner claims and starts
+  the run -> ``run.started`` ingested through the API -> the API's log tail answers. Each of
+  ``concurrency`` callers owns one session and invokes it in a loop (warm: the owner is known
+  and mailed). The first invoke of each session (cold: work queue + lease acquisition) is
+  reported separately. **Baseline**: the same hand-off done with raw Redis and no HTTP: the
+  caller XADDs a request, a responder XREADs it and XADDs a reply, the caller's XREAD BLOCK
+  gets it: two stream hops, the floor any Redis-mediated "tell me it started" can reach.
+* **ingest throughput**: entries/s through ``POST /admin/sessions/transcripts/ingest`` in
+  batches of 100 (fenced, idempotent Lua append), 16 sessions in parallel. **Baseline**: the
+  same entries written with one plain XADD per entry, pipelined per batch of 100, same
+  parallelism.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+import orjson
+import redis.asyncio as aioredis
+from rich.console import Console
+from rich.table import Table
+
+from api.fleet import Fleet
+from lua.keys import Keys
+from lua.server import RedisServer
+from lua.store import LeaseStore
+
+TARGET_P50_MS = 15.0
+TARGET_P99_MS = 60.0
+TARGET_INGEST_EPS = 30_000.0
+INGEST_BATCH = 100
+INGEST_SESSIONS = 16
+INGEST_ENTRIES = 200_000
+BENCH_REPLICA = "bench-shipper"
+
+
+@dataclass
+class Latency:
+    samples: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Latency:
+        ms = sorted(s * 1000 for s in seconds)
+        return cls(len(ms), _pct(ms, 50), _pct(ms, 99), statistics.fmean(ms), ms[-1])
+
+
+@dataclass
+class Results:
+    concurrency: int
+    requests: int
+    invoke: Latency
+    invoke_cold: Latency
+    invoke_raw: Latency
+    invoke_statuses: dict[str, int]
+    ingest_entries_per_s: float
+    ingest_raw_entries_per_s: float
+    ingest_entries: int
+    p50_met: bool
+    p99_met: bool
+    ingest_met: bool
+
+    @property
+    def invoke_ratio_p50(self) -> float:
+        return self.invoke.p50_ms / self.invoke_raw.p50_ms
+
+    @property
+    def ingest_ratio(self) -> float:
+        return self.ingest_entries_per_s / self.ingest_raw_entries_per_s
+
+
+def _pct(sorted_ms: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    k = max(0, min(len(sorted_ms) - 1, round(p / 100 * len(sorted_ms) + 0.5) - 1))
+    return sorted_ms[k]
+
+
+async def _gather_limited(n: int, jobs: list[Callable[[], Awaitable[None]]]) -> None:
+    sem = asyncio.Semaphore(n)
+
+    async def one(job: Callable[[], Awaitable[None]]) -> None:
+        async with sem:
+            await job()
+
+    await asyncio.gather(*(one(j) for j in jobs))
+
+
+# -- detached invoke ---------------------------------------------------------------------------
+
+
+class _Conn:
+    """A minimal keep-alive HTTP/1.1 client connection (POST with a JSON body, read the reply).
+
+    The bench's own caller must not be the bottleneck: with 50 callers on a small machine,
+    httpx's per-request CPU cost would dominate the measured round trip.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> _Conn:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.write(head + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split(b" ", 2)[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def bench_invoke(
+    api_url: str, concurrency: int, requests: int, run_tag: str
+) -> tuple[Latency, Latency, dict[str, int]]:
+    """(warm latency, cold latency, status counts) of detached invokes."""
+    statuses: dict[str, int] = {}
+    body = orjson.dumps({"input": {"text": "bench", "chunks": 1}, "mode": "detached"})
+    url = httpx.URL(api_url)
+    conns = [await _Conn.open(url.host, url.port or 80) for _ in range(concurrency)]
+
+    async def invoke(conn: _Conn, session: str) -> float:
+        t0 = time.perf_counter()
+        status, reply = await conn.post(f"/v1/sessions/{session}/invoke", body)
+        dt = time.perf_counter() - t0
+        if status != 202:
+            raise RuntimeError(f"invoke answered {status}: {reply[:300]!r}")
+        name = str(orjson.loads(reply)["status"])
+        statuses[name] = statuses.get(name, 0) + 1
+        return dt
+
+    try:
+        sessions = [f"bench-{run_tag}-{i}" for i in range(concurrency)]
+        cold = await asyncio.gather(*(invoke(c, s) for c, s in zip(conns, sessions, strict=True)))
+        statuses.clear()
+        per_worker = [
+            requests // concurrency + (i < requests % concurrency) for i in range(concurrency)
+        ]
+        warm: list[float] = []
+
+        async def worker(conn: _Conn, session: str, n: int) -> None:
+            for _ in range(n):
+                warm.append(await invoke(conn, session))
+
+        await asyncio.gather(
+            *(worker(c, s, n) for c, s, n in zip(conns, sessions, per_worker, strict=True))
+        )
+    finally:
+        for c in conns:
+            c.close()
+    return Latency.of(warm), Latency.of(list(cold)), statuses
+
+
+async def bench_invoke_raw(redis_url: str, concurrency: int, requests: int) -> Latency:
+    """Two-hop request/reply over raw Redis streams (no HTTP, no scripts)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, max_connections=None)
+    tag = uuid.uuid4().hex[:8]
+    req_key = f"rawbench:{tag}:req"
+    stop = asyncio.Event()
+
+    async def responder() -> None:
+        last = "$"
+        while not stop.is_set():
+            reply: Any = await client.xread({req_key: last}, count=500, block=100)
+            for _, items in reply or []:
+                pipe = client.pipeline(transaction=False)
+                for entry_id, fields in items:
+                    last = entry_id
+                    pipe.xadd(fields["reply_to"], {"status": "running", "req": entry_id})
+                await pipe.execute()
+
+    async def caller(i: int, n: int, out: list[float]) -> None:
+        reply_key = f"rawbench:{tag}:reply:{i}"
+        last = "0-0"
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await client.xadd(req_key, {"reply_to": reply_key, "input": '{"text":"bench"}'})
+            while True:
+                got: Any = await client.xread({reply_key: last}, count=1, block=5000)
+                if got:
+                    last = got[0][1][0][0]
+                    break
+            out.append(time.perf_counter() - t0)
+
+    task = asyncio.create_task(responder())
+    await asyncio.sleep(0.05)  # the responder's first XREAD "$" must be in place
+    samples: list[float] = []
+    per = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
+    try:
+        await asyncio.gather(*(caller(i, n, samples) for i, n in enumerate(per)))
+    finally:
+        stop.set()
+        await task
+        await client.aclose()
+    return Latency.of(samples)
+
+
+# -- ingest -------------------------------------------------------------------------------
+
+
+def _entries(start_seq: int, n: int) -> list[dict[str, Any]]:
+    return [
+        {"seq": start_seq + k, "type": "run.output", "data": {"text": "bench", "i": start_seq + k}}
+        for k in range(n)
+    ]
+
+
+async def bench_ingest(api_url: str, redis_url: str, admin_token: str, total: int) -> float:
+    """Entries/s through the admin ingest endpoint, batches of 100, 16 sessions in parallel."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    store = LeaseStore(client, Keys())
+    incarnation = uuid.uuid4().hex
+    await store.register_replica(BENCH_REPLICA, incarnation, 600_000)
+    tag = uuid.uuid4().hex[:8]
+    tokens: dict[str, int] = {}
+    for i in range(INGEST_SESSIONS):
+        sid = f"ingest-{tag}-{i}"
+        lease = await store.acquire(
+            store.keys.session("default", sid), BENCH_REPLICA, incarnation, 600_000
+        )
+        tokens[sid] = lease.token
+    per_session = total // INGEST_SESSIONS
+    headers = {"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"}
+    # pre-serialise the bodies: the figure is the server's, not this client's JSON encoding
+    bodies = {
+        sid: [
+            orjson.dumps(
+                {
+                    "session_id": sid,
+                    "run_id": "run_bench",
+                    "token": tok,
+                    "entries": _entries(seq, INGEST_BATCH),
+                }
+            )
+            for seq in range(1, per_session + 1, INGEST_BATCH)
+        ]
+        for sid, tok in tokens.items()
+    }
+    limits = httpx.Limits(max_connections=INGEST_SESSIONS + 4)
+    async with httpx.AsyncClient(base_url=api_url, limits=limits, timeout=60) as http:
+
+        async def ship(sid: str) -> int:
+            n = 0
+            for body in bodies[sid]:
+                r = await http.post(
+                    "/admin/sessions/transcripts/ingest", content=body, headers=headers
+                )
+                if r.status_code != 200:
+                    raise RuntimeError(f"ingest answered {r.status_code}: {r.text[:300]}")
+                n += int(orjson.loads(r.content)["accepted"])
+            return n
+
+        t0 = time.perf_counter()
+        accepted = sum(await asyncio.gather(*(ship(s) for s in tokens)))
+        dt = time.perf_counter() - t0
+    await client.aclose()
+    if accepted != per_session * INGEST_SESSIONS:
+        raise RuntimeError(f"ingest accepted {accepted} of {per_session * INGEST_SESSIONS}")
+    return accepted / dt
+
+
+async def bench_ingest_raw(redis_url: str, total: int) -> float:
+    """Entries/s with one XADD per entry, pipelined per batch of 100, 16 streams in parallel."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    tag = uuid.uuid4().hex[:8]
+    per_session = total // INGEST_SESSIONS
+
+    async def ship(i: int) -> int:
+        key = f"rawbench:{tag}:log:{i}"
+        n = 0
+        for seq in range(1, per_session + 1, INGEST_BATCH):
+            pipe = client.pipeline(transaction=False)
+            for e in _entries(seq, INGEST_BATCH):
+                pipe.xadd(
+                    key,
+                    {
+                        "seq": e["seq"],
+                        "type": e["type"],
+                        "run_id": "run_bench",
+                        "token": 1,
+                        "data": orjson.dumps(e["data"]),
+                        "ts": int(time.time() * 1000),
+                    },
+                    id=f"{e['seq']}-0",
+                )
+            n += len(await pipe.execute())
+        return n
+
+    t0 = time.perf_counter()
+    written = sum(await asyncio.gather(*(ship(i) for i in range(INGEST_SESSIONS))))
+    dt = time.perf_counter() - t0
+    await client.aclose()
+    return written / dt
+
+
+# -- driver ----------------------------------------------------------------------------------
+
+
+async def _run(
+    fleet: Fleet, redis_url: str, api_url: str, concurrency: int, requests: int
+) -> Results:
+    # warm-up: a few invokes and ingests so imports, script caches and pools are hot
+    await bench_invoke(api_url, min(4, concurrency), 8, "warmup")
+    await bench_ingest(api_url, redis_url, fleet.admin_token, INGEST_SESSIONS * INGEST_BATCH * 2)
+
+    warm, cold, statuses = await bench_invoke(api_url, concurrency, requests, uuid.uuid4().hex[:6])
+    raw = await bench_invoke_raw(redis_url, concurrency, requests)
+    ingest_eps = await bench_ingest(api_url, redis_url, fleet.admin_token, INGEST_ENTRIES)
+    raw_eps = await bench_ingest_raw(redis_url, INGEST_ENTRIES)
+    return Results(
+        concurrency=concurrency,
+        requests=requests,
+        invoke=warm,
+        invoke_cold=cold,
+        invoke_raw=raw,
+        invoke_statuses=statuses,
+        ingest_entries_per_s=ingest_eps,
+        ingest_raw_entries_per_s=raw_eps,
+        ingest_entries=INGEST_ENTRIES,
+        p50_met=warm.p50_ms <= TARGET_P50_MS,
+        p99_met=warm.p99_ms <= TARGET_P99_MS,
+        ingest_met=ingest_eps >= TARGET_INGEST_EPS,
+    )
+
+
+def _yes(met: bool) -> str:
+    return "[green]met[/green]" if met else "[red]NOT met[/red]"
+
+
+def render(res: Results, console: Console) -> None:
+    t = Table(title=f"detached invoke, {res.concurrency} callers, {res.requests} requests")
+    for col in ("figure", "streamward", "raw Redis", "ratio", "target"):
+        t.add_column(col)
+    t.add_row(
+        "p50 round trip",
+        f"{res.invoke.p50_ms:.2f} ms",
+        f"{res.invoke_raw.p50_ms:.2f} ms",
+        f"{res.invoke_ratio_p50:.1f}x",
+        f"<= {TARGET_P50_MS:g} ms {_yes(res.p50_met)}",
+    )
+    t.add_row(
+        "p99 round trip",
+        f"{res.invoke.p99_ms:.2f} ms",
+        f"{res.invoke_raw.p99_ms:.2f} ms",
+        f"{res.invoke.p99_ms / res.invoke_raw.p99_ms:.1f}x",
+        f"<= {TARGET_P99_MS:g} ms {_yes(res.p99_met)}",
+    )
+    t.add_row(
+        "cold p50 / p99 (first invoke)",
+        f"{res.invoke_cold.p50_ms:.2f} / {res.invoke_cold.p99_ms:.2f} ms",
+        "",
+        "",
+        "",
+    )
+    t.add_row(
+        "ingest (batches of 100)",
+        f"{res.ingest_entries_per_s:,.0f} entries/s",
+        f"{res.ingest_raw_entries_per_s:,.0f} entries/s",
+        f"{res.ingest_ratio:.2f}x",
+        f">= {TARGET_INGEST_EPS:,.0f}/s {_yes(res.ingest_met)}",
+    )
+    console.print(t)
+    console.print(f"invoke answers: {res.invoke_statuses}")
+
+
+def main(concurrency: int = 50, requests: int = 1000, output: str = "table") -> int:
+    """Run the bench; print a table (or JSON with ``output="json"``); 0 when it ran."""
+    if output not in ("table", "json"):
+        print(f"unknown output {output!r}: table or json", file=sys.stderr)
+        return 2
+    if concurrency < 1 or requests < concurrency:
+        print("need concurrency >= 1 and requests >= concurrency", file=sys.stderr)
+        return 2
+    console = Console(stderr=output == "json")
+    with RedisServer() as server, Fleet(server.url) as fleet:
+        console.print(f"redis {server.url}; starting 1 API and 2 runners (echo handler)...")
+        api = fleet.start_api()
+        fleet.start_runner("bench-runner-1")
+        fleet.start_runner("bench-runner-2")
+        res = asyncio.run(_run(fleet, server.url, api.url, concurrency, requests))
+    if output == "json":
+        out = asdict(res) | {
+            "invoke_ratio_p50": res.invoke_ratio_p50,
+            "ingest_ratio": res.ingest_ratio,
+            "targets": {
+                "p50_ms": TARGET_P50_MS,
+                "p99_ms": TARGET_P99_MS,
+                "ingest_entries_per_s": TARGET_INGEST_EPS,
+            },
+        }
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    else:
+        render(res, console)
+    return 0

@@ -1,0 +1,174 @@
+"""The FastAPI application: factory, lifespan (Redis + scripts), body limit, ``serve()``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.config import Settings, get_settings
+from api.deps import AppState, ensure_ready
+from api.problems import install_handlers, problem_response
+from api.responses import OrjsonResponse
+from api.routes import admin, health, sessions
+from lua.keys import Keys
+from lua.store import LeaseStore
+from lua.streams import Streams
+
+log = logging.getLogger("streamward.api")
+
+
+class BodyLimit:
+    """413 for bodies over ``max_bytes``: checks Content-Length and counts the streamed body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0:
+                    await self._reject(scope, receive, send, 400, "bad_content_length")
+                    return
+                if declared > self.max_bytes:
+                    await self._reject(scope, receive, send, 413, "body_too_large")
+                    return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # chunked bodies carry no Content-Length: stop reading at the limit.
+                    # An HTTPException, because FastAPI re-raises those from body parsing
+                    # (anything else becomes a generic 400).
+                    raise StarletteHTTPException(
+                        413, f"request body exceeds {self.max_bytes} bytes"
+                    )
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except StarletteHTTPException as exc:
+            # raised from receive outside a route's own error handling (e.g. a middleware)
+            if started or exc.status_code != 413:
+                raise
+            await problem_response(413, "body_too_large", str(exc.detail))(scope, receive, send)
+
+    async def _reject(
+        self, scope: Scope, receive: Receive, send: Send, status: int, code: str
+    ) -> None:
+        detail = (
+            f"request body exceeds {self.max_bytes} bytes"
+            if status == 413
+            else "invalid Content-Length"
+        )
+        await problem_response(status, code, detail, {"Connection": "close"})(scope, receive, send)
+
+
+def make_redis(settings: Settings) -> Redis:
+    """One client per process; a blocking pool so a burst of streams waits instead of failing."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_s,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=2.0,
+    )
+    return Redis(connection_pool=pool)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; ``settings`` defaults to the environment (``STREAMWARD_*``)."""
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = make_redis(settings)
+        keys = Keys(settings.key_prefix)
+        state = AppState(
+            settings=settings,
+            client=client,
+            keys=keys,
+            store=LeaseStore(client, keys),
+            streams=Streams(client, keys),
+            api_tokens=[(t.encode(), p) for t, p in settings.api_tokens.items()],
+        )
+        app.state.sw = state
+        try:
+            await ensure_ready(state)
+        except RedisError as exc:
+            # start anyway: /livez answers and /readyz reports 503 until Redis is back
+            log.warning("redis not reachable at start: %s", exc)
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(
+        title="streamward",
+        version="0.1.0",
+        summary="Session stream ownership: invoke, stream, inspect.",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    install_handlers(app, settings.retry_after_s)
+    app.include_router(health.router)
+    app.include_router(sessions.router)
+    app.include_router(admin.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def serve(host: str | None = None, port: int | None = None, redis_url: str | None = None) -> int:
+    """Run the API under uvicorn (the ``streamward api`` command); returns an exit code."""
+    import uvicorn
+
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if redis_url is not None:
+        overrides["redis_url"] = redis_url
+    settings = get_settings().model_copy(update=overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
+    )
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        # streams end on their own when the run ends; don't hold shutdown hostage for long
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
