@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,6 +18,7 @@ from api.deps import AppState, ensure_ready
 from api.problems import install_handlers, problem_response
 from api.responses import OrjsonResponse
 from api.routes import admin, health, sessions
+from lua.client import connect
 from lua.keys import Keys
 from lua.store import LeaseStore
 from lua.streams import Streams
@@ -92,15 +93,14 @@ class BodyLimit:
 
 def make_redis(settings: Settings) -> Redis:
     """One client per process; a blocking pool so a burst of streams waits instead of failing."""
-    pool = BlockingConnectionPool.from_url(
+    return connect(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
-        timeout=settings.redis_pool_timeout_s,
-        decode_responses=True,
+        blocking=True,
+        pool_timeout_s=settings.redis_pool_timeout_s,
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=2.0,
     )
-    return Redis(connection_pool=pool)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
