@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     sse_keepalive_s: Annotated[float, Field(gt=0)] = 15.0
     retry_after_s: Annotated[int, Field(ge=1)] = 1
     log_level: str = "warning"
+    # expired / deleted sessions: every key is deleted this long after (GET says when)
+    retention_s: Annotated[int, Field(ge=1)] = 30 * 86_400
+    # added to Redis TIME when deciding session expiry; tests move time with it (keep 0)
+    clock_offset_ms: int = 0
 
 
 @lru_cache

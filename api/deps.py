@@ -16,6 +16,7 @@ from redis.asyncio.client import Redis
 from api.config import Settings
 from api.problems import ProblemError
 from lua.keys import Keys, SessionKeys
+from lua.routes import RouteStore
 from lua.store import LeaseStore
 from lua.streams import Streams
 
@@ -32,6 +33,7 @@ class AppState:
     keys: Keys
     store: LeaseStore
     streams: Streams
+    routes: RouteStore | None = None
     scripts_loaded: bool = False
     # encoded once so the per-request compare does no allocation beyond the header
     api_tokens: list[tuple[bytes, str]] = field(default_factory=list)
@@ -57,7 +59,14 @@ async def get_app_settings(state: StateDep) -> Settings:
     return state.settings
 
 
+async def get_routes(state: StateDep) -> RouteStore:
+    if state.routes is None:
+        state.routes = RouteStore(state.client, state.keys)
+    return state.routes
+
+
 StoreDep = Annotated[LeaseStore, Depends(get_store)]
+RoutesDep = Annotated[RouteStore, Depends(get_routes)]
 StreamsDep = Annotated[Streams, Depends(get_streams)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 

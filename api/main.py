@@ -17,7 +17,7 @@ from api.config import Settings, get_settings
 from api.deps import AppState, ensure_ready
 from api.problems import install_handlers, problem_response
 from api.responses import OrjsonResponse
-from api.routes import admin, health, sessions
+from api.routes import admin, events, health, sessions
 from lua.client import connect
 from lua.keys import Keys
 from lua.store import LeaseStore
@@ -141,6 +141,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(sessions.router)
     app.include_router(admin.router)
+    app.include_router(events.router)
+    app.include_router(events.admin_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
 

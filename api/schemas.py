@@ -102,6 +102,11 @@ class SessionOut(Model):
     transitions: int = 0
     owner: OwnerDetail | None = None
     delete_after: str | None = None
+    # why it ended (expired / deleted / dead / passivated): idle | timeout | daily | manual | drop
+    reason: str | None = None
+    route_id: str | None = None
+    session_key: str | None = None
+    generation: int | None = None
 
 
 class SessionPage(Model):
@@ -224,3 +229,63 @@ class Problem(Model):
     status: int
     code: str
     detail: str | None = None
+
+
+# -- routes and events (event routing) -----------------------------------------------------
+
+OnOwnerDeath = Literal["restart", "queue", "drop"]
+
+
+class RouteSession(Model):
+    """How a route's events map to sessions, and those sessions' lifecycle."""
+
+    key_expr: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+    # instead of key_expr: a built-in key rule for chat payloads (docs/routing.md)
+    key_template: Literal["chat"] | None = None
+    isolation: Literal["shared", "per_user"] = "shared"
+    idle_timeout_seconds: Annotated[int, Field(ge=30, le=86_400)] = 300
+    session_timeout_seconds: Annotated[int, Field(ge=60, le=604_800)] = 3600
+    daily_reset_hour: Annotated[int, Field(ge=0, le=23)] | None = None
+    on_owner_death: OnOwnerDeath = "restart"
+    multitask: Multitask = "enqueue"
+
+
+class Route(Model):
+    route_id: Id
+    project: Id = "default"
+    source: Id
+    on: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(min_length=1)]
+    filter: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+    session: RouteSession
+    input_expr: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+
+
+class RoutePage(Model):
+    items: list[Route]
+
+
+class EventRequest(Model):
+    type: Annotated[str, Field(min_length=1, max_length=200)]
+    payload: Any = None
+
+
+EventAction = Literal["started", "queued", "filtered", "no_key", "rejected"]
+
+
+class EventSession(Model):
+    route_id: str
+    session_key: str | None = None
+    session_id: str | None = None
+    run_id: str | None = None
+    action: EventAction
+
+
+class EventResult(Model):
+    matched: int
+    runs_started: int
+    events_queued: int
+    sessions: list[EventSession]
+
+
+class SessionReset(Model):
+    session_key: Annotated[str, Field(min_length=1, max_length=2000)]

@@ -4,6 +4,8 @@
   The first event of a key creates generation 1 ("started"); later events reuse
   the active generation ("queued") until it expires (session timeout, daily
   reset, or a manual / dead reset), when the next event opens generation n+1.
+  A manual reset is recorded on the binding (field "reset") by the API and
+  taken here by the next event.
   Two events for a new key arriving at once therefore end in one session.
 
   KEYS[1] binding key            sw:{<project>/<route_id>/<key_hash>}:binding
@@ -22,13 +24,15 @@
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[4])
-local b = rcall('HMGET', KEYS[1], 'generation', 'session_id', 'created_ms')
+local b = rcall('HMGET', KEYS[1], 'generation', 'session_id', 'created_ms', 'reset')
 local gen = tonumber(b[1] or '0')
 local reason = ''
 if gen > 0 then
   local created = tonumber(b[3])
   if ARGV[6] ~= '' then
     reason = ARGV[6]
+  elseif b[4] then
+    reason = b[4]
   elseif now - created >= tonumber(ARGV[2]) then
     reason = 'timeout'
   else
@@ -49,6 +53,7 @@ end
 local prev = b[2] or ''
 gen = gen + 1
 local sid = ARGV[1] .. '.' .. gen
+rcall('HDEL', KEYS[1], 'reset')
 rcall('HSET', KEYS[1], 'generation', gen, 'session_id', sid, 'created_ms', now,
   'last_event_ms', now, 'key', ARGV[5])
 if prev ~= '' then

@@ -16,7 +16,11 @@
   ARGV[7] session_id
   ARGV[8] source                 who sent it (invoke, event:<route>)
 
-  Returns {1, entry_id, active_run_id, pending}     queued ("" when no active run)
+  A session retired by deletion or expiry (meta delete_after_ms set) is revived:
+  its inbox and meta lose their expiry and revived = 1 tells the caller to keep
+  the session's other keys too.
+
+  Returns {1, entry_id, active_run_id, pending, revived}   queued ("" when no active run)
           {2, run_id}                               DUPLICATE: the idempotency key names run_id
           {-6, active_run_id, pending}              BUSY: multitask=reject and a run is active
 ]]
@@ -42,5 +46,12 @@ end
 if rcall('HSETNX', KEYS[2], 'created_ms', now) == 1 then
   rcall('HSET', KEYS[2], 'project', ARGV[6], 'session_id', ARGV[7])
 end
+local revived = 0
+if rcall('HEXISTS', KEYS[2], 'delete_after_ms') == 1 then
+  revived = 1
+  rcall('HDEL', KEYS[2], 'delete_after_ms', 'reason', 'ended_ms')
+  rcall('PERSIST', KEYS[2])
+  rcall('PERSIST', KEYS[1])
+end
 rcall('HSET', KEYS[2], 'status', 'active', 'updated_ms', now)
-return {1, id, active, pending + 1}
+return {1, id, active, pending + 1, revived}

@@ -87,6 +87,18 @@ class RouteStore:
         s = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
         return Binding(s[1], int(s[2]), s[3], s[4], s[5])
 
+    async def mark_reset(self, project: str, route_id: str, key: str, reason: str) -> str | None:
+        """Expire the key's current generation: its next event opens a new one.
+
+        Returns the session id of the generation that ends, or None when the key has none.
+        """
+        bk = binding_key(self.keys, project, route_id, key_hash(key))
+        sid = await self.client.hget(bk, "session_id")
+        if sid is None:
+            return None
+        await self.client.hset(bk, "reset", reason)
+        return sid.decode() if isinstance(sid, bytes) else str(sid)
+
     async def binding(self, project: str, route_id: str, key: str) -> dict[str, str]:
         raw = await self.client.hgetall(binding_key(self.keys, project, route_id, key_hash(key)))
         return {

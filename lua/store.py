@@ -98,6 +98,7 @@ class Enqueued:
     duplicate: bool
     active_run_id: str
     pending: int
+    revived: bool = False  # the session had been retired: keep its other keys (revive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +370,14 @@ class LeaseStore:
         )
         if int(reply[0]) == E.DUPLICATE:  # type: ignore[call-overload]
             return Enqueued(_s(reply[1]), None, True, "", 0)
-        return Enqueued(run_id, _s(reply[1]), False, _s(reply[2]), int(reply[3]))  # type: ignore[call-overload]
+        return Enqueued(
+            run_id,
+            _s(reply[1]),
+            False,
+            _s(reply[2]),
+            int(reply[3]),  # type: ignore[call-overload]
+            revived=int(reply[4]) == 1,  # type: ignore[call-overload]
+        )
 
     async def complete_input(self, session: SessionKeys, token: int, entry_id: str) -> int:
         """Fenced: mark an inbox entry consumed. Returns pending count. Raises StaleToken."""

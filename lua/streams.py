@@ -474,3 +474,47 @@ class Streams:
         """Re-add sessions to a replica's lease index (heals an index a watchdog raced)."""
         if session_refs:
             await self.client.sadd(self.keys.replica(replica_id).leases, *session_refs)
+
+    # -- lifecycle (event routing) -----------------------------------------------------------
+
+    async def retire_session(
+        self, session: SessionKeys, status: str, reason: str, retention_ms: int
+    ) -> int:
+        """Mark a session expired/deleted and let all its keys expire after ``retention_ms``.
+
+        Returns the deletion time (Redis ms). The epoch goes too: a retired session's id is
+        never reused (a new generation gets a new id), so no stale token can meet a reset
+        epoch; a manually deleted id that is invoked again before retention keeps its epoch.
+        """
+        now = await self.now_ms()
+        delete_after = now + retention_ms
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(
+            session.meta,
+            mapping={
+                "status": status,
+                "reason": reason,
+                "ended_ms": now,
+                "delete_after_ms": delete_after,
+                "updated_ms": now,
+            },
+        )
+        for key in (
+            session.meta,
+            session.log,
+            session.inbox,
+            session.runs,
+            session.attached,
+            session.cancels,
+            session.epoch,
+        ):
+            pipe.pexpire(key, retention_ms)
+        await pipe.execute()
+        return delete_after
+
+    async def revive_session(self, session: SessionKeys) -> None:
+        """Keep a retired session's keys after all (enqueueInput revived its inbox and meta)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in (session.log, session.runs, session.epoch, session.attached, session.cancels):
+            pipe.persist(key)
+        await pipe.execute()

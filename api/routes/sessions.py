@@ -168,6 +168,8 @@ async def _submit(
         if rs is not None and rs.started_id:
             after = _before(rs.started_id)
         return enq.run_id, after, rs
+    if enq.revived:  # a deleted or expired session invoked again keeps its transcript
+        await streams.revive_session(sk)
     _, own = await asyncio.gather(streams.touch_session(sk), store.ownership(sk))
     if body.multitask == "interrupt" and enq.active_run_id:
         await _cancel_run(streams, sk, own, enq.active_run_id)
@@ -337,6 +339,10 @@ async def _session_out(store: LeaseStore, streams: Streams, sk: SessionKeys) -> 
         transitions=int(meta.get("transitions") or 0),
         owner=owner_detail(own),
         delete_after=rfc3339_opt(meta.get("delete_after_ms")),
+        reason=meta.get("reason") or None,
+        route_id=meta.get("route_id") or None,
+        session_key=meta.get("session_key") or None,
+        generation=int(meta["generation"]) if meta.get("generation") else None,
     )
 
 
@@ -368,7 +374,9 @@ async def get_session(sk: SessionDep, store: StoreDep, streams: StreamsDep) -> S
 
 
 @router.delete("/sessions/{session_id}", response_model=SessionOut, responses=_COMMON)
-async def delete_session(sk: SessionDep, store: StoreDep, streams: StreamsDep) -> SessionOut:
+async def delete_session(
+    sk: SessionDep, store: StoreDep, streams: StreamsDep, settings: SettingsDep
+) -> SessionOut:
     """Cancel the active run, release (fence) the owner, drop pending state; keep the log."""
     meta = await _meta_or_404(streams, sk)
     own = await store.ownership(sk)
@@ -379,9 +387,9 @@ async def delete_session(sk: SessionDep, store: StoreDep, streams: StreamsDep) -
         # bumps the epoch: the old owner's next write is refused and it drops the session
         await store.force_release(sk, "deleted")
     await streams.delete_session_state(sk)
-    await streams.set_meta(
-        sk, status="deleted", active_run_id="", updated_ms=await streams.now_ms()
-    )
+    await streams.set_meta(sk, active_run_id="")
+    # kept readable until retention ends, then every key of the session expires
+    await streams.retire_session(sk, "deleted", "manual", settings.retention_s * 1000)
     await streams.forget_session(sk)
     out = await _session_out(store, streams, sk)
     assert out is not None

@@ -27,6 +27,8 @@ KEY_ARGS: dict[str, tuple[int, ...] | str] = {
     "HSET": (1,),
     "HSETNX": (1,),
     "HDEL": (1,),
+    "HEXISTS": (1,),
+    "PERSIST": (1,),
     "HINCRBY": (1,),
     "HGETALL": (1,),
     "SADD": (1,),
