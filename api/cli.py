@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from api.bench.cli import app as bench_app
+from api.probe_cli import probe_command
+from api.sre import locks_app, replicas_app
 from runner.cli import app as runner_app
 
 app = typer.Typer(
@@ -18,6 +20,9 @@ app = typer.Typer(
 )
 app.add_typer(runner_app, name="runner")
 app.add_typer(bench_app, name="bench")
+app.command("probe")(probe_command)
+app.add_typer(locks_app, name="locks")
+app.add_typer(replicas_app, name="replicas")
 
 
 @app.command("api")

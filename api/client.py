@@ -20,6 +20,7 @@ from api.schemas import (
     IngestResult,
     InvokeAccepted,
     Liveness,
+    LockDetail,
     LockOut,
     LockPage,
     LogEntryOut,
@@ -445,11 +446,24 @@ class AsyncStreamwardClient(_Common):
             )
         )
 
-    async def release_lock(self, session_id: str, project: str = "default") -> ForceReleaseResult:
+    async def lock_detail(
+        self, session_id: str, project: str = "default", entries: int = 10
+    ) -> LockDetail:
+        """Lock, holder liveness, pending inputs, active run and the log's last entries."""
+        params = {"project": project, "entries": str(entries)}
+        return LockDetail.model_validate(
+            await self._call(
+                _Req("GET", f"/admin/locks/{session_id}/detail", params=params), admin=True
+            )
+        )
+
+    async def release_lock(
+        self, session_id: str, project: str = "default", reason: str = "admin"
+    ) -> ForceReleaseResult:
+        params = {"project": project, "reason": reason}
         return ForceReleaseResult.model_validate(
             await self._call(
-                _Req("POST", f"/admin/locks/{session_id}/release", params={"project": project}),
-                admin=True,
+                _Req("POST", f"/admin/locks/{session_id}/release", params=params), admin=True
             )
         )
 
@@ -645,21 +659,43 @@ class StreamwardClient(_Common):
         )
 
     def locks(
-        self, replica: str | None = None, cursor: str | None = None, limit: int = 100
+        self,
+        replica: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+        project: str | None = None,
     ) -> LockPage:
         params = {"limit": str(limit)}
-        for k, v in (("replica", replica), ("cursor", cursor)):
+        for k, v in (("replica", replica), ("cursor", cursor), ("project", project)):
             if v is not None:
                 params[k] = v
         return LockPage.model_validate(
             self._call(_Req("GET", "/admin/locks", params=params), admin=True)
         )
 
-    def release_lock(self, session_id: str, project: str = "default") -> ForceReleaseResult:
+    def lock(self, session_id: str, project: str = "default") -> LockOut:
+        return LockOut.model_validate(
+            self._call(
+                _Req("GET", f"/admin/locks/{session_id}", params={"project": project}), admin=True
+            )
+        )
+
+    def lock_detail(
+        self, session_id: str, project: str = "default", entries: int = 10
+    ) -> LockDetail:
+        """Lock, holder liveness, pending inputs, active run and the log's last entries."""
+        params = {"project": project, "entries": str(entries)}
+        return LockDetail.model_validate(
+            self._call(_Req("GET", f"/admin/locks/{session_id}/detail", params=params), admin=True)
+        )
+
+    def release_lock(
+        self, session_id: str, project: str = "default", reason: str = "admin"
+    ) -> ForceReleaseResult:
+        params = {"project": project, "reason": reason}
         return ForceReleaseResult.model_validate(
             self._call(
-                _Req("POST", f"/admin/locks/{session_id}/release", params={"project": project}),
-                admin=True,
+                _Req("POST", f"/admin/locks/{session_id}/release", params=params), admin=True
             )
         )
 

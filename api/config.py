@@ -8,13 +8,18 @@ from typing import Annotated
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lua.client import RedisSettings
 
-class Settings(BaseSettings):
-    """Everything the API reads from the environment; names match docs/architecture.md."""
+
+class Settings(RedisSettings, BaseSettings):
+    """Everything the API reads from the environment; names match docs/architecture.md.
+
+    Redis connection fields (``REDIS_MODE``, ``REDIS_URL``, ``SENTINELS``, TLS, ...) come from
+    ``lua.client.RedisSettings``, shared with the runner.
+    """
 
     model_config = SettingsConfigDict(env_prefix="STREAMWARD_", extra="ignore")
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "sw"
     admin_token: str | None = None
     host: str = "127.0.0.1"

@@ -7,18 +7,23 @@ worker thread, which costs more than the work they do.
 from __future__ import annotations
 
 import hmac
+import logging
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Path, Query, Request
-from redis.asyncio.client import Redis
 
 from api.config import Settings
 from api.problems import ProblemError
+from lua.client import RedisClient
 from lua.keys import Keys, SessionKeys
+from lua.probe import Capabilities, probe
 from lua.routes import RouteStore
 from lua.store import LeaseStore
 from lua.streams import Streams
+
+if TYPE_CHECKING:
+    from api.metrics import ApiMetrics
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
 DEFAULT_PROJECT = "default"
@@ -29,12 +34,15 @@ class AppState:
     """What the lifespan opens once per process and every request shares."""
 
     settings: Settings
-    client: Redis
+    client: RedisClient
     keys: Keys
     store: LeaseStore
     streams: Streams
     routes: RouteStore | None = None
     scripts_loaded: bool = False
+    # what the startup capability probe found (None until Redis answered it once)
+    capabilities: Capabilities | None = None
+    metrics: ApiMetrics | None = None
     # encoded once so the per-request compare does no allocation beyond the header
     api_tokens: list[tuple[bytes, str]] = field(default_factory=list)
 
@@ -150,8 +158,15 @@ SessionDep = Annotated[SessionKeys, Depends(session_keys)]
 
 
 async def ensure_ready(state: AppState) -> None:
-    """Ping Redis and load the scripts once (raises RedisError when Redis is unreachable)."""
+    """Ping Redis; the first time it answers, probe it and load the scripts.
+
+    Raises RedisError when Redis is unreachable, ProbeError when streamward cannot run on it
+    (no Lua scripting, wrong mode, a replica, too old).
+    """
     await state.client.ping()
+    if state.capabilities is None:
+        state.capabilities = await probe(state.client, state.settings.redis_config())
+        logging.getLogger("streamward.api").info("redis: %s", state.capabilities.line())
     if not state.scripts_loaded:
         await state.store.scripts.load_all(state.client)
         await state.streams.ensure_work_group()

@@ -16,7 +16,9 @@ from rich.console import Console
 from api.fleet import Fleet, Proc
 from lua.server import RedisServer
 
-console = Console(highlight=False)
+# soft_wrap: long lines (the ready-to-paste commands, the admin token) are never broken
+# at the terminal's (or a pipe's guessed 80-column) width
+console = Console(highlight=False, soft_wrap=True)
 
 
 def _port_free(port: int) -> bool:
@@ -44,6 +46,7 @@ def main(
     demo: bool = True,
     exit_after_demo: bool = False,
     replica_ttl_ms: int = 3000,
+    drain_timeout_s: float = 3.0,
 ) -> int:
     if not _port_free(port):
         console.print(
@@ -52,6 +55,8 @@ def main(
         )
         return 1
     signal.signal(signal.SIGTERM, _on_signal)
+    # explicitly, because a shell that starts us in the background sets SIGINT to ignored
+    signal.signal(signal.SIGINT, _on_signal)
     server: RedisServer | None = None
     fleet: Fleet | None = None
     try:
@@ -65,7 +70,15 @@ def main(
                 )
             else:
                 console.print(f"redis     {redis_url}  (existing)")
-            fleet = Fleet(redis_url, env={"STREAMWARD_REPLICA_TTL_MS": str(replica_ttl_ms)})
+            fleet = Fleet(
+                redis_url,
+                env={
+                    "STREAMWARD_REPLICA_TTL_MS": str(replica_ttl_ms),
+                    # Ctrl-C should not wait out long demo runs: runs left unfinished after
+                    # this are handed back (and restarted by whoever claims them next)
+                    "STREAMWARD_DRAIN_TIMEOUT_S": str(drain_timeout_s),
+                },
+            )
             status.update(f"starting API on port {port}...")
             api = fleet.start_api(port=port)
             for i in range(runners):
@@ -91,10 +104,25 @@ def main(
         return 1
     finally:
         if fleet is not None:
-            fleet.stop()
+            _shutdown(fleet)
         if server is not None:
             server.cleanup()
         console.print("stopped: no process left behind.")
+
+
+def _shutdown(fleet: Fleet) -> None:
+    """Drain runners, then stop the API (showing who we wait for); Ctrl-C again kills."""
+    try:
+        with console.status("stopping...") as status:
+            for p in reversed(fleet.procs):
+                if p.alive():
+                    status.update(f"stopping {p.name} (pid {p.pid}); Ctrl-C again to kill it")
+                    p.terminate(timeout_s=25)
+    except (KeyboardInterrupt, _Stop):
+        for p in fleet.procs:
+            if p.alive():
+                p.kill()
+    fleet.stop()
 
 
 def _banner(fleet: Fleet, api: Proc, runners: int) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from lua.client import connect_sync, redis_config_from_env
 from lua.keys import Keys
 from lua.server import free_port
 
@@ -148,13 +149,14 @@ class Fleet:
     def wait_replica(self, proc: Proc, replica_id: str, wait_s: float = 30.0) -> None:
         """Wait until the runner's replica lease is in Redis."""
         key = Keys(self.key_prefix).replica(replica_id).lease
-        client = redis.Redis.from_url(self.redis_url)
+        # the Redis the processes use (STREAMWARD_REDIS_MODE etc. in env: Sentinel, Cluster)
+        client = connect_sync(redis_config_from_env(self._env(None)), socket_timeout=2.0)
         deadline = time.monotonic() + wait_s
         try:
             while True:
                 if not proc.alive():
                     raise RuntimeError(f"runner {replica_id} exited:\n{proc.log()[-3000:]}")
-                with contextlib.suppress(redis.ConnectionError):
+                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
                     if client.exists(key):
                         return
                 if time.monotonic() > deadline:

@@ -8,18 +8,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.config import Settings, get_settings
 from api.deps import AppState, ensure_ready
+from api.logs import RequestContext, setup_logging
+from api.metrics import ApiMetrics, HttpMetrics, route_index
+from api.metrics import router as metrics_router
 from api.problems import install_handlers, problem_response
 from api.responses import OrjsonResponse
-from api.routes import admin, events, health, sessions
-from lua.client import connect
+from api.routes import admin, events, health, ops, sessions
+from lua.client import RedisClient, connect_from_config
 from lua.keys import Keys
+from lua.probe import ProbeError
 from lua.store import LeaseStore
 from lua.streams import Streams
 
@@ -91,10 +94,11 @@ class BodyLimit:
         await problem_response(status, code, detail, {"Connection": "close"})(scope, receive, send)
 
 
-def make_redis(settings: Settings) -> Redis:
-    """One client per process; a blocking pool so a burst of streams waits instead of failing."""
-    return connect(
-        settings.redis_url,
+def make_redis(settings: Settings) -> RedisClient:
+    """One client per process (standalone, Sentinel or Cluster: ``STREAMWARD_REDIS_MODE``); a
+    blocking pool so a burst of streams waits instead of failing (not on Cluster)."""
+    return connect_from_config(
+        settings.redis_config(),
         max_connections=settings.redis_max_connections,
         blocking=True,
         pool_timeout_s=settings.redis_pool_timeout_s,
@@ -106,6 +110,7 @@ def make_redis(settings: Settings) -> Redis:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` defaults to the environment (``STREAMWARD_*``)."""
     settings = settings or get_settings()
+    metrics = ApiMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,13 +123,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store=LeaseStore(client, keys),
             streams=Streams(client, keys),
             api_tokens=[(t.encode(), p) for t, p in settings.api_tokens.items()],
+            metrics=metrics,
         )
         app.state.sw = state
         try:
             await ensure_ready(state)
+        except ProbeError as exc:
+            # Redis answers but cannot run streamward (no scripting, wrong mode): fail fast
+            log.error("%s", exc)
+            await client.aclose()
+            raise
         except RedisError as exc:
             # start anyway: /livez answers and /readyz reports 503 until Redis is back
-            log.warning("redis not reachable at start: %s", exc)
+            log.warning("redis not reachable at start (%s): %s", settings.redis_mode, exc)
         try:
             yield
         finally:
@@ -137,13 +148,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
     )
+    app.state.metrics = metrics
     install_handlers(app, settings.retry_after_s)
-    app.include_router(health.router)
-    app.include_router(sessions.router)
-    app.include_router(admin.router)
-    app.include_router(events.router)
-    app.include_router(events.admin_router)
+    routers = [
+        health.router,
+        metrics_router,
+        sessions.router,
+        admin.router,
+        events.router,
+        events.admin_router,
+        ops.router,
+        ops.page_router,
+    ]
+    for r in routers:
+        app.include_router(r)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # outermost: counted and logged even when the body limit answers before routing
+    app.add_middleware(HttpMetrics, metrics=metrics, routes=route_index(routers))
+    app.add_middleware(RequestContext)
     return app
 
 
@@ -159,15 +181,15 @@ def serve(host: str | None = None, port: int | None = None, redis_url: str | Non
     if redis_url is not None:
         overrides["redis_url"] = redis_url
     settings = get_settings().model_copy(update=overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
-    )
+    # JSON lines on stdout (readable on a terminal); uvicorn's loggers go through it too
+    setup_logging(settings.log_level)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,
+        access_log=False,  # streamward.access logs each request, with trace ids
+        log_config=None,
         # streams end on their own when the run ends; don't hold shutdown hostage for long
         timeout_graceful_shutdown=5,
     )

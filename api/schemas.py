@@ -220,6 +220,41 @@ class DrainResult(Model):
     status: Literal["draining"]
 
 
+class PendingInput(Model):
+    """One input waiting in a session inbox (the running one included)."""
+
+    id: str
+    run_id: str
+    source: str
+    multitask: str
+    enqueued_at: str | None = None
+
+
+class RunOut(Model):
+    """A run's latest recorded state."""
+
+    run_id: str
+    status: str
+    token: int | None = None
+    replica_id: str | None = None
+    attempt: int | None = None
+    updated_at: str | None = None
+
+
+class LockDetail(Model):
+    """Everything an SRE asks about one session's ownership (``streamward locks show``)."""
+
+    lock: LockOut
+    status: str | None = None
+    holder_replica: ReplicaOut | None = None
+    pending: int = 0
+    pending_inputs: list[PendingInput] = []
+    attached: int = 0
+    active_run: RunOut | None = None
+    last_entries: list[LogEntryOut] = []
+    server_time: str
+
+
 class Problem(Model):
     """RFC 9457 problem details with a stable machine-readable ``code``."""
 

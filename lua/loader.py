@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from redis.asyncio.client import Pipeline, Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
+from lua.client import RedisClient
 from lua.errors import ScriptError
 
 NAME_PATTERN = re.compile(r"(?P<op>[a-z][A-Za-z]+)-(?P<keys>\d+|n)\.lua")
 KeyT = str
 ArgT = str | int | float | bytes
+
+# Set by the process (the API's or runner's metrics) to time every script call:
+# ``on_script_timing(script_name, seconds, ok)``. A plain callable so lua/ stays free of
+# any metrics library; None (the default) costs one attribute read per call.
+ScriptTimingHook = Callable[[str, float, bool], None]
+on_script_timing: ScriptTimingHook | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ def script_sources() -> dict[str, ScriptSource]:
 class Script:
     """A loaded script bound to nothing: pass the client (or pipeline) on each call."""
 
-    def __init__(self, src: ScriptSource, client: Redis) -> None:
+    def __init__(self, src: ScriptSource, client: RedisClient) -> None:
         self.src = src
         # redis-py's Script: SHA computed locally, EVALSHA first, SCRIPT LOAD on NOSCRIPT.
         self._script: AsyncScript = client.register_script(src.source)
@@ -68,10 +76,20 @@ class Script:
             raise ScriptError(f"{self.src.filename} takes {want} keys, called with {len(keys)}")
 
     async def __call__(
-        self, keys: Sequence[KeyT], args: Sequence[ArgT], client: Redis | None = None
+        self, keys: Sequence[KeyT], args: Sequence[ArgT], client: RedisClient | None = None
     ) -> Any:
         self._check(keys)
-        return await self._script(keys=list(keys), args=list(args), client=client)
+        hook = on_script_timing
+        if hook is None:
+            return await self._script(keys=list(keys), args=list(args), client=client)
+        t0 = time.perf_counter()
+        ok = False
+        try:
+            reply = await self._script(keys=list(keys), args=list(args), client=client)
+            ok = True
+            return reply
+        finally:
+            hook(self.src.name, time.perf_counter() - t0, ok)
 
     def queue(self, pipe: Pipeline, keys: Sequence[KeyT], args: Sequence[ArgT]) -> None:
         """Queue the call on a pipeline (its reply comes back from ``pipe.execute()``)."""
@@ -83,7 +101,7 @@ class Script:
 class Scripts:
     """All scripts for one client; attribute access by operation name (``scripts.acquireLease``)."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._by_name = {name: Script(src, client) for name, src in script_sources().items()}
 
     def __getattr__(self, name: str) -> Script:
@@ -95,7 +113,7 @@ class Scripts:
     def all(self) -> list[Script]:
         return list(self._by_name.values())
 
-    async def load_all(self, client: Redis) -> None:
+    async def load_all(self, client: RedisClient) -> None:
         """SCRIPT LOAD every script now (readiness), so the first real call is an EVALSHA hit."""
         for s in self._by_name.values():
             await client.script_load(s.src.source)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from redis.asyncio.client import Redis
-
+from lua.client import RedisClient
 from lua.keys import Keys, binding_key, validate_id
 from lua.loader import Scripts
 
@@ -28,7 +27,7 @@ class Binding:
 class RouteStore:
     """Routes (one hash of JSON documents) and session bindings."""
 
-    def __init__(self, client: Redis, keys: Keys | None = None) -> None:
+    def __init__(self, client: RedisClient, keys: Keys | None = None) -> None:
         self.client = client
         self.keys = keys or Keys()
         self.scripts = Scripts(client)

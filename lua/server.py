@@ -60,6 +60,7 @@ class RedisServer:
         binary: str | None = None,
         appendonly: bool = False,
         extra_args: list[str] | None = None,
+        config_file: str | None = None,
     ) -> None:
         self.binary = binary or find_redis_server()
         self.port = port or free_port()
@@ -67,6 +68,8 @@ class RedisServer:
             raise ValueError("refusing port 6379: it belongs to the machine's own Redis")
         self.appendonly = appendonly
         self.extra_args = extra_args or []
+        # a config file (Sentinel needs one it can rewrite); goes first on the command line
+        self.config_file = config_file
         self.dir = tempfile.mkdtemp(prefix="streamward-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -77,6 +80,7 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         args = [
             self.binary,
+            *([self.config_file] if self.config_file else []),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", self.dir,

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from redis.asyncio.client import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 from lua import errors as E
+from lua.client import RedisClient
 from lua.keys import Keys, SessionKeys, validate_id
 from lua.loader import Scripts
 
@@ -125,7 +127,7 @@ def _check(script: str, reply: list[object]) -> list[object]:
 class LeaseStore:
     """Async, typed calls over one Redis client (standalone, Sentinel master or Cluster)."""
 
-    def __init__(self, client: Redis, keys: Keys | None = None) -> None:
+    def __init__(self, client: RedisClient, keys: Keys | None = None) -> None:
         self.client = client
         self.keys = keys or Keys()
         self.scripts = Scripts(client)
@@ -250,14 +252,10 @@ class LeaseStore:
         chunks: list[list[tuple[SessionKeys, int]]],
     ) -> list[list[int]]:
         script = self.scripts.renewLeases
-        if self.cluster:  # a cluster pipeline cannot carry EVALSHA across slots reliably
-            return [
-                await script(
-                    [sk.lease for sk, _ in part],
-                    [replica_id, incarnation, ttl_ms, *[str(t) for _, t in part]],
-                )
-                for part in chunks
-            ]
+        if isinstance(self.client, RedisCluster):
+            return await self._run_chunks_cluster(
+                self.client, replica_id, incarnation, ttl_ms, chunks
+            )
         pipe = self.client.pipeline(transaction=False)
         for part in chunks:
             script.queue(
@@ -266,6 +264,53 @@ class LeaseStore:
                 [replica_id, incarnation, ttl_ms, *[str(t) for _, t in part]],
             )
         return list(await pipe.execute())
+
+    async def _run_chunks_cluster(
+        self,
+        client: RedisCluster,
+        replica_id: str,
+        incarnation: str,
+        ttl_ms: int,
+        chunks: list[list[tuple[SessionKeys, int]]],
+    ) -> list[list[int]]:
+        """One pipeline per node, all nodes at once (redis-py's cluster pipeline routes each
+        EVALSHA by its keys' slot). Every chunk holds keys of one slot. A node that does not
+        know the script (a promoted replica after failover) answers NOSCRIPT: the script is
+        loaded on every primary and those chunks are sent again."""
+        script = self.scripts.renewLeases
+        calls: list[list[str | int]] = [
+            [
+                "EVALSHA",
+                script.sha,
+                len(part),
+                *[sk.lease for sk, _ in part],
+                replica_id,
+                incarnation,
+                ttl_ms,
+                *[str(t) for _, t in part],
+            ]
+            for part in chunks
+        ]
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = client.pipeline()
+            for i in todo:
+                pipe.execute_command(*calls[i])
+            replies = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    results[i] = reply
+            if not missing:
+                break
+            await client.script_load(script.src.source)
+            todo = missing
+        return results
 
     async def release(
         self, session: SessionKeys, replica_id: str, incarnation: str, token: int

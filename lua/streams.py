@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.asyncio.client import Redis
 from redis.exceptions import ResponseError, WatchError
 
+from lua.client import RedisClient
 from lua.keys import Keys, SessionKeys
 
 WORK_MAXLEN = 100_000
@@ -123,7 +123,7 @@ def parse_inbox(entry_id: str, fields: dict[str, str]) -> InboxItem:
 class Streams:
     """Work queue, mailboxes, inbox, log, meta, attachments and indexes."""
 
-    def __init__(self, client: Redis, keys: Keys | None = None) -> None:
+    def __init__(self, client: RedisClient, keys: Keys | None = None) -> None:
         # The client always decodes responses; redis-py types replies as unions of
         # bytes/str/None for both modes, so replies are read through Any here.
         self.client: Any = client
@@ -401,7 +401,9 @@ class Streams:
         for _ in range(5):  # the replica's own renewals touch the key: retry on a conflict
             async with self.client.pipeline(transaction=True) as pipe:
                 await pipe.watch(rk.lease)
-                if not await pipe.exists(rk.lease):
+                # HLEN, not EXISTS: a cluster pipeline splits EXISTS by slot and, once
+                # watching, never runs it (redis-py returns the pipeline, always truthy)
+                if not await pipe.hlen(rk.lease):
                     await pipe.unwatch()
                     return False
                 pipe.multi()

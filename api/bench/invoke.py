@@ -330,15 +330,25 @@ async def bench_ingest_raw(redis_url: str, total: int) -> float:
 
 
 async def _run(
-    fleet: Fleet, redis_url: str, api_url: str, concurrency: int, requests: int
+    fleet: Fleet,
+    redis_url: str,
+    api_url: str,
+    concurrency: int,
+    requests: int,
+    phase: Callable[[str], object] = lambda _: None,
 ) -> Results:
     # warm-up: a few invokes and ingests so imports, script caches and pools are hot
+    phase("warming up...")
     await bench_invoke(api_url, min(4, concurrency), 8, "warmup")
     await bench_ingest(api_url, redis_url, fleet.admin_token, INGEST_SESSIONS * INGEST_BATCH * 2)
 
+    phase(f"1/4 detached invokes: {requests} through the API, {concurrency} callers...")
     warm, cold, statuses = await bench_invoke(api_url, concurrency, requests, uuid.uuid4().hex[:6])
+    phase(f"2/4 raw Redis request/reply baseline: {requests} round trips...")
     raw = await bench_invoke_raw(redis_url, concurrency, requests)
+    phase(f"3/4 admin ingest: {INGEST_ENTRIES:,} entries...")
     ingest_eps = await bench_ingest(api_url, redis_url, fleet.admin_token, INGEST_ENTRIES)
+    phase(f"4/4 raw XADD baseline: {INGEST_ENTRIES:,} entries...")
     raw_eps = await bench_ingest_raw(redis_url, INGEST_ENTRIES)
     return Results(
         concurrency=concurrency,
@@ -406,11 +416,16 @@ def main(concurrency: int = 50, requests: int = 1000, output: str = "table") -> 
         return 2
     console = Console(stderr=output == "json")
     with RedisServer() as server, Fleet(server.url) as fleet:
-        console.print(f"redis {server.url}; starting 1 API and 2 runners (echo handler)...")
-        api = fleet.start_api()
-        fleet.start_runner("bench-runner-1")
-        fleet.start_runner("bench-runner-2")
-        res = asyncio.run(_run(fleet, server.url, api.url, concurrency, requests))
+        console.print(f"redis {server.url}; 1 API and 2 runners (echo handler)")
+        # progress on the console (stderr with -o json, so stdout stays one JSON document)
+        with console.status("starting the API...") as status:
+            api = fleet.start_api()
+            for i in (1, 2):
+                status.update(f"starting runner {i}/2...")
+                fleet.start_runner(f"bench-runner-{i}")
+            res = asyncio.run(
+                _run(fleet, server.url, api.url, concurrency, requests, phase=status.update)
+            )
     if output == "json":
         out = asdict(res) | {
             "invoke_ratio_p50": res.invoke_ratio_p50,

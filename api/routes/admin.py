@@ -63,6 +63,8 @@ async def ingest(body: IngestRequest, state: StateDep) -> IngestResult:
         for i, e in enumerate(body.entries)
     ]
     res = await store.ingest(sk, body.run_id, body.token, entries)
+    if state.metrics is not None:
+        state.metrics.observe_ingest(res.accepted, res.duplicates)
     return IngestResult(accepted=res.accepted, duplicates=res.duplicates, last_seq=res.last_seq)
 
 
@@ -159,10 +161,11 @@ async def force_release(
     sk = state.keys.session(project, session_id)
     before = await _lock(state, sk)
     await store.force_release(sk, reason)
+    # read before re-queueing: once the work is published a runner may own it again at once
+    after = await _lock(state, sk)
     if await streams.pending(sk) > 0:
         # inputs are waiting and nobody owns the session now: let a runner claim it
         await streams.publish_work(sk.ref, "force_release")
-    after = await _lock(state, sk)
     return ForceReleaseResult(session_id=session_id, before=before, after=after)
 
 

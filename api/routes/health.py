@@ -8,6 +8,7 @@ from redis.exceptions import RedisError
 
 from api.deps import StateDep, ensure_ready
 from api.problems import ProblemError
+from lua.probe import ProbeError
 
 router = APIRouter(tags=["health"])
 
@@ -24,9 +25,16 @@ async def livez() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"description": "not ready"}})
 async def readyz(state: StateDep) -> Health:
-    """Redis answers and the scripts are loaded."""
+    """Redis answers, can run streamward (capability probe) and the scripts are loaded."""
     try:
         await ensure_ready(state)
+    except ProbeError as exc:
+        raise ProblemError(
+            503,
+            "not_ready",
+            str(exc),
+            headers={"Retry-After": str(state.settings.retry_after_s)},
+        ) from exc
     except RedisError as exc:
         raise ProblemError(
             503,

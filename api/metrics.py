@@ -1,0 +1,268 @@
+"""Prometheus metrics of the API process: HTTP, invoke latency, ingest, Redis scripts, backlog.
+
+Names are prefixed ``streamward_``, in base units (seconds), and never labelled by session
+(a label per session would grow without bound). Each app owns a registry (not the global
+one) so tests can build many apps in one process. ``GET /metrics`` needs no token, like
+every Prometheus endpoint; it exposes no session, project or replica names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import re
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from importlib import metadata
+
+from fastapi import APIRouter, Request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from redis.exceptions import RedisError
+from starlette.responses import Response
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import lua.loader
+from api.deps import AppState
+
+log = logging.getLogger("streamward.metrics")
+
+INVOKE_ROUTE = "/v1/sessions/{session_id}/invoke"
+# sub-millisecond Redis calls up to a slow second
+SCRIPT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def version() -> str:
+    """The installed distribution's version (``0.0.0`` when running from a bare checkout)."""
+    try:
+        return metadata.version("streamward")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+ScriptListener = Callable[[str, float, bool], None]
+_listeners: weakref.WeakSet[ScriptTimer] = weakref.WeakSet()
+
+
+class ScriptTimer:
+    """Receives every Lua script call's timing while it is alive (see ``add_script_timer``)."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+
+    def __call__(self, script: str, seconds: float, ok: bool) -> None:
+        self.histogram.labels(script, "ok" if ok else "error").observe(seconds)
+
+
+def _dispatch(script: str, seconds: float, ok: bool) -> None:
+    for timer in list(_listeners):
+        timer(script, seconds, ok)
+
+
+def add_script_timer(timer: ScriptTimer) -> None:
+    """Route ``lua.loader`` script timings to ``timer`` (held weakly: apps come and go)."""
+    _listeners.add(timer)
+    lua.loader.on_script_timing = _dispatch
+
+
+def script_histogram(registry: CollectorRegistry) -> Histogram:
+    """The Redis script latency histogram (shared shape for the API and the runner)."""
+    return Histogram(
+        "streamward_redis_script_duration_seconds",
+        "Lua script call latency seen by this process (EVALSHA round trip), by script.",
+        ["script", "result"],
+        buckets=SCRIPT_BUCKETS,
+        registry=registry,
+    )
+
+
+def build_info(registry: CollectorRegistry, component: str) -> Info:
+    info = Info("streamward_build", "Build of this process.", registry=registry)
+    info.info({"version": version(), "python": platform.python_version(), "component": component})
+    return info
+
+
+class ApiMetrics:
+    """The API's collectors, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.http_requests = Counter(
+            "streamward_api_http_requests",
+            "HTTP requests answered, by route template and status class.",
+            ["method", "route", "status_class"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "streamward_api_http_request_duration_seconds",
+            "Time to the response headers (a stream's lifetime is not counted), by route.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.invoke_duration = Histogram(
+            "streamward_api_invoke_duration_seconds",
+            "Invoke latency: detached = until the 202 (run started or queued); "
+            "stream = until the response headers.",
+            ["mode"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ingest_entries = Counter(
+            "streamward_api_ingest_entries",
+            "Transcript entries written through admin ingest.",
+            registry=r,
+        )
+        self.ingest_duplicates = Counter(
+            "streamward_api_ingest_duplicates",
+            "Ingested entries already present (replays), not written again.",
+            registry=r,
+        )
+        self.script_duration = script_histogram(r)
+        self.work_backlog = Gauge(
+            "streamward_work_backlog",
+            "Sessions waiting for an owner on the work stream (read at scrape time).",
+            registry=r,
+        )
+        self.replicas = Gauge(
+            "streamward_replicas",
+            "Replicas known to the fleet by state (read at scrape time).",
+            ["state"],
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "streamward_api_redis_up",
+            "1 when Redis answered the last scrape's queries.",
+            registry=r,
+        )
+        build_info(r, "api")
+        self.script_timer = ScriptTimer(self.script_duration)
+        add_script_timer(self.script_timer)
+
+    def observe_ingest(self, accepted: int, duplicates: int) -> None:
+        self.ingest_entries.inc(accepted)
+        self.ingest_duplicates.inc(duplicates)
+
+
+RouteIndex = list[tuple[re.Pattern[str], str, frozenset[str]]]
+
+
+def route_index(routers: Iterable[APIRouter]) -> RouteIndex:
+    """(path regex, template, methods) of every route: to name requests answered early."""
+    out: RouteIndex = []
+    for r in routers:
+        for route in r.routes:
+            path = getattr(route, "path", None)
+            if isinstance(path, str):
+                regex, _, _ = compile_path(path)
+                out.append((regex, path, frozenset(getattr(route, "methods", None) or ())))
+    return out
+
+
+def _route_of(scope: Scope, index: RouteIndex) -> str:
+    """The matched route's template (``/v1/sessions/{session_id}``), never the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    # answered before routing ran (e.g. the body limit): find the template ourselves
+    found = None
+    for regex, template, methods in index:
+        if regex.match(scope["path"]):
+            if scope["method"] in methods:
+                return template
+            found = found or template
+    # one label for every unknown path, so scanners cannot grow the series
+    return found or "unmatched"
+
+
+class HttpMetrics:
+    """ASGI middleware: requests by route and status class, time to headers, invoke latency."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, routes: RouteIndex) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        recorded = False
+
+        def record(status: int) -> None:
+            nonlocal recorded
+            recorded = True
+            elapsed = time.perf_counter() - t0
+            route = _route_of(scope, self.routes)
+            m = self.metrics
+            method = scope["method"]
+            m.http_requests.labels(method, route, f"{status // 100}xx").inc()
+            m.http_duration.labels(method, route).observe(elapsed)
+            if route == INVOKE_ROUTE and status in (200, 202):
+                # 202 is the detached answer, 200 the start of an attached stream
+                m.invoke_duration.labels("detached" if status == 202 else "stream").observe(elapsed)
+
+        async def timed_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not recorded:
+                record(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        except BaseException:
+            if not recorded:
+                record(500)  # what the server will answer for an exception escaping the app
+            raise
+
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/metrics",
+    include_in_schema=True,
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus metrics of this API process (plus fleet gauges read from Redis)."""
+    metrics: ApiMetrics = request.app.state.metrics
+    state: AppState | None = getattr(request.app.state, "sw", None)
+    if state is not None:
+        try:
+            backlog, replicas = await asyncio.wait_for(
+                asyncio.gather(state.streams.work_backlog(), _replica_states(state)), timeout=2.0
+            )
+            metrics.work_backlog.set(backlog)
+            for name in ("ready", "draining", "dead"):
+                metrics.replicas.labels(name).set(replicas.get(name, 0))
+            metrics.redis_up.set(1)
+        except (RedisError, TimeoutError) as exc:
+            # a scrape must still answer: the process metrics are valid without Redis
+            log.warning("metrics: fleet gauges unavailable: %s", exc)
+            metrics.redis_up.set(0)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _replica_states(state: AppState) -> dict[str, int]:
+    streams = state.streams
+    ids = await streams.replica_ids()
+    infos = await asyncio.gather(*[streams.replica_info(r, hb) for r, hb in ids])
+    counts: dict[str, int] = {}
+    for i in infos:
+        name = "dead" if not i.alive else "draining" if i.fields.get("draining") == "1" else "ready"
+        counts[name] = counts.get(name, 0) + 1
+    return counts

@@ -1,0 +1,158 @@
+"""The live ownership page in headless Chromium against a running system, through a takeover.
+
+Needs Debian's ``chromium`` (``make test`` installs it when it runs as root with apt) and the
+``playwright`` Python package (dev extra) driving it with ``executable_path``; Playwright's own
+browser download is never used. Skipped, saying why, only when Chromium is missing or cannot
+start here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from lua.server import RedisServer
+from tests.ops.conftest import System, start_system
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext, Page
+
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 30_000
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("STREAMWARD_CHROMIUM"), "/usr/bin/chromium"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def browser() -> Iterator[BrowserContext]:
+    """A fresh headless Chromium profile (its own --user-data-dir)."""
+    exe = _chromium()
+    if exe is None:
+        pytest.skip(
+            "chromium not found (install Debian's package: apt-get install -y chromium; "
+            "`make test` does it when run as root)"
+        )
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the playwright package (dev extra) is not installed"
+    )
+    profile = tempfile.mkdtemp(prefix="streamward-chromium-")
+    with sync_api.sync_playwright() as pw:
+        try:
+            ctx = pw.chromium.launch_persistent_context(
+                profile,
+                executable_path=exe,
+                headless=True,
+                args=LAUNCH_ARGS,
+                viewport={"width": 1280, "height": 800},
+            )
+        except sync_api.Error as exc:
+            pytest.skip(f"chromium at {exe} cannot be launched here: {str(exc)[:500]}")
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def page_system() -> Iterator[System]:
+    """Its own Redis and fleet: this test kills a runner."""
+    server = RedisServer().start()
+    try:
+        system = start_system(server)
+        try:
+            yield system
+        finally:
+            system.fleet.stop()
+    finally:
+        server.cleanup()
+
+
+def _open(ctx: BrowserContext, system: System, token: str) -> Page:
+    page = ctx.new_page()
+    page.goto(f"{system.url}/admin/ui")
+    page.fill("#token", token)
+    page.click("#login-form button[type=submit]")
+    return page
+
+
+def test_page_follows_a_takeover(
+    browser: BrowserContext, page_system: System, tmp_path: Path
+) -> None:
+    system = page_system
+    owner = system.start_long_run("page-s")
+    other = next(r for r in system.runners if r != owner)
+    page = _open(browser, system, system.admin_token)
+    for rid in system.runners:
+        page.wait_for_selector(f'[data-replica="{rid}"][data-state="ready"]', timeout=WAIT_MS)
+    before = f'[data-replica="{owner}"] [data-session="default/page-s"]'
+    page.wait_for_selector(before, timeout=WAIT_MS)
+    token_before = page.get_attribute(before, "data-token")
+
+    system.runners[owner].kill()
+
+    after = f'[data-replica="{other}"] [data-session="default/page-s"]'
+    page.wait_for_selector(after, timeout=WAIT_MS)
+    assert int(page.get_attribute(after, "data-token") or 0) > int(token_before or 0)
+    page.wait_for_selector(f"{after}.takeover", timeout=WAIT_MS)  # highlighted as it happens
+    events = page.inner_text("#event-list")
+    assert f"default/page-s: {owner}" in events and f"→ {other}" in events
+    assert page.locator(before).count() == 0
+    page.screenshot(path=str(tmp_path / "ownership.png"), full_page=True)
+
+    # the CLI's filters: only the surviving replica, then a project with no sessions
+    page.fill("#f-replica", other)
+    page.dispatch_event("#f-replica", "change")
+    page.wait_for_function(
+        "n => document.querySelectorAll('[data-replica]').length === n", arg=1, timeout=WAIT_MS
+    )
+    assert page.get_attribute("[data-replica]", "data-replica") == other
+    assert "replica=" in page.url  # filters live in the URL: shareable, kept on reload
+    page.fill("#f-project", "no-such-project")
+    page.dispatch_event("#f-project", "change")
+    page.wait_for_selector(
+        f'[data-replica="{other}"] .empty', timeout=WAIT_MS
+    )  # no sessions in that project
+
+
+def test_page_rejects_a_wrong_token(browser: BrowserContext, system: System) -> None:
+    page = _open(browser, system, "not-the-token")
+    page.wait_for_function(
+        "() => document.getElementById('login-error').textContent.length > 0", timeout=WAIT_MS
+    )
+    assert "not valid" in page.inner_text("#login-error")
+    assert page.is_hidden("#app")
+    # nothing was kept: a reload asks again
+    page.reload()
+    page.wait_for_selector("#login:not([hidden])", timeout=WAIT_MS)
+
+
+def test_page_is_served_without_a_token_and_locked_down(system: System) -> None:
+    resp = httpx.get(f"{system.url}/admin/ui")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/html")
+    csp = resp.headers["content-security-policy"]
+    assert "connect-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    # the data behind it still needs the admin token
+    assert httpx.get(f"{system.url}/admin/replicas").status_code == 401
