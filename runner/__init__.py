@@ -1,0 +1,1 @@
+"""A runner replica: claims sessions, runs their inputs, ships transcripts, fails over."""

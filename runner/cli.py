@@ -1,7 +1,141 @@
-"""``streamward runner``: placeholder until the runner lands."""
+"""``streamward runner``: run a replica; ``streamward runner check``: its liveness probe."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-app = typer.Typer(help="Run a runner replica.")
+app = typer.Typer(
+    help="Run a runner replica (every option is also read from STREAMWARD_* env vars).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback(invoke_without_command=True)
+def run(
+    ctx: typer.Context,
+    replica_id: Annotated[
+        str | None,
+        typer.Option(help="Replica id (env STREAMWARD_REPLICA_ID, else $POD_NAME, else host-pid)."),
+    ] = None,
+    handler: Annotated[
+        str | None,
+        typer.Option(
+            help="Handler module:callable (env STREAMWARD_HANDLER, runner.handlers:echo)."
+        ),
+    ] = None,
+    max_sessions: Annotated[
+        int | None, typer.Option(help="Most sessions owned at once (env STREAMWARD_MAX_SESSIONS).")
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Redis URL (env STREAMWARD_REDIS_URL).")
+    ] = None,
+    api_url: Annotated[
+        str | None, typer.Option(help="API base URL for ingest (env STREAMWARD_API_URL).")
+    ] = None,
+    drain_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds runs may finish on SIGTERM (env STREAMWARD_DRAIN_TIMEOUT_S)."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics (env STREAMWARD_METRICS_PORT).")
+    ] = None,
+) -> None:
+    """Claim sessions, run the handler, ship transcripts; drain on SIGTERM / SIGINT."""
+    if ctx.invoked_subcommand is not None:
+        return
+    overrides: dict[str, Any] = {
+        "replica_id": replica_id,
+        "handler": handler,
+        "max_sessions": max_sessions,
+        "redis_url": redis_url,
+        "api_url": api_url,
+        "drain_timeout_s": drain_timeout,
+        "metrics_port": metrics_port,
+    }
+    raise typer.Exit(_run({k: v for k, v in overrides.items() if v is not None}))
+
+
+def _run(overrides: dict[str, Any]) -> int:
+    import asyncio
+    import logging
+
+    from pydantic import ValidationError
+
+    from runner.config import RunnerSettings
+    from runner.handlers import HandlerLoadError, load_handler
+    from runner.replica import Replica
+
+    try:
+        settings = RunnerSettings(**overrides)
+    except ValidationError as exc:
+        typer.echo(f"error: invalid runner settings:\n{exc}", err=True)
+        return 2
+    try:
+        handler = load_handler(settings.handler)
+    except HandlerLoadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stdout,
+        format=f"%(asctime)s %(levelname)s [{settings.replica_id}] %(name)s: %(message)s",
+    )
+    # one line per ingest request is noise; failures are logged by the shipper
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return asyncio.run(Replica(settings, handler).serve())
+
+
+@app.command("check")
+def check(
+    replica_id: Annotated[
+        str | None,
+        typer.Option(help="Replica to check (env STREAMWARD_REPLICA_ID, else $POD_NAME)."),
+    ] = None,
+    heartbeat_file: Annotated[
+        Path | None, typer.Option(help="Heartbeat file (env STREAMWARD_HEARTBEAT_FILE).")
+    ] = None,
+    max_age_ms: Annotated[
+        int | None,
+        typer.Option(help="Oldest acceptable heartbeat (default: STREAMWARD_REPLICA_TTL_MS)."),
+    ] = None,
+) -> None:
+    """Exit 0 when this replica renewed its lease recently (liveness probe; no Redis call)."""
+    from pydantic import ValidationError
+
+    from runner.config import RunnerSettings, heartbeat_path
+
+    try:
+        settings = RunnerSettings(replica_id=replica_id or "check")
+    except ValidationError as exc:
+        typer.echo(f"error: invalid runner settings:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    rid = replica_id or os.environ.get("STREAMWARD_REPLICA_ID") or os.environ.get("POD_NAME")
+    path = heartbeat_file or (Path(settings.heartbeat_file) if settings.heartbeat_file else None)
+    if path is None:
+        if not rid:
+            typer.echo(
+                "error: which replica? pass --replica-id (or set STREAMWARD_REPLICA_ID / "
+                "POD_NAME), or --heartbeat-file",
+                err=True,
+            )
+            raise typer.Exit(2)
+        path = heartbeat_path(rid)
+    limit_ms = max_age_ms if max_age_ms is not None else settings.replica_ttl_ms
+    try:
+        age_ms = (time.time() - path.stat().st_mtime) * 1000
+    except FileNotFoundError:
+        typer.echo(f"unhealthy: no heartbeat file at {path}")
+        raise typer.Exit(1) from None
+    if age_ms > limit_ms:
+        typer.echo(f"unhealthy: last heartbeat {age_ms / 1000:.1f}s ago (limit {limit_ms} ms)")
+        raise typer.Exit(1)
+    typer.echo(f"ok: last heartbeat {age_ms / 1000:.1f}s ago")

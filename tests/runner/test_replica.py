@@ -1,0 +1,319 @@
+"""A replica in-process against real Redis and the real API: fencing, loss, idle, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from api.fleet import Fleet
+from lua.keys import Keys, SessionKeys
+from lua.server import RedisServer
+from lua.store import LeaseStore
+from lua.streams import LogEntry, Streams
+from runner.config import RunnerSettings
+from runner.context import Handler, RunContext
+from runner.handlers import echo
+from runner.replica import Replica
+
+
+class Blocking:
+    """A handler that runs until cancelled, recording attempts and cancellations."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.attempts: list[int] = []
+
+    async def __call__(self, ctx: RunContext, input: Any) -> AsyncIterator[Any]:
+        self.attempts.append(ctx.attempt)
+        self.started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        yield None
+
+
+async def wait_for(pred: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = pred()
+        if not isinstance(value, bool):
+            value = await value
+        if value:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def settings_for(url: str, api_url: str, fleet: Fleet, tmp_path: Path, **kw: Any) -> RunnerSettings:
+    base: dict[str, Any] = {
+        "redis_url": url,
+        "api_url": api_url,
+        "admin_token": fleet.admin_token,
+        "replica_id": "inproc",
+        "replica_ttl_ms": 2000,
+        "drain_timeout_s": 0.2,
+        "heartbeat_file": str(tmp_path / "heartbeat"),
+    }
+    base.update(kw)
+    return RunnerSettings(**base)
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[list[Replica]]:
+    started: list[Replica] = []
+    yield started
+    for r in started:
+        await r.stop()
+
+
+async def _start(replicas: list[Replica], settings: RunnerSettings, handler: Handler) -> Replica:
+    replica = Replica(settings, handler)
+    replicas.append(replica)
+    await replica.start()
+    return replica
+
+
+async def _submit(
+    store: LeaseStore, streams: Streams, sk: SessionKeys, run_id: str, inp: str
+) -> None:
+    """What the API's invoke does when no owner is alive: append, then ask for an owner."""
+    await store.enqueue(sk, run_id, inp)
+    await streams.publish_work(sk.ref, "invoke")
+
+
+async def _entries(streams: Streams, sk: SessionKeys) -> list[LogEntry]:
+    return await streams.read_log(sk, count=10_000)
+
+
+async def test_self_fencing_stops_runs_then_recovers(
+    replicas: list[Replica], tmp_path: Path
+) -> None:
+    server = RedisServer().start()
+    fleet = Fleet(server.url)
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        api = await asyncio.to_thread(fleet.start_api)
+        handler = Blocking()
+        s = settings_for(server.url, api.url, fleet, tmp_path, replica_ttl_ms=1000)
+        replica = await _start(replicas, s, handler)
+        store, streams, sk = LeaseStore(client), Streams(client), Keys().session("default", "f")
+        await _submit(store, streams, sk, "run_f", "{}")
+        await asyncio.wait_for(handler.started.wait(), 10)
+        assert (tmp_path / "heartbeat").exists()
+        incarnation = replica.incarnation
+        assert server.proc is not None
+        loop = asyncio.get_running_loop()
+        os.kill(server.proc.pid, signal.SIGSTOP)  # Redis hangs: renewals cannot succeed
+        t0 = loop.time()
+        try:
+            await wait_for(lambda: replica.fenced, 5, "the replica to fence itself")
+            fenced_after_s = loop.time() - t0
+            # cancelled at once: the handler sees it within a few loop iterations
+            await asyncio.wait_for(handler.cancelled.wait(), 1.0)
+            assert not replica.actors
+            assert not replica.can_write()
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        # it fenced before its lease could expire (at most one TTL after the last renew)
+        assert fenced_after_s < s.replica_ttl_ms / 1000
+        await wait_for(
+            lambda: not replica.fenced and replica.incarnation != incarnation, 10, "re-registration"
+        )
+        # the session its old incarnation held is re-queued, taken over and restarted
+        await wait_for(lambda: handler.attempts == [1, 2], 10, "the restart")
+        await wait_for(_status(streams, sk, "run_f", "started"), 10, "run.started of the restart")
+        types = [(e.type, e.data.get("attempt")) for e in await _entries(streams, sk)]
+        assert types == [("run.started", 1), ("run.interrupted", None), ("run.started", 2)]
+        own = await store.ownership(sk)
+        assert own.incarnation == replica.incarnation and own.token == 2
+    finally:
+        for r in replicas:
+            await r.stop()
+        replicas.clear()
+        await client.aclose()
+        await asyncio.to_thread(fleet.stop)
+        server.cleanup()
+
+
+async def test_lost_replica_lease_drops_sessions_and_reregisters(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    api = fleet.start_api()
+    handler = Blocking()
+    s = settings_for(redis_server.url, api.url, fleet, tmp_path, replica_ttl_ms=5000)
+    replica = await _start(replicas, s, handler)
+    streams, sk = Streams(redis_client), keys.session("default", "lost")
+    await _submit(store, streams, sk, "run_l", "{}")
+    await asyncio.wait_for(handler.started.wait(), 10)
+    incarnation = replica.incarnation
+    await redis_client.delete(keys.replica("inproc").lease)  # as if it had expired
+    await wait_for(lambda: replica.incarnation != incarnation, 10, "a new incarnation")
+    await asyncio.wait_for(handler.cancelled.wait(), 1.0)
+    await wait_for(lambda: handler.attempts == [1, 2], 10, "the restart")
+    own = await store.ownership(sk)
+    assert own.incarnation == replica.incarnation and own.token == 2
+
+
+async def test_idle_session_passivates_unless_attached_and_comes_back(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    api = fleet.start_api()
+    s = settings_for(redis_server.url, api.url, fleet, tmp_path, close_delay_s=0.3)
+    await _start(replicas, s, echo)
+    streams, sk = Streams(redis_client), keys.session("default", "idle")
+    await streams.attach(sk, "conn-1", 60_000)  # an attached client keeps it owned
+    await _submit(store, streams, sk, "run_1", '{"text": "a"}')
+    await wait_for(_status(streams, sk, "run_1", "completed"), 10, "the first run")
+    await asyncio.sleep(0.6)
+    assert (await store.ownership(sk)).held
+    await streams.detach(sk)
+    await wait_for(_not_held(store, sk), 10, "passivation")
+    assert (await streams.meta(sk))["status"] == "passivated"
+    await _submit(store, streams, sk, "run_2", '{"text": "b"}')
+    await wait_for(_status(streams, sk, "run_2", "completed"), 10, "the second run")
+    entries = await _entries(streams, sk)
+    assert [e.seq for e in entries] == list(range(1, 7))
+
+
+def _status(
+    streams: Streams, sk: SessionKeys, run_id: str, status: str
+) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        rs = await streams.run_state(sk, run_id)
+        return rs is not None and rs.status == status
+
+    return check
+
+
+def _not_held(store: LeaseStore, sk: SessionKeys) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return not (await store.ownership(sk)).held
+
+    return check
+
+
+async def test_max_sessions_bounds_what_a_replica_owns(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    api = fleet.start_api()
+    s = settings_for(redis_server.url, api.url, fleet, tmp_path, max_sessions=2, close_delay_s=0.2)
+    replica = await _start(replicas, s, echo)
+    streams = Streams(redis_client)
+    sks = [keys.session("default", f"cap-{i}") for i in range(5)]
+    for i, sk in enumerate(sks):
+        await _submit(store, streams, sk, f"run_{i}", '{"chunks": 2, "delay_ms": 50}')
+    most = 0
+    checks = [_status(streams, sk, f"run_{i}", "completed") for i, sk in enumerate(sks)]
+
+    async def all_done() -> bool:
+        nonlocal most
+        most = max(most, len(replica.actors))
+        return all([await c() for c in checks])
+
+    await wait_for(all_done, 30, "every session to run")
+    assert 1 <= most <= 2
+
+
+async def test_cancel_running_and_queued_runs_and_interrupt(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    api = fleet.start_api()
+    s = settings_for(redis_server.url, api.url, fleet, tmp_path)
+    await _start(replicas, s, echo)
+    streams, sk = Streams(redis_client), keys.session("default", "cx")
+    slow = '{"chunks": 100, "delay_ms": 100}'
+    await _submit(store, streams, sk, "run_a", slow)
+    await store.enqueue(sk, "run_b", '{"text": "b"}')
+    await store.enqueue(sk, "run_c", '{"text": "c"}')
+    await wait_for(_status(streams, sk, "run_a", "started"), 10, "run_a")
+    rk = keys.replica("inproc").lease
+
+    async def published() -> bool:
+        fields = await redis_client.hgetall(rk)
+        return fields.get("leases") == "1" and fields.get("inflight") == "1"
+
+    await wait_for(published, 5, "leases/inflight in the replica hash")
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        for run_id in ("run_b", "run_a"):  # a queued one first, then the running one
+            resp = await http.post("/v1/sessions/cx/cancel", json={"run_id": run_id})
+            assert resp.status_code == 202, resp.text
+        await wait_for(_status(streams, sk, "run_c", "completed"), 10, "run_c")
+        entries = await _entries(streams, sk)
+        by_run = {r: [e.type for e in entries if e.run_id == r] for r in ("run_a", "run_b")}
+        assert by_run["run_a"][0] == "run.started" and by_run["run_a"][-1] == "run.cancelled"
+        assert by_run["run_b"] == ["run.cancelled"]  # never started
+        assert all(e.data == {"reason": "cancel"} for e in entries if e.type == "run.cancelled")
+        # multitask=interrupt: the running run is cut short for the new input
+        resp = await http.post(
+            "/v1/sessions/cx/invoke",
+            json={"input": {"chunks": 100, "delay_ms": 100}, "mode": "detached"},
+        )
+        long_id = resp.json()["run_id"]
+        resp = await http.post(
+            "/v1/sessions/cx/invoke",
+            json={"input": {"text": "now"}, "mode": "detached", "multitask": "interrupt"},
+        )
+        assert resp.status_code == 202, resp.text
+        now_id = resp.json()["run_id"]
+    await wait_for(_status(streams, sk, now_id, "completed"), 10, "the interrupting run")
+    entries = await _entries(streams, sk)
+    cut = [e for e in entries if e.run_id == long_id and e.type == "run.cancelled"]
+    assert len(cut) == 1 and cut[0].data == {"reason": "interrupt"}
+    assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+
+
+async def test_stop_is_idempotent_and_leaves_nothing(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    s = settings_for(redis_server.url, "http://127.0.0.1:1", fleet, tmp_path)
+    replica = await _start(replicas, s, echo)
+    rk = keys.replica("inproc")
+    assert await redis_client.exists(rk.lease)
+    assert (tmp_path / "heartbeat").exists()
+    await asyncio.gather(replica.stop(), replica.stop())
+    await replica.stop()
+    assert not await redis_client.exists(rk.lease)
+    assert await redis_client.zscore(keys.replicas, "inproc") is None
+    assert not (tmp_path / "heartbeat").exists()

@@ -1,0 +1,208 @@
+"""The transcript shipper against the real API: order, batching, retries, fencing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from api.fleet import Fleet
+from lua.keys import Keys, SessionKeys
+from lua.server import free_port
+from lua.store import LeaseStore
+from runner.shipper import Fenced, Shipper, ShipStopped, StaleOwner
+
+INGEST = "/admin/sessions/transcripts/ingest"
+
+
+class Requests:
+    """Counts ingest requests and the run ids each carried."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+    async def __call__(self, request: httpx.Request) -> None:
+        self.bodies.append(orjson.loads(request.content))
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[tuple[httpx.AsyncClient, Requests]]:
+    seen = Requests()
+    async with httpx.AsyncClient(event_hooks={"request": [seen]}) as client:
+        yield client, seen
+
+
+def _shipper(
+    client: httpx.AsyncClient,
+    base_url: str,
+    fleet: Fleet,
+    sk: SessionKeys,
+    token: int,
+    **kw: Any,
+) -> Shipper:
+    shipper = Shipper(
+        http=client,
+        url=base_url + INGEST,
+        admin_token=fleet.admin_token,
+        session=sk,
+        token=token,
+        next_seq=kw.pop("next_seq", 1),
+        can_write=kw.pop("can_write", lambda: True),
+        **kw,
+    )
+    shipper.start()
+    return shipper
+
+
+async def _log(client: aioredis.Redis, sk: SessionKeys) -> list[dict[str, Any]]:
+    c: Any = client
+    return [
+        {"seq": int(f["seq"]), "type": f["type"], "run_id": f["run_id"], "token": int(f["token"]),
+         "data": orjson.loads(f["data"])}
+        for _, f in await c.xrange(sk.log)
+    ]  # fmt: skip
+
+
+async def test_ships_in_order_coalescing_each_run_separately(
+    fleet: Fleet,
+    store: LeaseStore,
+    keys: Keys,
+    redis_client: aioredis.Redis,
+    http: tuple[httpx.AsyncClient, Requests],
+) -> None:
+    api = fleet.start_api()
+    sk = keys.session("default", "ship-order")
+    lease = await store.acquire(sk, "tester", "inc-1", 60_000)
+    client, seen = http
+    shipper = _shipper(client, api.url, fleet, sk, lease.token, linger_s=0.01)
+    expected: list[tuple[str, str, Any]] = []
+    for run in ("run_a", "run_b"):
+        expected.append((run, "run.started", {"attempt": 1}))
+        expected += [(run, "run.output", {"i": i}) for i in range(100)]
+        expected.append((run, "run.completed", {"outputs": 100}))
+    seqs = [await shipper.put(run, etype, data) for run, etype, data in expected]
+    assert seqs == list(range(1, len(expected) + 1))
+    await shipper.flush(timeout_s=20)
+    await shipper.close()
+    log = await _log(redis_client, sk)
+    assert [(e["run_id"], e["type"], e["data"]) for e in log] == expected
+    assert [e["seq"] for e in log] == seqs
+    assert all(e["token"] == lease.token for e in log)
+    # coalesced: far fewer requests than entries, and never two runs in one request
+    assert len(seen.bodies) < len(expected) // 10
+    for body in seen.bodies:
+        assert {expected[e["seq"] - 1][0] for e in body["entries"]} == {body["run_id"]}
+    sent = [e["seq"] for b in seen.bodies for e in b["entries"]]
+    assert sent == sorted(sent)
+
+
+async def test_retries_until_the_api_is_up_and_never_duplicates(
+    fleet: Fleet,
+    store: LeaseStore,
+    keys: Keys,
+    redis_client: aioredis.Redis,
+    http: tuple[httpx.AsyncClient, Requests],
+) -> None:
+    port = free_port()
+    sk = keys.session("default", "ship-retry")
+    lease = await store.acquire(sk, "tester", "inc-1", 60_000)
+    client, _ = http
+    retries = 0
+
+    def on_retry() -> None:
+        nonlocal retries
+        retries += 1
+
+    shipper = _shipper(
+        client, f"http://127.0.0.1:{port}", fleet, sk, lease.token, on_retry=on_retry
+    )
+    for i in range(20):
+        await shipper.put("run_r", "run.output", {"i": i})
+    await asyncio.sleep(0.5)
+    assert retries >= 1 and shipper.acked_seq == 0  # nobody is listening yet
+    await asyncio.to_thread(fleet.start_api, port)
+    await shipper.flush(timeout_s=20)
+    await shipper.close()
+    log = await _log(redis_client, sk)
+    assert [e["seq"] for e in log] == list(range(1, 21))
+    assert [e["data"]["i"] for e in log] == list(range(20))
+    # a retry whose answer was lost resends the same seqs: the endpoint stores them once
+    again = _shipper(client, f"http://127.0.0.1:{port}", fleet, sk, lease.token)
+    for i in range(20):
+        await again.put("run_r", "run.output", {"i": i})
+    await again.flush(timeout_s=20)
+    await again.close()
+    assert await _log(redis_client, sk) == log
+
+
+async def test_stale_token_stops_the_shipper_and_nothing_lands(
+    fleet: Fleet,
+    store: LeaseStore,
+    keys: Keys,
+    redis_client: aioredis.Redis,
+    http: tuple[httpx.AsyncClient, Requests],
+) -> None:
+    api = fleet.start_api()
+    sk = keys.session("default", "ship-stale")
+    old = await store.acquire(sk, "old", "inc-old", 60_000)
+    await store.force_release(sk, "test")
+    new = await store.acquire(sk, "new", "inc-new", 60_000)
+    assert new.token > old.token
+    stopped: list[ShipStopped] = []
+    client, _ = http
+    shipper = _shipper(client, api.url, fleet, sk, old.token, on_stop=stopped.append)
+    await shipper.put("run_s", "run.started", {})
+    with pytest.raises(StaleOwner):
+        await shipper.flush(timeout_s=20)
+    assert len(stopped) == 1 and isinstance(stopped[0], StaleOwner)
+    with pytest.raises(StaleOwner):
+        await shipper.put("run_s", "run.output", {})
+    await shipper.close()
+    assert await _log(redis_client, sk) == []
+
+
+async def test_fenced_replica_ships_nothing(
+    fleet: Fleet,
+    store: LeaseStore,
+    keys: Keys,
+    redis_client: aioredis.Redis,
+    http: tuple[httpx.AsyncClient, Requests],
+) -> None:
+    api = fleet.start_api()
+    sk = keys.session("default", "ship-fenced")
+    lease = await store.acquire(sk, "tester", "inc-1", 60_000)
+    client, seen = http
+    shipper = _shipper(client, api.url, fleet, sk, lease.token, can_write=lambda: False)
+    await shipper.put("run_f", "run.started", {})
+    with pytest.raises(Fenced):
+        await shipper.flush(timeout_s=20)
+    await shipper.close()
+    assert seen.bodies == []
+    assert await _log(redis_client, sk) == []
+
+
+async def test_oversized_entries_become_markers_and_bad_data_is_refused(
+    fleet: Fleet,
+    store: LeaseStore,
+    keys: Keys,
+    redis_client: aioredis.Redis,
+    http: tuple[httpx.AsyncClient, Requests],
+) -> None:
+    api = fleet.start_api()
+    sk = keys.session("default", "ship-big")
+    lease = await store.acquire(sk, "tester", "inc-1", 60_000)
+    client, _ = http
+    shipper = _shipper(client, api.url, fleet, sk, lease.token, entry_max_bytes=2048)
+    with pytest.raises(TypeError):
+        await shipper.put("run_b", "run.output", {"not json": object()})
+    await shipper.put("run_b", "run.output", {"blob": "x" * 5000})
+    await shipper.flush(timeout_s=20)
+    await shipper.close()
+    log = await _log(redis_client, sk)
+    assert [e["seq"] for e in log] == [1]  # the refused put took no seq
+    assert log[0]["data"]["truncated"] is True and log[0]["data"]["bytes"] > 5000
