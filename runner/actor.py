@@ -79,8 +79,9 @@ class SessionActor:
         self._cut_run: _Run | None = None  # the run a drain timeout cut short
         self._interrupt_check: asyncio.Task[None] | None = None
         # a freshly claimed session with nothing to do is released at once (no close_delay)
-        loop = asyncio.get_running_loop()
-        self._idle_since = loop.time() - replica.settings.close_delay_s
+        self._idle_since = float("-inf")
+        # a route's idle_timeout (meta idle_timeout_ms) overrides the replica's close_delay
+        self._close_delay_s = replica.settings.close_delay_s
 
     # -- control (called by the replica) ---------------------------------------------------
 
@@ -218,6 +219,7 @@ class SessionActor:
         meta = await r.streams.meta(self.session)
         self._state.meta_exists = bool(meta)
         self._state.hold_until = meta.get("hold_until_id") or None
+        self._close_delay_s = r.settings.session_close_delay_s(meta.get("idle_timeout_ms"))
         active = meta.get("active_run_id")
         if active:
             await self._interrupted(active, meta.get("on_owner_death") or "restart")
@@ -303,7 +305,7 @@ class SessionActor:
         while True:
             if self._draining:
                 return True
-            remaining = self._idle_since + r.settings.close_delay_s - loop.time()
+            remaining = self._idle_since + self._close_delay_s - loop.time()
             if remaining <= 0:
                 if await r.streams.attached_count(self.session) > 0:
                     self._idle_since = loop.time()  # a client is watching: stay
@@ -451,8 +453,11 @@ class SessionActor:
                 log.info("session %s: lease no longer ours; leaving it as it is", self.ref)
                 return
             if self._state.meta_exists:
-                # before the release: an input enqueued meanwhile sets status back to active
-                await r.streams.set_meta(self.session, status="passivated")
+                # before the release: an input enqueued meanwhile sets status back to active;
+                # an expired or deleted session keeps its status (and its reason)
+                status = (await r.streams.meta(self.session)).get("status", "")
+                if status in ("", "active", "passivated"):
+                    await r.streams.set_meta(self.session, status="passivated", reason="idle")
         try:
             await r.store.release(self.session, r.replica_id, r.incarnation, self.token)
         except NotOwner as exc:

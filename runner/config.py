@@ -51,6 +51,9 @@ class RunnerSettings(RedisSettings, BaseSettings):
     lease_renew_interval_ms: Annotated[int, Field(ge=100)] | None = None
     drain_timeout_s: Annotated[float, Field(ge=0)] = 20.0
     close_delay_s: Annotated[float, Field(ge=0)] = 60.0
+    # caps every session's idle timeout (a route's idle_timeout_seconds); tests and dev
+    # systems use it to see passivation without waiting minutes
+    close_delay_max_s: Annotated[float, Field(ge=0)] | None = None
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     # liveness file touched on every successful replica renew (None = heartbeat_path(id))
     heartbeat_file: str | None = None
@@ -103,6 +106,11 @@ class RunnerSettings(RedisSettings, BaseSettings):
     def fence_margin_ms(self) -> int:
         """How much earlier than the lease's expiry the runner stops itself (clock-rate slack)."""
         return max(50, self.replica_ttl_ms // 10)
+
+    def session_close_delay_s(self, idle_timeout_ms: str | None) -> float:
+        """A session's idle delay: its route's idle timeout if set, else close_delay_s; capped."""
+        delay = int(idle_timeout_ms) / 1000 if idle_timeout_ms else self.close_delay_s
+        return delay if self.close_delay_max_s is None else min(delay, self.close_delay_max_s)
 
     @property
     def heartbeat_file_path(self) -> Path:
