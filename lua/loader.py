@@ -12,6 +12,7 @@ from typing import Any
 
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from lua.client import RedisClient
 from lua.errors import ScriptError
@@ -94,8 +95,28 @@ class Script:
     def queue(self, pipe: Pipeline, keys: Sequence[KeyT], args: Sequence[ArgT]) -> None:
         """Queue the call on a pipeline (its reply comes back from ``pipe.execute()``)."""
         self._check(keys)
-        pipe.scripts.add(self._script)  # type: ignore[arg-type]
+        # not added to pipe.scripts: that costs a SCRIPT EXISTS round trip per execute;
+        # callers run ``execute_pipeline`` below, which loads the script on NOSCRIPT
         pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+
+    async def load(self, client: RedisClient) -> None:
+        await client.script_load(self.src.source)
+
+
+async def execute_pipeline(
+    client: RedisClient, script: Script, build: Callable[[Any], None]
+) -> list[Any]:
+    """Build and run a pipeline of ``script`` calls; on NOSCRIPT load it and run again."""
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        build(pipe)
+        try:
+            return list(await pipe.execute())
+        except NoScriptError:
+            if attempt == 2:
+                raise
+            await script.load(client)
+    raise AssertionError("unreachable")
 
 
 class Scripts:

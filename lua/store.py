@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
@@ -14,7 +15,7 @@ from redis.exceptions import NoScriptError
 from lua import errors as E
 from lua.client import RedisClient
 from lua.keys import Keys, SessionKeys, validate_id
-from lua.loader import Scripts
+from lua.loader import Scripts, execute_pipeline
 
 RENEW_CHUNK = 100
 
@@ -256,14 +257,16 @@ class LeaseStore:
             return await self._run_chunks_cluster(
                 self.client, replica_id, incarnation, ttl_ms, chunks
             )
-        pipe = self.client.pipeline(transaction=False)
-        for part in chunks:
-            script.queue(
-                pipe,
-                [sk.lease for sk, _ in part],
-                [replica_id, incarnation, ttl_ms, *[str(t) for _, t in part]],
-            )
-        return list(await pipe.execute())
+
+        def build(pipe: Pipeline) -> None:
+            for part in chunks:
+                script.queue(
+                    pipe,
+                    [sk.lease for sk, _ in part],
+                    [replica_id, incarnation, ttl_ms, *[str(t) for _, t in part]],
+                )
+
+        return await execute_pipeline(self.client, script, build)
 
     async def _run_chunks_cluster(
         self,
