@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -359,6 +360,7 @@ class SessionActor:
         run = _Run(item, ctx)
         self.current = run
         r.metrics.runs_inflight.inc()
+        run_t0 = time.monotonic()
         try:
             run.task = asyncio.create_task(self._drive(ctx, item.input), name=f"run {item.run_id}")
             try:
@@ -394,6 +396,7 @@ class SessionActor:
         if run.cancel_reason is not None:
             await r.streams.clear_cancel(self.session, item.run_id)
         r.metrics.runs.labels(outcome).inc()
+        r.metrics.run_duration.labels(outcome).observe(time.monotonic() - run_t0)
 
     async def _drive(self, ctx: RunContext, input: Any) -> int:
         """Run the handler, shipping each output; returns how many it yielded."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -66,10 +65,10 @@ def run(
 
 def _run(overrides: dict[str, Any]) -> int:
     import asyncio
-    import logging
 
     from pydantic import ValidationError
 
+    from api.logs import setup_logging
     from runner.config import RunnerSettings
     from runner.handlers import HandlerLoadError, load_handler
     from runner.replica import Replica
@@ -84,13 +83,8 @@ def _run(overrides: dict[str, Any]) -> int:
     except HandlerLoadError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        stream=sys.stdout,
-        format=f"%(asctime)s %(levelname)s [{settings.replica_id}] %(name)s: %(message)s",
-    )
-    # one line per ingest request is noise; failures are logged by the shipper
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # JSON lines on stdout (human-readable on a terminal), every line with the replica id
+    setup_logging(settings.log_level, replica_id=settings.replica_id)
     code = _probe(settings)
     if code:
         return code

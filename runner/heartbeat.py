@@ -79,7 +79,10 @@ async def lease_renewal(r: Replica) -> None:
         if incarnation != r.incarnation:
             continue  # re-registered meanwhile: those actors are gone already
         tokens = {sk.ref: token for sk, token in held}
+        r.metrics.renewals.labels("renewed").inc(len(res.renewed))
+        r.metrics.renewals.labels("lost").inc(len(res.lost))
         for sk, why in res.lost:
+            r.metrics.lost.labels(why).inc()
             actor = r.actors.get(sk.ref)
             if actor is not None and actor.token == tokens.get(sk.ref) and not actor.closing:
                 actor.drop(f"session lease lost ({why})")

@@ -326,6 +326,7 @@ class Replica:
     def renewed(self, sent: float) -> None:
         """A renew sent at loop time ``sent`` succeeded: push the self-fencing deadline."""
         loop = asyncio.get_running_loop()
+        self.metrics.heartbeat_last_success.set_to_current_time()
         s = self.settings
         # the lease expires ttl after Redis got the call, which is after we sent it
         self.deadline = sent + (s.replica_ttl_ms - s.fence_margin_ms) / 1000
@@ -418,8 +419,10 @@ class Replica:
         incarnation = self.incarnation
         try:
             lease = await self.store.acquire(sk, self.replica_id, incarnation, s.lease_ttl_ms)
+            self.metrics.acquires.labels("acquired").inc()
         except LeaseHeld as held:
             if await self.store.replica_alive(held.replica_id, held.incarnation):
+                self.metrics.acquires.labels("held").inc()
                 await self.streams.send_mail(held.replica_id, "wake", ref)
                 return
             try:
@@ -436,6 +439,7 @@ class Replica:
                     await self.streams.send_mail(won.replica_id, "wake", ref)
                 return
             self.metrics.takeovers.inc()
+            self.metrics.acquires.labels("takeover").inc()
             log.info(
                 "took over %s from %s/%s (token %d -> %d)",
                 ref, held.replica_id, held.incarnation, held.token, lease.token,

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.fleet import Fleet
 from lua.server import free_port
@@ -260,6 +261,19 @@ def test_drain_mail_from_the_admin_api_and_metrics(api_fleet: Fleet, rc: Any) ->
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert "streamward_runner_sessions" in metrics
     assert 'streamward_runner_runs_total{outcome="completed"}' in metrics
+    samples = {
+        (x.name, tuple(sorted(x.labels.items()))): x.value
+        for fam in text_string_to_metric_families(metrics)
+        for x in fam.samples
+    }
+    assert samples[("streamward_runner_heartbeat_last_success_timestamp_seconds", ())] > 1e9
+    scripts = {
+        dict(lb).get("script")
+        for (n, lb), v in samples.items()
+        if n == "streamward_redis_script_duration_seconds_count" and v > 0
+    }
+    assert "renewReplica" in scripts
+    assert any(n == "streamward_build_info" for n, _ in samples)
     old = acc["owner"]["replica_id"]
     resp = httpx.post(
         f"{api_fleet.api_url}/admin/replicas/{old}/drain",
