@@ -40,13 +40,17 @@ def find_redis_server(prefer: str | None = None) -> str:
     return str(path)
 
 
+# Redis's standard port: a machine may run its own Redis there, so ours never use it
+RESERVED_PORT = 6379
+
+
 def free_port() -> int:
-    """A TCP port that is free right now on 127.0.0.1 (never 6379)."""
+    """A TCP port that is free right now on 127.0.0.1 (never RESERVED_PORT)."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port != 6379:
+        if port != RESERVED_PORT:
             return port
 
 
@@ -64,8 +68,10 @@ class RedisServer:
     ) -> None:
         self.binary = binary or find_redis_server()
         self.port = port or free_port()
-        if self.port == 6379:
-            raise ValueError("refusing port 6379: it belongs to the machine's own Redis")
+        if self.port == RESERVED_PORT:
+            raise ValueError(
+                f"refusing port {RESERVED_PORT}: it belongs to the machine's own Redis"
+            )
         self.appendonly = appendonly
         self.extra_args = extra_args or []
         # a config file (Sentinel needs one it can rewrite); goes first on the command line

