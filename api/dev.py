@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import time
 from types import FrameType
 from typing import Any
@@ -14,20 +13,11 @@ import orjson
 from rich.console import Console
 
 from api.fleet import Fleet, Proc
-from lua.server import RedisServer
+from lua.server import RedisServer, port_free
 
 # soft_wrap: long lines (the ready-to-paste commands, the admin token) are never broken
 # at the terminal's (or a pipe's guessed 80-column) width
 console = Console(highlight=False, soft_wrap=True)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class _Stop(Exception):
@@ -48,7 +38,7 @@ def main(
     replica_ttl_ms: int = 3000,
     drain_timeout_s: float = 3.0,
 ) -> int:
-    if not _port_free(port):
+    if not port_free(port):
         console.print(
             f"[red]error:[/] port {port} is in use. Pick another with "
             f"`streamward dev --port {port + 1}`."

@@ -44,6 +44,16 @@ def find_redis_server(prefer: str | None = None) -> str:
 RESERVED_PORT = 6379
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` can be bound on ``host`` right now."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     """A TCP port that is free right now on 127.0.0.1 (never RESERVED_PORT)."""
     while True:

@@ -24,7 +24,6 @@ import contextlib
 import os
 import random
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from typing import Any, TypeVar
 import redis
 from redis.crc import key_slot
 
-from lua.server import RedisServer, find_redis_server
+from lua.server import RedisServer, find_redis_server, port_free
 
 T = TypeVar("T")
 
@@ -52,15 +51,6 @@ def find_redis_cli(server_binary: str | None = None) -> str:
     return found
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_cluster_port(taken: set[int] | None = None) -> int:
     """A port P where P and its cluster bus port P + 10000 are both free (never 6379)."""
     taken = taken or set()
@@ -68,7 +58,7 @@ def free_cluster_port(taken: set[int] | None = None) -> int:
         port = random.randint(20_000, 30_000)
         if port in taken or port + 10_000 in taken or 6379 in (port, port + 10_000):
             continue
-        if _port_free(port) and _port_free(port + 10_000):
+        if port_free(port) and port_free(port + 10_000):
             return port
     raise RuntimeError("no free port pair for a cluster node")
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 
 from api.fleet import Fleet
+from tests.runner.helpers import wait_until
 
 ROUTE: dict[str, Any] = {
     "route_id": "chat",
@@ -23,17 +23,6 @@ def _event(text: str) -> dict[str, Any]:
         "type": "message",
         "payload": {"chat": {"id": "C1"}, "thread": {"id": "T1"}, "text": text},
     }
-
-
-def _wait(check: Any, what: str, timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_burst_runs_in_arrival_order_then_passivates_and_rehydrates(fleet: Fleet) -> None:
@@ -61,7 +50,7 @@ def test_burst_runs_in_arrival_order_then_passivates_and_rehydrates(fleet: Fleet
             done = [e for e in items if e["type"] == "run.completed"]
             return items if len(done) == 20 else None
 
-        items = _wait(all_done, "all 20 runs to complete")
+        items = wait_until(all_done, 60, "all 20 runs to complete")
         started = [e for e in items if e["type"] == "run.started"]
         assert [e["run_id"] for e in started] == run_ids  # arrival order
         outputs = [e["data"]["text"] for e in items if e["type"] == "run.output"]
@@ -73,16 +62,17 @@ def test_burst_runs_in_arrival_order_then_passivates_and_rehydrates(fleet: Fleet
             s: dict[str, Any] = http.get(f"/v1/sessions/{sid}").json()
             return s if s["status"] == "passivated" and s["owner"] is None else None
 
-        got = _wait(passivated, "idle passivation")
+        got = wait_until(passivated, 60, "idle passivation")
         assert got["reason"] == "idle"
         # the next event of the key rehydrates the same session on whichever replica claims it
         again = http.post("/v1/events/slack", json=_event("back")).json()["sessions"][0]
         assert (again["action"], again["session_id"]) == ("queued", sid)
-        _wait(
+        wait_until(
             lambda: any(
                 e["type"] == "run.completed" and e["run_id"] == again["run_id"]
                 for e in transcript()
             ),
+            60,
             "the rehydrated run",
         )
         assert http.get(f"/v1/sessions/{sid}").json()["status"] in ("active", "passivated")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -15,25 +14,13 @@ import orjson
 from api.fleet import Fleet
 from lua.keys import Keys
 from tests.fencing import check_log_fencing, read_log
+from tests.runner.helpers import wait_until
 
 T = TypeVar("T")
 KEYS = Keys()
 TERMINAL = ("run.completed", "run.failed", "run.cancelled")
 # runner settings for these tests: a 2 s replica TTL keeps owner-death recovery short
 RUNNER_ENV = {"STREAMWARD_REPLICA_TTL_MS": "2000", "STREAMWARD_LOG_LEVEL": "info"}
-
-
-def wait_until(
-    pred: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 0.05
-) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(every_s)
 
 
 def invoke(
