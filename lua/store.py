@@ -103,6 +103,11 @@ class Enqueued:
     pending: int
     revived: bool = False  # the session had been retired: keep its other keys (revive)
 
+    @property
+    def enqueued_ms(self) -> int | None:
+        """Redis time of the append: the ms part of the inbox entry id."""
+        return int(self.entry_id.split("-", 1)[0]) if self.entry_id else None
+
 
 @dataclass(frozen=True, slots=True)
 class ForceReleased:

@@ -191,7 +191,8 @@ async def _deliver(
         )
     if enq.revived:
         await streams.revive_session(sk)
-    _, own = await asyncio.gather(streams.touch_session(sk), store.ownership(sk))
+    # the entry id carries Redis time: no TIME round trip for the index score
+    _, own = await asyncio.gather(streams.touch_session(sk, enq.enqueued_ms), store.ownership(sk))
     if cfg.multitask == "interrupt" and enq.active_run_id:
         await _cancel_run(streams, sk, own, enq.active_run_id)
     await _notify_owner(streams, sk, own, "event")
