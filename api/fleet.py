@@ -9,16 +9,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import redis
 
 from lua.client import connect_sync, redis_config_from_env
 from lua.keys import Keys
-from lua.server import free_port
+from lua.server import free_port, wait_ready
 
 
 @dataclass
@@ -57,6 +55,10 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.kill()
             return -9
+
+    def exit_log(self) -> str | None:
+        """None while running, else the tail of its log (for start-up errors)."""
+        return None if self.alive() else self.log()[-3000:]
 
     def log(self) -> str:
         with contextlib.suppress(OSError):
@@ -120,16 +122,19 @@ class Fleet:
             f"api-{port}", ["api", "--host", "127.0.0.1", "--port", str(port)], self._env(env)
         )
         proc.port = port
-        deadline = time.monotonic() + wait_s
-        while True:
-            if not proc.alive():
-                raise RuntimeError(f"API exited at start:\n{proc.log()[-3000:]}")
+
+        def ready() -> bool:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{proc.url}/readyz", timeout=1.0).status_code == 200:
-                    return proc
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"API not ready in {wait_s}s:\n{proc.log()[-3000:]}")
-            time.sleep(0.05)
+                return httpx.get(f"{proc.url}/readyz", timeout=1.0).status_code == 200
+            return False
+
+        try:
+            wait_ready(ready, exited=proc.exit_log, what="API", timeout_s=wait_s)
+        except RuntimeError as exc:
+            if proc.alive():  # timed out: the log says why (an exit already carries it)
+                raise RuntimeError(f"{exc}\n{proc.log()[-3000:]}") from None
+            raise
+        return proc
 
     def start_runner(
         self,
@@ -151,17 +156,13 @@ class Fleet:
         key = Keys(self.key_prefix).replica(replica_id).lease
         # the Redis the processes use (STREAMWARD_REDIS_MODE etc. in env: Sentinel, Cluster)
         client = connect_sync(redis_config_from_env(self._env(None)), socket_timeout=2.0)
-        deadline = time.monotonic() + wait_s
         try:
-            while True:
-                if not proc.alive():
-                    raise RuntimeError(f"runner {replica_id} exited:\n{proc.log()[-3000:]}")
-                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-                    if client.exists(key):
-                        return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"runner {replica_id} not registered in {wait_s}s")
-                time.sleep(0.05)
+            wait_ready(
+                lambda: bool(client.exists(key)),
+                exited=proc.exit_log,
+                what=f"runner {replica_id}",
+                timeout_s=wait_s,
+            )
         finally:
             client.close()
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -42,6 +43,32 @@ def find_redis_server(prefer: str | None = None) -> str:
 
 # Redis's standard port: a machine may run its own Redis there, so ours never use it
 RESERVED_PORT = 6379
+
+
+def wait_ready(
+    ready: Callable[[], bool],
+    *,
+    exited: Callable[[], str | None],
+    what: str,
+    timeout_s: float,
+    interval_s: float = 0.05,
+) -> None:
+    """Poll ``ready`` until true; raise when ``exited`` reports the process gone, or at the end.
+
+    ``exited`` returns None while the process runs, else the text (a log tail) to raise with.
+    ``ready`` may raise redis/httpx connection errors: they mean "not yet".
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        died = exited()
+        if died is not None:
+            raise RuntimeError(f"{what} exited at start:\n{died}")
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError, OSError):
+            if ready():
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready in {timeout_s}s")
+        time.sleep(interval_s)
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -107,22 +134,19 @@ class RedisServer:
             *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        proc = self.proc
         try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited at start: {self.log_tail()}")
-                try:
-                    if client.ping():
-                        return self
-                except redis.ConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not answer in {timeout_s}s")
-                time.sleep(0.02)
+            wait_ready(
+                lambda: bool(client.ping()),
+                exited=lambda: None if proc.poll() is None else self.log_tail(),
+                what="redis-server",
+                timeout_s=timeout_s,
+                interval_s=0.02,
+            )
         finally:
             client.close()
+        return self
 
     def log_tail(self) -> str:
         with contextlib.suppress(OSError):
