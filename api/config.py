@@ -45,6 +45,9 @@ class Settings(RedisSettings, BaseSettings):
     retention_s: Annotated[int, Field(ge=1)] = 30 * 86_400
     # added to Redis TIME when deciding session expiry; tests move time with it (keep 0)
     clock_offset_ms: int = 0
+    # append every ingest attempt and its outcome to this JSON-lines file (api/audit.py);
+    # the chaos suite's fencing checker reads it. Off by default.
+    ingest_audit_path: str | None = None
 
 
 @lru_cache

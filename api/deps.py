@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Path, Query, Request
 
+from api.audit import IngestAudit
 from api.config import Settings
 from api.problems import ProblemError
 from lua.client import RedisClient
@@ -43,6 +44,7 @@ class AppState:
     # what the startup capability probe found (None until Redis answered it once)
     capabilities: Capabilities | None = None
     metrics: ApiMetrics | None = None
+    audit: IngestAudit | None = None
     # encoded once so the per-request compare does no allocation beyond the header
     api_tokens: list[tuple[bytes, str]] = field(default_factory=list)
 

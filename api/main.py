@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.audit import IngestAudit
 from api.config import Settings, get_settings
 from api.deps import AppState, ensure_ready
 from api.logs import RequestContext, setup_logging
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             streams=Streams(client, keys),
             api_tokens=[(t.encode(), p) for t, p in settings.api_tokens.items()],
             metrics=metrics,
+            audit=IngestAudit(settings.ingest_audit_path) if settings.ingest_audit_path else None,
         )
         app.state.sw = state
         try:
@@ -140,6 +142,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await client.aclose()
+            if state.audit is not None:
+                state.audit.close()
 
     app = FastAPI(
         title="streamward",

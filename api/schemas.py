@@ -169,6 +169,10 @@ class IngestRequest(Model):
     run_id: Id
     token: Annotated[int, Field(ge=1)]
     entries: Annotated[list[IngestEntry], Field(min_length=1, max_length=10_000)]
+    # who is writing: not used for fencing (the token alone decides), recorded in the ingest
+    # audit so a checker can tell owners apart
+    replica_id: Id | None = None
+    incarnation: Annotated[str | None, Field(max_length=200)] = None
 
 
 class IngestResult(Model):

@@ -66,6 +66,7 @@ class SessionActor:
         self.session = lease.session
         self.ref = lease.session.ref
         self.token = lease.token
+        self.incarnation = lease.incarnation
         self.reason = reason
         self.shipper: Shipper | None = None
         self.current: _Run | None = None

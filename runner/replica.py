@@ -488,6 +488,8 @@ class Replica:
             buffer_max=s.ship_buffer_max,
             entry_max_bytes=s.ship_entry_max_bytes,
             timeout_s=s.ship_timeout_s,
+            replica_id=self.replica_id,
+            incarnation=actor.incarnation,
         )
         shipper.start()
         return shipper

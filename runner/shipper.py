@@ -80,6 +80,8 @@ class Shipper:
         entry_max_bytes: int = 900 * 1024,
         timeout_s: float = 5.0,
         on_retry: Callable[[], None] | None = None,
+        replica_id: str | None = None,
+        incarnation: str | None = None,
     ) -> None:
         self.http = http
         self.url = url
@@ -104,9 +106,14 @@ class Shipper:
         self._cond = asyncio.Condition()
         self._has_items = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._prefix = orjson.dumps(
-            {"session_id": session.session_id, "project": session.project, "token": token}
-        )[:-1]
+        head: dict[str, Any] = {
+            "session_id": session.session_id,
+            "project": session.project,
+            "token": token,
+        }
+        if replica_id is not None:  # who writes: recorded in the API's ingest audit
+            head.update(replica_id=replica_id, incarnation=incarnation)
+        self._prefix = orjson.dumps(head)[:-1]
 
     @property
     def next_seq(self) -> int:

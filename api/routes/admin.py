@@ -8,8 +8,10 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Query
 
+from api.audit import IngestAudit
 from api.deps import (
     AdminDep,
+    AppState,
     ProjectQuery,
     ReplicaIdPath,
     SessionIdPath,
@@ -32,8 +34,10 @@ from api.schemas import (
     StreamDetachRequest,
     StreamDetachResult,
 )
+from lua.errors import SeqGap, StaleToken
 from lua.keys import SessionKeys
 from lua.store import Entry
+from lua.store import IngestResult as StoreIngestResult
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 
@@ -62,10 +66,43 @@ async def ingest(body: IngestRequest, state: StateDep) -> IngestResult:
         )
         for i, e in enumerate(body.entries)
     ]
-    res = await store.ingest(sk, body.run_id, body.token, entries)
+    if state.audit is None:
+        res = await store.ingest(sk, body.run_id, body.token, entries)
+    else:
+        res = await _audited_ingest(state, state.audit, body, sk, entries)
     if state.metrics is not None:
         state.metrics.observe_ingest(res.accepted, res.duplicates)
     return IngestResult(accepted=res.accepted, duplicates=res.duplicates, last_seq=res.last_seq)
+
+
+async def _audited_ingest(
+    state: AppState, audit: IngestAudit, body: IngestRequest, sk: SessionKeys, entries: list[Entry]
+) -> StoreIngestResult:
+    """``store.ingest`` plus one audit record of the attempt, whatever its outcome."""
+
+    def record(outcome: str, **extra: int) -> None:
+        audit.record(
+            session=sk.ref,
+            run_id=body.run_id,
+            token=body.token,
+            replica_id=body.replica_id,
+            incarnation=body.incarnation,
+            first_seq=entries[0].seq,
+            last_seq=entries[-1].seq,
+            outcome=outcome,
+            **extra,
+        )
+
+    try:
+        res = await state.store.ingest(sk, body.run_id, body.token, entries)
+    except StaleToken as exc:
+        record("stale_token", current_token=exc.epoch)
+        raise
+    except SeqGap:
+        record("seq_gap")
+        raise
+    record("accepted", accepted=res.accepted, duplicates=res.duplicates)
+    return res
 
 
 @router.post(
