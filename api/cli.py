@@ -65,6 +65,40 @@ def dev_command(
     )
 
 
+@app.command("chaos")
+def chaos_command(
+    duration: Annotated[
+        str, typer.Option(help="Fault phase: 90 (seconds), 60s, 5m, 30m, 1h.")
+    ] = "60s",
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the fault schedule (default: random, printed).")
+    ] = None,
+    runners: Annotated[int, typer.Option(help="Runner replicas.")] = 4,
+    apis: Annotated[int, typer.Option(help="API instances.")] = 2,
+    sessions: Annotated[int, typer.Option(help="Sessions the load spreads over.")] = 200,
+    rate: Annotated[float, typer.Option(help="Invokes per second.")] = 10.0,
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the workdir (process logs, audit, Redis data).")
+    ] = False,
+) -> None:
+    """Real fleet under seeded faults; exit 1 when fencing or delivery checks fail."""
+    from api.chaos import main as chaos
+
+    raise typer.Exit(
+        chaos(
+            duration=duration,
+            seed=seed,
+            runners=runners,
+            apis=apis,
+            sessions=sessions,
+            rate=rate,
+            output=output,
+            keep=keep,
+        )
+    )
+
+
 def main() -> None:
     app()
 
