@@ -53,7 +53,19 @@ RUNNER_TERM = "runner_sigterm"
 API_KILL = "api_kill9"
 REDIS_RESTART = "redis_restart"
 BURST = "burst"
-FAULT_KINDS = (RUNNER_KILL, RUNNER_STOP, RUNNER_TERM, API_KILL, REDIS_RESTART, BURST)
+# a delayed write: an API paused with a runner's ingest requests in flight while that runner
+# is paused past its TTL too and its sessions are taken over; when the API wakes it handles
+# the old owner's requests, which fencing must refuse (the stale_token refusals of the run)
+DELAYED_WRITE = "delayed_write"
+FAULT_KINDS = (
+    RUNNER_KILL,
+    RUNNER_STOP,
+    RUNNER_TERM,
+    API_KILL,
+    REDIS_RESTART,
+    BURST,
+    DELAYED_WRITE,
+)
 RUNNER_FAULTS = frozenset({RUNNER_KILL, RUNNER_STOP, RUNNER_TERM})
 
 # schedule model: faults start every GAP_S apart; each keeps its target "busy" for a nominal
@@ -62,6 +74,8 @@ GAP_S = (2.0, 5.0)
 START_BUDGET_S = 3.0  # nominal time for a restarted process to be up again
 TERM_BUDGET_S = 2.0  # nominal drain time of a SIGTERMed runner (runs last < 1.5 s)
 TAIL_S = 1.0  # no fault starts in the last second of the fault phase
+# delayed_write: how long the API is paused before its runner is (requests pile up in it)
+DELAYED_WRITE_LEAD_S = 1.0
 
 DRAIN_TIMEOUT_S = 5  # runner drain bound: a SIGTERM restart should not wait 20 s
 CLOSE_DELAY_S = 5  # idle sessions passivate and get claimed again: more lease churn
@@ -109,6 +123,7 @@ class Fault:
     hold_s: float = 0.0  # SIGSTOP length, or down time before a restart
     signal: str = ""  # redis_restart: "SIGKILL" or "SIGTERM"
     count: int = 0  # burst: how many invokes
+    partner: int = -1  # delayed_write: the runner paused with its API (target = API index)
 
 
 def make_schedule(
@@ -154,6 +169,8 @@ def make_schedule(
             API_KILL: bool(free_a),
             REDIS_RESTART: redis_busy <= t,
             BURST: True,
+            # a free API and a free runner that ships through it (runner i uses API i % apis)
+            DELAYED_WRITE: any(r % apis in free_a for r in free_r),
         }
         if pending:  # one of each kind first: the first one whose target is up
             kind = next((k for k in pending if possible[k]), "")
@@ -188,6 +205,13 @@ def make_schedule(
             sig = rng.choice(("SIGKILL", "SIGTERM"))
             redis_busy = t + hold_s + 2.0
             out.append(Fault(round(t, 2), kind, 0, hold_s=hold_s, signal=sig))
+        elif kind == DELAYED_WRITE:
+            partner = rng.choice([r for r in free_r if r % apis in free_a])
+            target = partner % apis
+            hold_s = round(rng.uniform(1.3 * ttl_s, 2.0 * ttl_s), 2)
+            api_busy[target] = t + DELAYED_WRITE_LEAD_S + hold_s + 1.0
+            runner_busy[partner] = t + DELAYED_WRITE_LEAD_S + hold_s + 2.0
+            out.append(Fault(round(t, 2), kind, target, hold_s=hold_s, partner=partner))
         else:
             target = rng.randrange(sessions)
             out.append(Fault(round(t, 2), kind, target, count=rng.randint(20, 50)))
@@ -405,6 +429,8 @@ class Harness:
             return self.runner_ids[f.target]
         if f.kind == API_KILL:
             return f"api-{f.target + 1}"
+        if f.kind == DELAYED_WRITE:
+            return f"api-{f.target + 1}+{self.runner_ids[f.partner]}"
         if f.kind == REDIS_RESTART:
             return "redis"
         return self.session_ids[f.target]
@@ -558,14 +584,18 @@ class Harness:
     ) -> None:
         f = a.fault
         await asyncio.sleep(max(0.0, f.at_s - self.now_s()))
-        group = "runner" if f.kind in RUNNER_FAULTS else f.kind
-        lock = locks.get(f"{group}:{f.target}")  # one fault at a time per process
-        limit = limits.get(group)  # never every runner (or every API) down at once
+        if f.kind == DELAYED_WRITE:  # one API and one runner
+            needs = [("runner", f.partner), (API_KILL, f.target)]
+        else:
+            needs = [("runner" if f.kind in RUNNER_FAULTS else f.kind, f.target)]
         async with contextlib.AsyncExitStack() as stack:
-            if limit is not None:
-                await stack.enter_async_context(limit)
-            if lock is not None:
-                await stack.enter_async_context(lock)
+            for group, target in needs:
+                limit = limits.get(group)  # never every runner (or every API) down at once
+                if limit is not None:
+                    await stack.enter_async_context(limit)
+                lock = locks.get(f"{group}:{target}")  # one fault at a time per process
+                if lock is not None:
+                    await stack.enter_async_context(lock)
             a.started_s = round(self.now_s(), 2)
             try:
                 a.detail = await self._apply(f, a)
@@ -592,6 +622,8 @@ class Harness:
             )
         if f.kind == REDIS_RESTART:
             return await asyncio.to_thread(self.restart_redis, f.signal, f.hold_s)
+        if f.kind == DELAYED_WRITE:
+            return await self._delayed_write(f)
         # a burst: its invokes are acknowledged (or not) long after; the detail follows
         assert self.load is not None
         sid = self.session_ids[f.target]
@@ -654,6 +686,46 @@ class Harness:
         await asyncio.sleep(f.hold_s)
         up_s = await asyncio.to_thread(self.start_runner, i, before)
         return f"{how} (pid {pid}); restarted after {f.hold_s}s, registered in {up_s:.1f}s"
+
+    async def _delayed_write(self, f: Fault) -> str:
+        """Pause an API, then a runner shipping through it past its TTL; wake the API first."""
+        api = self.api_procs[f.target]
+        rid = self.runner_ids[f.partner]
+        runner = self.runner_procs[f.partner]
+        before = await asyncio.to_thread(self.incarnation, rid)
+        refused_before = await asyncio.to_thread(self.stale_refusals)
+        api.signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(DELAYED_WRITE_LEAD_S)  # the runner's requests queue up in it
+            runner.signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(f.hold_s)  # past the TTL: its sessions are taken over
+            finally:
+                api.signal(signal.SIGCONT)  # the old owner's requests now meet new tokens
+                await asyncio.sleep(1.0)
+        finally:
+            api.signal(signal.SIGCONT)
+            runner.signal(signal.SIGCONT)
+        t = time.monotonic()
+        again = await self._wait(
+            lambda: asyncio.to_thread(self.incarnation, rid),
+            lambda v: v not in (None, before),
+            20,
+        )
+        if not again:
+            self.notes.append(f"{rid} did not re-register within 20 s of SIGCONT")
+        refused = await asyncio.to_thread(self.stale_refusals) - refused_before
+        return (
+            f"SIGSTOP api-{f.target + 1}, then {rid} for {f.hold_s}s; SIGCONT both; "
+            f"{refused} stale writes refused since; "
+            + (f"re-registered in {time.monotonic() - t:.2f}s" if again else "NOT re-registered")
+        )
+
+    def stale_refusals(self) -> int:
+        """Ingest attempts the API refused as stale so far (from the audit)."""
+        with contextlib.suppress(OSError):
+            return sum(r.get("outcome") == "stale_token" for r in read_audit(str(self.audit_path)))
+        return 0
 
     @staticmethod
     async def _wait(
