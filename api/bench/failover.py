@@ -131,10 +131,22 @@ class Bench:
         tail = self.rc.xrevrange(KEYS.session("default", sid).log, count=1)
         return str(tail[0][0]) if tail else "0-0"
 
+    def owner(self, sid: str, acc: dict[str, Any]) -> str | None:
+        """The replica running the accepted invoke; waits for it when the answer was queued."""
+        if acc.get("owner"):
+            return str(acc["owner"]["replica_id"])
+        # 202 queued: the API's start timeout passed first (a loaded machine); the run still
+        # starts, and its run.started names the owner
+        found = self.wait_entry(sid, "0-0", acc["run_id"], "run.started", 30)
+        return None if found is None else str(found[1].get("replica_id"))
+
     def kill_trial(self, t: int) -> float | None:
         sid = f"kill-{t}"
         acc = self.invoke(sid, LONG_RUN)
-        old = acc["owner"]["replica_id"]
+        old = self.owner(sid, acc)
+        if old is None:
+            self.cancel(sid)
+            return None
         after = self.last_id(sid)
         ttl_s = int(self.fleet.env["STREAMWARD_REPLICA_TTL_MS"]) / 1000
         # trials follow each other at a pace set by the previous expiry; without this the
@@ -152,8 +164,8 @@ class Bench:
     def sigterm_trial(self, t: int) -> tuple[float | None, bool]:
         sid = f"term-{t}"
         warm = self.invoke(sid, {"text": "warm"})
-        old = warm["owner"]["replica_id"]
-        if self.wait_entry(sid, "0-0", warm["run_id"], "run.completed", 10) is None:
+        old = self.owner(sid, warm)
+        if old is None or self.wait_entry(sid, "0-0", warm["run_id"], "run.completed", 10) is None:
             return None, False
         after = self.last_id(sid)
         proc = self.procs.pop(old)

@@ -1,0 +1,279 @@
+"""``streamward bench all``: the report, its plots and raw results (quick mode, no timing checks).
+
+One real quick run of the cheap bench (heartbeat, a few seconds) feeds every test; failover,
+invoke and rollout results are built from their own dataclasses with made-up figures, so the
+rendering of every section is checked without starting fleets.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from api.bench import failover, invoke
+from api.bench.cli import _extra_kwargs, app
+from api.bench.report import (
+    BENCHES,
+    Options,
+    main,
+    render,
+    rollout_available,
+    run_bench,
+    selected,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NUMBER = re.compile(r"^[≤≥]?\s*-?[\d,]+(\.\d+)?")
+SECTIONS = (
+    "# streamward benchmarks",
+    "## Machine",
+    "## Summary",
+    "## Session lease renewal",
+    "### One renewal of all",
+    "### Steady-state Redis load",
+    "## Replica heartbeat cost vs sessions held",
+    "## Memory per lease in Redis",
+    "## Failover",
+    "## Detached invoke latency",
+    "## Ingest throughput",
+    "## Rolling update of the runners",
+    "## Reproduce",
+)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``bench all --quick --only heartbeat`` into a temp dir, once for the module."""
+    out = tmp_path_factory.mktemp("report") / "BENCHMARKS.md"
+    assert main(Options(out=out, quick=True, only=["heartbeat"])) == 0
+    return out
+
+
+def _results(quick_run: Path) -> dict[str, Any]:
+    """Results of every bench: the real quick heartbeat one, the others from their classes."""
+    kill = [4400.0 + 37 * i for i in range(20)]
+    term = [9.0 + 1.7 * i for i in range(20)]
+    fo = {
+        "replica_ttl_ms": 5000,
+        "runners": 3,
+        "trials": 20,
+        "kill9": asdict(failover.Summary.of(kill, 6000.0)),
+        "sigterm": asdict(failover.Summary.of(term, failover.SIGTERM_TARGET_MS, raced=1)),
+        "sigterm_not_exited": [],
+    }
+    lat = invoke.Latency.of([0.011 + 0.0001 * i for i in range(100)])
+    raw = invoke.Latency.of([0.0015 + 0.00001 * i for i in range(100)])
+    res = invoke.Results(
+        concurrency=50,
+        requests=1000,
+        invoke=lat,
+        invoke_cold=lat,
+        invoke_raw=raw,
+        invoke_statuses={"running": 1000},
+        ingest_entries_per_s=41_000.0,
+        ingest_raw_entries_per_s=50_000.0,
+        ingest_entries=200_000,
+        p50_met=True,
+        p99_met=True,
+        ingest_met=True,
+    )
+    inv = asdict(res) | {
+        "invoke_ratio_p50": res.invoke_ratio_p50,
+        "ingest_ratio": res.ingest_ratio,
+        "targets": {"p50_ms": 15.0, "p99_ms": 60.0, "ingest_entries_per_s": 30_000.0},
+        # optional figures of newer invoke benches
+        "invoke_single": asdict(raw),
+        "invokes_per_s": 570.0,
+        "cpu_ms_per_invoke": {"api": 0.95, "runners": 0.5, "redis": 0.2, "total": 1.65},
+        "cores": 2,
+        "closed_loop_floor_ms": 41.3,
+    }
+    phase = {"seconds": 3.0, "invokes": 60, "acked": 60, "unacked": 0, "max_ms": 90.0}
+    check = {"ok": True, "violations": {}, "stats": {"sessions": 32, "invokes": 145}}
+    ro = {
+        "runners": 2,
+        "apis": 2,
+        "sessions": 32,
+        "rate_per_s": 20.0,
+        "phases": {
+            name: phase | {"name": name, "p50_ms": 20.0, "p99_ms": p99}
+            for name, p99 in (("steady", 40.0), ("rollout", 55.0), ("after", 41.0))
+        },
+        "added_p99_ms": 15.0,
+        "added_max_ms": 0.0,
+        "swaps": [
+            {
+                "old": "old-1",
+                "new": "new-1",
+                "new_ready_s": 0.5,
+                "sigterm_ns": 1,
+                "exit_code": 0,
+                "drain_s": 0.7,
+                "runs_in_flight": 7,
+                "released_in_drain": 17,
+                "drained_runs": 7,
+                "started_after_sigterm": 0,
+            },
+        ],
+        "old_left": [],
+        "new_alive": ["new-1", "new-2"],
+        "handed_over": 22,
+        "ok": True,
+        "exactly_once": check,
+        "history": check | {"ok": False, "violations": {"lost": ["s1"]}},
+    }
+    machine = orjson.loads((quick_run.parent / "bench" / "results.json").read_bytes())
+    benches: dict[str, Any] = {
+        "heartbeat": machine["benches"]["heartbeat"],
+        "failover": {"command": "streamward bench failover --trials 20", "result": fo},
+        "invoke": {"command": "streamward bench invoke", "result": inv},
+        "rollout": {"command": "streamward bench rollout", "exit_status": 1, "result": ro},
+    }
+    out: dict[str, Any] = machine | {"quick": False, "note": "shared 2-core test machine"}
+    return out | {"benches": benches}
+
+
+def _check_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC), path
+    assert len(data) > 10_000, f"{path} is only {len(data)} bytes"
+
+
+def _summary_rows(md: str) -> list[list[str]]:
+    section = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| ")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+
+
+def test_quick_run_writes_report_plot_and_results(quick_run: Path) -> None:
+    md = quick_run.read_text()
+    for section in SECTIONS[:8]:
+        assert section in md, section
+    assert "quick smoke run" in md
+    assert "Not run this time: failover, invoke, rollout." in md
+    raw = orjson.loads((quick_run.parent / "bench" / "results.json").read_bytes())
+    assert raw["quick"] is True and set(raw["benches"]) == {"heartbeat"}
+    hb = raw["benches"]["heartbeat"]
+    assert hb["exit_status"] == 0 and hb["command"].startswith("streamward bench heartbeat")
+    assert hb["result"]["leases"] == 2000
+    for key in ("cpu_model", "logical_cpus", "ram_gib", "kernel", "python", "redis_server"):
+        assert raw["machine"][key], key
+    assert raw["machine"]["redis_server"]["version"] != "?"
+    _check_png(quick_run.parent / "bench" / "heartbeat.png")
+    assert "](bench/heartbeat.png)" in md
+
+
+def test_every_section_renders_with_numbers(quick_run: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.json"
+    src.write_bytes(orjson.dumps(_results(quick_run)))
+    out = tmp_path / "docs" / "BENCHMARKS.md"
+    assert main(Options(out=out, from_results=src)) == 0
+    md = out.read_text()
+    for section in SECTIONS:
+        assert section in md, section
+    assert "> **Measuring conditions.** shared 2-core test machine" in md
+    rows = _summary_rows(md)
+    assert len(rows) >= 12
+    for figure, value, _baseline, ratio, target, met in rows:
+        assert met in ("met", "**NOT met**", "-"), figure
+        if value:
+            assert NUMBER.match(value), (figure, value)
+        if ratio:
+            assert re.fullmatch(r"[\d,]+(\.\d+)?x", ratio), (figure, ratio)
+            float(ratio[:-1].replace(",", ""))
+        if met != "-":
+            assert target, f"{figure}: met/NOT met without a target"
+    # the made-up history violation is reported as such, not hidden
+    assert any("history" in r[0] and r[5] == "**NOT met**" for r in rows)
+    assert "(exit status 1;" in md
+    assert "one caller alone p50 (no queueing)" in md and "closed-loop floor" in md
+    for name in ("heartbeat.png", "failover.png"):
+        _check_png(tmp_path / "docs" / "bench" / name)
+        assert f"](bench/{name})" in md
+    assert orjson.loads((tmp_path / "docs" / "bench" / "results.json").read_bytes())["benches"]
+
+
+def test_report_without_matplotlib(
+    quick_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    out = tmp_path / "BENCHMARKS.md"
+    src = quick_run.parent / "bench" / "results.json"
+    assert main(Options(out=out, from_results=src)) == 0
+    assert "pip install 'streamward[bench]'" in capsys.readouterr().err
+    md = out.read_text()
+    assert "## Session lease renewal" in md and ".png)" not in md
+    assert not list((tmp_path / "bench").glob("*.png"))
+
+
+def test_failed_bench_is_reported(quick_run: Path, tmp_path: Path) -> None:
+    results = _results(quick_run)
+    results["benches"]["invoke"] = {"command": "streamward bench invoke", "error": "exit status 1"}
+    md = render(results, {})
+    assert "**bench invoke failed** (`streamward bench invoke`): exit status 1" in md
+    assert "## Detached invoke latency" not in md
+    bad = run_bench("no-such-bench", [])
+    assert "error" in bad and "result" not in bad
+
+
+def test_cli_all_from_results(quick_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r" / "B.md"
+    src = quick_run.parent / "bench" / "results.json"
+    args = [
+        "all",
+        "--from-results",
+        str(src),
+        "--out",
+        str(out),
+        "--plots-dir",
+        str(tmp_path / "p"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "## Summary" in out.read_text()
+    assert (tmp_path / "p" / "results.json").exists()
+    assert "](../p/heartbeat.png)" in out.read_text()
+    assert CliRunner().invoke(app, ["all", "--only", "nope"]).exit_code == 2
+
+
+def test_selection() -> None:
+    with_rollout = ["heartbeat", "failover", "invoke", "rollout"]
+    assert selected(Options()) == with_rollout
+    assert selected(Options(quick=True)) == ["heartbeat", "failover", "invoke"]
+    assert selected(Options(quick=True, rollout=True)) == with_rollout
+    assert selected(Options(rollout=False)) == ["heartbeat", "failover", "invoke"]
+    assert selected(Options(only=["invoke", "heartbeat", "invoke"])) == ["invoke", "heartbeat"]
+    assert selected(Options(only=["rollout"], rollout=False)) == []
+    assert set(BENCHES) == set(with_rollout)
+    assert isinstance(rollout_available(), bool)
+
+
+def test_rollout_extra_options() -> None:
+    def target(
+        runners: int = 4,
+        before_s: float = 8.0,
+        seed: int = 0,
+        name: str = "x",
+        audit: bool = True,
+        limit: int | None = None,
+        output: str = "table",
+    ) -> int:
+        return 0
+
+    args = ["--before-s", "2.5", "--seed=3", "--name", "y", "--no-audit", "--limit", "7"]
+    got = _extra_kwargs(target, args)
+    assert got == {"before_s": 2.5, "seed": 3, "name": "y", "audit": False, "limit": 7}
+    assert _extra_kwargs(target, ["--audit"]) == {"audit": True}
+    for bad in (["--nope", "1"], ["--seed"], ["--seed", "x"], ["stray"]):
+        with pytest.raises(Exception, match=r"nope|needs a value|seed|unexpected"):
+            _extra_kwargs(target, bad)
