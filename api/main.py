@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +29,10 @@ from lua.store import LeaseStore
 from lua.streams import Streams
 
 log = logging.getLogger("streamward.api")
+# young collections after this many net new GC-tracked objects; Python's default is 700.
+# Measured under load (perf): the API spent 13% of its CPU in the GC with the default, 4-6%
+# at 7000, ~1% at 30000; a young collection then pauses for a few ms at most.
+GC_GEN0_THRESHOLD = 30_000
 
 
 class BodyLimit:
@@ -154,7 +159,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.metrics = metrics
     install_handlers(app, settings.retry_after_s)
+    # matched in this order, route by route (no two routers share a path): the hot paths
+    # (invoke, the runners' ingest) first, so routing them tries one or two routes, not twenty
     routers = [
+        sessions.invoke_router,
+        admin.ingest_router,
         health.router,
         metrics_router,
         sessions.router,
@@ -171,6 +180,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HttpMetrics, metrics=metrics, routes=route_index(routers))
     app.add_middleware(RequestContext)
     return app
+
+
+def freeze_heap() -> None:
+    """Move everything allocated so far (the imported framework, the app's routes and models:
+    ~80k objects) out of the cyclic GC's reach. They live as long as the process, yet every
+    full collection would traverse them again: measured, that was a quarter of the API's
+    CPU under load, in pauses of tens of ms that stall every request in flight."""
+    gc.collect()
+    gc.freeze()
+    # young collections: every 700 allocations by default, each one traversing every young
+    # object still alive, i.e. those of the requests in flight; rarer ones cost less in all
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def serve(host: str | None = None, port: int | None = None, redis_url: str | None = None) -> int:
@@ -198,5 +219,6 @@ def serve(host: str | None = None, port: int | None = None, redis_url: str | Non
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
+    freeze_heap()
     server.run()
     return 0 if server.started else 1

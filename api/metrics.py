@@ -16,6 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from importlib import metadata
+from typing import Any
 
 from fastapi import APIRouter, Request
 from prometheus_client import (
@@ -129,6 +130,22 @@ class ApiMetrics:
             "Ingested entries already present (replays), not written again.",
             registry=r,
         )
+        start_waits = Counter(
+            "streamward_api_start_waits",
+            "Detached invokes that waited for their run's start, by how the wait ended: "
+            "memory (this process ingested the start), log (the session log tail saw it), "
+            "queued (start timeout).",
+            ["how"],
+            registry=r,
+        )
+        # children resolved once: labels() costs a lookup per call on the hottest path
+        self.start_wait = {how: start_waits.labels(how) for how in ("memory", "log", "queued")}
+        self.start_local_share = Gauge(
+            "streamward_api_start_local_share",
+            "Share of recent run starts this process ingested itself among those its detached "
+            "invokes waited for (>= 0.9: such waits are served from memory first).",
+            registry=r,
+        )
         self.script_duration = script_histogram(r)
         self.work_backlog = Gauge(
             "streamward_work_backlog",
@@ -156,6 +173,8 @@ class ApiMetrics:
 
 
 RouteIndex = list[tuple[re.Pattern[str], str, frozenset[str]]]
+# one request's series: its count, its latency, and the invoke latency (invoke routes only)
+_Series = tuple[Any, Any, Any]
 
 
 def route_index(routers: Iterable[APIRouter]) -> RouteIndex:
@@ -194,6 +213,25 @@ class HttpMetrics:
         self.app = app
         self.metrics = metrics
         self.routes = routes
+        # (method, route, status) -> its series, resolved once: labels() costs a lookup and
+        # a lock per call, on every request (bounded: routes x methods x statuses)
+        self._series: dict[tuple[str, str, int], _Series] = {}
+
+    def _series_of(self, method: str, route: str, status: int) -> _Series:
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            m = self.metrics
+            invoke = None
+            if route == INVOKE_ROUTE and status in (200, 202):
+                # 202 is the detached answer, 200 the start of an attached stream
+                invoke = m.invoke_duration.labels("detached" if status == 202 else "stream")
+            series = self._series[key] = (
+                m.http_requests.labels(method, route, f"{status // 100}xx"),
+                m.http_duration.labels(method, route),
+                invoke,
+            )
+        return series
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -206,14 +244,13 @@ class HttpMetrics:
             nonlocal recorded
             recorded = True
             elapsed = time.perf_counter() - t0
-            route = _route_of(scope, self.routes)
-            m = self.metrics
-            method = scope["method"]
-            m.http_requests.labels(method, route, f"{status // 100}xx").inc()
-            m.http_duration.labels(method, route).observe(elapsed)
-            if route == INVOKE_ROUTE and status in (200, 202):
-                # 202 is the detached answer, 200 the start of an attached stream
-                m.invoke_duration.labels("detached" if status == 202 else "stream").observe(elapsed)
+            count, duration, invoke = self._series_of(
+                scope["method"], _route_of(scope, self.routes), status
+            )
+            count.inc()
+            duration.observe(elapsed)
+            if invoke is not None:
+                invoke.observe(elapsed)
 
         async def timed_send(message: Message) -> None:
             if message["type"] == "http.response.start" and not recorded:
@@ -242,6 +279,7 @@ async def metrics_endpoint(request: Request) -> Response:
     metrics: ApiMetrics = request.app.state.metrics
     state: AppState | None = getattr(request.app.state, "sw", None)
     if state is not None:
+        metrics.start_local_share.set(state.starts.local_share)
         try:
             backlog, replicas = await asyncio.wait_for(
                 asyncio.gather(state.streams.work_backlog(), _replica_states(state)), timeout=2.0

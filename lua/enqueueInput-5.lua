@@ -1,11 +1,18 @@
 --[[
-  enqueueInput-3.lua
+  enqueueInput-5.lua
   Append an invocation to the session inbox, atomically with its idempotency
   key and the multitask "reject" check. Creates the session's meta on first use.
+  Also answers what the caller needs next, so an invoke costs one round trip
+  here: where the log ended before the append (a tail from there sees the run's
+  first entry) and who holds the lease (read after the append: the ordering the
+  no-input-lost argument needs; its replica lease lives in another slot and is
+  checked by the caller).
 
   KEYS[1] inbox key              sw:{S}:inbox
   KEYS[2] meta key               sw:{S}:meta
   KEYS[3] idempotency key        sw:{S}:idem:<key>  (passed even when unused)
+  KEYS[4] log key                sw:{S}:log
+  KEYS[5] lease key              sw:{S}:lease
 
   ARGV[1] run_id                 minted by the caller
   ARGV[2] input                  JSON text
@@ -20,15 +27,25 @@
   its inbox and meta lose their expiry and revived = 1 tells the caller to keep
   the session's other keys too.
 
-  Returns {1, entry_id, active_run_id, pending, revived}   queued ("" when no active run)
-          {2, run_id}                               DUPLICATE: the idempotency key names run_id
+  Returns {1, entry_id, active_run_id, pending, revived, log_last_id, replica, incarnation}
+                                                queued ("" when no active run; log_last_id
+                                                "0-0" for an empty log; replica and
+                                                incarnation "" when no lease is held)
+          {2, run_id, log_last_id}                  DUPLICATE: the idempotency key names run_id
           {-6, active_run_id, pending}              BUSY: multitask=reject and a run is active
 ]]
 local rcall = redis.call
+local function log_last()
+  local tail = rcall('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
+  if tail[1] then
+    return tail[1][1]
+  end
+  return '0-0'
+end
 if ARGV[4] == '1' then
   local existing = rcall('GET', KEYS[3])
   if existing then
-    return {2, existing}
+    return {2, existing, log_last()}
   end
 end
 local active = rcall('HGET', KEYS[2], 'active_run_id') or ''
@@ -54,4 +71,5 @@ if rcall('HEXISTS', KEYS[2], 'delete_after_ms') == 1 then
   rcall('PERSIST', KEYS[1])
 end
 rcall('HSET', KEYS[2], 'status', 'active', 'updated_ms', now)
-return {1, id, active, pending + 1, revived}
+local holder = rcall('HMGET', KEYS[5], 'replica', 'incarnation')
+return {1, id, active, pending + 1, revived, log_last(), holder[1] or '', holder[2] or ''}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from lua import errors as E
 from lua.client import RedisClient
 from lua.keys import Keys, SessionKeys, validate_id
 from lua.loader import Scripts, execute_pipeline
+from lua.streams import MAIL_MAXLEN, InboxItem, RunState, parse_inbox, parse_run_state
 
 RENEW_CHUNK = 100
 
@@ -102,6 +104,10 @@ class Enqueued:
     active_run_id: str
     pending: int
     revived: bool = False  # the session had been retired: keep its other keys (revive)
+    # read in the same script call: the log's last entry id before the append ("0-0" when
+    # empty), and the session lease holder after it (None when no lease is held)
+    log_last_id: str = "0-0"
+    holder: tuple[str, str] | None = None  # (replica_id, incarnation)
 
     @property
     def enqueued_ms(self) -> int | None:
@@ -122,6 +128,12 @@ _LOST_REASON = {0: "expired", E.NOT_OWNER: "not_owner", E.STALE_TOKEN: "stale_to
 
 def _s(x: object) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """A stream entry's flat [field, value, ...] list (as a script returns it) as a dict."""
+    it = iter(_s(x) for x in flat)
+    return dict(zip(it, it, strict=True))
 
 
 def _check(script: str, reply: list[object]) -> list[object]:
@@ -408,7 +420,7 @@ class LeaseStore:
         reply = _check(
             "enqueueInput",
             await self.scripts.enqueueInput(
-                [session.inbox, session.meta, idem],
+                [session.inbox, session.meta, idem, session.log, session.lease],
                 [
                     run_id,
                     input_json,
@@ -422,7 +434,8 @@ class LeaseStore:
             ),
         )
         if int(reply[0]) == E.DUPLICATE:  # type: ignore[call-overload]
-            return Enqueued(_s(reply[1]), None, True, "", 0)
+            return Enqueued(_s(reply[1]), None, True, "", 0, log_last_id=_s(reply[2]))
+        holder = _s(reply[6])
         return Enqueued(
             run_id,
             _s(reply[1]),
@@ -430,7 +443,60 @@ class LeaseStore:
             _s(reply[2]),
             int(reply[3]),  # type: ignore[call-overload]
             revived=int(reply[4]) == 1,  # type: ignore[call-overload]
+            log_last_id=_s(reply[5]),
+            holder=(holder, _s(reply[7])) if holder else None,
         )
+
+    async def notify_replica(
+        self,
+        replica_id: str,
+        incarnation: str,
+        kind: str,
+        session_ref: str,
+        run_id: str = "",
+        *,
+        touch: tuple[str, int] | None = None,
+    ) -> bool:
+        """Mail ``replica_id`` iff its replica lease names ``incarnation``; False (and nothing
+        written) when it is dead or re-registered.
+
+        ``touch`` = (session ref, ms): also score the session in ``sw:sessions``, in the same
+        round trip (pipelined; on Cluster, concurrently: another slot).
+        """
+        rk = self.keys.replica(replica_id)
+        script = self.scripts.notifyReplica
+        keys = [rk.lease, rk.mail]
+        args: list[str | int] = [incarnation, kind, session_ref, run_id, MAIL_MAXLEN]
+        if touch is None:
+            reply = await script(keys, args)
+        elif self.cluster:
+            reply, _ = await asyncio.gather(
+                script(keys, args), self.client.zadd(self.keys.sessions, {touch[0]: touch[1]})
+            )
+        else:
+            sessions = self.keys.sessions
+
+            def build(pipe: Pipeline) -> None:
+                script.queue(pipe, keys, args)
+                pipe.zadd(sessions, {touch[0]: touch[1]})
+
+            reply = (await execute_pipeline(self.client, script, build))[0]
+        return int(reply[0]) == E.OK
+
+    async def peek_inbox(
+        self, session: SessionKeys, count: int
+    ) -> tuple[list[InboxItem], RunState | None, bool]:
+        """The oldest ``count`` pending inputs, the first one's run state and whether its
+        cancellation was requested: one round trip (read-only)."""
+        reply = await self.scripts.peekInbox(
+            [session.inbox, session.runs, session.cancels], [count]
+        )
+        items = [parse_inbox(_s(i), _pairs(f)) for i, f in reply[1]]
+        if not items:
+            return items, None, False
+        raw = reply[2]
+        state = parse_run_state(items[0].run_id, raw) if raw else None
+        return items, state, int(reply[3]) == 1
 
     async def complete_input(self, session: SessionKeys, token: int, entry_id: str) -> int:
         """Fenced: mark an inbox entry consumed. Returns pending count. Raises StaleToken."""

@@ -120,6 +120,21 @@ def parse_inbox(entry_id: str, fields: dict[str, str]) -> InboxItem:
     )
 
 
+def parse_run_state(run_id: str, raw: str | bytes) -> RunState:
+    """A ``sw:{S}:runs`` value (JSON, kept by the ingest script)."""
+    d = orjson.loads(raw)
+    return RunState(
+        run_id=run_id,
+        status=str(d.get("status", "")),
+        token=d.get("token"),
+        replica_id=d.get("replica_id"),
+        attempt=d.get("attempt"),
+        started_id=d.get("started_id"),
+        last_id=d.get("last_id"),
+        updated_ms=d.get("updated_ms"),
+    )
+
+
 class Streams:
     """Work queue, mailboxes, inbox, log, meta, attachments and indexes."""
 
@@ -270,19 +285,7 @@ class Streams:
 
     async def run_state(self, session: SessionKeys, run_id: str) -> RunState | None:
         raw = await self.client.hget(session.runs, run_id)
-        if raw is None:
-            return None
-        d = orjson.loads(raw)
-        return RunState(
-            run_id=run_id,
-            status=str(d.get("status", "")),
-            token=d.get("token"),
-            replica_id=d.get("replica_id"),
-            attempt=d.get("attempt"),
-            started_id=d.get("started_id"),
-            last_id=d.get("last_id"),
-            updated_ms=d.get("updated_ms"),
-        )
+        return None if raw is None else parse_run_state(run_id, raw)
 
     async def request_cancel(self, session: SessionKeys, run_id: str) -> None:
         await self.client.sadd(session.cancels, run_id)

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from lua.errors import NotOwner, StaleToken
 from lua.store import Lease
-from lua.streams import InboxItem
+from lua.streams import InboxItem, RunState
 from runner.context import RunContext
 from runner.shipper import Shipper, ShipRejected, ShipStopped, backoff_s
 
@@ -76,6 +76,7 @@ class SessionActor:
         self._state = _State()
         self._opened = False
         self._wake = asyncio.Event()
+        self._inbox_empty = False  # the last completeInput left no input: no read needed
         self._draining = False
         self._interrupting = False
         self._cut_run: _Run | None = None  # the run a drain timeout cut short
@@ -184,14 +185,20 @@ class SessionActor:
         while True:
             if self._draining:
                 return "drain"
-            self._wake.clear()  # before reading, so a wake during the read is not lost
             try:
-                if not self._opened:
-                    await self._open()
-                    self._opened = True
-                if self._state.dead:
-                    return "dead"
-                nxt = await self._next_input()
+                if self._inbox_empty:
+                    # the last completeInput saw no input left, and the wake flag was cleared
+                    # before it: a later input's mail sets it again, so skip the read
+                    self._inbox_empty = False
+                    nxt = None
+                else:
+                    self._wake.clear()  # before reading, so a wake during the read is not lost
+                    if not self._opened:
+                        await self._open()
+                        self._opened = True
+                    if self._state.dead:
+                        return "dead"
+                    nxt = await self._next_input()
                 if self._draining:
                     return "drain"  # started draining while reading: start nothing new
                 if nxt is None:
@@ -203,6 +210,7 @@ class SessionActor:
                 attempt = 0
             except RedisError as exc:
                 # keep the session through a Redis blip; a long outage fences the replica
+                self._inbox_empty = False
                 delay = backoff_s(attempt)
                 attempt += 1
                 log.warning("session %s: redis error (%s); retry in %.2fs", self.ref, exc, delay)
@@ -278,10 +286,11 @@ class SessionActor:
         self._state.dead = True
         log.info("session %s: dropped %d pending inputs (policy drop)", self.ref, dropped)
 
-    async def _next_input(self) -> tuple[InboxItem, str | None] | None:
-        """The next input and, when it must not run, the reason it is cancelled instead."""
+    async def _next_input(self) -> tuple[InboxItem, str | None, RunState | None] | None:
+        """The next input, the reason it is cancelled instead of run (None: run it), and
+        its run state (None: never started)."""
         r = self.replica
-        items = await r.streams.read_inbox(self.session, count=INBOX_WINDOW)
+        items, state, cancel = await r.store.peek_inbox(self.session, INBOX_WINDOW)
         if not items:
             return None
         hold = self._state.hold_until
@@ -297,8 +306,8 @@ class SessionActor:
             await r.streams.set_meta(self.session, hold_until_id="")
         # multitask=interrupt: an interrupting input cancels everything queued before it
         if any(i.multitask == "interrupt" for i in items[1:]):
-            return items[0], "interrupt"
-        return items[0], None
+            return items[0], "interrupt", state
+        return items[0], "cancel" if cancel else None, state
 
     async def _idle(self) -> bool:
         """Wait for a wake; False when the session has been idle for ``close_delay``."""
@@ -321,20 +330,19 @@ class SessionActor:
 
     # -- runs ------------------------------------------------------------------------------
 
-    async def _process(self, item: InboxItem, cancel_reason: str | None) -> None:
+    async def _process(
+        self, item: InboxItem, cancel_reason: str | None, state: RunState | None
+    ) -> None:
         r = self.replica
         assert self.shipper is not None
-        state = await r.streams.run_state(self.session, item.run_id)
         if state is not None and state.status in TERMINAL_STATUSES:
             # the previous owner ended it but died before advancing the inbox
-            await self._complete(item)
+            await self._complete(item, last=True)
             return
-        if cancel_reason is None and await r.streams.cancel_requested(self.session, item.run_id):
-            cancel_reason = "cancel"
         if cancel_reason is not None:
             await self.shipper.put(item.run_id, "run.cancelled", {"reason": cancel_reason})
             await self.shipper.flush()
-            await self._complete(item)
+            await self._complete(item, last=True)
             await r.streams.clear_cancel(self.session, item.run_id)
             r.metrics.runs.labels("cancelled").inc()
             return
@@ -393,7 +401,7 @@ class SessionActor:
             etype, data, outcome = "run.completed", {"outputs": run.task.result()}, "completed"
         await shipper.put(item.run_id, etype, data)
         await shipper.flush()
-        await self._complete(item)
+        await self._complete(item, last=True)
         if run.cancel_reason is not None:
             await r.streams.clear_cancel(self.session, item.run_id)
         r.metrics.runs.labels(outcome).inc()
@@ -426,9 +434,18 @@ class SessionActor:
                 await aclose()
         return n
 
-    async def _complete(self, item: InboxItem) -> None:
-        """Fenced advance of the inbox: raises StaleToken when the session moved."""
-        await self.replica.store.complete_input(self.session, self.token, item.id)
+    async def _complete(self, item: InboxItem, *, last: bool = False) -> None:
+        """Fenced advance of the inbox: raises StaleToken when the session moved.
+
+        ``last``: nothing follows before the next inbox read, so when no input is left the
+        read can be skipped (the wake flag is cleared first: a mail for an input enqueued
+        after the count sets it again).
+        """
+        if last:
+            self._wake.clear()
+        pending = await self.replica.store.complete_input(self.session, self.token, item.id)
+        if last and pending == 0:
+            self._inbox_empty = True
 
     async def _check_interrupt(self) -> None:
         run = self.current

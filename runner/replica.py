@@ -30,7 +30,7 @@ from runner.context import Handler
 from runner.heartbeat import lease_renewal, replica_heartbeat
 from runner.intake import inbox_sweep, mailbox, work_autoclaim, work_intake
 from runner.metrics import Metrics
-from runner.shipper import Shipper, ShipRejected, ShipStopped, backoff_s
+from runner.shipper import HttpPoster, Shipper, ShipRejected, ShipStopped, backoff_s
 from runner.watchdog import watchdog
 
 log = logging.getLogger("streamward.runner")
@@ -53,6 +53,22 @@ def _log_tasks() -> None:
 class _ClaimSlot:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
+
+
+def make_ingest_http(url: str, timeout_s: float) -> HttpPoster:
+    """The shipper's HTTP client: the lean one (runner/ingest_http.py), else httpx (a proxy
+    applies to the API's address, or ``httptools`` is missing)."""
+    try:
+        from runner.ingest_http import IngestHTTP, proxied
+
+        if not proxied(url):
+            return IngestHTTP(connect_timeout_s=1.0)
+    except ImportError:  # pragma: no cover - httptools comes with uvicorn[standard]
+        pass
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s, connect=1.0),
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+    )
 
 
 def _version() -> str:
@@ -88,7 +104,7 @@ class Replica:
         self._client: RedisClient | None = None
         self._store: LeaseStore | None = None
         self._streams: Streams | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http: HttpPoster | None = None
 
     # -- resources (set by start()) ---------------------------------------------------------
 
@@ -103,7 +119,7 @@ class Replica:
         return self._streams
 
     @property
-    def http(self) -> httpx.AsyncClient:
+    def http(self) -> HttpPoster:
         assert self._http is not None, "replica not started"
         return self._http
 
@@ -162,10 +178,7 @@ class Replica:
         )
         self._store = LeaseStore(self._client, self.keys)
         self._streams = Streams(self._client, self.keys)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(s.ship_timeout_s, connect=1.0),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-        )
+        self._http = make_ingest_http(s.ingest_url, s.ship_timeout_s)
         failures = 0
         while not self.shutdown.is_set():
             try:
@@ -337,8 +350,14 @@ class Replica:
             s.heartbeat_file_path.touch()
 
     def _deadline_passed(self) -> None:
-        if not self.fenced and asyncio.get_running_loop().time() >= self.deadline:
+        if self.fenced:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self.deadline:
             self.fence("replica lease not renewed before its deadline")
+        else:
+            # a timer may fire a hair early (uvloop rounds its clock to the ms): look again
+            self._fence_timer = loop.call_at(self.deadline, self._deadline_passed)
 
     def can_write(self) -> bool:
         """False once past the self-fencing deadline (checked before every ingest request)."""

@@ -10,17 +10,29 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import httpx
 import orjson
 
 from lua.keys import SessionKeys
 
+if TYPE_CHECKING:
+    from runner.ingest_http import IngestHTTP
+
+# httpx (tests, proxies) or the lean keep-alive client the replica uses by default
+HttpPoster = Union[httpx.AsyncClient, "IngestHTTP"]
+
 log = logging.getLogger("streamward.runner.shipper")
 
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 2.0
+# a run's first entry gates the caller's 202: instead of the timed linger, the sender gives
+# a fast handler this many loop turns to add its outputs and terminal entry (an echo run
+# needs ~5), so such a run still ships as one request, and a slow one's start is not delayed
+START_SPINS = 16
+# shipped without lingering: nothing more of their run follows soon
+_FINAL_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
 
 
 class ShipStopped(Exception):
@@ -47,6 +59,14 @@ class _Item:
     data: bytes  # JSON text, serialised once at put() time
 
 
+try:
+    from runner.ingest_http import IngestHTTPError
+
+    _NO_ANSWER: tuple[type[Exception], ...] = (httpx.HTTPError, IngestHTTPError)
+except ImportError:  # pragma: no cover - no httptools: the replica uses httpx only
+    _NO_ANSWER = (httpx.HTTPError,)
+
+
 def backoff_s(attempt: int) -> float:
     """Exponential backoff with equal jitter: half fixed, half random (no thundering herd)."""
     d = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0**attempt)
@@ -65,7 +85,7 @@ class Shipper:
     def __init__(
         self,
         *,
-        http: httpx.AsyncClient,
+        http: HttpPoster,
         url: str,
         admin_token: str | None,
         session: SessionKeys,
@@ -105,6 +125,9 @@ class Shipper:
         self._error: ShipStopped | None = None
         self._cond = asyncio.Condition()
         self._has_items = asyncio.Event()
+        # entries up to this seq ship without lingering (a final entry, or a flush waits)
+        self._urgent_seq = 0
+        self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         head: dict[str, Any] = {
             "session_id": session.session_id,
@@ -168,11 +191,22 @@ class Shipper:
         self._next_seq += 1
         self._queue.append(_Item(seq, type, run_id, raw))
         self._has_items.set()
+        if type in _FINAL_TYPES:
+            self._hurry(seq)
         return seq
+
+    def _hurry(self, seq: int) -> None:
+        if seq > self._urgent_seq:
+            self._urgent_seq = seq
+            self._urgent.set()
+
+    def _head_urgent(self) -> bool:
+        return bool(self._queue) and self._queue[0].seq <= self._urgent_seq
 
     async def flush(self, timeout_s: float | None = None) -> None:
         """Wait until everything put so far is stored in the log. Raises ShipStopped."""
         target = self._next_seq - 1
+        self._hurry(target)  # someone waits: stop lingering
 
         async def wait() -> None:
             async with self._cond:
@@ -194,9 +228,7 @@ class Shipper:
         try:
             while True:
                 await self._has_items.wait()
-                if self.linger_s > 0 and len(self._queue) < self.batch_max:
-                    # coalesce: a handler yielding quickly fills one request, not many
-                    await asyncio.sleep(self.linger_s)
+                await self._linger()
                 batch = self._take()
                 await self._send(batch)
                 for _ in batch:
@@ -212,6 +244,23 @@ class Shipper:
                 self._cond.notify_all()
             if self.on_stop is not None:
                 self.on_stop(exc)
+
+    async def _linger(self) -> None:
+        """Coalesce: a handler yielding quickly fills one request, not many."""
+        if self.linger_s <= 0 or len(self._queue) >= self.batch_max or self._head_urgent():
+            return
+        if self._queue[0].type == "run.started":
+            for _ in range(START_SPINS):
+                await asyncio.sleep(0)
+                if self._head_urgent() or len(self._queue) >= self.batch_max:
+                    return
+            return
+        self._urgent.clear()
+        if self._head_urgent():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.linger_s):
+                await self._urgent.wait()
 
     def _take(self) -> list[_Item]:
         """The head of the queue: consecutive entries of one run within the batch limits."""
@@ -247,7 +296,7 @@ class Shipper:
                     headers=self.headers,
                     timeout=self.timeout_s,
                 )
-            except httpx.HTTPError as exc:
+            except _NO_ANSWER as exc:
                 why = f"{type(exc).__name__}: {exc}"
             else:
                 if resp.status_code == 200:
@@ -280,7 +329,7 @@ class Shipper:
             await asyncio.sleep(delay)
 
 
-def _problem_code(resp: httpx.Response) -> str:
+def _problem_code(resp: Any) -> str:
     with contextlib.suppress(Exception):
         body = resp.json()
         if isinstance(body, dict):

@@ -5,28 +5,39 @@ Measured in one run, on one throwaway ``redis-server``, one ``streamward api`` a
 
 * **detached invoke round trip**: ``POST /v1/sessions/{id}/invoke`` (mode detached) until the
   202 that names the run's owner, i.e. API enqueue -> mail/work -> runner claims and starts
-  the run -> ``run.started`` ingested through the API -> the API's log tail answers. Each of
+  the run -> ``run.started`` ingested through the API -> the API answers. Each of
   ``concurrency`` callers owns one session and invokes it in a loop (warm: the owner is known
   and mailed). The first invoke of each session (cold: work queue + lease acquisition) is
-  reported separately. **Baseline**: the same hand-off done with raw Redis and no HTTP: the
-  caller XADDs a request, a responder XREADs it and XADDs a reply, the caller's XREAD BLOCK
-  gets it: two stream hops, the floor any Redis-mediated "tell me it started" can reach.
+  reported separately, and so is the next one (burst: all callers send it at the same instant
+  once the cold ones are answered, so it queues behind the whole burst). **Baseline**: the
+  same hand-off done with raw Redis and no HTTP: the caller XADDs a request, a responder
+  XREADs it and XADDs a reply, the caller's XREAD BLOCK gets it: two stream hops, the floor
+  any Redis-mediated "tell me it started" can reach.
 * **ingest throughput**: entries/s through ``POST /admin/sessions/transcripts/ingest`` in
   batches of 100 (fenced, idempotent Lua append), 16 sessions in parallel. **Baseline**: the
   same entries written with one plain XADD per entry, pipelined per batch of 100, same
   parallelism.
+
+The warm invokes are a **closed loop**: each caller sends its next invoke when the last one
+answered, so at ``concurrency`` callers the round trip is bounded below by queueing for the
+CPU: ``concurrency x CPU per invoke / cores``. The bench therefore also reports the CPU
+each process spent per warm invoke (API, runners, Redis, and this load generator, which
+runs on the same machine: a minimal HTTP/1.1 client on uvloop), the throughput, that floor,
+and the latency of a single caller (no queueing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -46,6 +57,8 @@ INGEST_BATCH = 100
 INGEST_SESSIONS = 16
 INGEST_ENTRIES = 200_000
 BENCH_REPLICA = "bench-shipper"
+SINGLE_CALLER_REQUESTS = 200
+T = TypeVar("T")
 
 
 @dataclass
@@ -76,6 +89,16 @@ class Results:
     p50_met: bool
     p99_met: bool
     ingest_met: bool
+    # added later: defaults keep older constructors (and readers of older JSON) working
+    invoke_single: Latency | None = None  # one caller, no queueing
+    # each caller's first warm invoke, sent by all at the same instant (see bench_invoke)
+    invoke_burst: Latency | None = None
+    invokes_per_s: float = 0.0  # warm phase throughput
+    # CPU ms per warm invoke by process: api, runners, redis, client (this process), total
+    cpu_ms_per_invoke: dict[str, float] = field(default_factory=dict)
+    cores: int = 0
+    # concurrency x total CPU per invoke / cores: the p50 a closed loop cannot beat here
+    closed_loop_floor_ms: float = 0.0
 
     @property
     def invoke_ratio_p50(self) -> float:
@@ -100,6 +123,65 @@ async def _gather_limited(n: int, jobs: list[Callable[[], Awaitable[None]]]) -> 
             await job()
 
     await asyncio.gather(*(one(j) for j in jobs))
+
+
+# -- CPU accounting ------------------------------------------------------------------------------
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc (0 where there is none)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class CpuMeter:
+    """CPU seconds each named process group spends between ``start()`` and ``stop()``."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self._t0: dict[str, float] = {}
+        self._wall0 = 0.0
+        self.spent_s: dict[str, float] = {}
+        self.wall_s = 0.0
+
+    def _now(self) -> dict[str, float]:
+        out = {g: sum(_proc_cpu_s(p) for p in pids) for g, pids in self.groups.items()}
+        out["client"] = _self_cpu_s()
+        return out
+
+    def start(self) -> None:
+        self._t0 = self._now()
+        self._wall0 = time.perf_counter()
+
+    def stop(self) -> None:
+        self.wall_s = time.perf_counter() - self._wall0
+        now = self._now()
+        self.spent_s = {g: now[g] - self._t0[g] for g in now}
+
+    def per_invoke_ms(self, n: int) -> dict[str, float]:
+        out = {g: round(s * 1000 / n, 3) for g, s in self.spent_s.items()}
+        out["total"] = round(sum(self.spent_s.values()) * 1000 / n, 3)
+        return out
+
+
+def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run the bench's own loop on uvloop when installed: the load generator shares the
+    machine with what it measures, so it should cost as little CPU as it can."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 # -- detached invoke ---------------------------------------------------------------------------
@@ -144,9 +226,16 @@ class _Conn:
 
 
 async def bench_invoke(
-    api_url: str, concurrency: int, requests: int, run_tag: str
-) -> tuple[Latency, Latency, dict[str, int]]:
-    """(warm latency, cold latency, status counts) of detached invokes."""
+    api_url: str, concurrency: int, requests: int, run_tag: str, cpu: CpuMeter | None = None
+) -> tuple[Latency, Latency, dict[str, int], Latency | None]:
+    """(warm, cold, status counts, burst) of detached invokes; ``cpu`` (when given) measures
+    the warm phase only.
+
+    Cold: the first invoke of each session (all callers at once). Burst: each caller's next
+    invoke, which all callers send at the same instant when the cold ones are answered, so it
+    queues behind the whole burst. Warm: every later one, the callers then running free. The
+    burst is reported apart from the steady state (None when no caller has a later invoke).
+    """
     statuses: dict[str, int] = {}
     body = orjson.dumps({"input": {"text": "bench", "chunks": 1}, "mode": "detached"})
     url = httpx.URL(api_url)
@@ -170,22 +259,30 @@ async def bench_invoke(
             requests // concurrency + (i < requests % concurrency) for i in range(concurrency)
         ]
         warm: list[float] = []
+        burst: list[float] = []
 
         async def worker(conn: _Conn, session: str, n: int) -> None:
-            for _ in range(n):
-                warm.append(await invoke(conn, session))
+            for k in range(n):
+                (burst if k == 0 else warm).append(await invoke(conn, session))
 
+        if cpu is not None:
+            cpu.start()
         await asyncio.gather(
             *(worker(c, s, n) for c, s, n in zip(conns, sessions, per_worker, strict=True))
         )
+        if cpu is not None:
+            cpu.stop()
     finally:
         for c in conns:
             c.close()
-    return Latency.of(warm), Latency.of(list(cold)), statuses
+    if not warm:  # one invoke per caller: the burst is all there is
+        return Latency.of(burst), Latency.of(list(cold)), statuses, None
+    return Latency.of(warm), Latency.of(list(cold)), statuses, Latency.of(burst)
 
 
 async def bench_invoke_raw(redis_url: str, concurrency: int, requests: int) -> Latency:
-    """Two-hop request/reply over raw Redis streams (no HTTP, no scripts)."""
+    """Two-hop request/reply over raw Redis streams (no HTTP, no scripts); like the warm
+    invokes, without each caller's first round trip (all callers send it at once)."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True, max_connections=None)
     tag = uuid.uuid4().hex[:8]
     req_key = f"rawbench:{tag}:req"
@@ -205,7 +302,7 @@ async def bench_invoke_raw(redis_url: str, concurrency: int, requests: int) -> L
     async def caller(i: int, n: int, out: list[float]) -> None:
         reply_key = f"rawbench:{tag}:reply:{i}"
         last = "0-0"
-        for _ in range(n):
+        for k in range(n):
             t0 = time.perf_counter()
             await client.xadd(req_key, {"reply_to": reply_key, "input": '{"text":"bench"}'})
             while True:
@@ -213,7 +310,8 @@ async def bench_invoke_raw(redis_url: str, concurrency: int, requests: int) -> L
                 if got:
                     last = got[0][1][0][0]
                     break
-            out.append(time.perf_counter() - t0)
+            if k > 0 or n == 1:  # as for the invokes: the callers' first, joint burst apart
+                out.append(time.perf_counter() - t0)
 
     task = asyncio.create_task(responder())
     await asyncio.sleep(0.05)  # the responder's first XREAD "$" must be in place
@@ -336,14 +434,24 @@ async def _run(
     concurrency: int,
     requests: int,
     phase: Callable[[str], object] = lambda _: None,
+    pids: dict[str, list[int]] | None = None,
 ) -> Results:
-    # warm-up: a few invokes and ingests so imports, script caches and pools are hot
+    # warm-up: invokes and ingests so imports, script caches, pools (and the API's learning
+    # where run starts are ingested, api/starts.py) are hot
     phase("warming up...")
-    await bench_invoke(api_url, min(4, concurrency), 8, "warmup")
+    await bench_invoke(api_url, min(4, concurrency), 200, "warmup")
     await bench_ingest(api_url, redis_url, fleet.admin_token, INGEST_SESSIONS * INGEST_BATCH * 2)
 
+    phase(f"1/4 detached invokes: {SINGLE_CALLER_REQUESTS} from one caller...")
+    single, _, _, _ = await bench_invoke(api_url, 1, SINGLE_CALLER_REQUESTS, uuid.uuid4().hex[:6])
     phase(f"1/4 detached invokes: {requests} through the API, {concurrency} callers...")
-    warm, cold, statuses = await bench_invoke(api_url, concurrency, requests, uuid.uuid4().hex[:6])
+    cpu = CpuMeter(pids or {})
+    warm, cold, statuses, burst = await bench_invoke(
+        api_url, concurrency, requests, uuid.uuid4().hex[:6], cpu=cpu
+    )
+    measured = warm.samples + (burst.samples if burst is not None else 0)
+    cpu_ms = cpu.per_invoke_ms(measured)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     phase(f"2/4 raw Redis request/reply baseline: {requests} round trips...")
     raw = await bench_invoke_raw(redis_url, concurrency, requests)
     phase(f"3/4 admin ingest: {INGEST_ENTRIES:,} entries...")
@@ -363,6 +471,12 @@ async def _run(
         p50_met=warm.p50_ms <= TARGET_P50_MS,
         p99_met=warm.p99_ms <= TARGET_P99_MS,
         ingest_met=ingest_eps >= TARGET_INGEST_EPS,
+        invoke_single=single,
+        invokes_per_s=round(measured / cpu.wall_s, 1) if cpu.wall_s > 0 else 0.0,
+        invoke_burst=burst,
+        cpu_ms_per_invoke=cpu_ms,
+        cores=cores or 1,
+        closed_loop_floor_ms=round(concurrency * cpu_ms["total"] / (cores or 1), 2),
     )
 
 
@@ -402,8 +516,31 @@ def render(res: Results, console: Console) -> None:
         f"{res.ingest_ratio:.2f}x",
         f">= {TARGET_INGEST_EPS:,.0f}/s {_yes(res.ingest_met)}",
     )
+    if res.invoke_burst is not None:
+        t.add_row(
+            "burst p50 / p99 (first warm round)",
+            f"{res.invoke_burst.p50_ms:.2f} / {res.invoke_burst.p99_ms:.2f} ms",
+            "",
+            "",
+            "",
+        )
+    if res.invoke_single is not None:
+        t.add_row(
+            "one caller p50 / p99 (no queueing)",
+            f"{res.invoke_single.p50_ms:.2f} / {res.invoke_single.p99_ms:.2f} ms",
+            "",
+            "",
+            "",
+        )
     console.print(t)
     console.print(f"invoke answers: {res.invoke_statuses}")
+    if res.cpu_ms_per_invoke:
+        cpu = ", ".join(f"{k} {v:.3f}" for k, v in res.cpu_ms_per_invoke.items())
+        console.print(
+            f"CPU ms per warm invoke: {cpu}; {res.invokes_per_s:,.0f} invokes/s. Closed loop "
+            f"on {res.cores} cores: p50 >= {res.concurrency} x {res.cpu_ms_per_invoke['total']:.2f}"
+            f" ms / {res.cores} = {res.closed_loop_floor_ms:.1f} ms"
+        )
 
 
 def main(concurrency: int = 50, requests: int = 1000, output: str = "table") -> int:
@@ -420,11 +557,23 @@ def main(concurrency: int = 50, requests: int = 1000, output: str = "table") -> 
         # progress on the console (stderr with -o json, so stdout stays one JSON document)
         with console.status("starting the API...") as status:
             api = fleet.start_api()
+            runners = []
             for i in (1, 2):
                 status.update(f"starting runner {i}/2...")
-                fleet.start_runner(f"bench-runner-{i}")
-            res = asyncio.run(
-                _run(fleet, server.url, api.url, concurrency, requests, phase=status.update)
+                runners.append(fleet.start_runner(f"bench-runner-{i}").pid)
+            pids = {"api": [api.pid], "runners": runners}
+            if server.proc is not None:
+                pids["redis"] = [server.proc.pid]
+            res = _run_loop(
+                _run(
+                    fleet,
+                    server.url,
+                    api.url,
+                    concurrency,
+                    requests,
+                    phase=status.update,
+                    pids=pids,
+                )
             )
     if output == "json":
         out = asdict(res) | {

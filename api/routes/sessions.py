@@ -13,7 +13,16 @@ from fastapi import APIRouter, Body, Header, Query
 from starlette.responses import Response
 
 from api.config import Settings
-from api.deps import ProjectDep, SessionDep, SettingsDep, StateDep, StoreDep, StreamsDep
+from api.deps import (
+    AppState,
+    ProjectDep,
+    SessionDep,
+    SettingsDep,
+    StateDep,
+    StateSessionDep,
+    StoreDep,
+    StreamsDep,
+)
 from api.problems import ProblemError
 from api.responses import OrjsonResponse
 from api.routes.common import entry_out, owner_detail, rfc3339_opt
@@ -39,11 +48,15 @@ from api.schemas import (
     SessionPage,
     TranscriptPage,
 )
+from api.starts import LOCAL_WAIT_S, Started
 from lua.keys import SessionKeys
 from lua.store import LeaseStore, Ownership
 from lua.streams import RunState, Streams
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
+# invoke alone in a router of its own, included first (api/main.py): the app tries routes
+# one by one, and this is the hottest one
+invoke_router = APIRouter(prefix="/v1", tags=["sessions"])
 
 CONNECTION_HEADER = "X-Streamward-Connection"
 RUN_HEADER = "X-Streamward-Run-Id"
@@ -115,54 +128,96 @@ def _accepted_from_state(sk: SessionKeys, rs: RunState) -> InvokeAccepted | None
     return None  # interrupted: a restart follows, wait for its run.started
 
 
-async def _wait_started(
-    streams: Streams, settings: Settings, sk: SessionKeys, run_id: str, after: str
+def _accepted_from_start(sk: SessionKeys, run_id: str, st: Started) -> InvokeAccepted:
+    if st.type == "run.started":
+        owner = Owner(replica_id=st.replica_id, token=st.token)
+        return InvokeAccepted(
+            run_id=run_id, session_id=sk.session_id, status="running", owner=owner
+        )
+    status = st.type.removeprefix("run.")  # ended before it started (e.g. cancelled)
+    return InvokeAccepted(
+        run_id=run_id,
+        session_id=sk.session_id,
+        status=status,  # type: ignore[arg-type]
+        owner=None,
+    )
+
+
+async def _wait_start(
+    state: AppState, sk: SessionKeys, run_id: str, after: str, started: asyncio.Future[Started]
 ) -> InvokeAccepted:
-    """Tail the log from ``after`` until ``run_id`` starts, or answer queued at the timeout."""
+    """Wait until ``run_id`` starts (or ends), or answer queued at the start timeout: in
+    memory when this process ingests the start (see api/starts.py), else (and always in the
+    end) by tailing the log from ``after``, the position read before the append."""
+    settings = state.settings
     deadline = time.monotonic() + settings.start_timeout_s
+    if state.starts.trusted:
+        # this process ingests (nearly) every start it waits for: no Redis call unless the
+        # start is slow, then the log tail below takes over (it misses nothing: it reads
+        # from the position seen at submit)
+        await asyncio.wait({started}, timeout=min(LOCAL_WAIT_S, settings.start_timeout_s))
+    count = state.metrics.start_wait if state.metrics is not None else None
     cursor = after
     while True:
+        if started.done():
+            if count is not None:
+                count["memory"].inc()
+            return _accepted_from_start(sk, run_id, started.result())
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
             break
-        batch = await streams.wait_log(
+        batch = await state.streams.wait_log(
             sk, cursor, block_ms=max(1, min(settings.tail_block_ms, remaining_ms)), count=200
         )
         for e in batch:
             cursor = e.id
-            if e.run_id != run_id:
+            if e.run_id != run_id or not (e.type == "run.started" or e.terminal):
                 continue
+            if count is not None:
+                count["log"].inc()
             if e.type == "run.started":
                 data = e.data if isinstance(e.data, dict) else {}
                 owner = Owner(replica_id=str(data.get("replica_id", "")), token=e.token)
                 return InvokeAccepted(
                     run_id=run_id, session_id=sk.session_id, status="running", owner=owner
                 )
-            if e.terminal:  # e.g. cancelled before it started
-                status = e.type.removeprefix("run.")
-                return InvokeAccepted(
-                    run_id=run_id,
-                    session_id=sk.session_id,
-                    status=status,  # type: ignore[arg-type]
-                    owner=None,
-                )
+            status = e.type.removeprefix("run.")  # ended before it started (e.g. cancelled)
+            return InvokeAccepted(
+                run_id=run_id,
+                session_id=sk.session_id,
+                status=status,  # type: ignore[arg-type]
+                owner=None,
+            )
+    if count is not None:
+        count["queued"].inc()
     return InvokeAccepted(run_id=run_id, session_id=sk.session_id, status="queued", owner=None)
 
 
 async def _submit(
-    store: LeaseStore, streams: Streams, settings: Settings, sk: SessionKeys, body: InvokeRequest
+    store: LeaseStore,
+    streams: Streams,
+    settings: Settings,
+    sk: SessionKeys,
+    body: InvokeRequest,
+    run_id: str,
 ) -> tuple[str, str, RunState | None]:
-    """Enqueue (or find the idempotent duplicate); return (run_id, tail position, run state)."""
-    # the position is read before the append, so the run's first entry is always after it
-    after = await streams.log_last_id(sk)
+    """Enqueue (or find the idempotent duplicate); return (run_id, tail position, run state).
+
+    A fresh input costs two round trips: the enqueue script (which also reads the log end
+    before the append and the lease holder after it), then the owner's mail (sent only if
+    its replica lease is alive) pipelined with the session index update.
+    """
     enq = await store.enqueue(
         sk,
-        f"run_{uuid.uuid4().hex}",
+        run_id,
         orjson.dumps(body.input).decode(),
         multitask=body.multitask,
         idempotency_key=body.idempotency_key,
         idempotency_ttl_ms=settings.idempotency_ttl_s * 1000,
     )
+    # the log position the script read before the append (for a duplicate: before the run
+    # state is read below), so the run's first entry is always after it
+    after = enq.log_last_id
     if enq.duplicate:
         rs = await streams.run_state(sk, enq.run_id)
         if rs is not None and rs.started_id:
@@ -176,15 +231,24 @@ async def _submit(
         return enq.run_id, after, rs
     if enq.revived:  # a deleted or expired session invoked again keeps its transcript
         await streams.revive_session(sk)
-    # the entry id carries Redis time: no TIME round trip for the index score
-    _, own = await asyncio.gather(streams.touch_session(sk, enq.enqueued_ms), store.ownership(sk))
     if body.multitask == "interrupt" and enq.active_run_id:
-        await _cancel_run(streams, sk, own, enq.active_run_id)
-    await _notify_owner(streams, sk, own, "invoke")
+        await _cancel_run(streams, sk, await store.ownership(sk), enq.active_run_id)
+    # the entry id carries Redis time: no TIME round trip for the index score
+    touch = (sk.ref, enq.enqueued_ms or 0)
+    if enq.holder is not None and await store.notify_replica(
+        *enq.holder, "input", sk.ref, touch=touch
+    ):
+        return enq.run_id, after, None
+    if enq.holder is None:
+        await asyncio.gather(
+            streams.touch_session(sk, enq.enqueued_ms), streams.publish_work(sk.ref, "invoke")
+        )
+    else:  # held by a dead replica (the index is scored already): the fleet takes it over
+        await streams.publish_work(sk.ref, "invoke")
     return enq.run_id, after, None
 
 
-@router.post(
+@invoke_router.post(
     "/sessions/{session_id}/invoke",
     response_model=None,
     status_code=202,
@@ -198,24 +262,45 @@ async def _submit(
 )
 async def invoke(
     body: InvokeRequest,
-    sk: SessionDep,
-    state: StateDep,
+    ctx: StateSessionDep,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Submit an input: detached answers 202 once the run starts; stream follows the run."""
-    # one state dependency instead of store/streams/settings: each resolved dependency
-    # costs measurable CPU on the hottest endpoint
+    # one dependency for state, auth and session keys: each resolved dependency costs
+    # measurable CPU on the hottest endpoint
+    state, sk = ctx
     store, streams, settings = state.store, state.streams, state.settings
-    run_id, after, rs = await _submit(store, streams, settings, sk, body)
-    headers = {RUN_HEADER: run_id}
+    run_id = f"run_{uuid.uuid4().hex}"
     if body.mode == "detached":
+        return await _invoke_detached(state, sk, body, run_id)
+    run_id, after, _ = await _submit(store, streams, settings, sk, body, run_id)
+    return await _open_tail(
+        streams, settings, Tail(sk, after, run_id=run_id), wants_sse(accept), {RUN_HEADER: run_id}
+    )
+
+
+async def _invoke_detached(
+    state: AppState, sk: SessionKeys, body: InvokeRequest, run_id: str
+) -> Response:
+    starts = state.starts
+    # registered before the append: the run may start (its start ingested right here)
+    # before the submit's last round trip returns
+    started = starts.register(sk.ref, run_id)
+    waited: InvokeAccepted | None = None
+    try:
+        got_id, after, rs = await _submit(
+            state.store, state.streams, state.settings, sk, body, run_id
+        )
+        if got_id != run_id:  # an idempotent retry of an earlier run
+            starts.done(sk.ref, run_id, waited=False)
+            run_id = got_id
+            started = starts.register(sk.ref, run_id)
         accepted = _accepted_from_state(sk, rs) if rs is not None else None
         if accepted is None:
-            accepted = await _wait_started(streams, settings, sk, run_id, after)
-        return OrjsonResponse(accepted.model_dump(), status_code=202, headers=headers)
-    return await _open_tail(
-        streams, settings, Tail(sk, after, run_id=run_id), wants_sse(accept), headers
-    )
+            accepted = waited = await _wait_start(state, sk, run_id, after, started)
+    finally:
+        starts.done(sk.ref, run_id, waited=waited is not None and waited.status != "queued")
+    return OrjsonResponse(accepted.model_dump(), status_code=202, headers={RUN_HEADER: run_id})
 
 
 async def _open_tail(

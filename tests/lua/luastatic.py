@@ -33,6 +33,7 @@ KEY_ARGS: dict[str, tuple[int, ...] | str] = {
     "HGETALL": (1,),
     "SADD": (1,),
     "SREM": (1,),
+    "SISMEMBER": (1,),
     "ZADD": (1,),
     "ZREM": (1,),
     "XADD": (1,),

@@ -1,4 +1,5 @@
-"""ingestEntries-4 (fenced transcript), enqueueInput-3 and completeInput-3 (inbox)."""
+"""ingestEntries-4 (fenced transcript), enqueueInput-5 and completeInput-3 (inbox),
+notifyReplica-2 (owner mail)."""
 
 from __future__ import annotations
 
@@ -238,7 +239,7 @@ async def test_stale_token_after_force_release_is_refused_and_writes_nothing(
     assert (await store.ingest(session, "run_b", new.token, entries([2]))).accepted == 1
 
 
-# -- enqueueInput-3 ----------------------------------------------------------------------
+# -- enqueueInput-5 ----------------------------------------------------------------------
 
 
 async def test_enqueue_appends_and_creates_meta(
@@ -310,6 +311,57 @@ async def test_enqueue_reject_when_busy_raises_session_busy(
     assert (exc.value.active_run_id, exc.value.pending) == ("run_1", 0)
     # other modes still queue behind the active run
     assert (await store.enqueue(session, "run_2", "{}", multitask="enqueue")).pending == 1
+
+
+async def test_enqueue_reads_log_end_and_lease_holder(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    first = await store.enqueue(session, "run_1", "{}", idempotency_key="k")
+    assert (first.log_last_id, first.holder) == ("0-0", None)
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    await store.ingest(
+        session, "run_1", lease.token, [Entry(1, "run.started", "{}"), Entry(2, "run.output", "{}")]
+    )
+    second = await store.enqueue(session, "run_2", "{}")
+    assert (second.log_last_id, second.holder) == ("2-0", ("r1", "inc-1"))
+    dup = await store.enqueue(session, "run_3", "{}", idempotency_key="k")
+    assert dup.duplicate and (dup.run_id, dup.log_last_id) == ("run_1", "2-0")
+
+
+async def test_notify_replica_mails_only_a_live_incarnation(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    streams = Streams(redis_client, store.keys)
+    assert not await store.notify_replica("r1", "inc-1", "input", session.ref)  # no lease
+    assert not await redis_client.exists(store.keys.replica("r1").mail)  # nothing written
+    await store.register_replica("r1", "inc-1", 5_000)
+    assert not await store.notify_replica("r1", "inc-0", "input", session.ref)  # other inc.
+    assert await store.notify_replica(
+        "r1", "inc-1", "cancel", session.ref, "run_9", touch=(session.ref, 1234)
+    )
+    mails = await streams.read_mail("r1", "0-0", block_ms=1)
+    assert [(m.kind, m.session_ref, m.run_id) for m in mails] == [("cancel", session.ref, "run_9")]
+    assert await redis_client.zscore(store.keys.sessions, session.ref) == 1234
+
+
+async def test_peek_inbox_reads_inputs_head_state_and_cancel_in_one_call(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    assert await store.peek_inbox(session, 10) == ([], None, False)
+    a = await store.enqueue(session, "run_1", '{"q": 1}', source="event:gh")
+    await store.enqueue(session, "run_2", "{}", multitask="interrupt")
+    items, state, cancel = await store.peek_inbox(session, 10)
+    assert [(i.id, i.run_id, i.input, i.source) for i in items[:1]] == [
+        (a.entry_id, "run_1", {"q": 1}, "event:gh")
+    ]
+    assert [i.multitask for i in items] == ["enqueue", "interrupt"]
+    assert (state, cancel) == (None, False)
+    assert [i.run_id for i in (await store.peek_inbox(session, 1))[0]] == ["run_1"]
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    await store.ingest(session, "run_1", lease.token, [Entry(1, "run.started", '{"attempt": 2}')])
+    await Streams(redis_client, store.keys).request_cancel(session, "run_1")
+    _, state, cancel = await store.peek_inbox(session, 10)
+    assert state is not None and (state.status, state.attempt, cancel) == ("started", 2, True)
 
 
 # -- completeInput-3 ---------------------------------------------------------------------

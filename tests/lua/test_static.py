@@ -222,6 +222,9 @@ async def _drive_facade(store: LeaseStore, cluster_grouping: bool) -> None:
         s, "run_a", lease.token, [Entry(1, "run.started", "{}"), Entry(2, "run.output", "{}")]
     )
     queued = await store.enqueue(s, "run_b", "{}", idempotency_key="idem-1")
+    await store.notify_replica("r1", "inc-1", "input", s.ref)
+    await store.notify_replica("r1", "inc-1", "input", s.ref, touch=(s.ref, 1))  # + pipeline
+    await store.peek_inbox(s, 10)
     await store.complete_input(s, lease.token, queued.entry_id or "0-1")
     await store.renew_many("r1", "inc-1", [(s, lease.token)], 60_000)
     taken = await store.takeover(s, ("r1", "inc-1", lease.token), "r2", "inc-1", 60_000)

@@ -1,0 +1,244 @@
+"""The shipper's lean HTTP/1.1 client (runner/ingest_http.py) against a scripted server, and
+the shipper's linger policy (one request for a fast run, no wait for a slow run's start)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import orjson
+import pytest
+
+from lua.keys import Keys
+from runner.ingest_http import IngestHTTP, IngestHTTPError, proxied
+from runner.shipper import Shipper
+
+OK = b'{"accepted":1}'
+
+
+class Server:
+    """Answers each request with ``respond(n)`` (n = request count); counts connections."""
+
+    def __init__(self, respond: Callable[[int], bytes | None]) -> None:
+        self.respond = respond
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/admin/ingest"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                self.requests.append(head + await reader.readexactly(length))
+                answer = self.respond(len(self.requests))
+                if answer is None:  # hang up without answering
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if b"connection: close" in answer.lower():
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def plain(body: bytes = OK, status: int = 200, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
+        status,
+        len(body),
+        extra,
+        body,
+    )
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Callable[[int], bytes | None]], Any]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(respond: Callable[[int], bytes | None]) -> Server:
+        s = Server(respond)
+        s.server = await asyncio.start_server(s.handle, "127.0.0.1", 0)
+        servers.append(s.server)
+        return s
+
+    yield start
+    for srv in servers:
+        srv.close()
+
+
+async def post(http: IngestHTTP, url: str, body: bytes = b"{}", within: float = 2.0) -> Any:
+    return await http.post(
+        url, content=body, headers={"content-type": "application/json"}, timeout=within
+    )
+
+
+async def test_keeps_the_connection_alive_and_sends_a_well_formed_request(serve: Any) -> None:
+    s = await serve(lambda n: plain())
+    http = IngestHTTP()
+    try:
+        for _ in range(5):
+            r = await post(http, s.url, b'{"x":1}')
+            assert (r.status_code, r.json()) == (200, {"accepted": 1})
+        # concurrent requests each take a connection; they are kept and reused afterwards
+        await asyncio.gather(*(post(http, s.url) for _ in range(4)))
+        await asyncio.gather(*(post(http, s.url) for _ in range(4)))
+    finally:
+        await http.aclose()
+    assert s.connections == 4
+    head, _, body = s.requests[0].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /admin/ingest HTTP/1.1"
+    assert b"content-type: application/json" in lines
+    assert b"Content-Length: 7" in lines and body == b'{"x":1}'
+    assert any(line.startswith(b"Host: 127.0.0.1:") for line in lines)
+
+
+async def test_reads_chunked_answers_and_honours_connection_close(serve: Any) -> None:
+    chunked = (
+        b"HTTP/1.1 409 Conflict\r\ntransfer-encoding: chunked\r\n\r\n"
+        b'5\r\n{"cod\r\n11\r\ne":"stale_token"}\r\n0\r\n\r\n'
+    )
+    s = await serve(lambda n: chunked if n == 1 else plain(extra=b"connection: close\r\n"))
+    http = IngestHTTP()
+    try:
+        r = await post(http, s.url)
+        assert (r.status_code, r.json()) == (409, {"code": "stale_token"})
+        assert r.text == '{"code":"stale_token"}'
+        for _ in range(2):
+            assert (await post(http, s.url)).status_code == 200
+    finally:
+        await http.aclose()
+    assert s.connections == 2  # the chunked answer kept it; each close answer ended one
+
+
+async def test_a_kept_connection_closed_by_the_server_is_replaced_at_once(serve: Any) -> None:
+    # the server drops the connection after the first answer (as an idle timeout would)
+    s = await serve(lambda n: plain() if n % 2 == 1 else None)
+    http = IngestHTTP()
+    try:
+        assert (await post(http, s.url)).status_code == 200
+        await asyncio.sleep(0.05)
+        # the second request goes out on the kept connection, which the server then drops
+        # unanswered: retried once on a new connection (ingest is idempotent by seq)
+        assert (await post(http, s.url)).status_code == 200
+    finally:
+        await http.aclose()
+    assert s.connections == 2 and len(s.requests) == 3
+
+
+async def test_no_answer_is_an_ingest_http_error(serve: Any) -> None:
+    s = await serve(lambda n: None)  # every connection dropped unanswered
+    http = IngestHTTP()
+    try:
+        with pytest.raises(IngestHTTPError):
+            await post(http, s.url)
+        hang = asyncio.Event()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await hang.wait()
+            writer.close()
+
+        quiet = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = quiet.sockets[0].getsockname()[1]
+        with pytest.raises(IngestHTTPError, match="no answer"):
+            await post(http, f"http://127.0.0.1:{port}/x", within=0.1)
+        hang.set()
+        quiet.close()
+        with pytest.raises(IngestHTTPError, match="cannot connect"):
+            await post(http, f"http://127.0.0.1:{port}/x")
+    finally:
+        await http.aclose()
+
+
+def test_proxy_settings_send_the_runner_back_to_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert not proxied("http://api:8700/admin/x")
+    monkeypatch.setenv("http_proxy", "http://proxy:3128")
+    assert proxied("http://api:8700/admin/x")
+    assert not proxied("https://api:8700/admin/x")
+    monkeypatch.setenv("no_proxy", "api")
+    assert not proxied("http://api:8700/admin/x")
+
+
+# -- the shipper's linger ---------------------------------------------------------------------
+
+
+class Recorder:
+    """A stand-in for the HTTP client: records each request's entry types, answers 200."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    async def post(self, url: str, *, content: bytes, headers: Any, **_: Any) -> Any:
+        self.batches.append([e["type"] for e in orjson.loads(content)["entries"]])
+
+        class R:
+            status_code = 200
+
+        return R()
+
+
+def _shipper(rec: Recorder, linger_s: float) -> Shipper:
+    shipper = Shipper(
+        http=cast(Any, rec),
+        url="http://api/ingest",
+        admin_token=None,
+        session=Keys().session("p", "s"),
+        token=1,
+        next_seq=1,
+        can_write=lambda: True,
+        linger_s=linger_s,
+    )
+    shipper.start()
+    return shipper
+
+
+async def test_a_fast_run_ships_as_one_request_and_its_end_does_not_linger() -> None:
+    rec = Recorder()
+    shipper = _shipper(rec, linger_s=5.0)  # a timed linger would show as a 5 s flush
+
+    async def fast_run() -> None:
+        await shipper.put("run_a", "run.started", {})
+        await asyncio.sleep(0)  # a handler's own awaits: a few loop turns
+        await shipper.put("run_a", "run.output", {"i": 0})
+        await asyncio.sleep(0)
+        await shipper.put("run_a", "run.completed", {"outputs": 1})
+
+    await asyncio.wait_for(fast_run(), 1)
+    await asyncio.wait_for(shipper.flush(), 1)
+    await shipper.close()
+    assert rec.batches == [["run.started", "run.output", "run.completed"]]
+
+
+async def test_a_slow_run_start_ships_at_once_and_its_outputs_are_coalesced() -> None:
+    rec = Recorder()
+    shipper = _shipper(rec, linger_s=0.2)
+    await shipper.put("run_a", "run.started", {})
+    await asyncio.sleep(0.05)  # far less than the linger: the start did not wait for it
+    assert rec.batches == [["run.started"]]
+    for i in range(3):
+        await shipper.put("run_a", "run.output", {"i": i})
+        await asyncio.sleep(0.01)
+    assert rec.batches == [["run.started"]]  # outputs linger to share a request
+    await shipper.put("run_a", "run.completed", {"outputs": 3})
+    await asyncio.wait_for(shipper.flush(), 0.1)  # the end cuts the linger short
+    await shipper.close()
+    assert rec.batches == [["run.started"], ["run.output"] * 3 + ["run.completed"]]
