@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-import httpx
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
@@ -55,20 +54,11 @@ class _ClaimSlot:
     users: int = 0
 
 
-def make_ingest_http(url: str, timeout_s: float) -> HttpPoster:
-    """The shipper's HTTP client: the lean one (runner/ingest_http.py), else httpx (a proxy
-    applies to the API's address, or ``httptools`` is missing)."""
-    try:
-        from runner.ingest_http import IngestHTTP, proxied
+def make_ingest_http() -> HttpPoster:
+    """The shipper's HTTP client (aiohttp: runner/ingest_http.py)."""
+    from runner.ingest_http import IngestHTTP
 
-        if not proxied(url):
-            return IngestHTTP(connect_timeout_s=1.0)
-    except ImportError:  # pragma: no cover - httptools comes with uvicorn[standard]
-        pass
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_s, connect=1.0),
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-    )
+    return IngestHTTP(connect_timeout_s=1.0)
 
 
 def _version() -> str:
@@ -178,7 +168,7 @@ class Replica:
         )
         self._store = LeaseStore(self._client, self.keys)
         self._streams = Streams(self._client, self.keys)
-        self._http = make_ingest_http(s.ingest_url, s.ship_timeout_s)
+        self._http = make_ingest_http()
         failures = 0
         while not self.shutdown.is_set():
             try:

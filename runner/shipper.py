@@ -10,18 +10,16 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
 import httpx
 import orjson
 
 from lua.keys import SessionKeys
+from runner.ingest_http import IngestHTTP, IngestHTTPError
 
-if TYPE_CHECKING:
-    from runner.ingest_http import IngestHTTP
-
-# httpx (tests, proxies) or the lean keep-alive client the replica uses by default
-HttpPoster = Union[httpx.AsyncClient, "IngestHTTP"]
+# the replica's aiohttp client, or httpx (some tests): the same post() signature
+HttpPoster = httpx.AsyncClient | IngestHTTP
 
 log = logging.getLogger("streamward.runner.shipper")
 
@@ -59,12 +57,7 @@ class _Item:
     data: bytes  # JSON text, serialised once at put() time
 
 
-try:
-    from runner.ingest_http import IngestHTTPError
-
-    _NO_ANSWER: tuple[type[Exception], ...] = (httpx.HTTPError, IngestHTTPError)
-except ImportError:  # pragma: no cover - no httptools: the replica uses httpx only
-    _NO_ANSWER = (httpx.HTTPError,)
+_NO_ANSWER: tuple[type[Exception], ...] = (httpx.HTTPError, IngestHTTPError)
 
 
 def backoff_s(attempt: int) -> float:
