@@ -232,11 +232,19 @@ class Shipper:
                 async with self._cond:
                     self._cond.notify_all()
         except ShipStopped as exc:
-            self._error = exc
-            async with self._cond:
-                self._cond.notify_all()
-            if self.on_stop is not None:
-                self.on_stop(exc)
+            await self._stopped(exc)
+        except Exception as exc:
+            # unexpected: stop as if refused, so flush() waiters wake and the actor lets the
+            # session go (another owner re-runs what was not stored) instead of hanging on it
+            log.exception("session %s: shipper crashed", self.session.ref)
+            await self._stopped(ShipStopped(f"shipper crashed: {type(exc).__name__}: {exc}"))
+
+    async def _stopped(self, exc: ShipStopped) -> None:
+        self._error = exc
+        async with self._cond:
+            self._cond.notify_all()
+        if self.on_stop is not None:
+            self.on_stop(exc)
 
     async def _linger(self) -> None:
         """Coalesce: a handler yielding quickly fills one request, not many."""
@@ -290,6 +298,10 @@ class Shipper:
                     timeout=self.timeout_s,
                 )
             except _NO_ANSWER as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # a client bug must not end shipping silently: retried
+                if attempt == 0:
+                    log.exception("session %s: ingest request raised", self.session.ref)
                 why = f"{type(exc).__name__}: {exc}"
             else:
                 if resp.status_code == 200:

@@ -12,7 +12,7 @@ import pytest
 
 from lua.keys import Keys
 from runner.ingest_http import IngestHTTP, IngestHTTPError
-from runner.shipper import Shipper
+from runner.shipper import Shipper, ShipStopped
 
 OK = b'{"accepted":1}'
 
@@ -247,3 +247,52 @@ async def test_proxy_settings_apply_only_when_configured(monkeypatch: pytest.Mon
             assert http._open().trust_env is trusted
         finally:
             await http.aclose()
+
+
+class Flaky(Recorder):
+    """Raises an unexpected error (a client bug, not a network failure) on the first request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def post(self, url: str, *, content: bytes, headers: Any, **kw: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("client bug")
+        return await super().post(url, content=content, headers=headers, **kw)
+
+
+async def test_an_unexpected_client_error_is_retried_not_fatal() -> None:
+    rec = Flaky()
+    shipper = _shipper(rec, linger_s=0)
+    await shipper.put("run_a", "run.started", {})
+    await asyncio.wait_for(shipper.flush(), 2)  # the backoff (<= 50 ms), then the retry
+    await shipper.close()
+    assert rec.calls == 2 and rec.batches == [["run.started"]]
+
+
+async def test_a_crashed_sender_stops_the_shipper_and_wakes_its_waiters() -> None:
+    stops: list[ShipStopped] = []
+    rec = Recorder()
+    shipper = Shipper(
+        http=cast(Any, rec),
+        url="http://api/ingest",
+        admin_token=None,
+        session=Keys().session("p", "s"),
+        token=1,
+        next_seq=1,
+        can_write=lambda: True,
+        on_stop=stops.append,
+    )
+
+    def broken() -> Any:
+        raise AssertionError("a bug in the sender")
+
+    shipper._take = broken  # type: ignore[method-assign]
+    shipper.start()
+    await shipper.put("run_a", "run.started", {})
+    with pytest.raises(ShipStopped, match="shipper crashed"):
+        await asyncio.wait_for(shipper.flush(), 2)  # woken, not left waiting forever
+    assert len(stops) == 1 and "AssertionError" in str(stops[0])
+    await shipper.close()
