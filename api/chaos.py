@@ -370,7 +370,8 @@ class ChaosResult:
         ing = self.ingest
         lines.append(
             f"ingest attempts: {ing['attempts']} ({ing['accepted']} accepted, "
-            f"{ing['stale_token']} refused stale_token, {ing['seq_gap']} refused seq_gap); "
+            f"{ing['stale_token']} refused stale_token, {ing['not_owner']} refused not_owner, "
+            f"{ing['seq_gap']} refused seq_gap); "
             f"owner changes (token changes in logs, passivations included): "
             f"{ing['takeovers']}; runs cut by an owner's death (run.interrupted): "
             f"{ing['interrupted']}"
@@ -858,6 +859,7 @@ class Harness:
                 "accepted": outcomes["accepted"],
                 "stale_token": outcomes["stale_token"],
                 "seq_gap": outcomes["seq_gap"],
+                "not_owner": outcomes["not_owner"],
                 "takeovers": report.stats.get("takeovers", 0),
                 "interrupted": interrupted,
             },

@@ -382,6 +382,10 @@ def _check_audit(
                     f"{r.session}: {r.describe()} refused stale with current token "
                     f"{r.current_token}: a stale refusal must name a newer token",
                 )
+        elif r.outcome == "not_owner":
+            # the current token but the lease names another holder: a repeated token number
+            # (a Redis failover lost an acquisition) told apart and refused
+            report.count("not_owner_refused")
         elif r.outcome == "seq_gap":
             # a runner skipping seqs (or a Redis failover losing accepted writes): refused,
             # nothing written; the log check shows whether a gap got in

@@ -386,17 +386,26 @@ class LeaseStore:
     # -- transcript and inbox ----------------------------------------------------------
 
     async def ingest(
-        self, session: SessionKeys, run_id: str, token: int, entries: Iterable[Entry]
+        self,
+        session: SessionKeys,
+        run_id: str,
+        token: int,
+        entries: Iterable[Entry],
+        *,
+        replica_id: str | None = None,
+        incarnation: str | None = None,
     ) -> IngestResult:
-        """Fenced, idempotent append. Raises StaleToken or SeqGap; nothing is written then."""
-        args: list[str | int] = [token, run_id, 0]
+        """Fenced, idempotent append. Raises StaleToken, NotOwner (the lease does not name
+        ``replica_id``/``incarnation``, when given) or SeqGap; nothing is written then."""
+        owner = f"{replica_id}|{incarnation}|{token}" if replica_id and incarnation else ""
+        args: list[str | int] = [token, run_id, 0, owner]
         n = 0
         for e in entries:
             args += [e.seq, e.type, e.data, "" if e.ts_ms is None else e.ts_ms]
             n += 1
         args[2] = n
         reply = await self.scripts.ingestEntries(
-            [session.epoch, session.log, session.meta, session.runs], args
+            [session.epoch, session.log, session.meta, session.runs, session.lease], args
         )
         code = int(reply[0])
         if code == E.STALE_TOKEN:

@@ -38,7 +38,8 @@ class ShipStopped(Exception):
 
 
 class StaleOwner(ShipStopped):
-    """The API answered 409 ``stale_token``: a newer owner exists."""
+    """The API answered 409 ``stale_token`` (a newer owner exists) or ``not_owner`` (the
+    lease names someone else: a token number repeated after a Redis failover)."""
 
 
 class Fenced(ShipStopped):
@@ -307,8 +308,10 @@ class Shipper:
                 if resp.status_code == 200:
                     return
                 code = _problem_code(resp)
-                if resp.status_code == 409 and code == "stale_token":
-                    raise StaleOwner(f"session {self.session.ref}: token {self.token} is stale")
+                if resp.status_code == 409 and code in ("stale_token", "not_owner"):
+                    raise StaleOwner(
+                        f"session {self.session.ref}: token {self.token} refused ({code})"
+                    )
                 if resp.status_code == 413 and len(batch) > 1:
                     del batch[max(1, len(batch) // 2) :]  # halve and retry at once
                     continue

@@ -36,7 +36,7 @@ from api.schemas import (
     StreamDetachRequest,
     StreamDetachResult,
 )
-from lua.errors import SeqGap, StaleToken
+from lua.errors import NotOwner, SeqGap, StaleToken
 from lua.keys import SessionKeys
 from lua.store import Entry
 from lua.store import IngestResult as StoreIngestResult
@@ -56,7 +56,12 @@ _AUTH_RESPONSES: dict[int | str, dict[str, str]] = {
 @ingest_router.post(
     "/sessions/transcripts/ingest",
     response_model=IngestResult,
-    responses={**_AUTH_RESPONSES, 409: {"description": "stale_token: a newer owner exists"}},
+    responses={
+        **_AUTH_RESPONSES,
+        409: {
+            "description": "stale_token: a newer owner exists; not_owner: the lease names another"
+        },
+    },
 )
 async def ingest(body: IngestRequest, request: Request) -> Response:
     """Fenced, idempotent append of one run's entries (the runner's transcript shipper)."""
@@ -75,7 +80,14 @@ async def ingest(body: IngestRequest, request: Request) -> Response:
         for i, e in enumerate(body.entries)
     ]
     if state.audit is None:
-        res = await store.ingest(sk, body.run_id, body.token, entries)
+        res = await store.ingest(
+            sk,
+            body.run_id,
+            body.token,
+            entries,
+            replica_id=body.replica_id,
+            incarnation=body.incarnation,
+        )
     else:
         res = await _audited_ingest(state, state.audit, body, sk, entries)
     # a detached invoke in this process waiting for this run's start learns it here
@@ -106,9 +118,19 @@ async def _audited_ingest(
         )
 
     try:
-        res = await state.store.ingest(sk, body.run_id, body.token, entries)
+        res = await state.store.ingest(
+            sk,
+            body.run_id,
+            body.token,
+            entries,
+            replica_id=body.replica_id,
+            incarnation=body.incarnation,
+        )
     except StaleToken as exc:
         record("stale_token", current_token=exc.epoch)
+        raise
+    except NotOwner:
+        record("not_owner")
         raise
     except SeqGap:
         record("seq_gap")

@@ -16,7 +16,7 @@ def _body(token: int, *seqs: int, replica: str | None = "replica-a") -> dict[str
     body: dict[str, object] = {"session_id": "s1", "run_id": "r1", "token": token}
     body["entries"] = entries
     if replica is not None:
-        body.update(replica_id=replica, incarnation="inc-1")
+        body.update(replica_id=replica, incarnation=f"{replica}-inc")
     return body
 
 
@@ -39,6 +39,9 @@ async def test_every_attempt_is_recorded_with_its_outcome(
             ).status_code == 200
             r = await client.post(URL, headers=ADMIN, json=_body(token + 5, 4, replica="other"))
             assert r.status_code == 409
+            # the current token, but the lease names another holder (a repeated token)
+            r = await client.post(URL, headers=ADMIN, json=_body(token, 4, replica="other"))
+            assert r.status_code == 409 and r.json()["code"] == "not_owner"
             r = await client.post(URL, headers=ADMIN, json=_body(token, 9, replica=None))
             assert r.status_code == 422
             # invalid bodies never reach the store: nothing to audit
@@ -53,10 +56,11 @@ async def test_every_attempt_is_recorded_with_its_outcome(
         ("accepted", token, 1, 2, 2, 0),
         ("accepted", token, 2, 3, 1, 1),
         ("stale_token", token + 5, 4, 4, 0, 0),
+        ("not_owner", token, 4, 4, 0, 0),
         ("seq_gap", token, 9, 9, 0, 0),
     ]
-    assert [r["replica_id"] for r in recs] == ["replica-a", "replica-a", "other", None]
-    assert recs[0]["session"] == "default/s1" and recs[0]["incarnation"] == "inc-1"
+    assert [r["replica_id"] for r in recs] == ["replica-a", "replica-a", "other", "other", None]
+    assert recs[0]["session"] == "default/s1" and recs[0]["incarnation"] == "replica-a-inc"
     # stale: the epoch it lost to is recorded
     assert recs[2]["current_token"] == token
 

@@ -1,4 +1,4 @@
-"""ingestEntries-4 (fenced transcript), enqueueInput-5 and completeInput-3 (inbox),
+"""ingestEntries-5 (fenced transcript), enqueueInput-5 and completeInput-3 (inbox),
 notifyReplica-2 (owner mail)."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from lua.errors import SeqGap, SessionBusy, StaleToken
+from lua.errors import NotOwner, SeqGap, SessionBusy, StaleToken
 from lua.keys import SessionKeys
 from lua.store import Entry, LeaseStore
 from lua.streams import Streams
 from tests.lua.helpers import LEASE_TTL_MS, entries, log_entries, log_ids, snapshot
 
-# -- ingestEntries-4 ---------------------------------------------------------------------
+# -- ingestEntries-5 ---------------------------------------------------------------------
 
 
 async def test_ingest_with_current_token_writes_entries_with_seq_ids(
@@ -219,6 +219,37 @@ async def test_stale_token_after_takeover_is_refused_and_writes_nothing(
         str(old.token),
         str(new.token),
     ]
+
+
+async def test_a_repeated_token_is_told_apart_by_the_lease_owner(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    """An async Redis failover lost r1's acquisition and its epoch INCR: r2 then got the same
+    token number. With its identity, r1's write is refused; r2's goes through."""
+    lost = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    # what the promoted replica never saw: the lease and the INCR
+    await redis_client.delete(session.lease)
+    await redis_client.decr(session.epoch)
+    won = await store.acquire(session, "r2", "inc-9", LEASE_TTL_MS)
+    assert won.token == lost.token  # the repeat
+    before = await snapshot(redis_client, session)
+    with pytest.raises(NotOwner):
+        await store.ingest(
+            session, "run_a", lost.token, entries([1]), replica_id="r1", incarnation="inc-1"
+        )
+    assert await snapshot(redis_client, session) == before
+    out = await store.ingest(
+        session, "run_b", won.token, entries([1]), replica_id="r2", incarnation="inc-9"
+    )
+    assert out.accepted == 1
+    # without an identity only the token is checked (an HTTP-only runner's choice)
+    assert (await store.ingest(session, "run_b", won.token, entries([2]))).accepted == 1
+    # a released lease names nobody: an identified write is refused
+    await redis_client.delete(session.lease)
+    with pytest.raises(NotOwner):
+        await store.ingest(
+            session, "run_b", won.token, entries([3]), replica_id="r2", incarnation="inc-9"
+        )
 
 
 async def test_stale_token_after_force_release_is_refused_and_writes_nothing(

@@ -27,7 +27,7 @@ def test_script_sources_cover_every_lua_file() -> None:
         assert src.name == name
         assert (resources.files("lua") / src.filename).read_text(encoding="utf-8") == src.source
     assert sources["renewLeases"].num_keys is None
-    assert sources["ingestEntries"].num_keys == 4
+    assert sources["ingestEntries"].num_keys == 5
 
 
 def _unreachable_client() -> aioredis.Redis:
