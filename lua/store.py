@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,10 @@ from lua.loader import Scripts, execute_pipeline
 from lua.streams import MAIL_MAXLEN, InboxItem, RunState, parse_inbox, parse_run_state
 
 RENEW_CHUNK = 100
+# renewals of more than this many chunks go out as several pipelines, up to RENEW_PIPELINES
+# of them in flight at once (overlaps Redis's work with the client's)
+RENEW_PIPELINE_CHUNKS = 20
+RENEW_PIPELINES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,15 +279,34 @@ class LeaseStore:
                 self.client, replica_id, incarnation, ttl_ms, chunks
             )
 
-        def build(pipe: Pipeline) -> None:
-            for part in chunks:
-                script.queue(
-                    pipe,
-                    [sk.lease for sk, _ in part],
-                    [replica_id, incarnation, ttl_ms, *[str(t) for _, t in part]],
-                )
+        def builder(group: list[list[tuple[SessionKeys, int]]]) -> Callable[[Pipeline], None]:
+            def build(pipe: Pipeline) -> None:
+                for part in group:
+                    script.queue(
+                        pipe,
+                        [sk.lease for sk, _ in part],
+                        [replica_id, incarnation, ttl_ms, *[str(t) for _, t in part]],
+                    )
 
-        return await execute_pipeline(self.client, script, build)
+            return build
+
+        if len(chunks) <= RENEW_PIPELINE_CHUNKS:
+            return await execute_pipeline(self.client, script, builder(chunks))
+        # many leases: several pipelines in flight on their own connections, so Redis runs
+        # one while Python encodes the next and parses the last (one pipeline is
+        # encode, then execute, then parse: the two processes would take turns)
+        groups = [
+            chunks[i : i + RENEW_PIPELINE_CHUNKS]
+            for i in range(0, len(chunks), RENEW_PIPELINE_CHUNKS)
+        ]
+        gate = asyncio.Semaphore(RENEW_PIPELINES)
+
+        async def run(group: list[list[tuple[SessionKeys, int]]]) -> list[list[int]]:
+            async with gate:
+                return await execute_pipeline(self.client, script, builder(group))
+
+        parts = await asyncio.gather(*(run(g) for g in groups))
+        return [reply for part in parts for reply in part]
 
     async def _run_chunks_cluster(
         self,

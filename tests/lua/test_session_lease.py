@@ -205,6 +205,24 @@ async def test_renew_many_chunks_and_pipelines_many_keys(
     assert all(r == "expired" for _, r in result.lost)
 
 
+async def test_renew_many_over_several_pipelines_keeps_every_result_in_order(
+    store: LeaseStore, redis_client: aioredis.Redis, keys: Keys
+) -> None:
+    # chunks of 5 over 300 leases: 60 chunks, more than one pipeline's worth, several in flight
+    sessions = [keys.session("p", f"m{i}") for i in range(300)]
+    leases = [(s, (await store.acquire(s, "r1", "inc-1", 1_000)).token) for s in sessions]
+    gone = [sessions[3], sessions[142], sessions[299]]
+    await redis_client.delete(*[s.lease for s in gone])
+    await store.renew_many("r1", "inc-1", leases[:1], LEASE_TTL_MS)  # script loaded: no NOSCRIPT
+    await redis_client.config_resetstat()
+    result = await store.renew_many("r1", "inc-1", leases, LEASE_TTL_MS, chunk=5)
+    stats = await redis_client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 60
+    assert result.renewed == [s for s in sessions if s not in gone]
+    assert [s for s, _ in result.lost] == gone
+    assert [await redis_client.pttl(s.lease) > 1_000 for s in result.renewed[::37]] == [True] * 9
+
+
 async def test_renew_many_with_nothing_makes_no_call(
     store: LeaseStore, redis_client: aioredis.Redis
 ) -> None:
