@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Annotated
 
 import orjson
@@ -79,17 +80,18 @@ async def ingest(body: IngestRequest, request: Request) -> Response:
         )
         for i, e in enumerate(body.entries)
     ]
+    stored = store.ingest(
+        sk,
+        body.run_id,
+        body.token,
+        entries,
+        replica_id=body.replica_id,
+        incarnation=body.incarnation,
+    )
     if state.audit is None:
-        res = await store.ingest(
-            sk,
-            body.run_id,
-            body.token,
-            entries,
-            replica_id=body.replica_id,
-            incarnation=body.incarnation,
-        )
+        res = await stored
     else:
-        res = await _audited_ingest(state, state.audit, body, sk, entries)
+        res = await _audited_ingest(state.audit, body, sk, entries, stored)
     # a detached invoke in this process waiting for this run's start learns it here
     state.starts.ingested(sk.ref, body.run_id, body.token, body.entries)
     if state.metrics is not None:
@@ -100,9 +102,13 @@ async def ingest(body: IngestRequest, request: Request) -> Response:
 
 
 async def _audited_ingest(
-    state: AppState, audit: IngestAudit, body: IngestRequest, sk: SessionKeys, entries: list[Entry]
+    audit: IngestAudit,
+    body: IngestRequest,
+    sk: SessionKeys,
+    entries: list[Entry],
+    stored: Awaitable[StoreIngestResult],
 ) -> StoreIngestResult:
-    """``store.ingest`` plus one audit record of the attempt, whatever its outcome."""
+    """Await ``stored`` (the ``store.ingest`` call) and audit the attempt, whatever its outcome."""
 
     def record(outcome: str, **extra: int) -> None:
         audit.record(
@@ -118,14 +124,7 @@ async def _audited_ingest(
         )
 
     try:
-        res = await state.store.ingest(
-            sk,
-            body.run_id,
-            body.token,
-            entries,
-            replica_id=body.replica_id,
-            incarnation=body.incarnation,
-        )
+        res = await stored
     except StaleToken as exc:
         record("stale_token", current_token=exc.epoch)
         raise

@@ -186,7 +186,7 @@ class Recorder:
         return R()
 
 
-def _shipper(rec: Recorder, linger_s: float) -> Shipper:
+def _shipper(rec: Recorder, linger_s: float = 0.005, **kw: Any) -> Shipper:
     shipper = Shipper(
         http=cast(Any, rec),
         url="http://api/ingest",
@@ -196,6 +196,7 @@ def _shipper(rec: Recorder, linger_s: float) -> Shipper:
         next_seq=1,
         can_write=lambda: True,
         linger_s=linger_s,
+        **kw,
     )
     shipper.start()
     return shipper
@@ -274,23 +275,12 @@ async def test_an_unexpected_client_error_is_retried_not_fatal() -> None:
 
 async def test_a_crashed_sender_stops_the_shipper_and_wakes_its_waiters() -> None:
     stops: list[ShipStopped] = []
-    rec = Recorder()
-    shipper = Shipper(
-        http=cast(Any, rec),
-        url="http://api/ingest",
-        admin_token=None,
-        session=Keys().session("p", "s"),
-        token=1,
-        next_seq=1,
-        can_write=lambda: True,
-        on_stop=stops.append,
-    )
+    shipper = _shipper(Recorder(), on_stop=stops.append)
 
     def broken() -> Any:
         raise AssertionError("a bug in the sender")
 
-    shipper._take = broken  # type: ignore[method-assign]
-    shipper.start()
+    shipper._take = broken  # type: ignore[method-assign]  # looked up when items arrive
     await shipper.put("run_a", "run.started", {})
     with pytest.raises(ShipStopped, match="shipper crashed"):
         await asyncio.wait_for(shipper.flush(), 2)  # woken, not left waiting forever
