@@ -47,7 +47,7 @@ def failover(
 @app.command("invoke")
 def invoke(
     concurrency: Annotated[int, typer.Option(help="Concurrent callers.")] = 50,
-    requests: Annotated[int, typer.Option(help="Detached invokes in all.")] = 1000,
+    requests: Annotated[int, typer.Option(help="Detached invokes in all.")] = 5000,
     output: Output = "table",
 ) -> None:
     """Detached invoke latency and admin ingest throughput vs raw Redis."""

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 import orjson
 import redis.asyncio as aioredis
@@ -187,44 +188,6 @@ def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
 # -- detached invoke ---------------------------------------------------------------------------
 
 
-class _Conn:
-    """A minimal keep-alive HTTP/1.1 client connection (POST with a JSON body, read the reply).
-
-    The bench's own caller must not be the bottleneck: with 50 callers on a small machine,
-    httpx's per-request CPU cost would dominate the measured round trip.
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> _Conn:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        self.writer.write(head + body)
-        status_line = await self.reader.readline()
-        status = int(status_line.split(b" ", 2)[1])
-        length = 0
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b"\n", b""):
-                break
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        return status, await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 async def bench_invoke(
     api_url: str, concurrency: int, requests: int, run_tag: str, cpu: CpuMeter | None = None
 ) -> tuple[Latency, Latency, dict[str, int], Latency | None]:
@@ -238,12 +201,20 @@ async def bench_invoke(
     """
     statuses: dict[str, int] = {}
     body = orjson.dumps({"input": {"text": "bench", "chunks": 1}, "mode": "detached"})
-    url = httpx.URL(api_url)
-    conns = [await _Conn.open(url.host, url.port or 80) for _ in range(concurrency)]
+    headers = {"Content-Type": "application/json"}
+    # aiohttp, not httpx: with 50 callers on a small machine httpx's per-request CPU (~1 ms)
+    # would dominate what is measured; one kept-alive connection per caller
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
-    async def invoke(conn: _Conn, session: str) -> float:
+    async def invoke(session: str) -> float:
         t0 = time.perf_counter()
-        status, reply = await conn.post(f"/v1/sessions/{session}/invoke", body)
+        async with http.post(
+            f"{api_url}/v1/sessions/{session}/invoke", data=body, headers=headers
+        ) as resp:
+            status, reply = resp.status, await resp.read()
         dt = time.perf_counter() - t0
         if status != 202:
             raise RuntimeError(f"invoke answered {status}: {reply[:300]!r}")
@@ -253,7 +224,7 @@ async def bench_invoke(
 
     try:
         sessions = [f"bench-{run_tag}-{i}" for i in range(concurrency)]
-        cold = await asyncio.gather(*(invoke(c, s) for c, s in zip(conns, sessions, strict=True)))
+        cold = await asyncio.gather(*(invoke(s) for s in sessions))
         statuses.clear()
         per_worker = [
             requests // concurrency + (i < requests % concurrency) for i in range(concurrency)
@@ -261,20 +232,17 @@ async def bench_invoke(
         warm: list[float] = []
         burst: list[float] = []
 
-        async def worker(conn: _Conn, session: str, n: int) -> None:
+        async def worker(session: str, n: int) -> None:
             for k in range(n):
-                (burst if k == 0 else warm).append(await invoke(conn, session))
+                (burst if k == 0 else warm).append(await invoke(session))
 
         if cpu is not None:
             cpu.start()
-        await asyncio.gather(
-            *(worker(c, s, n) for c, s, n in zip(conns, sessions, per_worker, strict=True))
-        )
+        await asyncio.gather(*(worker(s, n) for s, n in zip(sessions, per_worker, strict=True)))
         if cpu is not None:
             cpu.stop()
     finally:
-        for c in conns:
-            c.close()
+        await http.close()
     if not warm:  # one invoke per caller: the burst is all there is
         return Latency.of(burst), Latency.of(list(cold)), statuses, None
     return Latency.of(warm), Latency.of(list(cold)), statuses, Latency.of(burst)
@@ -543,7 +511,7 @@ def render(res: Results, console: Console) -> None:
         )
 
 
-def main(concurrency: int = 50, requests: int = 1000, output: str = "table") -> int:
+def main(concurrency: int = 50, requests: int = 5000, output: str = "table") -> int:
     """Run the bench; print a table (or JSON with ``output="json"``); 0 when it ran."""
     if output not in ("table", "json"):
         print(f"unknown output {output!r}: table or json", file=sys.stderr)

@@ -40,7 +40,7 @@ BENCHES = ("heartbeat", "failover", "invoke", "rollout")
 FULL_ARGS: dict[str, list[str]] = {
     "heartbeat": ["--leases", "100000"],
     "failover": ["--trials", "20"],
-    "invoke": ["--concurrency", "50", "--requests", "1000"],
+    "invoke": ["--concurrency", "50", "--requests", "5000"],
     "rollout": [],
 }
 QUICK_ARGS: dict[str, list[str]] = {
@@ -1240,7 +1240,7 @@ def _reproduce(doc: _Doc) -> None:
         "streamward bench all --from-results docs/bench/results.json   # re-render only\n"
         "streamward bench heartbeat --leases 100000   # one bench, table output\n"
         "streamward bench failover --trials 20\n"
-        "streamward bench invoke --concurrency 50 --requests 1000\n"
+        "streamward bench invoke --concurrency 50 --requests 5000\n"
         "```",
         "Each bench starts its own throwaway `redis-server` (never port 6379) and, for failover "
         "and invoke, its own API and runner processes. `--only NAME` runs a subset, "
