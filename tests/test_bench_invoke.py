@@ -9,8 +9,16 @@ import sys
 
 def test_bench_invoke_runs_and_reports_every_figure() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "api", "bench", "invoke", "--concurrency", "4", "--requests", "40"]
-        + ["-o", "json"],
+        [
+            sys.executable,
+            "-m",
+            "api",
+            "bench",
+            "invoke",
+            *("--concurrency", "4"),
+            *("--requests", "40"),
+            *("-o", "json"),
+        ],
         capture_output=True,
         text=True,
         timeout=180,
