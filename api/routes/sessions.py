@@ -175,19 +175,9 @@ async def _wait_start(
                 continue
             if count is not None:
                 count["log"].inc()
-            if e.type == "run.started":
-                data = e.data if isinstance(e.data, dict) else {}
-                owner = Owner(replica_id=str(data.get("replica_id", "")), token=e.token)
-                return InvokeAccepted(
-                    run_id=run_id, session_id=sk.session_id, status="running", owner=owner
-                )
-            status = e.type.removeprefix("run.")  # ended before it started (e.g. cancelled)
-            return InvokeAccepted(
-                run_id=run_id,
-                session_id=sk.session_id,
-                status=status,  # type: ignore[arg-type]
-                owner=None,
-            )
+            data = e.data if isinstance(e.data, dict) else {}
+            replica = str(data.get("replica_id", "")) if e.type == "run.started" else ""
+            return _accepted_from_start(sk, run_id, Started(e.type, e.token, replica))
     if count is not None:
         count["queued"].inc()
     return InvokeAccepted(run_id=run_id, session_id=sk.session_id, status="queued", owner=None)
