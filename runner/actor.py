@@ -61,13 +61,12 @@ class _State:
 class SessionActor:
     """Owns one session lease: consumes its inbox, one run at a time, ships the transcript."""
 
-    def __init__(self, replica: Replica, lease: Lease, reason: str) -> None:
+    def __init__(self, replica: Replica, lease: Lease) -> None:
         self.replica = replica
         self.session = lease.session
         self.ref = lease.session.ref
         self.token = lease.token
         self.incarnation = lease.incarnation
-        self.reason = reason
         self.shipper: Shipper | None = None
         self.current: _Run | None = None
         self.closing = False

@@ -133,16 +133,8 @@ class Shipper:
         self._prefix = orjson.dumps(head)[:-1]
 
     @property
-    def next_seq(self) -> int:
-        return self._next_seq
-
-    @property
     def acked_seq(self) -> int:
         return self._acked_seq
-
-    @property
-    def error(self) -> ShipStopped | None:
-        return self._error
 
     def start(self) -> None:
         if self._task is None:

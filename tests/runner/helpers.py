@@ -11,7 +11,6 @@ import httpx
 import orjson
 import redis
 
-from api.fleet import Proc
 from lua.keys import Keys
 
 T = TypeVar("T")
@@ -102,10 +101,6 @@ def terminal(entries: list[LogItem], run_id: str) -> LogItem | None:
         if e.run_id == run_id and e.type in ("run.completed", "run.failed", "run.cancelled"):
             return e
     return None
-
-
-def proc_of(procs: dict[str, Proc], replica_id: str) -> Proc:
-    return procs[replica_id]
 
 
 def run_done(client: Any, session_id: str, run_id: str) -> Callable[[], LogItem | None]:
