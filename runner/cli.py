@@ -114,7 +114,6 @@ def _probe(settings: Any) -> int:
     """The startup capability probe (lua/probe.py): 2 when Redis cannot run streamward (no
     scripting, wrong mode, a replica, too old). An unreachable Redis is no error here: the
     replica keeps retrying until it answers."""
-    import asyncio
     import logging
 
     from redis.exceptions import RedisError

@@ -11,13 +11,13 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from api.metrics import version
 from lua.client import RedisClient, connect_from_config
 from lua.errors import LeaseHeld
 from lua.keys import Keys
@@ -27,6 +27,7 @@ from runner.actor import SessionActor
 from runner.config import RunnerSettings
 from runner.context import Handler
 from runner.heartbeat import lease_renewal, replica_heartbeat
+from runner.ingest_http import IngestHTTP
 from runner.intake import inbox_sweep, mailbox, work_autoclaim, work_intake
 from runner.metrics import Metrics
 from runner.shipper import HttpPoster, Shipper, ShipRejected, ShipStopped, backoff_s
@@ -52,20 +53,6 @@ def _log_tasks() -> None:
 class _ClaimSlot:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
-
-
-def make_ingest_http() -> HttpPoster:
-    """The shipper's HTTP client (aiohttp: runner/ingest_http.py)."""
-    from runner.ingest_http import IngestHTTP
-
-    return IngestHTTP(connect_timeout_s=1.0)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("streamward")
-    except metadata.PackageNotFoundError:
-        return "0"
 
 
 class Replica:
@@ -168,7 +155,7 @@ class Replica:
         )
         self._store = LeaseStore(self._client, self.keys)
         self._streams = Streams(self._client, self.keys)
-        self._http = make_ingest_http()
+        self._http = IngestHTTP(connect_timeout_s=1.0)  # the shipper's client (aiohttp)
         failures = 0
         while not self.shutdown.is_set():
             try:
@@ -378,7 +365,7 @@ class Replica:
             "host": socket.gethostname(),
             "pod": os.environ.get("POD_NAME", ""),
             "pid": str(os.getpid()),
-            "version": _version(),
+            "version": version(),
             "capacity": str(self.settings.max_sessions),
             "handler": self.settings.handler,
         }
@@ -457,10 +444,10 @@ class Replica:
             # fenced or re-registered while acquiring: that lease names a dead incarnation
             await self.streams.publish_work(ref, "owner_death")
             return
-        self._start_actor(lease, reason)
+        self._start_actor(lease)
 
-    def _start_actor(self, lease: Lease, reason: str) -> None:
-        actor = SessionActor(self, lease, reason)
+    def _start_actor(self, lease: Lease) -> None:
+        actor = SessionActor(self, lease)
         self.actors[actor.ref] = actor
         self.metrics.sessions.set(len(self.actors))
         actor.start()
