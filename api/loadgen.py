@@ -31,16 +31,20 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
+import redis
+import redis.asyncio as aioredis
 
 from api.chaos_check import InvokeRecord
+from lua.keys import Keys
 
 TERMINAL = frozenset({"run.completed", "run.failed", "run.cancelled"})
+TERMINAL_STATUSES = frozenset(t.removeprefix("run.") for t in TERMINAL)  # a run's state
 RUN_HEADER = "X-Streamward-Run-Id"
 # answers worth asking again (the same key, another instance): the API or Redis is
 # restarting, overloaded, or a proxy gave up; everything else 4xx is the caller's fault
@@ -471,14 +475,55 @@ class LoadGen:
             ]
             out[mode] = {
                 "count": len(ms),
-                "p50_ms": _round(percentile(ms, 0.50)),
-                "p99_ms": _round(percentile(ms, 0.99)),
-                "max_ms": _round(max(ms) if ms else None),
+                "p50_ms": round1(percentile(ms, 0.50)),
+                "p99_ms": round1(percentile(ms, 0.99)),
+                "max_ms": round1(max(ms) if ms else None),
             }
         return out
 
 
-def _round(v: float | None) -> float | None:
+async def wait_terminal(
+    redis_url: str,
+    records: Sequence[InvokeRecord],
+    timeout_s: float,
+    *,
+    poll_s: float = 0.5,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Wait (at most ``timeout_s``) until every acknowledged run's state in Redis is terminal;
+    the number still open. Redis errors (a restart) count as "not yet"; ``progress`` gets the
+    number still open every 10 s."""
+    keys = Keys()
+    pending = {(r.session, r.run_id) for r in records if r.acked and r.run_id}
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    deadline = time.monotonic() + timeout_s
+    next_say = time.monotonic() + 10
+    try:
+        while pending and time.monotonic() < deadline:
+            items = sorted(pending)
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    for ref, run_id in items:
+                        pipe.hget(keys.session_ref(ref).runs, run_id)
+                    states = await pipe.execute()
+            except redis.RedisError:
+                await asyncio.sleep(poll_s)
+                continue
+            for item, raw in zip(items, states, strict=True):
+                if raw and orjson.loads(raw).get("status") in TERMINAL_STATUSES:
+                    pending.discard(item)
+            if pending:
+                if progress is not None and time.monotonic() >= next_say:
+                    next_say = time.monotonic() + 10
+                    progress(len(pending))
+                await asyncio.sleep(poll_s)
+    finally:
+        await client.aclose()
+    return len(pending)
+
+
+def round1(v: float | None) -> float | None:
+    """``v`` to 0.1 (None stays None): how the figures are reported."""
     return None if v is None else round(v, 1)
 
 

@@ -21,7 +21,6 @@ runner default (5000 ms) unless ``STREAMWARD_REPLICA_TTL_MS`` is set.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import signal
@@ -38,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api.fleet import Fleet, Proc
+from api.loadgen import percentile, round1
 from lua.keys import Keys
 from lua.server import RedisServer
 
@@ -62,27 +62,19 @@ class Summary:
 
     @classmethod
     def of(cls, ms: list[float], target_ms: float, raced: int = 0, failed: int = 0) -> Summary:
-        s = sorted(ms)
-        p50 = _rank(s, 0.50)
-        p99 = _rank(s, 0.99)
+        # nearest rank: with 20 samples, p99 is the slowest one
+        p99 = round1(percentile(ms, 0.99))
         return cls(
-            samples=len(s),
-            p50_ms=p50,
+            samples=len(ms),
+            p50_ms=round1(percentile(ms, 0.50)),
             p99_ms=p99,
-            max_ms=round(s[-1], 1) if s else None,
+            max_ms=round1(max(ms, default=None)),
             target_ms=target_ms,
             met=p99 is not None and p99 <= target_ms and failed == 0,
             raced=raced,
             failed=failed,
             samples_ms=[round(x, 1) for x in ms],
         )
-
-
-def _rank(sorted_ms: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (with 20 samples, p99 is the slowest one)."""
-    if not sorted_ms:
-        return None
-    return round(sorted_ms[max(0, math.ceil(q * len(sorted_ms)) - 1)], 1)
 
 
 class Bench:

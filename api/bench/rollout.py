@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import math
 import random
 import re
 import signal
@@ -52,7 +51,6 @@ from typing import Any, TypeVar
 
 import orjson
 import redis
-import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
 
@@ -66,14 +64,13 @@ from api.chaos_check import (
     read_logs,
 )
 from api.fleet import Fleet, Proc
-from api.loadgen import LoadConfig, LoadGen
+from api.loadgen import LoadConfig, LoadGen, percentile, round1, wait_terminal
 from lua.keys import Keys
 from lua.server import RedisServer
 
 T = TypeVar("T")
 KEYS = Keys()
 PROJECT = "default"
-TERMINAL_STATUSES = frozenset(t.removeprefix("run.") for t in TERMINAL_TYPES)
 # a draining runner finishes its runs (each under a second here) then exits; past this the
 # bench kills it and says so (a drain that hangs is a bug, not a slow rollout)
 EXIT_WAIT_S = 40.0
@@ -99,16 +96,16 @@ class Phase:
 
     @classmethod
     def of(cls, name: str, seconds: float, records: list[InvokeRecord]) -> Phase:
-        ms = sorted(r.latency_ns / 1e6 for r in records if r.latency_ns is not None)
+        ms = [r.latency_ns / 1e6 for r in records if r.latency_ns is not None]
         return cls(
             name=name,
             seconds=round(seconds, 2),
             invokes=len(records),
             acked=sum(1 for r in records if r.acked),
             unacked=sum(1 for r in records if not r.acked),
-            p50_ms=_pct(ms, 0.50),
-            p99_ms=_pct(ms, 0.99),
-            max_ms=round(ms[-1], 1) if ms else None,
+            p50_ms=round1(percentile(ms, 0.50)),
+            p99_ms=round1(percentile(ms, 0.99)),
+            max_ms=round1(max(ms, default=None)),
         )
 
 
@@ -166,13 +163,6 @@ class RolloutResult:
         return out
 
 
-def _pct(sorted_ms: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (with fewer than 100 samples, p99 is the slowest one)."""
-    if not sorted_ms:
-        return None
-    return round(sorted_ms[max(0, math.ceil(q * len(sorted_ms)) - 1)], 1)
-
-
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 1)
 
@@ -214,32 +204,6 @@ async def _pace(
         next_t += interval_s
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(0.0, next_t - loop.time()))
-
-
-async def _wait_terminal(url: str, records: list[InvokeRecord], timeout_s: float) -> int:
-    """Wait until every acknowledged run has a terminal state; returns how many have not."""
-    pending: dict[str, set[str]] = {}
-    for r in records:
-        if r.acked and r.run_id:
-            pending.setdefault(r.session, set()).add(r.run_id)
-    client = aioredis.Redis.from_url(url, decode_responses=True)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            for ref, run_ids in list(pending.items()):
-                ids = sorted(run_ids)
-                states = await client.hmget(KEYS.session_ref(ref).runs, ids)
-                for run_id, raw in zip(ids, states, strict=True):
-                    if raw and orjson.loads(raw).get("status") in TERMINAL_STATUSES:
-                        run_ids.discard(run_id)
-                if not run_ids:
-                    del pending[ref]
-            left = sum(len(v) for v in pending.values())
-            if not left or time.monotonic() > deadline:
-                return left
-            await asyncio.sleep(0.2)
-    finally:
-        await client.aclose()
 
 
 def _log_messages(proc: Proc) -> list[str]:
@@ -341,7 +305,7 @@ async def _run(
         try:
             await asyncio.gather(*(lg.invoke(sid) for sid in session_ids))
             # the steady phase starts on idle owned sessions, not behind the warm-up runs
-            await _wait_terminal(redis_url, lg.records, settle_s)
+            await wait_terminal(redis_url, lg.records, settle_s, poll_s=0.2)
             t_steady = time.time_ns()
             stop = asyncio.Event()
             pacer = asyncio.create_task(_pace(lg, session_ids, rate_per_s, stream_fraction, stop))
@@ -372,7 +336,7 @@ async def _run(
             await pacer
             t_end = time.time_ns()
             await lg.drain(timeout_s=lg.cfg.submit_deadline_s + 5)
-            left = await _wait_terminal(redis_url, lg.records, settle_s)
+            left = await wait_terminal(redis_url, lg.records, settle_s, poll_s=0.2)
             if left:
                 log(f"{left} acknowledged runs still not finished after {settle_s:g}s")
             await lg.wait_streams(timeout_s=10)
