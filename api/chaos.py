@@ -31,19 +31,18 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
 import redis
-import redis.asyncio as aioredis
 
 from api.audit import read_audit
 from api.chaos_check import CheckReport, check_history, read_logs
 from api.fleet import Fleet, Proc
-from api.loadgen import LoadConfig, LoadGen
+from api.loadgen import LoadConfig, LoadGen, wait_terminal
 from lua.keys import Keys
 from lua.server import RedisServer, free_port, wait_ready
 
@@ -423,6 +422,9 @@ class Harness:
         # processes from worker threads
         self._spawn_lock = threading.Lock()
         self.load: LoadGen | None = None
+        self._rc: redis.Redis | None = None  # see incarnation()
+        self._audit_pos = 0  # see stale_refusals()
+        self._stale_seen = 0
         self.t0 = 0.0
 
     def target_name(self, f: Fault) -> str:
@@ -527,16 +529,27 @@ class Harness:
         return time.monotonic() - t
 
     def incarnation(self, replica_id: str) -> str | None:
-        client = redis.Redis.from_url(
-            self._redis().url, decode_responses=True, socket_timeout=2, socket_connect_timeout=1
-        )
+        if self._rc is None:  # one client (its pool is thread-safe), reconnecting after restarts
+            self._rc = redis.Redis.from_url(
+                self._redis().url, decode_responses=True, socket_timeout=2, socket_connect_timeout=1
+            )
         try:
-            value = client.hget(KEYS.replica(replica_id).lease, "incarnation")
+            value = self._rc.hget(KEYS.replica(replica_id).lease, "incarnation")
             return None if value is None else str(value)
         except redis.RedisError:
             return None
-        finally:
-            client.close()
+
+    async def _reregistered(self, rid: str, before: str | None) -> float | None:
+        """Seconds until ``rid`` registers an incarnation other than ``before`` (None: not in
+        20 s, noted): a runner paused past its TTL must fence itself and come back as new."""
+        t = time.monotonic()
+        deadline = t + 20
+        while time.monotonic() < deadline:
+            if await asyncio.to_thread(self.incarnation, rid) not in (None, before):
+                return time.monotonic() - t
+            await asyncio.sleep(0.1)
+        self.notes.append(f"{rid} did not re-register within 20 s of SIGCONT")
+        return None
 
     def start_fleet(self) -> None:
         self.start_redis()
@@ -573,6 +586,8 @@ class Harness:
                     p.kill()
         if self.fleet is not None:
             self.fleet.procs.clear()
+        if self._rc is not None:
+            self._rc.close()
         if self.redis is not None:
             self.redis.stop()
         if not self.cfg.keep:
@@ -652,19 +667,12 @@ class Harness:
                 proc.signal(signal.SIGCONT)
             # past its deadline, the runner must fence itself and come back as a new
             # incarnation (docs/runner.md, self-fencing)
-            t = time.monotonic()
-            again = await self._wait(
-                lambda: asyncio.to_thread(self.incarnation, rid),
-                lambda v: v not in (None, before),
-                20,
-            )
+            again_s = await self._reregistered(rid, before)
             back = (
-                f"re-registered as a new incarnation in {time.monotonic() - t:.2f}s"
-                if again
+                f"re-registered as a new incarnation in {again_s:.2f}s"
+                if again_s is not None
                 else "NOT re-registered within 20s"
             )
-            if not again:
-                self.notes.append(f"{rid} did not re-register within 20 s of SIGCONT")
             ttl_ms = self.cfg.replica_ttl_ms
             return f"SIGSTOP pid {pid} for {f.hold_s}s (TTL {ttl_ms} ms), SIGCONT; {back}"
         if f.kind == RUNNER_KILL:
@@ -694,7 +702,7 @@ class Harness:
         rid = self.runner_ids[f.partner]
         runner = self.runner_procs[f.partner]
         before = await asyncio.to_thread(self.incarnation, rid)
-        refused_before = await asyncio.to_thread(self.stale_refusals)
+        refused_before = self.stale_refusals()
         api.signal(signal.SIGSTOP)
         try:
             await asyncio.sleep(DELAYED_WRITE_LEAD_S)  # the runner's requests queue up in it
@@ -707,37 +715,26 @@ class Harness:
         finally:
             api.signal(signal.SIGCONT)
             runner.signal(signal.SIGCONT)
-        t = time.monotonic()
-        again = await self._wait(
-            lambda: asyncio.to_thread(self.incarnation, rid),
-            lambda v: v not in (None, before),
-            20,
-        )
-        if not again:
-            self.notes.append(f"{rid} did not re-register within 20 s of SIGCONT")
-        refused = await asyncio.to_thread(self.stale_refusals) - refused_before
+        again_s = await self._reregistered(rid, before)
+        refused = self.stale_refusals() - refused_before
         return (
             f"SIGSTOP api-{f.target + 1}, then {rid} for {f.hold_s}s; SIGCONT both; "
             f"{refused} stale writes refused since; "
-            + (f"re-registered in {time.monotonic() - t:.2f}s" if again else "NOT re-registered")
+            + (f"re-registered in {again_s:.2f}s" if again_s is not None else "NOT re-registered")
         )
 
     def stale_refusals(self) -> int:
-        """Ingest attempts the API refused as stale so far (from the audit)."""
-        with contextlib.suppress(OSError):
-            return sum(r.get("outcome") == "stale_token" for r in read_audit(str(self.audit_path)))
-        return 0
-
-    @staticmethod
-    async def _wait(
-        get: Callable[[], Awaitable[Any]], pred: Callable[[Any], bool], timeout_s: float
-    ) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if pred(await get()):
-                return True
-            await asyncio.sleep(0.1)
-        return False
+        """Ingest attempts the API refused as stale so far, from the audit: read on from where
+        the last call stopped (called on the loop, so never two at once)."""
+        with contextlib.suppress(OSError), open(self.audit_path, "rb") as f:
+            f.seek(self._audit_pos)
+            chunk = f.read()
+            chunk = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written: next time
+            self._audit_pos += len(chunk)
+            for line in chunk.splitlines():
+                with contextlib.suppress(orjson.JSONDecodeError):  # a torn line
+                    self._stale_seen += orjson.loads(line).get("outcome") == "stale_token"
+        return self._stale_seen
 
     async def ensure_up(self) -> None:
         """After the faults: every process continued and running, Redis up (noted if fixed)."""
@@ -880,34 +877,14 @@ class Harness:
 
     async def _settle(self, load: LoadGen) -> int:
         """Wait until every acknowledged run is terminal (bounded); the number still open."""
-        pending = {(r.session, r.run_id) for r in load.records if r.acked and r.run_id is not None}
-        self.say(f"+{self.now_s():.1f}s settling: {len(pending)} acknowledged runs to finish")
-        client = aioredis.Redis.from_url(self._redis().url, decode_responses=True)
-        deadline = time.monotonic() + self.cfg.settle_timeout_s
-        next_say = time.monotonic() + 10
-        try:
-            while pending and time.monotonic() < deadline:
-                items = sorted(pending)
-                try:
-                    async with client.pipeline(transaction=False) as pipe:
-                        for ref, run_id in items:
-                            pipe.hget(KEYS.session_ref(ref).runs, run_id)
-                        states = await pipe.execute()
-                except redis.RedisError:
-                    await asyncio.sleep(0.5)
-                    continue
-                for item, raw in zip(items, states, strict=True):
-                    status = orjson.loads(raw).get("status") if raw else None
-                    if status in ("completed", "failed", "cancelled"):
-                        pending.discard(item)
-                if pending:
-                    if time.monotonic() >= next_say:
-                        next_say = time.monotonic() + 10
-                        self.say(f"+{self.now_s():.1f}s settling: {len(pending)} runs open")
-                    await asyncio.sleep(0.5)
-        finally:
-            await client.aclose()
-        return len(pending)
+        acked = len({(r.session, r.run_id) for r in load.records if r.acked and r.run_id})
+        self.say(f"+{self.now_s():.1f}s settling: {acked} acknowledged runs to finish")
+        return await wait_terminal(
+            self._redis().url,
+            load.records,
+            self.cfg.settle_timeout_s,
+            progress=lambda n: self.say(f"+{self.now_s():.1f}s settling: {n} runs open"),
+        )
 
     async def _progress(self, load: LoadGen) -> None:
         while True:
