@@ -11,8 +11,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import redis
+
+T = TypeVar("T")
 
 
 def find_redis_server(prefer: str | None = None) -> str:
@@ -45,29 +48,40 @@ def find_redis_server(prefer: str | None = None) -> str:
 RESERVED_PORT = 6379
 
 
+# what a readiness check may raise while the thing is still starting
+NOT_YET: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
 def wait_ready(
-    ready: Callable[[], bool],
+    ready: Callable[[], T | None],
     *,
-    exited: Callable[[], str | None],
     what: str,
     timeout_s: float,
+    exited: Callable[[], str | None] | None = None,
     interval_s: float = 0.05,
-) -> None:
-    """Poll ``ready`` until true; raise when ``exited`` reports the process gone, or at the end.
+    retry_on: tuple[type[BaseException], ...] = NOT_YET,
+) -> T:
+    """Poll ``ready`` until it returns something truthy, and return that; raise when
+    ``exited`` reports the process gone, or at the end.
 
     ``exited`` returns None while the process runs, else the text (a log tail) to raise with.
-    ``ready`` may raise redis/httpx connection errors: they mean "not yet".
+    ``ready`` may raise ``retry_on`` (by default redis/OS connection errors): they mean "not yet".
     """
     deadline = time.monotonic() + timeout_s
+    last: BaseException | None = None
     while True:
-        died = exited()
+        died = exited() if exited is not None else None
         if died is not None:
             raise RuntimeError(f"{what} exited at start:\n{died}")
-        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError, OSError):
-            if ready():
-                return
+        try:
+            value = ready()
+            if value:
+                return value
+        except retry_on as exc:
+            last = exc
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready in {timeout_s}s")
+            why = f" (last error: {last!r})" if last is not None else ""
+            raise RuntimeError(f"{what} not ready in {timeout_s}s{why}")
         time.sleep(interval_s)
 
 
@@ -148,9 +162,13 @@ class RedisServer:
             client.close()
         return self
 
-    def log_tail(self) -> str:
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 2000) -> str:
         with contextlib.suppress(OSError):
-            return Path(self.dir, "redis.log").read_text()[-2000:]
+            return Path(self.dir, "redis.log").read_text(errors="replace")[-chars:]
         return ""
 
     def stop(self, kill: bool = False) -> None:

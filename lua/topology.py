@@ -8,7 +8,7 @@ its own temp dir; ``stop()`` / the context manager leave nothing behind.
 with LocalCluster(masters=3, replicas_per_master=1) as cluster:
     env = cluster.env()                 # STREAMWARD_REDIS_MODE=cluster, STREAMWARD_REDIS_URL
     victim = cluster.master_for_key(k)  # the node serving k's slot
-    cluster.kill(victim)                # SIGKILL
+    cluster.kill_master(victim)         # SIGKILL
     cluster.wait_failover(victim)       # its replica is master and the cluster is ok again
 
 with LocalSentinel(replicas=1, sentinels=3) as sent:
@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +32,7 @@ from typing import Any, TypeVar
 import redis
 from redis.crc import key_slot
 
-from lua.server import RedisServer, find_redis_server, port_free
+from lua.server import RESERVED_PORT, RedisServer, find_redis_server, port_free, wait_ready
 
 T = TypeVar("T")
 
@@ -52,31 +51,22 @@ def find_redis_cli(server_binary: str | None = None) -> str:
 
 
 def free_cluster_port(taken: set[int] | None = None) -> int:
-    """A port P where P and its cluster bus port P + 10000 are both free (never 6379)."""
+    """A port P where P and its cluster bus port P + 10000 are both free (never RESERVED_PORT)."""
     taken = taken or set()
     for _ in range(1000):
         port = random.randint(20_000, 30_000)
-        if port in taken or port + 10_000 in taken or 6379 in (port, port + 10_000):
+        if port in taken or port + 10_000 in taken or RESERVED_PORT in (port, port + 10_000):
             continue
         if port_free(port) and port_free(port + 10_000):
             return port
     raise RuntimeError("no free port pair for a cluster node")
 
 
-def wait_for(pred: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 0.1) -> T:
-    """Poll ``pred`` until it returns something truthy (exceptions count as "not yet")."""
-    deadline = time.monotonic() + timeout_s
-    last: BaseException | None = None
-    while True:
-        try:
-            value = pred()
-            if value:
-                return value
-        except (redis.RedisError, OSError) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
-        time.sleep(every_s)
+def wait_for(pred: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    """Poll ``pred`` until it returns something truthy (any Redis error counts as "not yet")."""
+    return wait_ready(
+        pred, what=what, timeout_s=timeout_s, interval_s=0.1, retry_on=(redis.RedisError, OSError)
+    )
 
 
 def _client(port: int) -> Any:
@@ -88,6 +78,21 @@ def _client(port: int) -> Any:
         socket_connect_timeout=0.5,
         socket_timeout=2.0,
     )
+
+
+def _replication(port: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """INFO replication of one node, and its replicas' entries (``slave0``, ``slave1``, ...)."""
+    with _client(port) as c:
+        info = c.info("replication")
+    slaves = [info.get(f"slave{i}", {}) for i in range(int(info.get("connected_slaves", 0)))]
+    return info, slaves
+
+
+def _caught_up(port: int) -> tuple[bool, int]:
+    """Whether every replica of the master on ``port`` has its whole offset; how many it has."""
+    info, slaves = _replication(port)
+    offset = int(info.get("master_repl_offset", 0))
+    return all(int(s.get("offset", -1)) >= offset for s in slaves), len(slaves)
 
 
 class LocalCluster:
@@ -154,17 +159,11 @@ class LocalCluster:
     def _healthy(self) -> bool:
         """Every live node says cluster_state:ok and sees the expected number of masters."""
         for node in self.live_nodes():
-            c = _client(node.port)
-            try:
-                info = c.cluster("info")
-                if info.get("cluster_state") != "ok":
+            with _client(node.port) as c:
+                if c.cluster("info").get("cluster_state") != "ok":
                     return False
-                masters = [n for n in self._nodes_view(c) if "master" in n["flags"]]
-                serving = [m for m in masters if m["slots"] and "fail" not in m["flags"]]
-                if len(serving) != self.n_masters:
+                if sum(n["serving"] for n in self._nodes_view(c)) != self.n_masters:
                     return False
-            finally:
-                c.close()
         return True
 
     def _replicas_linked(self) -> bool:
@@ -172,14 +171,7 @@ class LocalCluster:
         replicas = [n for n in self.view() if "slave" in n["flags"] and "fail" not in n["flags"]]
         if len(replicas) != want:
             return False
-        for r in replicas:
-            c = _client(r["port"])
-            try:
-                if c.info("replication").get("master_link_status") != "up":
-                    return False
-            finally:
-                c.close()
-        return True
+        return all(_replication(r["port"])[0].get("master_link_status") == "up" for r in replicas)
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -195,7 +187,7 @@ class LocalCluster:
     # -- what it looks like ----------------------------------------------------------------------
 
     def live_nodes(self) -> list[RedisServer]:
-        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        return [n for n in self.nodes if n.running]
 
     @property
     def url(self) -> str:
@@ -208,16 +200,20 @@ class LocalCluster:
 
     @staticmethod
     def _nodes_view(client: Any) -> list[dict[str, Any]]:
-        """CLUSTER NODES parsed (by redis-py): id, port, flags, master id, slot ranges."""
+        """CLUSTER NODES parsed (by redis-py): id, port, flags, master id, slot ranges, and
+        serving (a master with slots, not failed)."""
         out = []
         for addr, node in client.cluster("nodes").items():
+            flags = set(str(node["flags"]).split(","))
+            slots = [(int(r[0]), int(r[-1])) for r in node["slots"]]
             out.append(
                 {
                     "id": node["node_id"],
                     "port": int(str(addr).rsplit(":", 1)[1]),
-                    "flags": set(str(node["flags"]).split(",")),
+                    "flags": flags,
                     "master_id": node["master_id"],
-                    "slots": [(int(r[0]), int(r[-1])) for r in node["slots"]],
+                    "slots": slots,
+                    "serving": "master" in flags and "fail" not in flags and bool(slots),
                 }
             )
         return out
@@ -225,13 +221,8 @@ class LocalCluster:
     def view(self) -> list[dict[str, Any]]:
         """CLUSTER NODES as seen by a live node."""
         for node in self.live_nodes():
-            c = _client(node.port)
-            try:
+            with _client(node.port) as c, contextlib.suppress(redis.RedisError):
                 return self._nodes_view(c)
-            except redis.RedisError:
-                continue
-            finally:
-                c.close()
         raise RuntimeError("no cluster node answers")
 
     def _by_port(self, port: int) -> RedisServer:
@@ -242,21 +233,11 @@ class LocalCluster:
 
     def masters(self) -> list[RedisServer]:
         """Nodes currently serving slots (not failed)."""
-        return [
-            self._by_port(n["port"])
-            for n in self.view()
-            if "master" in n["flags"] and n["slots"] and "fail" not in n["flags"]
-        ]
-
-    def replicas_of(self, master: RedisServer) -> list[RedisServer]:
-        view = self.view()
-        mid = next(n["id"] for n in view if n["port"] == master.port)
-        return [self._by_port(n["port"]) for n in view if n["master_id"] == mid]
+        return [self._by_port(n["port"]) for n in self.view() if n["serving"]]
 
     def master_for_slot(self, slot: int) -> RedisServer:
         for n in self.view():
-            serving = "master" in n["flags"] and "fail" not in n["flags"]
-            if serving and any(lo <= slot <= hi for lo, hi in n["slots"]):
+            if n["serving"] and any(lo <= slot <= hi for lo, hi in n["slots"]):
                 return self._by_port(n["port"])
         raise KeyError(f"slot {slot} is not served")
 
@@ -265,38 +246,22 @@ class LocalCluster:
 
     # -- faults ----------------------------------------------------------------------------------
 
-    def kill(self, node: RedisServer) -> None:
-        """SIGKILL one node (its temp dir stays, so ``node.start()`` rejoins it later)."""
-        node.stop(kill=True)
-
     def wait_replication(self, timeout_s: float = 30.0) -> None:
         """Wait until every replica has everything its master wrote (offsets match)."""
 
         def caught_up() -> bool:
-            for n in self.view():
-                if "master" not in n["flags"] or "fail" in n["flags"] or not n["slots"]:
-                    continue
-                c = _client(n["port"])
-                try:
-                    info = c.info("replication")
-                finally:
-                    c.close()
-                offset = int(info.get("master_repl_offset", 0))
-                for i in range(int(info.get("connected_slaves", 0))):
-                    slave = info.get(f"slave{i}", {})
-                    if int(slave.get("offset", -1)) < offset:
-                        return False
-            return True
+            return all(_caught_up(n["port"])[0] for n in self.view() if n["serving"])
 
         wait_for(caught_up, timeout_s, "replicas to catch up")
 
     def kill_master(self, master: RedisServer) -> None:
-        """Remember the master's slots, then SIGKILL it (then ``wait_failover(master)``)."""
+        """Remember the master's slots, then SIGKILL it (then ``wait_failover(master)``; its
+        temp dir stays, so ``master.start()`` rejoins it later)."""
         me = next(n for n in self.view() if n["port"] == master.port)
         if not me["slots"]:
             raise ValueError(f"the node on port {master.port} serves no slots")
         self._slots_at_kill[master.port] = list(me["slots"])
-        self.kill(master)
+        master.stop(kill=True)
 
     def wait_failover(self, killed: RedisServer, timeout_s: float = 60.0) -> RedisServer:
         """Wait until a live master serves every slot the killed master served and the cluster
@@ -305,11 +270,9 @@ class LocalCluster:
 
         def promoted() -> RedisServer | None:
             for n in self.view():
-                if n["port"] == killed.port or "master" not in n["flags"] or "fail" in n["flags"]:
-                    continue
-                if slots <= set(n["slots"]):
+                if n["port"] != killed.port and n["serving"] and slots <= set(n["slots"]):
                     node = self._by_port(n["port"])
-                    if node in self.live_nodes() and _role(node.port) == "master":
+                    if node.running and _role(node.port) == "master":
                         return node if self._healthy() else None
             return None
 
@@ -317,11 +280,7 @@ class LocalCluster:
 
 
 def _role(port: int) -> str:
-    c = _client(port)
-    try:
-        return str(c.info("replication").get("role", ""))
-    finally:
-        c.close()
+    return str(_replication(port)[0].get("role", ""))
 
 
 class LocalSentinel:
@@ -379,30 +338,18 @@ class LocalSentinel:
         if not self._replicas_synced():
             return False
         for s in self.sentinels:
-            c = _client(s.port)
-            try:
+            with _client(s.port) as c:
                 if len(c.sentinel_slaves(self.name)) < self.n_replicas:
                     return False
                 if len(c.sentinel_sentinels(self.name)) < self.n_sentinels - 1:
                     return False
-            finally:
-                c.close()
         return True
 
     def _replicas_synced(self) -> bool:
-        c = _client(self.master_port())
-        try:
-            info = c.info("replication")
-        finally:
-            c.close()
-        slaves = [info.get(f"slave{i}", {}) for i in range(int(info.get("connected_slaves", 0)))]
-        return len(slaves) >= self.live_replica_count() and all(
-            s.get("state") == "online" for s in slaves
-        )
-
-    def live_replica_count(self) -> int:
         master = self.master_port()
-        return sum(1 for d in self.live_data() if d.port != master)
+        _, slaves = _replication(master)
+        live_replicas = sum(1 for d in self.live_data() if d.port != master)
+        return len(slaves) >= live_replicas and all(s.get("state") == "online" for s in slaves)
 
     def stop(self) -> None:
         for s in self.sentinels:
@@ -421,7 +368,7 @@ class LocalSentinel:
     # -- what it looks like --------------------------------------------------------------------
 
     def live_data(self) -> list[RedisServer]:
-        return [d for d in self.data if d.proc is not None and d.proc.poll() is None]
+        return [d for d in self.data if d.running]
 
     @property
     def sentinel_addrs(self) -> str:
@@ -438,17 +385,12 @@ class LocalSentinel:
     def master_port(self) -> int:
         """The master's port, as the first answering Sentinel says."""
         for s in self.sentinels:
-            if s.proc is None or s.proc.poll() is not None:
+            if not s.running:
                 continue
-            c = _client(s.port)
-            try:
+            with _client(s.port) as c, contextlib.suppress(redis.RedisError):
                 addr = c.sentinel_get_master_addr_by_name(self.name)
-            except redis.RedisError:
-                continue
-            finally:
-                c.close()
-            if addr:
-                return int(addr[1])
+                if addr:
+                    return int(addr[1])
         raise RuntimeError("no sentinel knows the master")
 
     def master(self) -> RedisServer:
@@ -461,14 +403,8 @@ class LocalSentinel:
         """Wait until every replica has everything the master wrote."""
 
         def caught_up() -> bool:
-            c = _client(self.master_port())
-            try:
-                info = c.info("replication")
-            finally:
-                c.close()
-            offset = int(info.get("master_repl_offset", 0))
-            slaves = [info.get(f"slave{i}", {}) for i in range(int(info["connected_slaves"]))]
-            return bool(slaves) and all(int(s.get("offset", -1)) >= offset for s in slaves)
+            done, replicas = _caught_up(self.master_port())
+            return done and replicas > 0
 
         wait_for(caught_up, timeout_s, "replicas to catch up")
 
@@ -483,11 +419,8 @@ class LocalSentinel:
         def promoted() -> RedisServer | None:
             ports = set()
             for s in self.sentinels:
-                c = _client(s.port)
-                try:
+                with _client(s.port) as c:
                     addr = c.sentinel_get_master_addr_by_name(self.name)
-                finally:
-                    c.close()
                 ports.add(int(addr[1]) if addr else -1)
             if len(ports) != 1:
                 return None
@@ -501,9 +434,7 @@ class LocalSentinel:
 
 def log_tails(servers: list[RedisServer], chars: int = 1500) -> str:
     """The end of each server's log (for a failing test's message)."""
-    out = []
-    for s in servers:
-        with contextlib.suppress(OSError):
-            text = Path(s.dir, "redis.log").read_text(errors="replace")[-chars:]
-            out.append(f"--- redis on port {s.port} ({os.path.basename(s.dir)}):\n{text}")
-    return "\n".join(out)
+    return "\n".join(
+        f"--- redis on port {s.port} ({os.path.basename(s.dir)}):\n{s.log_tail(chars)}"
+        for s in servers
+    )
