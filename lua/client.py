@@ -14,7 +14,7 @@ Every process (API, runner, CLI, benches, the local fleet) builds its clients he
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal, Self, TypeAlias
 from urllib.parse import urlsplit
 
@@ -272,8 +272,15 @@ class RedisConfig:
             opts.update(self.ssl_options())
         return opts
 
-    def with_url(self, url: str) -> RedisConfig:
-        return replace(self, url=url)
+    def _master_options(self) -> dict[str, Any]:
+        """Sentinel mode: what the URL gives the master connection (db and credentials)."""
+        url_opts = self._url_options(self.urls[0])
+        return {k: v for k, v in url_opts.items() if k in ("db", "username", "password")}
+
+    def _startup_nodes(self) -> list[tuple[str, int]]:
+        """Cluster mode: (host, port) of every URL."""
+        parsed = [parse_url(url) for url in self.urls]
+        return [(o.get("host", "127.0.0.1"), o.get("port", 6379)) for o in parsed]
 
 
 class RedisSettings(BaseModel):
@@ -400,11 +407,7 @@ def _connect_sentinel(
     pool_timeout_s: float,
     opts: dict[str, Any],
 ) -> Redis:
-    url_opts = cfg._url_options(cfg.urls[0])
-    master_opts: dict[str, Any] = {
-        k: v for k, v in url_opts.items() if k in ("db", "username", "password")
-    }
-    master_opts.update(opts)
+    master_opts = {**cfg._master_options(), **opts}
     if cfg.use_tls:
         master_opts.update(cfg.ssl_options())
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
@@ -432,10 +435,7 @@ def _connect_cluster(
     first = cfg._url_options(cfg.urls[0])
     if first.pop("db", 0):
         raise ValueError("Redis Cluster has a single database: use db 0 in the URL")
-    nodes = []
-    for url in cfg.urls:
-        o = parse_url(url)
-        nodes.append(ClusterNode(o.get("host", "127.0.0.1"), o.get("port", 6379)))
+    nodes = [ClusterNode(host, port) for host, port in cfg._startup_nodes()]
     first.pop("host", None)
     first.pop("port", None)
     cluster_opts: dict[str, Any] = {**first, **opts, "startup_nodes": nodes}
@@ -467,10 +467,6 @@ def connect(
     return client
 
 
-def is_cluster(client: object) -> bool:
-    return isinstance(client, RedisCluster)
-
-
 # -- synchronous clients (tests, the local fleet, CLI helpers) --------------------------------
 
 
@@ -483,21 +479,21 @@ def connect_sync(cfg: RedisConfig, **kwargs: Any) -> Any:
         first = cfg._url_options(cfg.urls[0])
         for k in ("db", "host", "port"):
             first.pop(k, None)
-        nodes = []
-        for url in cfg.urls:
-            o = parse_url(url)
-            node = redis.cluster.ClusterNode(o.get("host", "127.0.0.1"), o.get("port"))  # type: ignore[no-untyped-call]
-            nodes.append(node)
+        nodes = [
+            redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in cfg._startup_nodes()
+        ]
         if cfg.use_tls:
             opts["ssl"] = True
         return redis.cluster.RedisCluster(startup_nodes=nodes, **first, **opts)
     if cfg.mode == "sentinel":
-        url_opts = cfg._url_options(cfg.urls[0])
-        master = {k: v for k, v in url_opts.items() if k in ("db", "username", "password")}
         if cfg.use_tls:
             opts["ssl"] = True
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            list(cfg.sentinels), sentinel_kwargs=cfg.sentinel_options(**opts), **master, **opts
+            list(cfg.sentinels),
+            sentinel_kwargs=cfg.sentinel_options(**opts),
+            **cfg._master_options(),
+            **opts,
         )
         return sentinel.master_for(cfg.sentinel_master)  # type: ignore[no-untyped-call]
     url = cfg.urls[0]
