@@ -137,4 +137,4 @@ class Scripts:
     async def load_all(self, client: RedisClient) -> None:
         """SCRIPT LOAD every script now (readiness), so the first real call is an EVALSHA hit."""
         for s in self._by_name.values():
-            await client.script_load(s.src.source)
+            await s.load(client)

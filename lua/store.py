@@ -351,7 +351,7 @@ class LeaseStore:
                     results[i] = reply
             if not missing:
                 break
-            await client.script_load(script.src.source)
+            await script.load(client)
             todo = missing
         return results
 
