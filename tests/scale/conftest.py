@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from api.fleet import Fleet
-from lua.client import connect_sync, redis_config_from_env
 from lua.topology import LocalCluster, LocalSentinel
 
 
@@ -31,12 +28,3 @@ def own_sentinel() -> Iterator[LocalSentinel]:
     """1 master + 1 replica + 3 Sentinels of its own, for a test that kills the master."""
     with LocalSentinel(replicas=1, sentinels=3) as s:
         yield s
-
-
-def topology_fleet(env: dict[str, str]) -> Fleet:
-    """A process fleet whose API and runners use the topology's STREAMWARD_REDIS_* env."""
-    return Fleet(env["STREAMWARD_REDIS_URL"], env=dict(env))
-
-
-def sync_client(env: dict[str, str]) -> Any:
-    return connect_sync(redis_config_from_env(env), socket_timeout=5.0)

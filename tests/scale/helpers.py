@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -12,7 +14,10 @@ import httpx
 import orjson
 
 from api.fleet import Fleet
+from lua.client import connect_sync, redis_config_from_env
 from lua.keys import Keys
+from lua.server import RedisServer
+from lua.topology import log_tails
 from tests.fencing import check_log_fencing, read_log
 from tests.runner.helpers import wait_until
 
@@ -133,11 +138,30 @@ class Background:
         return dict(self.accepted)
 
 
-def start_fleet(fleet: Fleet, runners: int) -> None:
-    fleet.env.update(RUNNER_ENV)
-    fleet.start_api()
-    for i in range(1, runners + 1):
-        fleet.start_runner(f"r{i}")
+def sync_client(env: dict[str, str]) -> Any:
+    return connect_sync(redis_config_from_env(env), socket_timeout=5.0)
+
+
+@contextmanager
+def running_fleet(
+    env: dict[str, str], runners: int, servers: list[RedisServer]
+) -> Iterator[tuple[Fleet, Any]]:
+    """An API and ``runners`` runners on the topology's STREAMWARD_REDIS_* ``env``, and a sync
+    client to it; all stopped after. On a failure, the processes' and ``servers``' logs."""
+    client = sync_client(env)
+    fleet = Fleet(env["STREAMWARD_REDIS_URL"], env={**env, **RUNNER_ENV})
+    try:
+        fleet.start_api()
+        for i in range(1, runners + 1):
+            fleet.start_runner(f"r{i}")
+        yield fleet, client
+    except BaseException:
+        print(fleet_logs(fleet))
+        print(log_tails(servers))
+        raise
+    finally:
+        fleet.stop()
+        client.close()
 
 
 def first_wave(fleet: Fleet, client: Any, sessions: list[str], streamed: int) -> dict[str, str]:
@@ -153,6 +177,21 @@ def first_wave(fleet: Fleet, client: Any, sessions: list[str], streamed: int) ->
         ] * 3
     wait_runs(client, runs, 90)
     return runs
+
+
+def second_wave(
+    fleet: Fleet, client: Any, sessions: list[str], first: dict[str, str], during: Background
+) -> None:
+    """After a failover: a new invoke of every session and the ``during`` ones complete; every
+    acknowledged run is in its log, no log has a stale write, every process is alive."""
+    after = {sid: invoke(fleet.api_url, sid, f"{sid}-2")["run_id"] for sid in sessions}
+    in_flight = during.finish()
+    wait_runs(client, after, 120)
+    wait_runs(client, in_flight, 120)
+    acknowledged = {sid: {first[sid], after[sid]} for sid in sessions}
+    acknowledged.update({sid: {run} for sid, run in in_flight.items()})
+    assert_fenced_and_complete(client, acknowledged, [*sessions, *in_flight])
+    assert all(p.alive() for p in fleet.procs), fleet_logs(fleet)
 
 
 def assert_fenced_and_complete(

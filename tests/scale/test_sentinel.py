@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 import redis
@@ -12,17 +11,8 @@ from lua.client import connect_from_config, redis_config_from_env
 from lua.keys import Keys
 from lua.probe import probe
 from lua.store import LeaseStore
-from lua.topology import LocalSentinel, log_tails
-from tests.scale.conftest import sync_client, topology_fleet
-from tests.scale.helpers import (
-    Background,
-    assert_fenced_and_complete,
-    first_wave,
-    fleet_logs,
-    invoke,
-    start_fleet,
-    wait_runs,
-)
+from lua.topology import LocalSentinel
+from tests.scale.helpers import Background, first_wave, running_fleet, second_wave, sync_client
 
 pytestmark = pytest.mark.topology
 
@@ -44,14 +34,11 @@ async def test_client_follows_the_master_through_a_failover(own_sentinel: LocalS
         lease = await store.acquire(s, "r1", "i1", 60_000)
         sent.wait_replication()
         old = sent.master()
-        replica: Any = sync_client({"STREAMWARD_REDIS_URL": sent.live_data()[1].url})
-        try:
+        with sync_client({"STREAMWARD_REDIS_URL": sent.live_data()[1].url}) as replica:
             # Redis 7 does not replicate SCRIPT LOAD, 6.2 does: flush, so that the promoted
             # replica surely answers NOSCRIPT and the fallback is what gets tested
             replica.script_flush()
             assert replica.script_exists(store.scripts.acquireLease.sha) == [False]
-        finally:
-            replica.close()
         sent.kill_master()
         new = sent.wait_failover(old)
         # the first call may meet a connection to the dead master: ride it out like the
@@ -78,29 +65,11 @@ def test_fleet_behind_sentinel_survives_a_failover(own_sentinel: LocalSentinel) 
     promote the replica, new and in-flight invocations complete, nothing acknowledged is lost
     and no log has a stale write."""
     sent = own_sentinel
-    env = sent.env()
-    client = sync_client(env)
     sessions = [f"s{i:02d}" for i in range(20)]
-    fleet = topology_fleet(env)
-    try:
-        start_fleet(fleet, runners=2)
+    with running_fleet(sent.env(), 2, sent.data + sent.sentinels) as (fleet, client):
         first = first_wave(fleet, client, sessions, streamed=2)
         sent.wait_replication()
         during = Background(fleet.api_url, "during-").start()
         old = sent.kill_master()
         sent.wait_failover(old)
-        after = {sid: invoke(fleet.api_url, sid, f"{sid}-2")["run_id"] for sid in sessions}
-        in_flight = during.finish()
-        wait_runs(client, after, 120)
-        wait_runs(client, in_flight, 120)
-        acknowledged = {sid: {first[sid], after[sid]} for sid in sessions}
-        acknowledged.update({sid: {run} for sid, run in in_flight.items()})
-        assert_fenced_and_complete(client, acknowledged, [*sessions, *in_flight])
-        assert all(p.alive() for p in fleet.procs), fleet_logs(fleet)
-    except BaseException:
-        print(fleet_logs(fleet))
-        print(log_tails(sent.data + sent.sentinels))
-        raise
-    finally:
-        fleet.stop()
-        client.close()
+        second_wave(fleet, client, sessions, first, during)
