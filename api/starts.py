@@ -23,7 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-TERMINAL = frozenset({"run.completed", "run.failed", "run.cancelled"})
+from lua.streams import TERMINAL_TYPES
+
 # how long a trusted in-memory wait lasts before the log tail takes over (a start that
 # slow is rare; then the XREAD costs what it always did)
 LOCAL_WAIT_S = 0.25
@@ -40,6 +41,14 @@ class Started:
     type: str  # run.started or a terminal type
     token: int
     replica_id: str
+
+    @classmethod
+    def of(cls, type: str, token: int, data: Any) -> Started:
+        """From a log entry's fields (``run.started`` names its replica in ``data``)."""
+        replica = ""
+        if type == "run.started" and isinstance(data, dict):
+            replica = str(data.get("replica_id", ""))
+        return cls(type, token, replica)
 
 
 @dataclass(slots=True)
@@ -89,12 +98,10 @@ class StartWaiters:
         if wait is None:
             return
         for e in entries:
-            if e.type == "run.started" or e.type in TERMINAL:
+            if e.type == "run.started" or e.type in TERMINAL_TYPES:
                 wait.seen_here = True
                 if not wait.future.done():
-                    data = e.data if isinstance(e.data, dict) else {}
-                    replica = str(data.get("replica_id", "")) if e.type == "run.started" else ""
-                    wait.future.set_result(Started(e.type, token, replica))
+                    wait.future.set_result(Started.of(e.type, token, e.data))
                 return
 
     def _score_old(self, now: float) -> None:

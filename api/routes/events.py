@@ -10,10 +10,10 @@ import orjson
 from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
-from api.deps import ID_PATTERN, AdminDep, ProjectDep, RoutesDep, StateDep
+from api.deps import ID_PATTERN, AdminDep, AppState, ProjectDep, RoutesDep, StateDep
 from api.problems import ProblemError
 from api.responses import OrjsonResponse
-from api.routes.sessions import _cancel_run, _notify_owner
+from api.routes.sessions import _wake_owner
 from api.routing import dumps, evaluate, route_matches, validate_route
 from api.schemas import (
     EventRequest,
@@ -138,7 +138,7 @@ async def post_event(
 
 
 async def _deliver(
-    state: Any, routes: RouteStore, project: str, route: Route, event: EventRequest
+    state: AppState, routes: RouteStore, project: str, route: Route, event: EventRequest
 ) -> EventSession:
     match = evaluate(route, event.type, event.payload)
     if match.action != "deliver" or match.key is None:
@@ -189,13 +189,7 @@ async def _deliver(
             session_id=binding.session_id,
             action="rejected",
         )
-    if enq.revived:
-        await streams.revive_session(sk)
-    # the entry id carries Redis time: no TIME round trip for the index score
-    _, own = await asyncio.gather(streams.touch_session(sk, enq.enqueued_ms), store.ownership(sk))
-    if cfg.multitask == "interrupt" and enq.active_run_id:
-        await _cancel_run(streams, sk, own, enq.active_run_id)
-    await _notify_owner(streams, sk, own, "event")
+    await _wake_owner(store, streams, sk, enq, cfg.multitask, "event")
     return EventSession(
         route_id=route.route_id,
         session_key=match.key,

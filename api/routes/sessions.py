@@ -50,7 +50,7 @@ from api.schemas import (
 )
 from api.starts import LOCAL_WAIT_S, Started
 from lua.keys import SessionKeys
-from lua.store import LeaseStore, Ownership
+from lua.store import Enqueued, LeaseStore, Ownership
 from lua.streams import RunState, Streams
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
@@ -175,9 +175,7 @@ async def _wait_start(
                 continue
             if count is not None:
                 count["log"].inc()
-            data = e.data if isinstance(e.data, dict) else {}
-            replica = str(data.get("replica_id", "")) if e.type == "run.started" else ""
-            return _accepted_from_start(sk, run_id, Started(e.type, e.token, replica))
+            return _accepted_from_start(sk, run_id, Started.of(e.type, e.token, e.data))
     if count is not None:
         count["queued"].inc()
     return InvokeAccepted(run_id=run_id, session_id=sk.session_id, status="queued", owner=None)
@@ -219,23 +217,36 @@ async def _submit(
             # the input until the session's next invoke.
             await _notify_owner(streams, sk, await store.ownership(sk), "invoke")
         return enq.run_id, after, rs
+    await _wake_owner(store, streams, sk, enq, body.multitask, "invoke")
+    return enq.run_id, after, None
+
+
+async def _wake_owner(
+    store: LeaseStore,
+    streams: Streams,
+    sk: SessionKeys,
+    enq: Enqueued,
+    multitask: str,
+    reason: str,
+) -> None:
+    """After a fresh append (invoke or routed event): mail the holder the script saw, pipelined
+    with the session index update (one round trip), else ask the fleet for an owner."""
     if enq.revived:  # a deleted or expired session invoked again keeps its transcript
         await streams.revive_session(sk)
-    if body.multitask == "interrupt" and enq.active_run_id:
+    if multitask == "interrupt" and enq.active_run_id:
         await _cancel_run(streams, sk, await store.ownership(sk), enq.active_run_id)
     # the entry id carries Redis time: no TIME round trip for the index score
     touch = (sk.ref, enq.enqueued_ms or 0)
     if enq.holder is not None and await store.notify_replica(
         *enq.holder, "input", sk.ref, touch=touch
     ):
-        return enq.run_id, after, None
+        return
     if enq.holder is None:
         await asyncio.gather(
-            streams.touch_session(sk, enq.enqueued_ms), streams.publish_work(sk.ref, "invoke")
+            streams.touch_session(sk, enq.enqueued_ms), streams.publish_work(sk.ref, reason)
         )
     else:  # held by a dead replica (the index is scored already): the fleet takes it over
-        await streams.publish_work(sk.ref, "invoke")
-    return enq.run_id, after, None
+        await streams.publish_work(sk.ref, reason)
 
 
 @invoke_router.post(
