@@ -40,7 +40,7 @@ class AppState:
     keys: Keys
     store: LeaseStore
     streams: Streams
-    routes: RouteStore | None = None
+    routes: RouteStore
     scripts_loaded: bool = False
     # what the startup capability probe found (None until Redis answered it once)
     capabilities: Capabilities | None = None
@@ -73,8 +73,6 @@ async def get_app_settings(state: StateDep) -> Settings:
 
 
 async def get_routes(state: StateDep) -> RouteStore:
-    if state.routes is None:
-        state.routes = RouteStore(state.client, state.keys)
     return state.routes
 
 

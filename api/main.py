@@ -25,6 +25,7 @@ from api.routes import admin, events, health, ops, sessions
 from lua.client import RedisClient, connect_from_config
 from lua.keys import Keys
 from lua.probe import ProbeError
+from lua.routes import RouteStore
 from lua.store import LeaseStore
 from lua.streams import Streams
 
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys=keys,
             store=LeaseStore(client, keys),
             streams=Streams(client, keys),
+            routes=RouteStore(client, keys),
             api_tokens=[(t.encode(), p) for t, p in settings.api_tokens.items()],
             metrics=metrics,
             audit=IngestAudit(settings.ingest_audit_path) if settings.ingest_audit_path else None,
