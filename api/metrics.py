@@ -9,6 +9,7 @@ every Prometheus endpoint; it exposes no session, project or replica names.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import platform
 import re
@@ -35,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import lua.loader
 from api.deps import AppState
+from api.routes.admin import replicas
 
 log = logging.getLogger("streamward.metrics")
 
@@ -295,12 +297,5 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-async def _replica_states(state: AppState) -> dict[str, int]:
-    streams = state.streams
-    ids = await streams.replica_ids()
-    infos = await asyncio.gather(*[streams.replica_info(r, hb) for r, hb in ids])
-    counts: dict[str, int] = {}
-    for i in infos:
-        name = "dead" if not i.alive else "draining" if i.fields.get("draining") == "1" else "ready"
-        counts[name] = counts.get(name, 0) + 1
-    return counts
+async def _replica_states(state: AppState) -> collections.Counter[str]:
+    return collections.Counter(r.state for r in await replicas(state.streams))

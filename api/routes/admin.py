@@ -41,6 +41,7 @@ from lua.errors import NotOwner, SeqGap, StaleToken
 from lua.keys import SessionKeys
 from lua.store import Entry
 from lua.store import IngestResult as StoreIngestResult
+from lua.streams import ReplicaInfo, Streams
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 # the runners' ingest alone in a router of its own, included second (api/main.py, after
@@ -239,32 +240,34 @@ async def force_release(
     return ForceReleaseResult(session_id=session_id, before=before, after=after)
 
 
-def _replica_out(
-    info_id: str, fields: dict[str, str], alive: bool, leases: int, hb: int
-) -> ReplicaOut:
+def _replica_out(info: ReplicaInfo) -> ReplicaOut:
+    fields = info.fields
     draining = fields.get("draining") == "1"
     return ReplicaOut(
-        replica_id=info_id,
+        replica_id=info.replica_id,
         incarnation=fields.get("incarnation"),
         started_at=rfc3339_opt(fields.get("started_ms")),
-        last_heartbeat=rfc3339_opt(fields.get("heartbeat_ms") or hb or None),
-        leases=int(fields.get("leases") or leases),
+        last_heartbeat=rfc3339_opt(fields.get("heartbeat_ms") or info.last_heartbeat_ms or None),
+        leases=int(fields.get("leases") or info.leases),
         in_flight=int(fields.get("inflight") or 0),
         draining=draining,
-        state="dead" if not alive else "draining" if draining else "ready",
+        state="dead" if not info.alive else "draining" if draining else "ready",
         host=fields.get("host"),
         version=fields.get("version"),
     )
 
 
+async def replicas(streams: Streams) -> list[ReplicaOut]:
+    """Replicas seen by heartbeat (the listing below and the metrics' fleet gauges)."""
+    ids = await streams.replica_ids()
+    infos = await asyncio.gather(*[streams.replica_info(r, hb) for r, hb in ids])
+    return [_replica_out(i) for i in infos]
+
+
 @router.get("/replicas", response_model=list[ReplicaOut], responses=_AUTH_RESPONSES)
 async def list_replicas(streams: StreamsDep) -> list[ReplicaOut]:
     """Replicas seen by heartbeat: alive ones and dead ones the watchdog has not forgotten."""
-    ids = await streams.replica_ids()
-    infos = await asyncio.gather(*[streams.replica_info(r, hb) for r, hb in ids])
-    return [
-        _replica_out(i.replica_id, i.fields, i.alive, i.leases, i.last_heartbeat_ms) for i in infos
-    ]
+    return await replicas(streams)
 
 
 @router.post(

@@ -51,10 +51,7 @@ async def lock_detail(
         )
     holder: ReplicaOut | None = None
     if own.replica_id is not None:
-        info = await streams.replica_info(own.replica_id)
-        holder = _replica_out(
-            info.replica_id, info.fields, info.alive, info.leases, info.last_heartbeat_ms
-        )
+        holder = _replica_out(await streams.replica_info(own.replica_id))
     active: RunOut | None = None
     active_id = meta.get("active_run_id") or None
     if active_id:
