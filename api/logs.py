@@ -16,11 +16,12 @@ import sys
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.routes.common import rfc3339
 
 CONTEXT_FIELDS = ("replica_id", "session_id", "run_id", "token")
 TRACE_FIELDS = ("trace_id", "span_id")
@@ -91,11 +92,6 @@ def current_fields() -> dict[str, ContextValue]:
     return out
 
 
-def _ts(created: float) -> str:
-    dt = datetime.fromtimestamp(created, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(created * 1000) % 1000:03d}Z"
-
-
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
 
@@ -106,7 +102,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = current_fields()
         doc: dict[str, Any] = {
-            "ts": _ts(record.created),
+            "ts": rfc3339(int(record.created * 1000)),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
