@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from api.fleet import Fleet
-from lua.keys import Keys
-from lua.server import RedisServer
-from lua.store import LeaseStore
+from streamward.lua.keys import Keys
+from streamward.lua.store import LeaseStore
+from streamward.tools.fleet import Fleet
+from streamward.tools.server import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,6 @@ Re-exported so the topology tests and the checker's own tests keep their imports
 
 from __future__ import annotations
 
-from api.chaos_check import FencingEntry, check_all_logs, check_log_fencing, read_log
+from streamward.tools.chaos_check import FencingEntry, check_all_logs, check_log_fencing, read_log
 
 __all__ = ["FencingEntry", "check_all_logs", "check_log_fencing", "read_log"]

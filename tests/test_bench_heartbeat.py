@@ -9,10 +9,10 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from api.bench.cli import app
-from api.bench.heartbeat import TARGET_RATIO, levels_for, main
-from lua.server import RedisServer
-from lua.store import RENEW_CHUNK
+from streamward.lua.store import RENEW_CHUNK
+from streamward.tools.bench.cli import app
+from streamward.tools.bench.heartbeat import TARGET_RATIO, levels_for, main
+from streamward.tools.server import RedisServer
 
 LEASES = 500
 

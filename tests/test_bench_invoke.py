@@ -12,7 +12,7 @@ def test_bench_invoke_runs_and_reports_every_figure() -> None:
         [
             sys.executable,
             "-m",
-            "api",
+            "streamward.tools",
             "bench",
             "invoke",
             *("--concurrency", "4"),

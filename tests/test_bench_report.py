@@ -17,9 +17,9 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from api.bench import failover, invoke
-from api.bench.cli import _extra_kwargs, app
-from api.bench.report import (
+from streamward.tools.bench import failover, invoke
+from streamward.tools.bench.cli import _extra_kwargs, app
+from streamward.tools.bench.report import (
     BENCHES,
     Options,
     main,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from lua.streams import LogEntry
+from streamward.lua.streams import LogEntry
 from tests.fencing import check_log_fencing
 
 

@@ -13,12 +13,12 @@ import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI
 
-from api.config import Settings
-from api.main import create_app
-from lua.keys import Keys
-from lua.server import RedisServer, free_port
-from lua.store import LeaseStore
-from lua.streams import Streams
+from streamward.api.config import Settings
+from streamward.api.main import create_app
+from streamward.lua.keys import Keys
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
+from streamward.tools.server import RedisServer, free_port
 from tests.api.helpers import ADMIN_TOKEN, RunnerSide
 
 SettingsFactory = Callable[..., Settings]

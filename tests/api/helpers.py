@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import orjson
 
-from api.schemas import IngestResult, LogEntryOut
-from lua.keys import SessionKeys
-from lua.store import LeaseStore
-from lua.streams import InboxItem, Streams
+from streamward.api.schemas import IngestResult, LogEntryOut
+from streamward.lua.keys import SessionKeys
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import InboxItem, Streams
 
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from api.schemas import ForceReleaseResult, LockOut, LockPage, ReplicaOut
-from lua.store import LeaseStore
-from lua.streams import Streams
+from streamward.api.schemas import ForceReleaseResult, LockOut, LockPage, ReplicaOut
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
 from tests.api.helpers import ADMIN, RunnerSide, assert_problem
 
 pytestmark = pytest.mark.usefixtures("no_start_wait")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from api.audit import read_audit
+from streamward.api.audit import read_audit
 from tests.api.conftest import SettingsFactory, asgi_client, running_app
 from tests.api.helpers import ADMIN, RunnerSide
 

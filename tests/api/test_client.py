@@ -8,9 +8,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from api.client import AsyncStreamwardClient, StreamState, StreamwardAPIError, StreamwardClient
-from lua.store import LeaseStore
-from lua.streams import Streams
+from streamward.client import (
+    AsyncStreamwardClient,
+    StreamState,
+    StreamwardAPIError,
+    StreamwardClient,
+)
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
 from tests.api.helpers import ADMIN_TOKEN, RunnerSide
 
 

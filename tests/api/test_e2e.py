@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from api.client import AsyncStreamwardClient, StreamState, StreamwardClient
-from api.fleet import Fleet
+from streamward.client import AsyncStreamwardClient, StreamState, StreamwardClient
+from streamward.tools.fleet import Fleet
 from tests.api.test_client import CutFirstStream
 
 WAIT_S = 30.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from api.schemas import LogEntryOut
-from lua.store import LeaseStore
-from lua.streams import Streams
+from streamward.api.schemas import LogEntryOut
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
 from tests.api.helpers import RunnerSide, assert_problem, ndjson, wait_for
 
 

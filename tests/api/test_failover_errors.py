@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from redis.exceptions import ClusterDownError, ConnectionError, ReadOnlyError, TryAgainError
 
-from lua.streams import Streams
+from streamward.lua.streams import Streams
 from tests.api.conftest import SettingsFactory, asgi_client, running_app
 from tests.api.helpers import assert_problem
 

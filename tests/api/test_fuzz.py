@@ -15,9 +15,9 @@ import uvicorn
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from api.config import Settings
-from api.main import create_app
-from lua.server import RedisServer, free_port
+from streamward.api.config import Settings
+from streamward.api.main import create_app
+from streamward.tools.server import RedisServer, free_port
 from tests.api.helpers import ADMIN, ADMIN_TOKEN
 
 

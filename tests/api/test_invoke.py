@@ -9,8 +9,8 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
-from api.schemas import InvokeAccepted
-from lua.streams import Streams
+from streamward.api.schemas import InvokeAccepted
+from streamward.lua.streams import Streams
 from tests.api.conftest import SettingsFactory, asgi_client, running_app
 from tests.api.helpers import RunnerSide, assert_problem, ndjson
 

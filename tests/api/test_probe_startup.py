@@ -8,10 +8,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from api.cli import app as cli_app
-from api.fleet import Fleet
-from lua.probe import ProbeError
-from lua.server import RedisServer, free_port
+from streamward.lua.probe import ProbeError
+from streamward.tools.cli import app as cli_app
+from streamward.tools.fleet import Fleet
+from streamward.tools.server import RedisServer, free_port
 from tests.api.conftest import SettingsFactory, asgi_client, running_app
 
 NO_SCRIPTING = ["--rename-command", "EVAL", "", "--rename-command", "EVALSHA", ""]

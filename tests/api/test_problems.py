@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from lua.server import RedisServer
+from streamward.tools.server import RedisServer
 from tests.api.conftest import SettingsFactory, asgi_client, live_server, running_app
 from tests.api.helpers import ADMIN, assert_problem
 

@@ -9,8 +9,8 @@ import httpx
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from lua.keys import Keys
-from lua.streams import Streams
+from streamward.lua.keys import Keys
+from streamward.lua.streams import Streams
 from tests.api.conftest import SettingsFactory, asgi_client, running_app
 from tests.api.helpers import ADMIN, assert_problem
 

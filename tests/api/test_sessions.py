@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from api.schemas import Liveness, SessionOut, SessionPage
-from lua.streams import Streams
+from streamward.api.schemas import Liveness, SessionOut, SessionPage
+from streamward.lua.streams import Streams
 from tests.api.helpers import ADMIN, RunnerSide, assert_problem
 
 pytestmark = pytest.mark.usefixtures("no_start_wait")

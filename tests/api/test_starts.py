@@ -8,10 +8,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-import api.starts
-from api.deps import AppState
-from api.starts import TRUST_ABOVE, StartWaiters
-from lua.store import Entry, LeaseStore
+import streamward.api.starts
+from streamward.api.deps import AppState
+from streamward.api.starts import TRUST_ABOVE, StartWaiters
+from streamward.lua.store import Entry, LeaseStore
 from tests.api.helpers import RunnerSide
 
 
@@ -45,7 +45,7 @@ async def test_waiters_resolve_on_the_first_start_or_end_of_their_run() -> None:
 async def test_trust_is_learnt_from_where_starts_were_ingested(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(api.starts, "SCORE_AFTER_S", 0.0)
+    monkeypatch.setattr(streamward.api.starts, "SCORE_AFTER_S", 0.0)
     w = StartWaiters()
     assert not w.trusted  # distrustful until it has seen starts ingested here
     for i in range(200):
@@ -103,8 +103,8 @@ async def test_trusted_invoke_still_sees_a_start_ingested_elsewhere(
     store: LeaseStore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(api.starts, "LOCAL_WAIT_S", 0.05)
-    monkeypatch.setattr("api.routes.sessions.LOCAL_WAIT_S", 0.05)
+    monkeypatch.setattr(streamward.api.starts, "LOCAL_WAIT_S", 0.05)
+    monkeypatch.setattr("streamward.api.routes.sessions.LOCAL_WAIT_S", 0.05)
     _state(app).starts.local_share = 1.0
     task = asyncio.create_task(
         client.post("/v1/sessions/s1/invoke", json={"input": 1, "mode": "detached"})

@@ -6,9 +6,9 @@ import asyncio
 
 import httpx
 
-from api.schemas import LogEntryOut
-from lua.store import LeaseStore
-from lua.streams import Streams
+from streamward.api.schemas import LogEntryOut
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
 from tests.api.conftest import SettingsFactory, live_server
 from tests.api.helpers import RunnerSide, ndjson, wait_for
 

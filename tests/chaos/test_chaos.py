@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from api.chaos import (
+from streamward.tools.chaos import (
     API_KILL,
     BURST,
     DELAYED_WRITE,

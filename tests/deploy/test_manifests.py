@@ -20,10 +20,10 @@ import pytest
 import typer
 import yaml
 
-from api.cli import app as cli_app
-from api.config import Settings
-from lua.keys import Keys
-from runner.config import RunnerSettings
+from streamward.api.config import Settings
+from streamward.lua.keys import Keys
+from streamward.runner.config import RunnerSettings
+from streamward.tools.cli import app as cli_app
 from tests.api.conftest import asgi_client, running_app
 from tests.deploy.kustomize import Doc, render, split_image, strategic_merge
 
@@ -40,8 +40,8 @@ CRDS = {
 }
 # Secrets the prod overlay expects to exist (created out of band), by name → keys
 PROD_SECRETS = {"streamward-admin": {"token"}, "streamward-redis": {"url", "password", "address"}}
-API_SHUTDOWN_S = 5  # uvicorn timeout_graceful_shutdown in api.main.serve
-INTERRUPT_WAIT_S = 5  # runner.replica.INTERRUPT_WAIT_S: drain-timeout interruptions
+API_SHUTDOWN_S = 5  # uvicorn timeout_graceful_shutdown in streamward.api.main.serve
+INTERRUPT_WAIT_S = 5  # streamward.runner.replica.INTERRUPT_WAIT_S: drain-timeout interruptions
 STATUS_OK = 0
 
 
@@ -225,7 +225,7 @@ def test_grace_periods_cover_prestop_and_drain(overlay: tuple[str, list[Doc]]) -
 
 
 def test_the_interrupt_wait_used_above_is_the_runners() -> None:
-    from runner import replica
+    from streamward.runner import replica
 
     assert replica.INTERRUPT_WAIT_S == INTERRUPT_WAIT_S
 
@@ -583,8 +583,8 @@ def test_redis_configs_start_a_real_server(tmp_path: Path) -> None:
     """deploy/redis/*.conf are valid for the redis-server the tests use."""
     import redis
 
-    from lua.server import RedisServer
-    from lua.topology import free_cluster_port
+    from streamward.tools.server import RedisServer
+    from streamward.tools.topology import free_cluster_port
 
     # RedisServer adds --port/--bind/--dir/--save/--appendonly after the file (they win)
     conf = str(ROOT / "deploy" / "redis" / "standalone.conf")

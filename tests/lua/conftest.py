@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lua.keys import Keys, SessionKeys
+from streamward.lua.keys import Keys, SessionKeys
 
 
 @pytest.fixture

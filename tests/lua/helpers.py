@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from lua.keys import SessionKeys
-from lua.store import Entry
+from streamward.lua.keys import SessionKeys
+from streamward.lua.store import Entry
 
 LEASE_TTL_MS = 60_000
 REPLICA_TTL_MS = 5_000

@@ -10,10 +10,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from lua.errors import LeaseHeld, StaleToken
-from lua.keys import Keys
-from lua.server import RESERVED_PORT, RedisServer, find_redis_server
-from lua.store import LeaseStore
+from streamward.lua.errors import LeaseHeld, StaleToken
+from streamward.lua.keys import Keys
+from streamward.lua.store import LeaseStore
+from streamward.tools.server import RESERVED_PORT, RedisServer, find_redis_server
 from tests.lua.helpers import LEASE_TTL_MS, REPLICA_TTL_MS, entries, log_ids
 
 

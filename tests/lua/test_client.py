@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from api.config import Settings
-from lua.client import (
+from streamward.api.config import Settings
+from streamward.lua.client import (
     DEFAULT_SENTINEL_PORT,
     DEFAULT_URL,
     HiredisPackConnection,
@@ -32,10 +32,10 @@ from lua.client import (
     parse_sentinels,
     redis_config_from_env,
 )
-from lua.keys import Keys
-from lua.probe import probe
-from lua.server import RedisServer, free_port
-from lua.store import LeaseStore
+from streamward.lua.keys import Keys
+from streamward.lua.probe import probe
+from streamward.lua.store import LeaseStore
+from streamward.tools.server import RedisServer, free_port
 
 # -- configuration ---------------------------------------------------------------------------
 

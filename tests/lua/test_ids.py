@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from lua.errors import InvalidId, StreamwardError
-from lua.keys import Keys, validate_id
-from lua.server import free_port
-from lua.store import LeaseStore
-from lua.streams import Streams
+from streamward.lua.errors import InvalidId, StreamwardError
+from streamward.lua.keys import Keys, validate_id
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
+from streamward.tools.server import free_port
 
 BAD: list[tuple[str, object]] = [
     ("empty", ""),

@@ -7,10 +7,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from lua.errors import NotOwner, SeqGap, SessionBusy, StaleToken
-from lua.keys import SessionKeys
-from lua.store import Entry, LeaseStore
-from lua.streams import Streams
+from streamward.lua.errors import NotOwner, SeqGap, SessionBusy, StaleToken
+from streamward.lua.keys import SessionKeys
+from streamward.lua.store import Entry, LeaseStore
+from streamward.lua.streams import Streams
 from tests.lua.helpers import LEASE_TTL_MS, entries, log_entries, log_ids, snapshot
 
 # -- ingestEntries-5 ---------------------------------------------------------------------

@@ -9,23 +9,27 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from lua.errors import ScriptError
-from lua.keys import Keys, SessionKeys
-from lua.loader import NAME_PATTERN, Scripts, script_sources
-from lua.server import free_port
-from lua.store import LeaseStore
+from streamward.lua.errors import ScriptError
+from streamward.lua.keys import Keys, SessionKeys
+from streamward.lua.loader import NAME_PATTERN, Scripts, script_sources
+from streamward.lua.store import LeaseStore
+from streamward.tools.server import free_port
 from tests.lua.helpers import LEASE_TTL_MS
 
 
 def test_script_sources_cover_every_lua_file() -> None:
-    files = sorted(e.name for e in resources.files("lua").iterdir() if e.name.endswith(".lua"))
+    files = sorted(
+        e.name for e in resources.files("streamward.lua").iterdir() if e.name.endswith(".lua")
+    )
     assert files, "no lua/*.lua shipped"
     assert all(NAME_PATTERN.fullmatch(f) for f in files), files
     sources = script_sources()
     assert sorted(s.filename for s in sources.values()) == files
     for name, src in sources.items():
         assert src.name == name
-        assert (resources.files("lua") / src.filename).read_text(encoding="utf-8") == src.source
+        assert (resources.files("streamward.lua") / src.filename).read_text(
+            encoding="utf-8"
+        ) == src.source
     assert sources["renewLeases"].num_keys is None
     assert sources["ingestEntries"].num_keys == 5
 

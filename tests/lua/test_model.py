@@ -20,10 +20,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from lua.errors import LeaseHeld, NotOwner, ReplicaLost, SeqGap, StaleToken
-from lua.keys import Keys
-from lua.server import RedisServer
-from lua.store import Entry, LeaseStore
+from streamward.lua.errors import LeaseHeld, NotOwner, ReplicaLost, SeqGap, StaleToken
+from streamward.lua.keys import Keys
+from streamward.lua.store import Entry, LeaseStore
+from streamward.tools.server import RedisServer
 
 T = TypeVar("T")
 REPLICAS = ["r1", "r2", "r3"]

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from lua.client import RedisConfig, connect_from_config
-from lua.probe import MIN_VERSION, Capabilities, ProbeError, probe, probe_config
-from lua.server import RedisServer, find_redis_server
+from streamward.lua.client import RedisConfig, connect_from_config
+from streamward.lua.probe import MIN_VERSION, Capabilities, ProbeError, probe, probe_config
+from streamward.tools.server import RedisServer, find_redis_server
 
 NO_SCRIPTING = ["--rename-command", "EVAL", "", "--rename-command", "EVALSHA", ""]
 

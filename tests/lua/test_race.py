@@ -7,10 +7,10 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from lua.errors import LeaseHeld, StaleToken
-from lua.keys import Keys, SessionKeys
-from lua.server import RedisServer
-from lua.store import Lease, LeaseStore
+from streamward.lua.errors import LeaseHeld, StaleToken
+from streamward.lua.keys import Keys, SessionKeys
+from streamward.lua.store import Lease, LeaseStore
+from streamward.tools.server import RedisServer
 from tests.lua.helpers import LEASE_TTL_MS, entries, epoch, log_ids
 
 CLAIMANTS = 50

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from lua.errors import ReplicaLost
-from lua.keys import Keys
-from lua.store import LeaseStore
+from streamward.lua.errors import ReplicaLost
+from streamward.lua.keys import Keys
+from streamward.lua.store import LeaseStore
 from tests.lua.helpers import REPLICA_TTL_MS
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from lua.errors import LeaseHeld, NotOwner
-from lua.keys import Keys, SessionKeys
-from lua.store import LeaseStore
+from streamward.lua.errors import LeaseHeld, NotOwner
+from streamward.lua.keys import Keys, SessionKeys
+from streamward.lua.store import LeaseStore
 from tests.lua.helpers import LEASE_TTL_MS, REPLICA_TTL_MS, epoch
 
 # -- acquireLease-3 ---------------------------------------------------------------------

@@ -13,11 +13,11 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from lua import errors as E
-from lua.keys import Keys, hash_tag
-from lua.loader import ArgT, KeyT, Script, ScriptSource, script_sources
-from lua.routes import RouteStore
-from lua.store import Entry, LeaseStore
+from streamward.lua import errors as E
+from streamward.lua.keys import Keys, hash_tag
+from streamward.lua.loader import ArgT, KeyT, Script, ScriptSource, script_sources
+from streamward.lua.routes import RouteStore
+from streamward.lua.store import Entry, LeaseStore
 from tests.lua import luastatic as L
 
 SOURCES = sorted(script_sources().values(), key=lambda s: s.filename)
@@ -34,7 +34,9 @@ KNOWN_ERROR_CODES = {
 
 
 def test_every_shipped_lua_file_is_checked() -> None:
-    files = sorted(e.name for e in resources.files("lua").iterdir() if e.name.endswith(".lua"))
+    files = sorted(
+        e.name for e in resources.files("streamward.lua").iterdir() if e.name.endswith(".lua")
+    )
     assert files == IDS
     assert len(files) >= 12
 

@@ -10,9 +10,9 @@ import httpx
 import orjson
 import pytest
 
-from api.client import StreamwardClient
-from api.fleet import Fleet, Proc
-from lua.server import RedisServer
+from streamward.client import StreamwardClient
+from streamward.tools.fleet import Fleet, Proc
+from streamward.tools.server import RedisServer
 
 # project B's callers use TOKEN_B; default-project callers TOKEN_A
 TOKEN_A = "ops-token-a"

@@ -12,10 +12,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-import api.sre
-from api.cli import app
-from api.schemas import LockDetail, LockOut
-from api.sre import (
+import streamward.tools.sre
+from streamward.api.schemas import LockDetail, LockOut
+from streamward.tools.cli import app
+from streamward.tools.server import free_port
+from streamward.tools.sre import (
     LOCK_COLUMNS,
     LOCK_WIDE,
     REPLICA_COLUMNS,
@@ -23,7 +24,6 @@ from api.sre import (
     filter_locks,
     fmt_duration,
 )
-from lua.server import free_port
 from tests.ops.conftest import PROJECT_B, TOKEN_A, System, wait_until
 
 cli = CliRunner()
@@ -133,7 +133,7 @@ def test_watch_refreshes_until_ctrl_c(system: System, monkeypatch: pytest.Monkey
         if len(sleeps) >= 3:
             raise KeyboardInterrupt  # what Ctrl-C does to a watch
 
-    monkeypatch.setattr(api.sre, "pause", fake_sleep)
+    monkeypatch.setattr(streamward.tools.sre, "pause", fake_sleep)
     res = run(system, "locks", "ls", "-w", "--interval", "0.5")
     assert res.exit_code == 0, res.output
     assert sleeps == [0.5, 0.5, 0.5]

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lua.server import free_port
+from streamward.tools.server import free_port
 from tests.ops.conftest import wait_until
 
 TOKEN_LINE = re.compile(r"^admin token: (\S+)$", re.M)
@@ -42,11 +42,11 @@ def _alive(pid: int) -> bool:
 
 
 class DevProcess:
-    """``python -m api dev ...`` with its output collected and its children tracked."""
+    """``python -m streamward.tools dev ...`` with its output collected and its children tracked."""
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api", "dev", *args],
+            [sys.executable, "-m", "streamward.tools", "dev", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             # a narrow terminal: pasteable commands must still come out as whole lines
@@ -142,7 +142,7 @@ def test_dev_port_in_use_is_an_error() -> None:
         s.listen()
         port = s.getsockname()[1]
         res = subprocess.run(
-            [sys.executable, "-m", "api", "dev", "--port", str(port), "--no-demo"],
+            [sys.executable, "-m", "streamward.tools", "dev", "--port", str(port), "--no-demo"],
             capture_output=True,
             text=True,
             timeout=60,

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from api import logs
+from streamward.core import logs
 from tests.ops.conftest import TOKEN_A, System, http_get, wait_until
 
 REQUIRED = {"ts", "level", "msg", "logger", "replica_id", "session_id", "run_id", "token"}

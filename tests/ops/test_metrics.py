@@ -6,7 +6,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from api.client import StreamwardClient
+from streamward.client import StreamwardClient
 from tests.ops.conftest import TOKEN_A, System, http_get
 
 Samples = list[Sample]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from lua.server import RedisServer
+from streamward.tools.server import RedisServer
 from tests.ops.conftest import System, start_system
 
 if TYPE_CHECKING:

@@ -6,8 +6,8 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from lua.keys import Keys
-from lua.routes import RouteStore
+from streamward.lua.keys import Keys
+from streamward.lua.routes import RouteStore
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

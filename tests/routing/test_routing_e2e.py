@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from api.fleet import Fleet
+from streamward.tools.fleet import Fleet
 from tests.runner.helpers import wait_until
 
 ROUTE: dict[str, Any] = {

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from api.fleet import Fleet
-from lua.server import RedisServer
+from streamward.tools.fleet import Fleet
+from streamward.tools.server import RedisServer
 from tests.runner.helpers import RUNNER_ENV, sync_redis
 
 

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import redis
 
-from lua.keys import Keys
+from streamward.lua.keys import Keys
 
 T = TypeVar("T")
 

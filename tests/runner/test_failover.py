@@ -12,8 +12,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.fleet import Fleet
-from lua.server import free_port
+from streamward.tools.fleet import Fleet
+from streamward.tools.server import free_port
 from tests.runner.helpers import (
     KEYS,
     REPLICA_TTL_MS,

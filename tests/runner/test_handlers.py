@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from lua.keys import Keys
-from lua.streams import Streams
-from runner.cli import app
-from runner.context import RunContext
-from runner.handlers import EchoFailed, HandlerLoadError, echo, load_handler
+from streamward.lua.keys import Keys
+from streamward.lua.streams import Streams
+from streamward.runner.context import RunContext
+from streamward.runner.handlers import EchoFailed, HandlerLoadError, echo, load_handler
+from streamward.tools.runner_cli import app
 
 
 def _ctx() -> RunContext:
@@ -122,16 +122,16 @@ async def test_echo_really_sleeps() -> None:
 
 
 def test_load_handler_finds_echo() -> None:
-    assert load_handler("runner.handlers:echo") is echo
+    assert load_handler("streamward.runner.handlers:echo") is echo
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("runner.handlers", "expected 'module:callable'"),
+        ("streamward.runner.handlers", "expected 'module:callable'"),
         (":echo", "expected 'module:callable'"),
         ("no_such_module_xyz:run", "cannot import module 'no_such_module_xyz'"),
-        ("runner.handlers:nope", "has no attribute 'nope'"),
+        ("streamward.runner.handlers:nope", "has no attribute 'nope'"),
         ("lua.keys:DEFAULT_PREFIX", "is a str, not callable"),
     ],
 )
@@ -151,7 +151,16 @@ def test_load_handler_reports_a_broken_module(
 
 def test_runner_command_exits_2_on_a_bad_handler() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "api", "runner", "--replica-id", "x", "--handler", "nope_mod:f"],
+        [
+            sys.executable,
+            "-m",
+            "streamward.tools",
+            "runner",
+            "--replica-id",
+            "x",
+            "--handler",
+            "nope_mod:f",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -163,7 +172,7 @@ def test_runner_command_exits_2_on_a_bad_handler() -> None:
 
 def test_runner_command_exits_2_on_a_bad_replica_id() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "api", "runner", "--replica-id", "bad id!"],
+        [sys.executable, "-m", "streamward.tools", "runner", "--replica-id", "bad id!"],
         capture_output=True,
         text=True,
         timeout=60,

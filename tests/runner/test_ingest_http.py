@@ -10,9 +10,9 @@ from typing import Any, cast
 import orjson
 import pytest
 
-from lua.keys import Keys
-from runner.ingest_http import IngestHTTP, IngestHTTPError
-from runner.shipper import Shipper, ShipStopped
+from streamward.lua.keys import Keys
+from streamward.runner.ingest_http import IngestHTTP, IngestHTTPError
+from streamward.runner.shipper import Shipper, ShipStopped
 
 OK = b'{"accepted":1}'
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from lua.server import RedisServer
+from streamward.tools.server import RedisServer
 
 NO_SCRIPTING = ["--rename-command", "EVAL", "", "--rename-command", "EVALSHA", ""]
 
 
 def _runner(redis_url: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api", "runner", "--replica-id", "probe-test",
+        [sys.executable, "-m", "streamward.tools", "runner", "--replica-id", "probe-test",
          "--redis-url", redis_url],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

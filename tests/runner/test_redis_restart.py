@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.fleet import Fleet, Proc
-from lua.server import RedisServer
+from streamward.tools.fleet import Fleet, Proc
+from streamward.tools.server import RedisServer
 from tests.runner.helpers import (
     KEYS,
     RUNNER_ENV,

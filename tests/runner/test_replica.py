@@ -13,15 +13,15 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from api.fleet import Fleet
-from lua.keys import Keys, SessionKeys
-from lua.server import RedisServer
-from lua.store import LeaseStore
-from lua.streams import LogEntry, Streams
-from runner.config import RunnerSettings
-from runner.context import Handler, RunContext
-from runner.handlers import echo
-from runner.replica import Replica
+from streamward.lua.keys import Keys, SessionKeys
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import LogEntry, Streams
+from streamward.runner.config import RunnerSettings
+from streamward.runner.context import Handler, RunContext
+from streamward.runner.handlers import echo
+from streamward.runner.replica import Replica
+from streamward.tools.fleet import Fleet
+from streamward.tools.server import RedisServer
 
 
 class Blocking:

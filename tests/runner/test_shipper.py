@@ -11,11 +11,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from api.fleet import Fleet
-from lua.keys import Keys, SessionKeys
-from lua.server import free_port
-from lua.store import LeaseStore
-from runner.shipper import Fenced, Shipper, ShipStopped, StaleOwner
+from streamward.lua.keys import Keys, SessionKeys
+from streamward.lua.store import LeaseStore
+from streamward.runner.shipper import Fenced, Shipper, ShipStopped, StaleOwner
+from streamward.tools.fleet import Fleet
+from streamward.tools.server import free_port
 
 INGEST = "/admin/sessions/transcripts/ingest"
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lua.topology import LocalCluster, LocalSentinel
+from streamward.tools.topology import LocalCluster, LocalSentinel
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-from api.fleet import Fleet
-from lua.client import connect_sync, redis_config_from_env
-from lua.keys import Keys
-from lua.server import RedisServer
-from lua.topology import log_tails
+from streamward.lua.client import connect_sync, redis_config_from_env
+from streamward.lua.keys import Keys
+from streamward.tools.fleet import Fleet
+from streamward.tools.server import RedisServer
+from streamward.tools.topology import log_tails
 from tests.fencing import check_log_fencing, read_log
 from tests.runner.helpers import wait_until
 

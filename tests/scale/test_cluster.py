@@ -10,12 +10,12 @@ import pytest
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, ResponseError
 
-from lua.client import RedisConfig, connect_from_config, redis_config_from_env
-from lua.keys import Keys, SessionKeys
-from lua.probe import ProbeError, probe, probe_config
-from lua.store import LeaseStore
-from lua.streams import Streams
-from lua.topology import LocalCluster
+from streamward.lua.client import RedisConfig, connect_from_config, redis_config_from_env
+from streamward.lua.keys import Keys, SessionKeys
+from streamward.lua.probe import ProbeError, probe, probe_config
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
+from streamward.tools.topology import LocalCluster
 from tests.lua.test_static import _drive_facade
 from tests.scale.helpers import (
     KEYS,

@@ -7,11 +7,11 @@ import asyncio
 import pytest
 import redis
 
-from lua.client import connect_from_config, redis_config_from_env
-from lua.keys import Keys
-from lua.probe import probe
-from lua.store import LeaseStore
-from lua.topology import LocalSentinel
+from streamward.lua.client import connect_from_config, redis_config_from_env
+from streamward.lua.keys import Keys
+from streamward.lua.probe import probe
+from streamward.lua.store import LeaseStore
+from streamward.tools.topology import LocalSentinel
 from tests.scale.helpers import Background, first_wave, running_fleet, second_wave, sync_client
 
 pytestmark = pytest.mark.topology

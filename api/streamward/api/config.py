@@ -1,0 +1,56 @@
+"""API settings from ``STREAMWARD_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamward.lua.client import RedisSettings
+
+
+class Settings(RedisSettings, BaseSettings):
+    """Everything the API reads from the environment; names match docs/architecture.md.
+
+    Redis connection fields (``REDIS_MODE``, ``REDIS_URL``, ``SENTINELS``, TLS, ...) come from
+    ``lua.client.RedisSettings``, shared with the runner.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="STREAMWARD_", extra="ignore")
+
+    key_prefix: str = "sw"
+    admin_token: str | None = None
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8700
+    # token -> project; empty means no auth and every call lands in project "default"
+    api_tokens: dict[str, str] = {}
+    start_timeout_s: Annotated[float, Field(ge=0)] = 10.0
+    max_body_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024
+    idempotency_ttl_s: Annotated[int, Field(ge=1)] = 86_400
+    # one blocked XREAD per open stream holds a connection: size the pool for many streams
+    redis_max_connections: Annotated[int, Field(ge=4)] = 2000
+    redis_pool_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    redis_socket_timeout_s: Annotated[float, Field(gt=1)] = 10.0
+    # attached connections: registered with a TTL, refreshed while the stream is open
+    attach_ttl_s: Annotated[float, Field(gt=0)] = 30.0
+    attach_refresh_s: Annotated[float, Field(gt=0)] = 10.0
+    # XREAD BLOCK slice: short so a detach, a disconnect or shutdown is noticed quickly
+    tail_block_ms: Annotated[int, Field(ge=10, le=1000)] = 1000
+    sse_keepalive_s: Annotated[float, Field(gt=0)] = 15.0
+    retry_after_s: Annotated[int, Field(ge=1)] = 1
+    log_level: str = "warning"
+    # expired / deleted sessions: every key is deleted this long after (GET says when)
+    retention_s: Annotated[int, Field(ge=1)] = 30 * 86_400
+    # added to Redis TIME when deciding session expiry; tests move time with it (keep 0)
+    clock_offset_ms: int = 0
+    # append every ingest attempt and its outcome to this JSON-lines file (api/audit.py);
+    # the chaos suite's fencing checker reads it. Off by default.
+    ingest_audit_path: str | None = None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

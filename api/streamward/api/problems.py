@@ -1,0 +1,195 @@
+"""RFC 9457 problem+json errors: one exception type, stable codes, and the app's handlers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from streamward.lua import errors as E
+
+log = logging.getLogger("streamward.api")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+# Starlette raises these for routing-level errors; give each a stable code.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ProblemError(Exception):
+    """Raise anywhere in a request to answer with a problem+json body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or code)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """Build the problem+json response (also used by the body-limit middleware)."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "code": code,
+    }
+    if detail is not None:
+        body["detail"] = detail
+    body.update(extra)
+    return Response(
+        orjson.dumps(body, default=str),
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # FastAPI's raw errors carry the offending input and exception objects in ctx; keep
+    # only what a caller needs (and what is always JSON-serialisable).
+    out = []
+    for err in exc.errors():
+        out.append(
+            {
+                "loc": [str(x) for x in err.get("loc", ())],
+                "msg": str(err.get("msg", "")),
+                "type": str(err.get("type", "")),
+            }
+        )
+    return out
+
+
+def _detail_of(errors: list[dict[str, Any]]) -> str:
+    parts = [f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:3]]
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
+
+
+def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
+    """Register the handlers that turn every error into problem+json."""
+
+    async def on_problem(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProblemError)
+        return problem_response(exc.status, exc.code, exc.detail, exc.headers, **exc.extra)
+
+    async def on_validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = _validation_errors(exc)
+        code = "invalid_id" if _is_id_error(errors) else "validation_error"
+        if any(e["type"] == "json_invalid" for e in errors):
+            code = "malformed_json"
+        return problem_response(422, code, _detail_of(errors), errors=errors)
+
+    async def on_http(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        return problem_response(exc.status_code, code, detail, dict(exc.headers or {}))
+
+    async def on_invalid_id(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, E.InvalidId)
+        return problem_response(422, "invalid_id", str(exc), field=exc.field)
+
+    async def on_stale(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, E.StaleToken)
+        return problem_response(409, "stale_token", str(exc), epoch=exc.epoch)
+
+    async def on_seq_gap(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, E.SeqGap)
+        return problem_response(422, "seq_gap", str(exc), last_seq=exc.last_seq, seq=exc.seq)
+
+    async def on_busy(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, E.SessionBusy)
+        return problem_response(
+            409,
+            "session_busy",
+            str(exc),
+            active_run_id=exc.active_run_id or None,
+            pending=exc.pending,
+        )
+
+    async def on_lease(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, E.StreamwardError)
+        return problem_response(409, exc.code, str(exc))
+
+    async def on_redis_down(_: Request, exc: Exception) -> Response:
+        log.warning("redis unavailable: %s", exc)
+        return problem_response(
+            503,
+            "redis_unavailable",
+            "the session store is unreachable; retry later",
+            {"Retry-After": str(retry_after_s)},
+        )
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return problem_response(500, "internal_error", "unexpected server error")
+
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(E.InvalidId, on_invalid_id)
+    app.add_exception_handler(E.StaleToken, on_stale)
+    app.add_exception_handler(E.SeqGap, on_seq_gap)
+    app.add_exception_handler(E.SessionBusy, on_busy)
+    app.add_exception_handler(E.LeaseError, on_lease)
+    app.add_exception_handler(RedisConnectionError, on_redis_down)
+    app.add_exception_handler(RedisTimeoutError, on_redis_down)
+    # a failover in progress: Cluster slots without a master, a demoted Sentinel master
+    for failover_error in (ClusterDownError, TryAgainError, ReadOnlyError):
+        app.add_exception_handler(failover_error, on_redis_down)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def _is_id_error(errors: list[dict[str, Any]]) -> bool:
+    # a path id that fails its pattern is the one case with its own code (invalid_id)
+    return bool(errors) and all(e["loc"][:1] == ["path"] for e in errors)

@@ -1,0 +1,283 @@
+"""Admin endpoints (admin bearer token): runner heartbeat/ingest over HTTP, locks, replicas."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from streamward.api.audit import IngestAudit
+from streamward.api.deps import (
+    AdminDep,
+    AppState,
+    ProjectQuery,
+    ReplicaIdPath,
+    SessionIdPath,
+    StateDep,
+    StoreDep,
+    StreamsDep,
+)
+from streamward.api.problems import ProblemError
+from streamward.api.responses import OrjsonResponse
+from streamward.api.routes.common import lock_out, parse_rfc3339_ms, rfc3339_opt
+from streamward.api.schemas import (
+    DrainResult,
+    ForceReleaseResult,
+    HeartbeatRequest,
+    HeartbeatResult,
+    IngestRequest,
+    IngestResult,
+    LockOut,
+    LockPage,
+    ReplicaOut,
+    StreamDetachRequest,
+    StreamDetachResult,
+)
+from streamward.lua.errors import NotOwner, SeqGap, StaleToken
+from streamward.lua.keys import SessionKeys
+from streamward.lua.store import Entry
+from streamward.lua.store import IngestResult as StoreIngestResult
+from streamward.lua.streams import ReplicaInfo, Streams
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
+# the runners' ingest alone in a router of its own, included second (api/main.py, after
+# invoke): the app tries routes one by one, and this is the second hottest
+ingest_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
+
+_AUTH_RESPONSES: dict[int | str, dict[str, str]] = {
+    401: {"description": "no admin bearer token"},
+    403: {"description": "wrong admin token"},
+    422: {"description": "invalid input"},
+}
+
+
+@ingest_router.post(
+    "/sessions/transcripts/ingest",
+    response_model=IngestResult,
+    responses={
+        **_AUTH_RESPONSES,
+        409: {
+            "description": "stale_token: a newer owner exists; not_owner: the lease names another"
+        },
+    },
+)
+async def ingest(body: IngestRequest, request: Request) -> Response:
+    """Fenced, idempotent append of one run's entries (the runner's transcript shipper)."""
+    # the runners' hot path: state from the app (no dependency to solve) and the answer
+    # rendered directly (no response-model validation); the schema is the same IngestResult
+    state: AppState = request.app.state.sw
+    store = state.store
+    sk = state.keys.session(body.project, body.session_id)
+    entries = [
+        Entry(
+            seq=e.seq,
+            type=e.type,
+            data=orjson.dumps(e.data).decode(),
+            ts_ms=None if e.ts is None else parse_rfc3339_ms(e.ts, f"entries.{i}.ts"),
+        )
+        for i, e in enumerate(body.entries)
+    ]
+    stored = store.ingest(
+        sk,
+        body.run_id,
+        body.token,
+        entries,
+        replica_id=body.replica_id,
+        incarnation=body.incarnation,
+    )
+    if state.audit is None:
+        res = await stored
+    else:
+        res = await _audited_ingest(state.audit, body, sk, entries, stored)
+    # a detached invoke in this process waiting for this run's start learns it here
+    state.starts.ingested(sk.ref, body.run_id, body.token, body.entries)
+    if state.metrics is not None:
+        state.metrics.observe_ingest(res.accepted, res.duplicates)
+    return OrjsonResponse(
+        {"accepted": res.accepted, "duplicates": res.duplicates, "last_seq": res.last_seq}
+    )
+
+
+async def _audited_ingest(
+    audit: IngestAudit,
+    body: IngestRequest,
+    sk: SessionKeys,
+    entries: list[Entry],
+    stored: Awaitable[StoreIngestResult],
+) -> StoreIngestResult:
+    """Await ``stored`` (the ``store.ingest`` call) and audit the attempt, whatever its outcome."""
+
+    def record(outcome: str, **extra: int) -> None:
+        audit.record(
+            session=sk.ref,
+            run_id=body.run_id,
+            token=body.token,
+            replica_id=body.replica_id,
+            incarnation=body.incarnation,
+            first_seq=entries[0].seq,
+            last_seq=entries[-1].seq,
+            outcome=outcome,
+            **extra,
+        )
+
+    try:
+        res = await stored
+    except StaleToken as exc:
+        record("stale_token", current_token=exc.epoch)
+        raise
+    except NotOwner:
+        record("not_owner")
+        raise
+    except SeqGap:
+        record("seq_gap")
+        raise
+    record("accepted", accepted=res.accepted, duplicates=res.duplicates)
+    return res
+
+
+@router.post(
+    "/sessions/streams/heartbeat",
+    response_model=HeartbeatResult,
+    responses={**_AUTH_RESPONSES, 409: {"description": "replica_lost"}},
+)
+async def heartbeat(body: HeartbeatRequest, state: StateDep, store: StoreDep) -> HeartbeatResult:
+    """Renew a replica's session leases in batches (the same Lua a Python runner uses)."""
+    if body.replica_ttl_ms is not None:
+        # the replica lease first: when it is lost, no session lease may be renewed
+        await store.renew_replica(body.replica_id, body.incarnation, body.replica_ttl_ms)
+    pairs = [(state.keys.session(x.project, x.session_id), x.token) for x in body.leases]
+    res = await store.renew_many(body.replica_id, body.incarnation, pairs, body.lease_ttl_ms)
+    return HeartbeatResult(
+        renewed=[sk.session_id for sk in res.renewed],
+        lost=[sk.session_id for sk, _ in res.lost],
+        reasons={sk.session_id: reason for sk, reason in res.lost},
+    )
+
+
+@router.post(
+    "/sessions/streams/detach",
+    response_model=StreamDetachResult,
+    responses={**_AUTH_RESPONSES, 409: {"description": "not_owner"}},
+)
+async def stream_detach(
+    body: StreamDetachRequest, state: StateDep, store: StoreDep
+) -> StreamDetachResult:
+    """Owner-checked release of one session lease; ``released`` is false if none was held."""
+    sk = state.keys.session(body.project, body.session_id)
+    released = await store.release(sk, body.replica_id, body.incarnation, body.token)
+    return StreamDetachResult(session_id=body.session_id, released=released)
+
+
+async def _lock(state: StateDep, sk: SessionKeys) -> LockOut:
+    own, meta = await asyncio.gather(state.store.ownership(sk), state.streams.meta(sk))
+    return lock_out(sk, own, int(meta.get("transitions") or 0))
+
+
+@router.get("/locks", response_model=LockPage, responses=_AUTH_RESPONSES)
+async def list_locks(
+    state: StateDep,
+    streams: StreamsDep,
+    replica: Annotated[
+        str | None,
+        Query(pattern=r"^[A-Za-z0-9._:-]{1,200}$", description="Only sessions this replica holds."),
+    ] = None,
+    project: Annotated[
+        str | None, Query(pattern=r"^[A-Za-z0-9._:-]{1,200}$", description="Only this project.")
+    ] = None,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,20}$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> LockPage:
+    """Session locks: the session index (ZSCAN pages), or one replica's lease index."""
+    start = int(cursor or 0)
+    if replica is not None:
+        # the replica's index is a set: page it by offset over the sorted refs
+        refs = await streams.replica_sessions(replica)
+        if project is not None:
+            refs = [r for r in refs if r.startswith(f"{project}/")]
+        page = refs[start : start + limit]
+        nxt = str(start + limit) if start + limit < len(refs) else None
+    else:
+        nc, items = await streams.scan_sessions(start, project, count=limit)
+        page = [ref for ref, _ in items]
+        nxt = str(nc) if nc != 0 else None
+    sks = [state.keys.session_ref(ref) for ref in page]
+    locks = await asyncio.gather(*[_lock(state, sk) for sk in sks])
+    return LockPage(items=list(locks), next_cursor=nxt)
+
+
+@router.get("/locks/{session_id}", response_model=LockOut, responses=_AUTH_RESPONSES)
+async def get_lock(
+    session_id: SessionIdPath, state: StateDep, project: ProjectQuery = "default"
+) -> LockOut:
+    """One session's lock: holder, incarnation, token, times, state (held/orphaned/free)."""
+    return await _lock(state, state.keys.session(project, session_id))
+
+
+@router.post(
+    "/locks/{session_id}/release", response_model=ForceReleaseResult, responses=_AUTH_RESPONSES
+)
+async def force_release(
+    session_id: SessionIdPath,
+    state: StateDep,
+    store: StoreDep,
+    streams: StreamsDep,
+    project: ProjectQuery = "default",
+    reason: Annotated[str, Query(max_length=200)] = "admin",
+) -> ForceReleaseResult:
+    """Break-glass release: deletes the lease and bumps the epoch, fencing the old owner."""
+    sk = state.keys.session(project, session_id)
+    before = await _lock(state, sk)
+    await store.force_release(sk, reason)
+    # read before re-queueing: once the work is published a runner may own it again at once
+    after = await _lock(state, sk)
+    if await streams.pending(sk) > 0:
+        # inputs are waiting and nobody owns the session now: let a runner claim it
+        await streams.publish_work(sk.ref, "force_release")
+    return ForceReleaseResult(session_id=session_id, before=before, after=after)
+
+
+def _replica_out(info: ReplicaInfo) -> ReplicaOut:
+    fields = info.fields
+    draining = fields.get("draining") == "1"
+    return ReplicaOut(
+        replica_id=info.replica_id,
+        incarnation=fields.get("incarnation"),
+        started_at=rfc3339_opt(fields.get("started_ms")),
+        last_heartbeat=rfc3339_opt(fields.get("heartbeat_ms") or info.last_heartbeat_ms or None),
+        leases=int(fields.get("leases") or info.leases),
+        in_flight=int(fields.get("inflight") or 0),
+        draining=draining,
+        state="dead" if not info.alive else "draining" if draining else "ready",
+        host=fields.get("host"),
+        version=fields.get("version"),
+    )
+
+
+async def replicas(streams: Streams) -> list[ReplicaOut]:
+    """Replicas seen by heartbeat (the listing below and the metrics' fleet gauges)."""
+    ids = await streams.replica_ids()
+    infos = await asyncio.gather(*[streams.replica_info(r, hb) for r, hb in ids])
+    return [_replica_out(i) for i in infos]
+
+
+@router.get("/replicas", response_model=list[ReplicaOut], responses=_AUTH_RESPONSES)
+async def list_replicas(streams: StreamsDep) -> list[ReplicaOut]:
+    """Replicas seen by heartbeat: alive ones and dead ones the watchdog has not forgotten."""
+    return await replicas(streams)
+
+
+@router.post(
+    "/replicas/{replica_id}/drain",
+    response_model=DrainResult,
+    responses={**_AUTH_RESPONSES, 404: {"description": "unknown_replica"}},
+)
+async def drain_replica(replica_id: ReplicaIdPath, streams: StreamsDep) -> DrainResult:
+    """Ask a replica to drain: mark it draining and mail it ``drain`` (it exits when done)."""
+    if not await streams.mark_replica_draining(replica_id):
+        raise ProblemError(404, "unknown_replica", f"no live replica {replica_id!r}")
+    await streams.send_mail(replica_id, "drain")
+    return DrainResult(replica_id=replica_id, status="draining")

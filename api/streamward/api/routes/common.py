@@ -1,0 +1,93 @@
+"""Conversions shared by the routers: timestamps, log entries, owners, locks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from streamward.api.problems import ProblemError
+from streamward.api.schemas import LockOut, LogEntryOut, OwnerDetail
+from streamward.core.timefmt import rfc3339
+from streamward.lua.keys import SessionKeys
+from streamward.lua.store import Ownership
+from streamward.lua.streams import LogEntry
+
+
+def rfc3339_opt(ms: int | str | None) -> str | None:
+    if ms is None or ms == "":
+        return None
+    return rfc3339(int(ms))
+
+
+def parse_rfc3339_ms(value: str, field: str = "ts") -> int:
+    """Parse an RFC 3339 timestamp (offset required) to ms; 422 ``invalid_timestamp`` if not."""
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        dt = None
+    if dt is None or dt.tzinfo is None or "T" not in value.upper():
+        raise ProblemError(
+            422,
+            "invalid_timestamp",
+            f"{field} must be an RFC 3339 timestamp with offset, got {value[:64]!r}",
+        )
+    return int(dt.timestamp() * 1000)
+
+
+def entry_out(entry: LogEntry, session_id: str) -> LogEntryOut:
+    return LogEntryOut(
+        id=entry.id,
+        seq=entry.seq,
+        type=entry.type,
+        run_id=entry.run_id,
+        session_id=session_id,
+        token=entry.token,
+        data=entry.data,
+        ts=rfc3339(entry.ts_ms),
+    )
+
+
+def entry_dict(entry: LogEntry, session_id: str) -> dict[str, object]:
+    """The same shape as ``LogEntryOut`` without a model round trip (hot streaming path)."""
+    return {
+        "id": entry.id,
+        "seq": entry.seq,
+        "type": entry.type,
+        "run_id": entry.run_id,
+        "session_id": session_id,
+        "token": entry.token,
+        "data": entry.data,
+        "ts": rfc3339(entry.ts_ms),
+    }
+
+
+def owner_detail(own: Ownership) -> OwnerDetail | None:
+    if not own.held or own.replica_id is None:
+        return None
+    return OwnerDetail(
+        replica_id=own.replica_id,
+        incarnation=own.incarnation or "",
+        token=own.token or 0,
+        acquired_at=rfc3339(own.acquired_ms or 0),
+        renewed_at=rfc3339(own.renewed_ms or 0),
+        expires_in_ms=own.expires_in_ms or 0,
+    )
+
+
+def lock_out(sk: SessionKeys, own: Ownership, transitions: int = 0) -> LockOut:
+    state: Literal["held", "orphaned", "free"] = (
+        "held" if own.alive else "orphaned" if own.held else "free"
+    )
+    return LockOut(
+        session_id=sk.session_id,
+        project=sk.project,
+        holder=own.replica_id,
+        incarnation=own.incarnation,
+        token=own.token,
+        epoch=own.epoch,
+        transitions=transitions,
+        acquired_at=rfc3339_opt(own.acquired_ms),
+        renewed_at=rfc3339_opt(own.renewed_ms),
+        expires_in_ms=own.expires_in_ms,
+        state=state,
+    )

@@ -1,0 +1,118 @@
+"""Detached invoke: learning that a run started without a Redis round trip when we can.
+
+The log is the truth: a detached invoke tails it (XREAD BLOCK) from the position read at
+submit until the run's ``run.started``. But the runner ships that entry through an API's
+admin ingest endpoint, and with one API process (or when the ingest lands where the caller
+waits) this process has just written the entry itself: ``StartWaiters`` hands it to the
+waiting request in memory, saving the XREAD and its reply parsing on the hottest path.
+
+Whether to wait in memory first is learnt, not configured: every wait is later scored by
+whether its run's start was ingested by this process. When (almost) all are (one API
+process, or runners pointed at this one), waiters wait in memory first, up to
+``LOCAL_WAIT_S``, then tail the log as before; otherwise (several API processes behind a
+balancer) they tail the log at once, and an ingest seen here still ends the wait early.
+Nothing is ever missed: the log tail from the submit position always follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamward.lua.streams import TERMINAL_TYPES
+
+# how long a trusted in-memory wait lasts before the log tail takes over (a start that
+# slow is rare; then the XREAD costs what it always did)
+LOCAL_WAIT_S = 0.25
+# score a wait this long after it ended (its run's ingest may land after the log tail saw it)
+SCORE_AFTER_S = 1.0
+TRUST_ABOVE = 0.9  # share of starts ingested here for in-memory waits to go first
+EWMA_ALPHA = 1 / 32
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The first start-or-end entry of a run, as the ingest handler saw it."""
+
+    type: str  # run.started or a terminal type
+    token: int
+    replica_id: str
+
+    @classmethod
+    def of(cls, type: str, token: int, data: Any) -> Started:
+        """From a log entry's fields (``run.started`` names its replica in ``data``)."""
+        replica = ""
+        if type == "run.started" and isinstance(data, dict):
+            replica = str(data.get("replica_id", ""))
+        return cls(type, token, replica)
+
+
+@dataclass(slots=True)
+class _Wait:
+    future: asyncio.Future[Started]
+    seen_here: bool = False  # its start (or end) was ingested by this process
+    started: bool = False  # the waiter got a start or an end (scored only then)
+    ended_at: float | None = None
+
+
+@dataclass
+class StartWaiters:
+    """Per process: detached invokes waiting for their run's start, by (session, run id)."""
+
+    local_share: float = 0.0  # EWMA of "the start was ingested here"; starts distrustful
+    _waits: OrderedDict[tuple[str, str], _Wait] = field(default_factory=OrderedDict)
+
+    @property
+    def trusted(self) -> bool:
+        return self.local_share >= TRUST_ABOVE
+
+    def register(self, session_ref: str, run_id: str) -> asyncio.Future[Started]:
+        self._score_old(time.monotonic())
+        key = (session_ref, run_id)
+        wait = self._waits.get(key)
+        if wait is None or wait.future.done():
+            wait = _Wait(asyncio.get_running_loop().create_future())
+            self._waits[key] = wait
+        self._waits.move_to_end(key)
+        return wait.future
+
+    def done(self, session_ref: str, run_id: str, *, waited: bool) -> None:
+        """The waiter is gone; ``waited``: it waited and got a start or an end (only such
+        waits are scored: a queued answer or one read from the run state says nothing)."""
+        wait = self._waits.get((session_ref, run_id))
+        if wait is None:
+            return
+        wait.started = waited
+        wait.ended_at = time.monotonic()
+
+    def ingested(self, session_ref: str, run_id: str, token: int, entries: Iterable[Any]) -> None:
+        """Called by the ingest handler once ``entries`` (with ``type`` and ``data``) of
+        ``run_id``, written with ``token``, are in the log."""
+        if not self._waits:
+            return
+        wait = self._waits.get((session_ref, run_id))
+        if wait is None:
+            return
+        for e in entries:
+            if e.type == "run.started" or e.type in TERMINAL_TYPES:
+                wait.seen_here = True
+                if not wait.future.done():
+                    wait.future.set_result(Started.of(e.type, token, e.data))
+                return
+
+    def _score_old(self, now: float) -> None:
+        """Fold waits that ended ``SCORE_AFTER_S`` ago into the local share; forget them."""
+        waits = self._waits
+        while waits:
+            wait = next(iter(waits.values()))
+            # oldest first; one still waiting (a start timeout is seconds) holds the rest
+            if wait.ended_at is None or now - wait.ended_at < SCORE_AFTER_S:
+                break
+            waits.popitem(last=False)
+            if wait.started:
+                x = 1.0 if wait.seen_here else 0.0
+                self.local_share += EWMA_ALPHA * (x - self.local_share)

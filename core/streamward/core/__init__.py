@@ -1,0 +1,1 @@
+"""Shared pieces below the service and the runner."""

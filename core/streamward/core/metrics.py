@@ -1,0 +1,68 @@
+"""Prometheus pieces both the API and the runner use: build info, Redis script timings.
+
+Names are prefixed ``streamward_``, in base units (seconds), and never labelled by session.
+"""
+
+from __future__ import annotations
+
+import platform
+import weakref
+from collections.abc import Callable
+from importlib import metadata
+
+from prometheus_client import CollectorRegistry, Histogram, Info
+
+import streamward.lua.loader
+
+# sub-millisecond Redis calls up to a slow second
+SCRIPT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+def version() -> str:
+    """The installed distribution's version (``0.0.0`` when running from a bare checkout)."""
+    try:
+        return metadata.version("streamward")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+ScriptListener = Callable[[str, float, bool], None]
+_listeners: weakref.WeakSet[ScriptTimer] = weakref.WeakSet()
+
+
+class ScriptTimer:
+    """Receives every Lua script call's timing while it is alive (see ``add_script_timer``)."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+
+    def __call__(self, script: str, seconds: float, ok: bool) -> None:
+        self.histogram.labels(script, "ok" if ok else "error").observe(seconds)
+
+
+def _dispatch(script: str, seconds: float, ok: bool) -> None:
+    for timer in list(_listeners):
+        timer(script, seconds, ok)
+
+
+def add_script_timer(timer: ScriptTimer) -> None:
+    """Route ``lua.loader`` script timings to ``timer`` (held weakly: apps come and go)."""
+    _listeners.add(timer)
+    streamward.lua.loader.on_script_timing = _dispatch
+
+
+def script_histogram(registry: CollectorRegistry) -> Histogram:
+    """The Redis script latency histogram (shared shape for the API and the runner)."""
+    return Histogram(
+        "streamward_redis_script_duration_seconds",
+        "Lua script call latency seen by this process (EVALSHA round trip), by script.",
+        ["script", "result"],
+        buckets=SCRIPT_BUCKETS,
+        registry=registry,
+    )
+
+
+def build_info(registry: CollectorRegistry, component: str) -> Info:
+    info = Info("streamward_build", "Build of this process.", registry=registry)
+    info.info({"version": version(), "python": platform.python_version(), "component": component})
+    return info

@@ -1,0 +1,126 @@
+"""The key schema: every Redis key streamward uses is built here, and ids are validated here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from streamward.lua.errors import InvalidId
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+DEFAULT_PREFIX = "sw"
+
+
+def validate_id(field: str, value: object) -> str:
+    """Return ``value`` if it is a valid id, else raise InvalidId naming ``field``."""
+    if not isinstance(value, str):
+        raise InvalidId(field, value, "must be a string")
+    if not value:
+        raise InvalidId(field, value, "must not be empty")
+    if len(value) > 200:
+        raise InvalidId(field, value[:40] + "...", f"is {len(value)} characters, at most 200")
+    if ID_PATTERN.fullmatch(value) is None:
+        bad = next(c for c in value if ID_PATTERN.fullmatch(c) is None)
+        raise InvalidId(
+            field, value, f"character {bad!r} not allowed; use letters, digits and . _ : -"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    """Keys of one session; all share the hash tag ``{project/session_id}``."""
+
+    project: str
+    session_id: str
+    lease: str
+    epoch: str
+    inbox: str
+    log: str
+    meta: str
+    runs: str
+    attached: str
+    cancels: str
+    tag: str
+
+    @property
+    def ref(self) -> str:
+        """The session reference ``project/session_id`` used in indexes and mail."""
+        return f"{self.project}/{self.session_id}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.tag}:idem:{key}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaKeys:
+    """Keys of one replica; they share the hash tag ``{replica_id}``."""
+
+    replica_id: str
+    lease: str
+    leases: str
+    mail: str
+
+
+class Keys:
+    """Builds keys under one prefix."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        if not prefix or any(c in prefix for c in "{} \t\r\n"):
+            raise ValueError(f"invalid key prefix {prefix!r}")
+        self.prefix = prefix
+        self.replicas = f"{prefix}:replicas"
+        self.work = f"{prefix}:work"
+        self.sessions = f"{prefix}:sessions"
+        self.watchdog = f"{prefix}:watchdog"
+        self.routes = f"{prefix}:routes"
+        self.work_group = "runners"
+
+    def session(self, project: str, session_id: str) -> SessionKeys:
+        validate_id("project", project)
+        validate_id("session_id", session_id)
+        tag = f"{self.prefix}:{{{project}/{session_id}}}"
+        return SessionKeys(
+            project=project,
+            session_id=session_id,
+            lease=f"{tag}:lease",
+            epoch=f"{tag}:epoch",
+            inbox=f"{tag}:inbox",
+            log=f"{tag}:log",
+            meta=f"{tag}:meta",
+            runs=f"{tag}:runs",
+            attached=f"{tag}:attached",
+            cancels=f"{tag}:cancels",
+            tag=tag,
+        )
+
+    def session_ref(self, ref: str) -> SessionKeys:
+        """Keys for a ``project/session_id`` reference (as stored in indexes)."""
+        project, sep, session_id = ref.partition("/")
+        if not sep:
+            raise InvalidId("session", ref, "expected project/session_id")
+        return self.session(project, session_id)
+
+    def replica(self, replica_id: str) -> ReplicaKeys:
+        validate_id("replica_id", replica_id)
+        tag = f"{self.prefix}:replica:{{{replica_id}}}"
+        return ReplicaKeys(
+            replica_id=replica_id, lease=tag, leases=f"{tag}:leases", mail=f"{tag}:mail"
+        )
+
+
+def binding_key(keys: Keys, project: str, route_id: str, key_hash: str) -> str:
+    """The key binding an event key of a route to its current session generation."""
+    validate_id("project", project)
+    validate_id("route_id", route_id)
+    return f"{keys.prefix}:{{{project}/{route_id}/{key_hash}}}:binding"
+
+
+def hash_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes (the first non-empty ``{...}``, else the key)."""
+    start = key.find("{")
+    if start != -1:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key

@@ -1,0 +1,140 @@
+"""Loads ``lua/*.lua`` once; calls them by EVALSHA with NOSCRIPT fallback (redis-py Script)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+from streamward.lua.client import RedisClient
+from streamward.lua.errors import ScriptError
+
+NAME_PATTERN = re.compile(r"(?P<op>[a-z][A-Za-z]+)-(?P<keys>\d+|n)\.lua")
+KeyT = str
+ArgT = str | int | float | bytes
+
+# Set by the process (the API's or runner's metrics) to time every script call:
+# ``on_script_timing(script_name, seconds, ok)``. A plain callable so lua/ stays free of
+# any metrics library; None (the default) costs one attribute read per call.
+ScriptTimingHook = Callable[[str, float, bool], None]
+on_script_timing: ScriptTimingHook | None = None
+
+
+@dataclass(frozen=True)
+class ScriptSource:
+    """One script file: its operation name, declared key count (None = variadic) and text."""
+
+    name: str
+    num_keys: int | None
+    source: str
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}-{'n' if self.num_keys is None else self.num_keys}.lua"
+
+
+@cache
+def script_sources() -> dict[str, ScriptSource]:
+    """Every script shipped in the ``lua`` package, by operation name."""
+    out: dict[str, ScriptSource] = {}
+    for entry in resources.files("streamward.lua").iterdir():
+        m = NAME_PATTERN.fullmatch(entry.name)
+        if m is None:
+            continue
+        keys = m.group("keys")
+        out[m.group("op")] = ScriptSource(
+            name=m.group("op"),
+            num_keys=None if keys == "n" else int(keys),
+            source=entry.read_text(encoding="utf-8"),
+        )
+    return out
+
+
+class Script:
+    """A loaded script bound to nothing: pass the client (or pipeline) on each call."""
+
+    def __init__(self, src: ScriptSource, client: RedisClient) -> None:
+        self.src = src
+        # redis-py's Script: SHA computed locally, EVALSHA first, SCRIPT LOAD on NOSCRIPT.
+        self._script: AsyncScript = client.register_script(src.source)
+
+    @property
+    def sha(self) -> str:
+        return str(self._script.sha)
+
+    def _check(self, keys: Sequence[KeyT]) -> None:
+        n = self.src.num_keys
+        if (n is None and not keys) or (n is not None and len(keys) != n):
+            want = "at least 1" if n is None else str(n)
+            raise ScriptError(f"{self.src.filename} takes {want} keys, called with {len(keys)}")
+
+    async def __call__(
+        self, keys: Sequence[KeyT], args: Sequence[ArgT], client: RedisClient | None = None
+    ) -> Any:
+        self._check(keys)
+        hook = on_script_timing
+        if hook is None:
+            return await self._script(keys=list(keys), args=list(args), client=client)
+        t0 = time.perf_counter()
+        ok = False
+        try:
+            reply = await self._script(keys=list(keys), args=list(args), client=client)
+            ok = True
+            return reply
+        finally:
+            hook(self.src.name, time.perf_counter() - t0, ok)
+
+    def queue(self, pipe: Pipeline, keys: Sequence[KeyT], args: Sequence[ArgT]) -> None:
+        """Queue the call on a pipeline (its reply comes back from ``pipe.execute()``)."""
+        self._check(keys)
+        # not added to pipe.scripts: that costs a SCRIPT EXISTS round trip per execute;
+        # callers run ``execute_pipeline`` below, which loads the script on NOSCRIPT
+        pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+
+    async def load(self, client: RedisClient) -> None:
+        await client.script_load(self.src.source)
+
+
+async def execute_pipeline(
+    client: RedisClient, script: Script, build: Callable[[Any], None]
+) -> list[Any]:
+    """Build and run a pipeline of ``script`` calls; on NOSCRIPT load it and run again."""
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        build(pipe)
+        try:
+            return list(await pipe.execute())
+        except NoScriptError:
+            if attempt == 2:
+                raise
+            await script.load(client)
+    raise AssertionError("unreachable")
+
+
+class Scripts:
+    """All scripts for one client; attribute access by operation name (``scripts.acquireLease``)."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self._by_name = {name: Script(src, client) for name, src in script_sources().items()}
+
+    def __getattr__(self, name: str) -> Script:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise AttributeError(f"no script named {name}") from None
+
+    def all(self) -> list[Script]:
+        return list(self._by_name.values())
+
+    async def load_all(self, client: RedisClient) -> None:
+        """SCRIPT LOAD every script now (readiness), so the first real call is an EVALSHA hit."""
+        for s in self._by_name.values():
+            await s.load(client)

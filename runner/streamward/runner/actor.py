@@ -1,0 +1,522 @@
+"""The session actor: one per owned session, it runs the session's inbox in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from streamward.lua.errors import NotOwner, StaleToken
+from streamward.lua.store import Lease
+from streamward.lua.streams import InboxItem, RunState
+from streamward.runner.context import RunContext
+from streamward.runner.shipper import Shipper, ShipRejected, ShipStopped, backoff_s
+
+if TYPE_CHECKING:
+    from streamward.runner.replica import Replica
+
+log = logging.getLogger("streamward.runner.actor")
+
+INBOX_WINDOW = 100
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+POLICIES = frozenset({"restart", "queue", "drop"})
+DRAIN_INTERRUPT_FLUSH_S = 2.0
+HANDLER_STOP_WAIT_S = 1.0
+
+
+def stream_id(entry_id: str) -> tuple[int, int]:
+    """Stream ids compare as (ms, seq) integer pairs, not as strings."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass
+class _Run:
+    item: InboxItem
+    ctx: RunContext
+    task: asyncio.Task[int] | None = None
+    cancel_reason: str | None = None  # set when cancelled on request (cancel / interrupt)
+
+    @property
+    def run_id(self) -> str:
+        return self.item.run_id
+
+
+@dataclass
+class _State:
+    """What the actor learnt when it opened the session."""
+
+    meta_exists: bool = False
+    hold_until: str | None = None  # queue policy: inputs up to this inbox id wait
+    dead: bool = False  # drop policy applied: leave at once
+    drop_until: str | None = None  # drop policy: inputs up to this inbox id are dropped
+
+
+class SessionActor:
+    """Owns one session lease: consumes its inbox, one run at a time, ships the transcript."""
+
+    def __init__(self, replica: Replica, lease: Lease) -> None:
+        self.replica = replica
+        self.session = lease.session
+        self.ref = lease.session.ref
+        self.token = lease.token
+        self.incarnation = lease.incarnation
+        self.shipper: Shipper | None = None
+        self.current: _Run | None = None
+        self.closing = False
+        self.closed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._state = _State()
+        self._opened = False
+        self._wake = asyncio.Event()
+        self._inbox_empty = False  # the last completeInput left no input: no read needed
+        self._draining = False
+        self._interrupting = False
+        self._cut_run: _Run | None = None  # the run a drain timeout cut short
+        self._interrupt_check: asyncio.Task[None] | None = None
+        # a freshly claimed session with nothing to do is released at once (no close_delay)
+        self._idle_since = float("-inf")
+        # a route's idle_timeout (meta idle_timeout_ms) overrides the replica's close_delay
+        self._close_delay_s = replica.settings.close_delay_s
+
+    # -- control (called by the replica) ---------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.current is not None
+
+    @property
+    def current_run_id(self) -> str:
+        return self.current.run_id if self.current is not None else ""
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._main(), name=f"actor {self.ref}")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def on_input(self) -> None:
+        """New input may be waiting: wake up, and look for an interrupting one if running."""
+        self._wake.set()
+        if self.current is not None and (
+            self._interrupt_check is None or self._interrupt_check.done()
+        ):
+            self._interrupt_check = asyncio.create_task(self._check_interrupt())
+
+    def drain(self) -> None:
+        """Finish the running run (if any), start nothing new, release the session."""
+        self._draining = True
+        self._wake.set()
+
+    def drop(self, why: str) -> None:
+        """Stop at once without writing anything (the session is no longer ours to write)."""
+        if self.task is not None and not self.task.done():
+            log.warning("dropping session %s (token %d): %s", self.ref, self.token, why)
+            self.task.cancel()
+
+    async def interrupt(self) -> None:
+        """Drain timeout: cut the running run short, mark it interrupted, release, re-queue."""
+        if self.task is not None and not self.task.done():
+            self._interrupting = True
+            self.task.cancel()
+        await self.closed.wait()
+
+    def request_cancel(self, run_id: str, reason: str) -> bool:
+        """Cancel the running run ``run_id``; the run ends ``run.cancelled`` with ``reason``."""
+        run = self.current
+        if run is None or run.run_id != run_id or run.task is None or run.task.done():
+            return False
+        if run.cancel_reason is None:
+            log.info("session %s: cancelling run %s (%s)", self.ref, run_id, reason)
+            run.cancel_reason = reason
+            run.ctx.cancelled.set()
+            run.task.cancel()
+        return True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def _main(self) -> None:
+        mode = "drop"
+        try:
+            try:
+                mode = await self._serve()
+            except asyncio.CancelledError:
+                if not self._interrupting:
+                    raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()  # our own cancel, handled: later timeouts must work
+                mode = "interrupt"
+            except ShipRejected as exc:
+                log.error("session %s: %s", self.ref, exc)
+                mode = "reject"
+            except (ShipStopped, StaleToken) as exc:
+                log.warning("session %s moved or replica fenced (%s): dropping it", self.ref, exc)
+            except Exception:
+                log.exception("session %s: actor failed", self.ref)
+                mode = "error"
+            self.closing = True
+            if mode != "drop":
+                await self._leave(mode)
+        except asyncio.CancelledError:
+            pass  # dropped (possibly while leaving): nothing more may be written
+        except Exception:
+            log.exception("session %s: leaving failed", self.ref)
+        finally:
+            self.closing = True
+            if self._interrupt_check is not None:
+                self._interrupt_check.cancel()
+            if self.shipper is not None:
+                await self.shipper.close()
+            self.replica.forget_actor(self)
+            self.closed.set()
+
+    async def _serve(self) -> str:
+        """Run inputs until there is a reason to leave; returns that reason."""
+        attempt = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._draining:
+                return "drain"
+            try:
+                if self._inbox_empty:
+                    # the last completeInput saw no input left, and the wake flag was cleared
+                    # before it: a later input's mail sets it again, so skip the read
+                    self._inbox_empty = False
+                    nxt = None
+                else:
+                    self._wake.clear()  # before reading, so a wake during the read is not lost
+                    if not self._opened:
+                        await self._open()
+                        self._opened = True
+                    if self._state.dead:
+                        return "dead"
+                    nxt = await self._next_input()
+                if self._draining:
+                    return "drain"  # started draining while reading: start nothing new
+                if nxt is None:
+                    if not await self._idle():
+                        return "passivate"
+                    continue
+                await self._process(*nxt)
+                self._idle_since = loop.time()
+                attempt = 0
+            except RedisError as exc:
+                # keep the session through a Redis blip; a long outage fences the replica
+                self._inbox_empty = False
+                delay = backoff_s(attempt)
+                attempt += 1
+                log.warning("session %s: redis error (%s); retry in %.2fs", self.ref, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _open(self) -> None:
+        """Set up shipping; finish the previous owner's broken run per ``on_owner_death``."""
+        r = self.replica
+        if self.shipper is None:
+            # the owner is the only writer: read the last seq once and count from there
+            last_seq = await r.streams.last_seq(self.session)
+            self.shipper = r.make_shipper(self, last_seq + 1)
+        if self._state.drop_until is not None:
+            await self._drop_inputs()  # resumed after a Redis error
+            return
+        meta = await r.streams.meta(self.session)
+        self._state.meta_exists = bool(meta)
+        self._state.hold_until = meta.get("hold_until_id") or None
+        self._close_delay_s = r.settings.session_close_delay_s(meta.get("idle_timeout_ms"))
+        active = meta.get("active_run_id")
+        if active:
+            await self._interrupted(active, meta.get("on_owner_death") or "restart")
+
+    async def _interrupted(self, run_id: str, policy: str) -> None:
+        r = self.replica
+        assert self.shipper is not None
+        if policy not in POLICIES:
+            log.warning("session %s: unknown on_owner_death %r, using restart", self.ref, policy)
+            policy = "restart"
+        state = await r.streams.run_state(self.session, run_id)
+        data = {
+            "reason": "owner_death",
+            "previous_replica_id": state.replica_id if state else None,
+            "previous_token": state.token if state else None,
+            "policy": policy,
+        }
+        await self.shipper.put(run_id, "run.interrupted", data)
+        await self.shipper.flush()
+        log.info("session %s: run %s interrupted by owner death (%s)", self.ref, run_id, policy)
+        if policy == "queue":
+            last = await r.streams.inbox_last_id(self.session)
+            if last != "0-0":
+                await r.streams.set_meta(self.session, hold_until_id=last)
+                self._state.hold_until = last
+        elif policy == "drop":
+            self._state.drop_until = await r.streams.inbox_last_id(self.session)
+            await self._drop_inputs()
+
+    async def _drop_inputs(self) -> None:
+        """Drop policy: every pending input ends ``run.cancelled`` (reason drop); meta dead."""
+        r = self.replica
+        assert self.shipper is not None and self._state.drop_until is not None
+        until = stream_id(self._state.drop_until)
+        dropped = 0
+        while True:
+            items = [
+                i
+                for i in await r.streams.read_inbox(self.session, count=INBOX_WINDOW)
+                if stream_id(i.id) <= until
+            ]
+            if not items:
+                break
+            for item in items:
+                state = await r.streams.run_state(self.session, item.run_id)
+                if state is None or state.status not in TERMINAL_STATUSES:  # not twice on retry
+                    await self.shipper.put(item.run_id, "run.cancelled", {"reason": "drop"})
+            await self.shipper.flush()
+            for item in items:
+                await self._complete(item)
+            dropped += len(items)
+        await r.streams.set_meta(self.session, status="dead")
+        self._state.drop_until = None
+        self._state.dead = True
+        log.info("session %s: dropped %d pending inputs (policy drop)", self.ref, dropped)
+
+    async def _next_input(self) -> tuple[InboxItem, str | None, RunState | None] | None:
+        """The next input, the reason it is cancelled instead of run (None: run it), and
+        its run state (None: never started)."""
+        r = self.replica
+        items, state, cancel = await r.store.peek_inbox(self.session, INBOX_WINDOW)
+        if not items:
+            return None
+        hold = self._state.hold_until
+        if hold is not None:
+            last = (
+                items[-1].id
+                if len(items) < INBOX_WINDOW
+                else await r.streams.inbox_last_id(self.session)
+            )
+            if stream_id(last) <= stream_id(hold):
+                return None  # queue policy: wait for the next input to arrive
+            self._state.hold_until = None
+            await r.streams.set_meta(self.session, hold_until_id="")
+        # multitask=interrupt: an interrupting input cancels everything queued before it
+        if any(i.multitask == "interrupt" for i in items[1:]):
+            return items[0], "interrupt", state
+        return items[0], "cancel" if cancel else None, state
+
+    async def _idle(self) -> bool:
+        """Wait for a wake; False when the session has been idle for ``close_delay``."""
+        loop = asyncio.get_running_loop()
+        r = self.replica
+        while True:
+            if self._draining:
+                return True
+            remaining = self._idle_since + self._close_delay_s - loop.time()
+            if remaining <= 0:
+                if await r.streams.attached_count(self.session) > 0:
+                    self._idle_since = loop.time()  # a client is watching: stay
+                    continue
+                return False
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+                return True
+            except TimeoutError:
+                continue
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def _process(
+        self, item: InboxItem, cancel_reason: str | None, state: RunState | None
+    ) -> None:
+        r = self.replica
+        assert self.shipper is not None
+        if state is not None and state.status in TERMINAL_STATUSES:
+            # the previous owner ended it but died before advancing the inbox
+            await self._complete(item, last=True)
+            return
+        if cancel_reason is not None:
+            await self.shipper.put(item.run_id, "run.cancelled", {"reason": cancel_reason})
+            await self.shipper.flush()
+            await self._complete(item, last=True)
+            await r.streams.clear_cancel(self.session, item.run_id)
+            r.metrics.runs.labels("cancelled").inc()
+            return
+        attempt = (state.attempt or 1) + 1 if state is not None else 1
+        await self._execute(item, attempt)
+
+    async def _execute(self, item: InboxItem, attempt: int) -> None:
+        r = self.replica
+        shipper = self.shipper
+        assert shipper is not None
+        started = {"replica_id": r.replica_id, "attempt": attempt, "input": item.input}
+        started_seq = await shipper.put(item.run_id, "run.started", started)
+        ctx = RunContext(
+            session_id=self.session.session_id,
+            project=self.session.project,
+            run_id=item.run_id,
+            token=self.token,
+            attempt=attempt,
+            replica_id=r.replica_id,
+            started_seq=started_seq,
+            session=self.session,
+            streams=r.streams,
+        )
+        run = _Run(item, ctx)
+        self.current = run
+        r.metrics.runs_inflight.inc()
+        run_t0 = time.monotonic()
+        try:
+            run.task = asyncio.create_task(self._drive(ctx, item.input), name=f"run {item.run_id}")
+            try:
+                await asyncio.wait({run.task})
+            except asyncio.CancelledError:
+                self._cut_run = run
+                raise
+            finally:
+                if not run.task.done():
+                    # the actor itself stops: the handler must not outlive it (bounded, in
+                    # case a handler swallows the cancellation; its next output then fails)
+                    run.task.cancel()
+                    await asyncio.wait({run.task}, timeout=HANDLER_STOP_WAIT_S)
+        finally:
+            self.current = None
+            r.metrics.runs_inflight.dec()
+        data: dict[str, Any]
+        if run.cancel_reason is not None or run.task.cancelled():
+            reason = run.cancel_reason or "cancel"
+            etype, data, outcome = "run.cancelled", {"reason": reason}, "cancelled"
+        elif (exc := run.task.exception()) is not None:
+            if isinstance(exc, ShipStopped):
+                raise exc
+            error = str(exc) or type(exc).__name__
+            etype, data = "run.failed", {"error": error, "error_type": type(exc).__name__}
+            outcome = "failed"
+            log.info("session %s: run %s failed: %s", self.ref, item.run_id, error)
+        else:
+            etype, data, outcome = "run.completed", {"outputs": run.task.result()}, "completed"
+        await shipper.put(item.run_id, etype, data)
+        await shipper.flush()
+        await self._complete(item, last=True)
+        if run.cancel_reason is not None:
+            await r.streams.clear_cancel(self.session, item.run_id)
+        r.metrics.runs.labels(outcome).inc()
+        r.metrics.run_duration.labels(outcome).observe(time.monotonic() - run_t0)
+
+    async def _drive(self, ctx: RunContext, input: Any) -> int:
+        """Run the handler, shipping each output; returns how many it yielded."""
+        shipper = self.shipper
+        assert shipper is not None
+        result: Any = self.replica.handler(ctx, input)
+        if inspect.isawaitable(result):  # also accept ``async def`` returning an iterator
+            result = await result
+        if not hasattr(result, "__aiter__"):
+            raise TypeError(
+                f"handler returned {type(result).__name__}, expected an async iterator "
+                "(write it as an async generator: async def handler(ctx, input): ... yield x)"
+            )
+        iterator = aiter(result)
+        n = 0
+        try:
+            async for out in iterator:
+                try:
+                    await shipper.put(ctx.run_id, "run.output", out)
+                except TypeError as exc:
+                    raise TypeError(f"output {n} is not JSON-serialisable: {exc}") from None
+                n += 1
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        return n
+
+    async def _complete(self, item: InboxItem, *, last: bool = False) -> None:
+        """Fenced advance of the inbox: raises StaleToken when the session moved.
+
+        ``last``: nothing follows before the next inbox read, so when no input is left the
+        read can be skipped (the wake flag is cleared first: a mail for an input enqueued
+        after the count sets it again).
+        """
+        if last:
+            self._wake.clear()
+        pending = await self.replica.store.complete_input(self.session, self.token, item.id)
+        if last and pending == 0:
+            self._inbox_empty = True
+
+    async def _check_interrupt(self) -> None:
+        run = self.current
+        if run is None:
+            return
+        with contextlib.suppress(RedisError):
+            items = await self.replica.streams.read_inbox(self.session, count=INBOX_WINDOW)
+            if any(i.multitask == "interrupt" and i.id != run.item.id for i in items):
+                self.request_cancel(run.run_id, "interrupt")
+
+    # -- leaving -----------------------------------------------------------------------------
+
+    async def _leave(self, mode: str) -> None:
+        """Release the lease; then (architecture order) re-check the inbox and re-queue."""
+        r = self.replica
+        if mode == "interrupt":
+            await self._mark_cut_run()
+        if mode == "passivate":
+            own = await r.store.ownership(self.session)
+            if (own.replica_id, own.incarnation, own.token) != (
+                r.replica_id,
+                r.incarnation,
+                self.token,
+            ):
+                # force-released (e.g. the session was deleted): not ours to mark or release
+                log.info("session %s: lease no longer ours; leaving it as it is", self.ref)
+                return
+            if self._state.meta_exists:
+                # before the release: an input enqueued meanwhile sets status back to active;
+                # an expired or deleted session keeps its status (and its reason)
+                status = (await r.streams.meta(self.session)).get("status", "")
+                if status in ("", "active", "passivated"):
+                    await r.streams.set_meta(self.session, status="passivated", reason="idle")
+        try:
+            await r.store.release(self.session, r.replica_id, r.incarnation, self.token)
+        except NotOwner as exc:
+            log.info("session %s: not released, someone else holds it (%s)", self.ref, exc)
+            return
+        log.info("session %s released (%s)", self.ref, mode)
+        if mode == "error":
+            return  # a failing actor would fail again elsewhere: wait for the next input
+        # the API appends before it reads the lease, so an input that raced the release is
+        # either seen here or routed by the API to the work queue
+        if await self._has_runnable_input():
+            await r.streams.publish_work(self.ref, mode)
+
+    async def _mark_cut_run(self) -> None:
+        """Write ``run.interrupted`` for a run cut short by the drain timeout (best effort)."""
+        run = self._cut_run
+        if run is None or self.shipper is None:
+            return
+        data = {
+            "reason": "drain_timeout",
+            "previous_replica_id": self.replica.replica_id,
+            "previous_token": self.token,
+            "policy": "restart",
+        }
+        try:
+            async with asyncio.timeout(DRAIN_INTERRUPT_FLUSH_S):  # put may wait for buffer room
+                await self.shipper.put(run.run_id, "run.interrupted", data)
+                await self.shipper.flush()
+        except (ShipStopped, TimeoutError) as exc:
+            # the next owner sees active_run_id still set and writes run.interrupted itself
+            log.warning(
+                "session %s: could not mark run %s interrupted: %r", self.ref, run.run_id, exc
+            )
+
+    async def _has_runnable_input(self) -> bool:
+        r = self.replica
+        if not await r.streams.read_inbox(self.session, count=1):
+            return False
+        hold = self._state.hold_until
+        if hold is None:
+            return True
+        return stream_id(await r.streams.inbox_last_id(self.session)) > stream_id(hold)

@@ -1,0 +1,76 @@
+"""Handler loading (``module:callable``) and the built-in ``echo`` handler."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from streamward.runner.context import Handler, RunContext
+
+
+class HandlerLoadError(ValueError):
+    """The ``--handler`` spec does not name an importable callable."""
+
+
+class EchoFailed(RuntimeError):
+    """Raised by ``echo`` after its last chunk when the input asks for ``fail: true``."""
+
+
+def load_handler(spec: str) -> Handler:
+    """Import ``module:callable`` (the attribute may be dotted: ``module:Class.method``)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise HandlerLoadError(f"handler {spec!r}: expected 'module:callable'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # a broken module fails the same way as a missing one
+        raise HandlerLoadError(
+            f"handler {spec!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise HandlerLoadError(
+                f"handler {spec!r}: module {module_name!r} has no attribute {attr!r}"
+            ) from None
+    if not callable(obj):
+        raise HandlerLoadError(
+            f"handler {spec!r}: {attr!r} is a {type(obj).__name__}, not callable"
+        )
+    return cast(Handler, obj)
+
+
+def _int_field(data: dict[str, Any], name: str, default: int) -> int:
+    value = data.get(name, default)
+    # bool is an int subclass in Python, but true/false is not a count
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"echo: {name!r} must be an integer, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"echo: {name!r} must be >= 0, got {value}")
+    return value
+
+
+async def echo(ctx: RunContext, input: Any) -> AsyncIterator[Any]:
+    """Yield ``chunks`` x ``{"text", "i"}``, sleeping ``delay_ms`` before each; maybe fail."""
+    if not isinstance(input, dict):
+        kind = "null" if input is None else type(input).__name__
+        raise TypeError(
+            "echo: input must be a JSON object like "
+            f'{{"text": "hi", "chunks": 1, "delay_ms": 0, "fail": false}}, got {kind}'
+        )
+    text = input.get("text", "")
+    if not isinstance(text, str):
+        raise TypeError(f"echo: 'text' must be a string, got {type(text).__name__}")
+    chunks = _int_field(input, "chunks", 1)
+    delay_ms = _int_field(input, "delay_ms", 0)
+    fail = input.get("fail", False)
+    if not isinstance(fail, bool):
+        raise TypeError(f"echo: 'fail' must be a boolean, got {type(fail).__name__}")
+    for i in range(chunks):
+        await asyncio.sleep(delay_ms / 1000)
+        yield {"text": text, "i": i}
+    if fail:
+        raise EchoFailed("echo: failing on request (fail: true)")

@@ -1,0 +1,1 @@
+"""Operator tooling: CLI, dev fleet, benches, chaos. Nothing imports it."""

@@ -1,0 +1,3 @@
+from streamward.tools.cli import main
+
+main()

@@ -1,0 +1,559 @@
+"""``streamward bench invoke``: detached invoke latency and admin ingest throughput.
+
+Measured in one run, on one throwaway ``redis-server``, one ``streamward api`` and two
+``streamward runner`` processes (echo handler), each figure beside a raw-Redis baseline:
+
+* **detached invoke round trip**: ``POST /v1/sessions/{id}/invoke`` (mode detached) until the
+  202 that names the run's owner, i.e. API enqueue -> mail/work -> runner claims and starts
+  the run -> ``run.started`` ingested through the API -> the API answers. Each of
+  ``concurrency`` callers owns one session and invokes it in a loop (warm: the owner is known
+  and mailed). The first invoke of each session (cold: work queue + lease acquisition) is
+  reported separately, and so is the next one (burst: all callers send it at the same instant
+  once the cold ones are answered, so it queues behind the whole burst). **Baseline**: the
+  same hand-off done with raw Redis and no HTTP: the caller XADDs a request, a responder
+  XREADs it and XADDs a reply, the caller's XREAD BLOCK gets it: two stream hops, the floor
+  any Redis-mediated "tell me it started" can reach.
+* **ingest throughput**: entries/s through ``POST /admin/sessions/transcripts/ingest`` in
+  batches of 100 (fenced, idempotent Lua append), 16 sessions in parallel. **Baseline**: the
+  same entries written with one plain XADD per entry, pipelined per batch of 100, same
+  parallelism.
+
+The warm invokes are a **closed loop**: each caller sends its next invoke when the last one
+answered, so at ``concurrency`` callers the round trip is bounded below by queueing for the
+CPU: ``concurrency x CPU per invoke / cores``. The bench therefore also reports the CPU
+each process spent per warm invoke (API, runners, Redis, and this load generator, which
+runs on the same machine: a minimal HTTP/1.1 client on uvloop), the throughput, that floor,
+and the latency of a single caller (no queueing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+import httpx
+import orjson
+import redis.asyncio as aioredis
+from rich.console import Console
+from rich.table import Table
+
+from streamward.lua.keys import Keys
+from streamward.lua.store import LeaseStore
+from streamward.tools.fleet import Fleet
+from streamward.tools.server import RedisServer
+
+TARGET_P50_MS = 15.0
+TARGET_P99_MS = 60.0
+TARGET_INGEST_EPS = 30_000.0
+INGEST_BATCH = 100
+INGEST_SESSIONS = 16
+INGEST_ENTRIES = 200_000
+BENCH_REPLICA = "bench-shipper"
+SINGLE_CALLER_REQUESTS = 200
+T = TypeVar("T")
+
+
+@dataclass
+class Latency:
+    samples: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Latency:
+        ms = sorted(s * 1000 for s in seconds)
+        return cls(len(ms), _pct(ms, 50), _pct(ms, 99), statistics.fmean(ms), ms[-1])
+
+
+@dataclass
+class Results:
+    concurrency: int
+    requests: int
+    invoke: Latency
+    invoke_cold: Latency
+    invoke_raw: Latency
+    invoke_statuses: dict[str, int]
+    ingest_entries_per_s: float
+    ingest_raw_entries_per_s: float
+    ingest_entries: int
+    p50_met: bool
+    p99_met: bool
+    ingest_met: bool
+    # added later: defaults keep older constructors (and readers of older JSON) working
+    invoke_single: Latency | None = None  # one caller, no queueing
+    # each caller's first warm invoke, sent by all at the same instant (see bench_invoke)
+    invoke_burst: Latency | None = None
+    invokes_per_s: float = 0.0  # warm phase throughput
+    # CPU ms per warm invoke by process: api, runners, redis, client (this process), total
+    cpu_ms_per_invoke: dict[str, float] = field(default_factory=dict)
+    cores: int = 0
+    # concurrency x total CPU per invoke / cores: the p50 a closed loop cannot beat here
+    closed_loop_floor_ms: float = 0.0
+
+    @property
+    def invoke_ratio_p50(self) -> float:
+        return self.invoke.p50_ms / self.invoke_raw.p50_ms
+
+    @property
+    def ingest_ratio(self) -> float:
+        return self.ingest_entries_per_s / self.ingest_raw_entries_per_s
+
+
+def _pct(sorted_ms: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    k = max(0, min(len(sorted_ms) - 1, round(p / 100 * len(sorted_ms) + 0.5) - 1))
+    return sorted_ms[k]
+
+
+async def _gather_limited(n: int, jobs: list[Callable[[], Awaitable[None]]]) -> None:
+    sem = asyncio.Semaphore(n)
+
+    async def one(job: Callable[[], Awaitable[None]]) -> None:
+        async with sem:
+            await job()
+
+    await asyncio.gather(*(one(j) for j in jobs))
+
+
+# -- CPU accounting ------------------------------------------------------------------------------
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc (0 where there is none)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class CpuMeter:
+    """CPU seconds each named process group spends between ``start()`` and ``stop()``."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self._t0: dict[str, float] = {}
+        self._wall0 = 0.0
+        self.spent_s: dict[str, float] = {}
+        self.wall_s = 0.0
+
+    def _now(self) -> dict[str, float]:
+        out = {g: sum(_proc_cpu_s(p) for p in pids) for g, pids in self.groups.items()}
+        out["client"] = _self_cpu_s()
+        return out
+
+    def start(self) -> None:
+        self._t0 = self._now()
+        self._wall0 = time.perf_counter()
+
+    def stop(self) -> None:
+        self.wall_s = time.perf_counter() - self._wall0
+        now = self._now()
+        self.spent_s = {g: now[g] - self._t0[g] for g in now}
+
+    def per_invoke_ms(self, n: int) -> dict[str, float]:
+        out = {g: round(s * 1000 / n, 3) for g, s in self.spent_s.items()}
+        out["total"] = round(sum(self.spent_s.values()) * 1000 / n, 3)
+        return out
+
+
+def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run the bench's own loop on uvloop when installed: the load generator shares the
+    machine with what it measures, so it should cost as little CPU as it can."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+# -- detached invoke ---------------------------------------------------------------------------
+
+
+async def bench_invoke(
+    api_url: str, concurrency: int, requests: int, run_tag: str, cpu: CpuMeter | None = None
+) -> tuple[Latency, Latency, dict[str, int], Latency | None]:
+    """(warm, cold, status counts, burst) of detached invokes; ``cpu`` (when given) measures
+    the warm phase only.
+
+    Cold: the first invoke of each session (all callers at once). Burst: each caller's next
+    invoke, which all callers send at the same instant when the cold ones are answered, so it
+    queues behind the whole burst. Warm: every later one, the callers then running free. The
+    burst is reported apart from the steady state (None when no caller has a later invoke).
+    """
+    statuses: dict[str, int] = {}
+    body = orjson.dumps({"input": {"text": "bench", "chunks": 1}, "mode": "detached"})
+    headers = {"Content-Type": "application/json"}
+    # aiohttp, not httpx: with 50 callers on a small machine httpx's per-request CPU (~1 ms)
+    # would dominate what is measured; one kept-alive connection per caller
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+    async def invoke(session: str) -> float:
+        t0 = time.perf_counter()
+        async with http.post(
+            f"{api_url}/v1/sessions/{session}/invoke", data=body, headers=headers
+        ) as resp:
+            status, reply = resp.status, await resp.read()
+        dt = time.perf_counter() - t0
+        if status != 202:
+            raise RuntimeError(f"invoke answered {status}: {reply[:300]!r}")
+        name = str(orjson.loads(reply)["status"])
+        statuses[name] = statuses.get(name, 0) + 1
+        return dt
+
+    try:
+        sessions = [f"bench-{run_tag}-{i}" for i in range(concurrency)]
+        cold = await asyncio.gather(*(invoke(s) for s in sessions))
+        statuses.clear()
+        per_worker = [
+            requests // concurrency + (i < requests % concurrency) for i in range(concurrency)
+        ]
+        warm: list[float] = []
+        burst: list[float] = []
+
+        async def worker(session: str, n: int) -> None:
+            for k in range(n):
+                (burst if k == 0 else warm).append(await invoke(session))
+
+        if cpu is not None:
+            cpu.start()
+        await asyncio.gather(*(worker(s, n) for s, n in zip(sessions, per_worker, strict=True)))
+        if cpu is not None:
+            cpu.stop()
+    finally:
+        await http.close()
+    if not warm:  # one invoke per caller: the burst is all there is
+        return Latency.of(burst), Latency.of(list(cold)), statuses, None
+    return Latency.of(warm), Latency.of(list(cold)), statuses, Latency.of(burst)
+
+
+async def bench_invoke_raw(redis_url: str, concurrency: int, requests: int) -> Latency:
+    """Two-hop request/reply over raw Redis streams (no HTTP, no scripts); like the warm
+    invokes, without each caller's first round trip (all callers send it at once)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, max_connections=None)
+    tag = uuid.uuid4().hex[:8]
+    req_key = f"rawbench:{tag}:req"
+    stop = asyncio.Event()
+
+    async def responder() -> None:
+        last = "$"
+        while not stop.is_set():
+            reply: Any = await client.xread({req_key: last}, count=500, block=100)
+            for _, items in reply or []:
+                pipe = client.pipeline(transaction=False)
+                for entry_id, fields in items:
+                    last = entry_id
+                    pipe.xadd(fields["reply_to"], {"status": "running", "req": entry_id})
+                await pipe.execute()
+
+    async def caller(i: int, n: int, out: list[float]) -> None:
+        reply_key = f"rawbench:{tag}:reply:{i}"
+        last = "0-0"
+        for k in range(n):
+            t0 = time.perf_counter()
+            await client.xadd(req_key, {"reply_to": reply_key, "input": '{"text":"bench"}'})
+            while True:
+                got: Any = await client.xread({reply_key: last}, count=1, block=5000)
+                if got:
+                    last = got[0][1][0][0]
+                    break
+            if k > 0 or n == 1:  # as for the invokes: the callers' first, joint burst apart
+                out.append(time.perf_counter() - t0)
+
+    task = asyncio.create_task(responder())
+    await asyncio.sleep(0.05)  # the responder's first XREAD "$" must be in place
+    samples: list[float] = []
+    per = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
+    try:
+        await asyncio.gather(*(caller(i, n, samples) for i, n in enumerate(per)))
+    finally:
+        stop.set()
+        await task
+        await client.aclose()
+    return Latency.of(samples)
+
+
+# -- ingest -------------------------------------------------------------------------------
+
+
+def _entries(start_seq: int, n: int) -> list[dict[str, Any]]:
+    return [
+        {"seq": start_seq + k, "type": "run.output", "data": {"text": "bench", "i": start_seq + k}}
+        for k in range(n)
+    ]
+
+
+async def bench_ingest(api_url: str, redis_url: str, admin_token: str, total: int) -> float:
+    """Entries/s through the admin ingest endpoint, batches of 100, 16 sessions in parallel."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    store = LeaseStore(client, Keys())
+    incarnation = uuid.uuid4().hex
+    await store.register_replica(BENCH_REPLICA, incarnation, 600_000)
+    tag = uuid.uuid4().hex[:8]
+    tokens: dict[str, int] = {}
+    for i in range(INGEST_SESSIONS):
+        sid = f"ingest-{tag}-{i}"
+        lease = await store.acquire(
+            store.keys.session("default", sid), BENCH_REPLICA, incarnation, 600_000
+        )
+        tokens[sid] = lease.token
+    per_session = total // INGEST_SESSIONS
+    headers = {"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"}
+    # pre-serialise the bodies: the figure is the server's, not this client's JSON encoding
+    bodies = {
+        sid: [
+            orjson.dumps(
+                {
+                    "session_id": sid,
+                    "run_id": "run_bench",
+                    "token": tok,
+                    "entries": _entries(seq, INGEST_BATCH),
+                }
+            )
+            for seq in range(1, per_session + 1, INGEST_BATCH)
+        ]
+        for sid, tok in tokens.items()
+    }
+    limits = httpx.Limits(max_connections=INGEST_SESSIONS + 4)
+    async with httpx.AsyncClient(base_url=api_url, limits=limits, timeout=60) as http:
+
+        async def ship(sid: str) -> int:
+            n = 0
+            for body in bodies[sid]:
+                r = await http.post(
+                    "/admin/sessions/transcripts/ingest", content=body, headers=headers
+                )
+                if r.status_code != 200:
+                    raise RuntimeError(f"ingest answered {r.status_code}: {r.text[:300]}")
+                n += int(orjson.loads(r.content)["accepted"])
+            return n
+
+        t0 = time.perf_counter()
+        accepted = sum(await asyncio.gather(*(ship(s) for s in tokens)))
+        dt = time.perf_counter() - t0
+    await client.aclose()
+    if accepted != per_session * INGEST_SESSIONS:
+        raise RuntimeError(f"ingest accepted {accepted} of {per_session * INGEST_SESSIONS}")
+    return accepted / dt
+
+
+async def bench_ingest_raw(redis_url: str, total: int) -> float:
+    """Entries/s with one XADD per entry, pipelined per batch of 100, 16 streams in parallel."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    tag = uuid.uuid4().hex[:8]
+    per_session = total // INGEST_SESSIONS
+
+    async def ship(i: int) -> int:
+        key = f"rawbench:{tag}:log:{i}"
+        n = 0
+        for seq in range(1, per_session + 1, INGEST_BATCH):
+            pipe = client.pipeline(transaction=False)
+            for e in _entries(seq, INGEST_BATCH):
+                pipe.xadd(
+                    key,
+                    {
+                        "seq": e["seq"],
+                        "type": e["type"],
+                        "run_id": "run_bench",
+                        "token": 1,
+                        "data": orjson.dumps(e["data"]),
+                        "ts": int(time.time() * 1000),
+                    },
+                    id=f"{e['seq']}-0",
+                )
+            n += len(await pipe.execute())
+        return n
+
+    t0 = time.perf_counter()
+    written = sum(await asyncio.gather(*(ship(i) for i in range(INGEST_SESSIONS))))
+    dt = time.perf_counter() - t0
+    await client.aclose()
+    return written / dt
+
+
+# -- driver ----------------------------------------------------------------------------------
+
+
+async def _run(
+    fleet: Fleet,
+    redis_url: str,
+    api_url: str,
+    concurrency: int,
+    requests: int,
+    phase: Callable[[str], object] = lambda _: None,
+    pids: dict[str, list[int]] | None = None,
+) -> Results:
+    # warm-up: invokes and ingests so imports, script caches, pools (and the API's learning
+    # where run starts are ingested, api/starts.py) are hot
+    phase("warming up...")
+    await bench_invoke(api_url, min(4, concurrency), 200, "warmup")
+    await bench_ingest(api_url, redis_url, fleet.admin_token, INGEST_SESSIONS * INGEST_BATCH * 2)
+
+    phase(f"1/4 detached invokes: {SINGLE_CALLER_REQUESTS} from one caller...")
+    single, _, _, _ = await bench_invoke(api_url, 1, SINGLE_CALLER_REQUESTS, uuid.uuid4().hex[:6])
+    phase(f"1/4 detached invokes: {requests} through the API, {concurrency} callers...")
+    cpu = CpuMeter(pids or {})
+    warm, cold, statuses, burst = await bench_invoke(
+        api_url, concurrency, requests, uuid.uuid4().hex[:6], cpu=cpu
+    )
+    measured = warm.samples + (burst.samples if burst is not None else 0)
+    cpu_ms = cpu.per_invoke_ms(measured)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    phase(f"2/4 raw Redis request/reply baseline: {requests} round trips...")
+    raw = await bench_invoke_raw(redis_url, concurrency, requests)
+    phase(f"3/4 admin ingest: {INGEST_ENTRIES:,} entries...")
+    ingest_eps = await bench_ingest(api_url, redis_url, fleet.admin_token, INGEST_ENTRIES)
+    phase(f"4/4 raw XADD baseline: {INGEST_ENTRIES:,} entries...")
+    raw_eps = await bench_ingest_raw(redis_url, INGEST_ENTRIES)
+    return Results(
+        concurrency=concurrency,
+        requests=requests,
+        invoke=warm,
+        invoke_cold=cold,
+        invoke_raw=raw,
+        invoke_statuses=statuses,
+        ingest_entries_per_s=ingest_eps,
+        ingest_raw_entries_per_s=raw_eps,
+        ingest_entries=INGEST_ENTRIES,
+        p50_met=warm.p50_ms <= TARGET_P50_MS,
+        p99_met=warm.p99_ms <= TARGET_P99_MS,
+        ingest_met=ingest_eps >= TARGET_INGEST_EPS,
+        invoke_single=single,
+        invokes_per_s=round(measured / cpu.wall_s, 1) if cpu.wall_s > 0 else 0.0,
+        invoke_burst=burst,
+        cpu_ms_per_invoke=cpu_ms,
+        cores=cores or 1,
+        closed_loop_floor_ms=round(concurrency * cpu_ms["total"] / (cores or 1), 2),
+    )
+
+
+def _yes(met: bool) -> str:
+    return "[green]met[/green]" if met else "[red]NOT met[/red]"
+
+
+def render(res: Results, console: Console) -> None:
+    t = Table(title=f"detached invoke, {res.concurrency} callers, {res.requests} requests")
+    for col in ("figure", "streamward", "raw Redis", "ratio", "target"):
+        t.add_column(col)
+    t.add_row(
+        "p50 round trip",
+        f"{res.invoke.p50_ms:.2f} ms",
+        f"{res.invoke_raw.p50_ms:.2f} ms",
+        f"{res.invoke_ratio_p50:.1f}x",
+        f"<= {TARGET_P50_MS:g} ms {_yes(res.p50_met)}",
+    )
+    t.add_row(
+        "p99 round trip",
+        f"{res.invoke.p99_ms:.2f} ms",
+        f"{res.invoke_raw.p99_ms:.2f} ms",
+        f"{res.invoke.p99_ms / res.invoke_raw.p99_ms:.1f}x",
+        f"<= {TARGET_P99_MS:g} ms {_yes(res.p99_met)}",
+    )
+    t.add_row(
+        "cold p50 / p99 (first invoke)",
+        f"{res.invoke_cold.p50_ms:.2f} / {res.invoke_cold.p99_ms:.2f} ms",
+        "",
+        "",
+        "",
+    )
+    t.add_row(
+        "ingest (batches of 100)",
+        f"{res.ingest_entries_per_s:,.0f} entries/s",
+        f"{res.ingest_raw_entries_per_s:,.0f} entries/s",
+        f"{res.ingest_ratio:.2f}x",
+        f">= {TARGET_INGEST_EPS:,.0f}/s {_yes(res.ingest_met)}",
+    )
+    if res.invoke_burst is not None:
+        t.add_row(
+            "burst p50 / p99 (first warm round)",
+            f"{res.invoke_burst.p50_ms:.2f} / {res.invoke_burst.p99_ms:.2f} ms",
+            "",
+            "",
+            "",
+        )
+    if res.invoke_single is not None:
+        t.add_row(
+            "one caller p50 / p99 (no queueing)",
+            f"{res.invoke_single.p50_ms:.2f} / {res.invoke_single.p99_ms:.2f} ms",
+            "",
+            "",
+            "",
+        )
+    console.print(t)
+    console.print(f"invoke answers: {res.invoke_statuses}")
+    if res.cpu_ms_per_invoke:
+        cpu = ", ".join(f"{k} {v:.3f}" for k, v in res.cpu_ms_per_invoke.items())
+        console.print(
+            f"CPU ms per warm invoke: {cpu}; {res.invokes_per_s:,.0f} invokes/s. Closed loop "
+            f"on {res.cores} cores: p50 >= {res.concurrency} x {res.cpu_ms_per_invoke['total']:.2f}"
+            f" ms / {res.cores} = {res.closed_loop_floor_ms:.1f} ms"
+        )
+
+
+def main(concurrency: int = 50, requests: int = 5000, output: str = "table") -> int:
+    """Run the bench; print a table (or JSON with ``output="json"``); 0 when it ran."""
+    if output not in ("table", "json"):
+        print(f"unknown output {output!r}: table or json", file=sys.stderr)
+        return 2
+    if concurrency < 1 or requests < concurrency:
+        print("need concurrency >= 1 and requests >= concurrency", file=sys.stderr)
+        return 2
+    console = Console(stderr=output == "json")
+    with RedisServer() as server, Fleet(server.url) as fleet:
+        console.print(f"redis {server.url}; 1 API and 2 runners (echo handler)")
+        # progress on the console (stderr with -o json, so stdout stays one JSON document)
+        with console.status("starting the API...") as status:
+            api = fleet.start_api()
+            runners = []
+            for i in (1, 2):
+                status.update(f"starting runner {i}/2...")
+                runners.append(fleet.start_runner(f"bench-runner-{i}").pid)
+            pids = {"api": [api.pid], "runners": runners}
+            if server.proc is not None:
+                pids["redis"] = [server.proc.pid]
+            res = _run_loop(
+                _run(
+                    fleet,
+                    server.url,
+                    api.url,
+                    concurrency,
+                    requests,
+                    phase=status.update,
+                    pids=pids,
+                )
+            )
+    if output == "json":
+        out = asdict(res) | {
+            "invoke_ratio_p50": res.invoke_ratio_p50,
+            "ingest_ratio": res.ingest_ratio,
+            "targets": {
+                "p50_ms": TARGET_P50_MS,
+                "p99_ms": TARGET_P99_MS,
+                "ingest_entries_per_s": TARGET_INGEST_EPS,
+            },
+        }
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    else:
+        render(res, console)
+    return 0

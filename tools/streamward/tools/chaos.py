@@ -1,0 +1,969 @@
+"""``streamward chaos``: a real fleet under seeded faults, then a proof that fencing held.
+
+One machine, real processes: a ``redis-server`` with AOF (``appendfsync always``), ``apis``
+API instances, ``runners`` runner replicas (echo handler, short replica TTL), and the load
+generator (``api/loadgen.py``) invoking ``sessions`` sessions, detached and streamed, at
+``rate_per_s``. Every API appends one line per ingest attempt to a shared audit file
+(``STREAMWARD_INGEST_AUDIT_PATH``, ``api/audit.py``).
+
+A schedule of faults is drawn from the seed (``make_schedule``: a pure function of its
+arguments) and applied with real signals: kill -9 of a runner, SIGSTOP of a runner for
+longer than the replica TTL then SIGCONT, SIGTERM of a runner, kill -9 of an API, restart
+of Redis (SIGKILL or SIGTERM), a burst of invokes at one session. Whatever was killed is
+started again. Then the harness quiesces (no more faults, everything continued and up, load
+stopped, every acknowledged run given time to end), reads the audit and every session log
+and runs ``api.chaos_check.check_history``. See docs/chaos.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+import redis
+
+from streamward.api.audit import read_audit
+from streamward.lua.keys import Keys
+from streamward.tools.chaos_check import CheckReport, check_history, read_logs
+from streamward.tools.fleet import Fleet, Proc
+from streamward.tools.loadgen import LoadConfig, LoadGen, wait_terminal
+from streamward.tools.server import RedisServer, free_port, wait_ready
+
+RUNNER_KILL = "runner_kill9"
+RUNNER_STOP = "runner_sigstop"
+RUNNER_TERM = "runner_sigterm"
+API_KILL = "api_kill9"
+REDIS_RESTART = "redis_restart"
+BURST = "burst"
+# a delayed write: an API paused with a runner's ingest requests in flight while that runner
+# is paused past its TTL too and its sessions are taken over; when the API wakes it handles
+# the old owner's requests, which fencing must refuse (the stale_token refusals of the run)
+DELAYED_WRITE = "delayed_write"
+FAULT_KINDS = (
+    RUNNER_KILL,
+    RUNNER_STOP,
+    RUNNER_TERM,
+    API_KILL,
+    REDIS_RESTART,
+    BURST,
+    DELAYED_WRITE,
+)
+RUNNER_FAULTS = frozenset({RUNNER_KILL, RUNNER_STOP, RUNNER_TERM})
+
+# schedule model: faults start every GAP_S apart; each keeps its target "busy" for a nominal
+# time so the schedule never aims two faults at one process at once
+GAP_S = (2.0, 5.0)
+START_BUDGET_S = 3.0  # nominal time for a restarted process to be up again
+TERM_BUDGET_S = 2.0  # nominal drain time of a SIGTERMed runner (runs last < 1.5 s)
+TAIL_S = 1.0  # no fault starts in the last second of the fault phase
+# delayed_write: how long the API is paused before its runner is (requests pile up in it)
+DELAYED_WRITE_LEAD_S = 1.0
+
+DRAIN_TIMEOUT_S = 5  # runner drain bound: a SIGTERM restart should not wait 20 s
+CLOSE_DELAY_S = 5  # idle sessions passivate and get claimed again: more lease churn
+KEYS = Keys()
+
+
+# -- durations ----------------------------------------------------------------------------------
+
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """``"90"`` (seconds), ``"60s"``, ``"5m"``, ``"1h"``, ``"1m30s"``, ``"500ms"`` -> seconds."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", t):
+        value = float(t)
+    else:
+        parts = list(_PART.finditer(t))
+        if not parts or "".join(m.group(0) for m in parts) != t:
+            raise ValueError(f"not a duration: {text!r} (use e.g. 90, 60s, 5m, 30m, 1h)")
+        value = sum(float(m.group(1)) * _UNIT_S[m.group(2)] for m in parts)
+    if value <= 0:
+        raise ValueError(f"duration must be > 0, got {text!r}")
+    return value
+
+
+def format_duration(duration_s: float) -> str:
+    """The shortest ``parse_duration`` spelling of a duration (for the replay command)."""
+    if duration_s >= 60 and duration_s % 60 == 0:
+        return f"{int(duration_s // 60)}m"
+    return f"{duration_s:g}s"
+
+
+# -- the schedule -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault of the schedule."""
+
+    at_s: float  # seconds after the load started
+    kind: str
+    target: int  # runner / API index; session index for a burst; 0 for Redis
+    hold_s: float = 0.0  # SIGSTOP length, or down time before a restart
+    signal: str = ""  # redis_restart: "SIGKILL" or "SIGTERM"
+    count: int = 0  # burst: how many invokes
+    partner: int = -1  # delayed_write: the runner paused with its API (target = API index)
+
+
+def make_schedule(
+    seed: int,
+    duration_s: float,
+    *,
+    runners: int = 4,
+    apis: int = 2,
+    sessions: int = 200,
+    replica_ttl_ms: int = 3000,
+    warmup_s: float = 3.0,
+) -> list[Fault]:
+    """The faults of a run: a pure function of its arguments (same seed, same schedule)."""
+    # The first faults are one of each kind in a seeded order (when the duration leaves
+    # room), then kinds are drawn at random; a slot whose kind has no target up stays quiet.
+    # Each fault keeps its target busy for a nominal time, so at most half the runners (at
+    # least one) and all APIs but one are down at once, Redis restarts never overlap, and a
+    # process never gets two faults at once.
+    rng = random.Random(seed)
+    ttl_s = replica_ttl_ms / 1000
+    runner_busy = [0.0] * runners  # nominal time each target is back
+    api_busy = [0.0] * apis
+    redis_busy = 0.0
+    max_runners_down = max(1, runners // 2)
+    max_apis_down = max(1, apis - 1)
+    pending = rng.sample(FAULT_KINDS, len(FAULT_KINDS))  # one of each kind first
+    out: list[Fault] = []
+    t = warmup_s
+    first = True
+    while True:
+        if not first:
+            t += rng.uniform(*GAP_S)
+        first = False
+        if t > duration_s - TAIL_S:
+            return out
+
+        free_r = _free(runner_busy, t, max_runners_down)
+        free_a = _free(api_busy, t, max_apis_down)
+        possible = {
+            RUNNER_KILL: bool(free_r),
+            RUNNER_STOP: bool(free_r),
+            RUNNER_TERM: bool(free_r),
+            API_KILL: bool(free_a),
+            REDIS_RESTART: redis_busy <= t,
+            BURST: True,
+            # a free API and a free runner that ships through it (runner i uses API i % apis)
+            DELAYED_WRITE: any(r % apis in free_a for r in free_r),
+        }
+        if pending:  # one of each kind first: the first one whose target is up
+            kind = next((k for k in pending if possible[k]), "")
+            if kind:
+                pending.remove(kind)
+        else:
+            kind = rng.choice(FAULT_KINDS)
+        if not kind or not possible[kind]:
+            continue  # this slot stays quiet; the next one is a gap later
+        if kind == RUNNER_KILL:
+            target = rng.choice(free_r)
+            hold_s = round(rng.uniform(0.2, 2 * ttl_s), 2)  # before and after the TTL ran out
+            runner_busy[target] = t + hold_s + START_BUDGET_S
+            out.append(Fault(round(t, 2), kind, target, hold_s=hold_s))
+        elif kind == RUNNER_STOP:
+            target = rng.choice(free_r)
+            hold_s = round(rng.uniform(1.3 * ttl_s, 2.0 * ttl_s), 2)  # always past the TTL
+            runner_busy[target] = t + hold_s + 1.0
+            out.append(Fault(round(t, 2), kind, target, hold_s=hold_s))
+        elif kind == RUNNER_TERM:
+            target = rng.choice(free_r)
+            hold_s = round(rng.uniform(0.2, 1.0), 2)
+            runner_busy[target] = t + TERM_BUDGET_S + hold_s + START_BUDGET_S
+            out.append(Fault(round(t, 2), kind, target, hold_s=hold_s))
+        elif kind == API_KILL:
+            target = rng.choice(free_a)
+            hold_s = round(rng.uniform(0.2, 2.0), 2)
+            api_busy[target] = t + hold_s + START_BUDGET_S
+            out.append(Fault(round(t, 2), kind, target, hold_s=hold_s))
+        elif kind == REDIS_RESTART:
+            hold_s = round(rng.uniform(0.0, 1.5), 2)
+            sig = rng.choice(("SIGKILL", "SIGTERM"))
+            redis_busy = t + hold_s + 2.0
+            out.append(Fault(round(t, 2), kind, 0, hold_s=hold_s, signal=sig))
+        elif kind == DELAYED_WRITE:
+            partner = rng.choice([r for r in free_r if r % apis in free_a])
+            target = partner % apis
+            hold_s = round(rng.uniform(1.3 * ttl_s, 2.0 * ttl_s), 2)
+            api_busy[target] = t + DELAYED_WRITE_LEAD_S + hold_s + 1.0
+            runner_busy[partner] = t + DELAYED_WRITE_LEAD_S + hold_s + 2.0
+            out.append(Fault(round(t, 2), kind, target, hold_s=hold_s, partner=partner))
+        else:
+            target = rng.randrange(sessions)
+            out.append(Fault(round(t, 2), kind, target, count=rng.randint(20, 50)))
+
+
+def _free(busy: list[float], t: float, max_down: int) -> list[int]:
+    """Targets up at ``t`` (none when ``max_down`` of them are already down)."""
+    if sum(b > t for b in busy) >= max_down:
+        return []
+    return [i for i, b in enumerate(busy) if b <= t]
+
+
+# -- configuration and results ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    """One chaos run."""
+
+    seed: int
+    duration_s: float = 60.0  # fault phase (the load runs through it)
+    runners: int = 4
+    apis: int = 2
+    sessions: int = 200
+    rate_per_s: float = 10.0
+    stream_fraction: float = 0.3
+    replica_ttl_ms: int = 3000
+    warmup_s: float = 3.0  # load before the first fault
+    settle_timeout_s: float = 90.0  # after the faults: wait for acknowledged runs to end
+    submit_deadline_s: float = 60.0  # the load generator's patience with one invoke
+    workdir: str | None = None  # default: a fresh temp dir
+    keep: bool = False  # keep the workdir (process logs, audit, Redis data)
+
+    def __post_init__(self) -> None:
+        if self.runners < 2:
+            raise ValueError("need at least 2 runners (someone must take over)")
+        if self.apis < 1 or self.sessions < 1 or self.rate_per_s <= 0 or self.duration_s <= 0:
+            raise ValueError("apis, sessions, rate and duration must be positive")
+
+    def replay_command(self) -> str:
+        return (
+            f"streamward chaos --duration {format_duration(self.duration_s)} --seed {self.seed}"
+            f" --runners {self.runners} --apis {self.apis} --sessions {self.sessions}"
+            f" --rate {self.rate_per_s:g}"
+        )
+
+
+@dataclass
+class AppliedFault:
+    """A scheduled fault as it happened (times in seconds after the load started)."""
+
+    fault: Fault
+    target_name: str
+    started_s: float | None = None
+    ended_s: float | None = None
+    detail: str = ""
+    error: str | None = None
+
+    def line(self) -> str:
+        f = self.fault
+        when = "-" if self.started_s is None else f"{self.started_s:6.1f}s"
+        took = (
+            ""
+            if self.ended_s is None or self.started_s is None
+            else (f" ({self.ended_s - self.started_s:.1f}s)")
+        )
+        late = ""
+        if self.started_s is not None and self.started_s - f.at_s > 0.5:
+            late = f" [planned {f.at_s:.1f}s]"
+        text = f"{when} {f.kind:<15} {self.target_name:<12} {self.detail}{took}{late}"
+        return text + (f"  ERROR: {self.error}" if self.error else "")
+
+
+@dataclass
+class ChaosResult:
+    """Everything a run measured; ``ok`` is the verdict (exit code 0)."""
+
+    config: ChaosConfig
+    schedule: list[Fault]
+    applied: list[AppliedFault]
+    report: CheckReport
+    load: dict[str, Any]
+    latency_ms: dict[str, dict[str, float | int | None]]
+    ingest: dict[str, int]
+    errors: list[str]  # the harness could not do what it had to: the run proves nothing
+    notes: list[str]  # worth a look, not a violation
+    unsettled: int  # acknowledged runs not terminal when the settle wait ended
+    elapsed_s: float
+    workdir: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok and not self.errors
+
+    def kinds_applied(self) -> Counter[str]:
+        return Counter(
+            a.fault.kind for a in self.applied if a.started_s is not None and not a.error
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "seed": self.config.seed,
+            "config": asdict(self.config),
+            "replay": self.config.replay_command(),
+            "elapsed_s": round(self.elapsed_s, 1),
+            "faults": [
+                {
+                    **asdict(a.fault),
+                    "target_name": a.target_name,
+                    "started_s": a.started_s,
+                    "ended_s": a.ended_s,
+                    "detail": a.detail,
+                    "error": a.error,
+                }
+                for a in self.applied
+            ],
+            "faults_by_kind": dict(self.kinds_applied()),
+            "load": self.load,
+            "latency_ms": self.latency_ms,
+            "ingest": self.ingest,
+            "unsettled": self.unsettled,
+            "check": {
+                "ok": self.report.ok,
+                "violations": self.report.violations,
+                "stats": self.report.stats,
+            },
+            "errors": self.errors,
+            "notes": self.notes,
+            "workdir": self.workdir,
+        }
+
+    def summary(self) -> str:
+        c = self.config
+        ld = self.load
+        lines = [
+            f"chaos run: seed {c.seed}, {c.duration_s:g}s of faults, {c.runners} runners, "
+            f"{c.apis} APIs, {c.sessions} sessions, {c.rate_per_s:g} invokes/s "
+            f"(replica TTL {c.replica_ttl_ms} ms), {self.elapsed_s:.0f}s in all",
+            f"faults applied ({sum(self.kinds_applied().values())}): "
+            + ", ".join(f"{k} x{n}" for k, n in sorted(self.kinds_applied().items())),
+        ]
+        lines += ["  " + a.line() for a in self.applied]
+        lines.append(
+            f"invokes: {ld['sent']} sent, {ld['acked']} acknowledged, {ld['gave_up']} not "
+            f"acknowledged; {ld['resubmits']} resubmits (same idempotency key), "
+            f"{ld['stream_resumes']} stream resumes, {ld['streams_finished']} streams "
+            "followed to their end"
+        )
+        for mode, lat in self.latency_ms.items():
+            if lat["count"]:
+                lines.append(
+                    f"  ack latency {mode}: n={lat['count']} p50 {lat['p50_ms']} ms, "
+                    f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms"
+                )
+        ing = self.ingest
+        lines.append(
+            f"ingest attempts: {ing['attempts']} ({ing['accepted']} accepted, "
+            f"{ing['stale_token']} refused stale_token, {ing['not_owner']} refused not_owner, "
+            f"{ing['seq_gap']} refused seq_gap); "
+            f"owner changes (token changes in logs, passivations included): "
+            f"{ing['takeovers']}; runs cut by an owner's death (run.interrupted): "
+            f"{ing['interrupted']}"
+        )
+        if self.unsettled:
+            lines.append(f"acknowledged runs not terminal after the settle wait: {self.unsettled}")
+        lines.append(self.report.summary())
+        lines += [f"harness error: {e}" for e in self.errors]
+        lines += [f"note: {n}" for n in self.notes]
+        verdict = "OK" if self.ok else "FAILED"
+        lines.append(f"{verdict}: seed {c.seed}; replay with: {c.replay_command()}")
+        if self.workdir:
+            lines.append(f"logs, audit and Redis data kept in {self.workdir}")
+        return "\n".join(lines)
+
+
+# -- the harness --------------------------------------------------------------------------------
+
+
+class Harness:
+    """Owns every process of one run; ``teardown()`` leaves nothing behind."""
+
+    def __init__(self, cfg: ChaosConfig, out: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.say = out
+        self.workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="streamward-chaos-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.audit_path = self.workdir / "ingest-audit.jsonl"
+        self.redis: RedisServer | None = None
+        self.fleet: Fleet | None = None
+        self.runner_ids = [f"chaos-r{i + 1}" for i in range(cfg.runners)]
+        self.runner_procs: list[Proc] = []
+        self.api_ports: list[int] = []
+        self.api_procs: list[Proc] = []
+        self.session_ids = [f"chaos-{i:03d}" for i in range(cfg.sessions)]
+        self.schedule = make_schedule(
+            cfg.seed,
+            cfg.duration_s,
+            runners=cfg.runners,
+            apis=cfg.apis,
+            sessions=cfg.sessions,
+            replica_ttl_ms=cfg.replica_ttl_ms,
+            warmup_s=cfg.warmup_s,
+        )
+        self.applied = [AppliedFault(f, self.target_name(f)) for f in self.schedule]
+        self.errors: list[str] = []
+        self.notes: list[str] = []
+        # Fleet is not thread-safe (its process list, its log file counter) and faults start
+        # processes from worker threads
+        self._spawn_lock = threading.Lock()
+        self.load: LoadGen | None = None
+        self._rc: redis.Redis | None = None  # see incarnation()
+        self._audit_pos = 0  # see stale_refusals()
+        self._stale_seen = 0
+        self.t0 = 0.0
+
+    def target_name(self, f: Fault) -> str:
+        if f.kind in RUNNER_FAULTS:
+            return self.runner_ids[f.target]
+        if f.kind == API_KILL:
+            return f"api-{f.target + 1}"
+        if f.kind == DELAYED_WRITE:
+            return f"api-{f.target + 1}+{self.runner_ids[f.partner]}"
+        if f.kind == REDIS_RESTART:
+            return "redis"
+        return self.session_ids[f.target]
+
+    def now_s(self) -> float:
+        return time.monotonic() - self.t0
+
+    # -- processes (blocking: called from worker threads) ---------------------------------
+
+    def _fleet(self) -> Fleet:
+        assert self.fleet is not None
+        return self.fleet
+
+    def _redis(self) -> RedisServer:
+        assert self.redis is not None
+        return self.redis
+
+    def start_redis(self) -> None:
+        # appendfsync always: Redis fsyncs the AOF before it answers a write, so whatever a
+        # script acknowledged (an accepted ingest, an enqueued input behind a 202) survives a
+        # kill -9 of redis-server. With the default everysec, a SIGKILL may lose the last
+        # second of acknowledged writes, and the checker would rightly call that a lost invoke
+        server = RedisServer(appendonly=True, extra_args=["--appendfsync", "always"])
+        # its data next to the other artefacts of the run (kept with --keep)
+        shutil.rmtree(server.dir, ignore_errors=True)
+        server.dir = str(self.workdir / "redis")
+        os.makedirs(server.dir, exist_ok=True)
+        self.redis = server  # before start(): teardown stops a server that started slowly
+        server.start()
+
+    def restart_redis(self, sig: str, down_s: float) -> str:
+        server = self._redis()
+        t = time.monotonic()
+        server.stop(kill=sig == "SIGKILL")  # SIGTERM: redis-server fsyncs the AOF and exits
+        time.sleep(down_s)
+        for attempt in range(3):
+            try:
+                server.start(timeout_s=20)
+                break
+            except RuntimeError:
+                server.stop(kill=True)  # a server that started too slowly holds the port
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
+        return f"{sig}, down {time.monotonic() - t:.1f}s, AOF reloaded"
+
+    def runner_api(self, i: int) -> str:
+        # a runner ships through one API URL (STREAMWARD_API_URL): spread them over the APIs
+        return f"http://127.0.0.1:{self.api_ports[i % len(self.api_ports)]}"
+
+    def start_api(self, i: int) -> Proc:
+        with self._spawn_lock:
+            proc = self._fleet().start_api(
+                port=self.api_ports[i], env={"STREAMWARD_LOG_LEVEL": "warning"}
+            )
+        if i < len(self.api_procs):
+            self.api_procs[i] = proc
+        else:
+            self.api_procs.append(proc)
+        return proc
+
+    def spawn_runner(self, i: int) -> Proc:
+        with self._spawn_lock:
+            rid = self.runner_ids[i]
+            proc = self._fleet().start_runner(
+                rid,
+                env={
+                    "STREAMWARD_LOG_LEVEL": "info",
+                    # in the workdir: a killed runner leaves its liveness file behind
+                    "STREAMWARD_HEARTBEAT_FILE": str(self.workdir / f"{rid}.heartbeat"),
+                },
+                api_url=self.runner_api(i),
+                wait_s=0,
+            )
+        if i < len(self.runner_procs):
+            self.runner_procs[i] = proc
+        else:
+            self.runner_procs.append(proc)
+        return proc
+
+    def start_runner(self, i: int, previous: str | None) -> float:
+        """Start runner ``i`` again (same id); seconds until a new incarnation is registered."""
+        # not just "a replica lease exists": a runner killed before its TTL ran out left one
+        t = time.monotonic()
+        rid = self.runner_ids[i]
+        proc = self.spawn_runner(i)
+        wait_ready(
+            lambda: self.incarnation(rid) not in (None, previous),
+            exited=proc.exit_log,
+            what=f"runner {rid}",
+            timeout_s=30,
+        )
+        return time.monotonic() - t
+
+    def incarnation(self, replica_id: str) -> str | None:
+        if self._rc is None:  # one client (its pool is thread-safe), reconnecting after restarts
+            self._rc = redis.Redis.from_url(
+                self._redis().url, decode_responses=True, socket_timeout=2, socket_connect_timeout=1
+            )
+        try:
+            value = self._rc.hget(KEYS.replica(replica_id).lease, "incarnation")
+            return None if value is None else str(value)
+        except redis.RedisError:
+            return None
+
+    async def _reregistered(self, rid: str, before: str | None) -> float | None:
+        """Seconds until ``rid`` registers an incarnation other than ``before`` (None: not in
+        20 s, noted): a runner paused past its TTL must fence itself and come back as new."""
+        t = time.monotonic()
+        deadline = t + 20
+        while time.monotonic() < deadline:
+            if await asyncio.to_thread(self.incarnation, rid) not in (None, before):
+                return time.monotonic() - t
+            await asyncio.sleep(0.1)
+        self.notes.append(f"{rid} did not re-register within 20 s of SIGCONT")
+        return None
+
+    def start_fleet(self) -> None:
+        self.start_redis()
+        env = {
+            "STREAMWARD_INGEST_AUDIT_PATH": str(self.audit_path),
+            "STREAMWARD_REPLICA_TTL_MS": str(self.cfg.replica_ttl_ms),
+            "STREAMWARD_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+            "STREAMWARD_CLOSE_DELAY_S": str(CLOSE_DELAY_S),
+            # whatever the calling shell exports, this fleet is standalone and open
+            "STREAMWARD_REDIS_MODE": "standalone",
+            "STREAMWARD_API_TOKENS": "{}",
+        }
+        self.fleet = Fleet(self._redis().url, env=env, workdir=self.workdir)
+        self.api_ports = [free_port() for _ in range(self.cfg.apis)]
+        for i in range(self.cfg.apis):
+            self.start_api(i)
+        procs = [self.spawn_runner(i) for i in range(self.cfg.runners)]
+        for rid, proc in zip(self.runner_ids, procs, strict=True):
+            self._fleet().wait_replica(proc, rid, wait_s=60)
+
+    def teardown(self) -> None:
+        """Stop every process and Redis; remove the workdir unless asked to keep it."""
+        procs = list(self.fleet.procs) if self.fleet is not None else []
+        for p in procs:
+            with contextlib.suppress(OSError):
+                p.signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+                p.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.popen.wait(max(0.1, deadline - time.monotonic()))
+            if p.alive():
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    p.kill()
+        if self.fleet is not None:
+            self.fleet.procs.clear()
+        if self._rc is not None:
+            self._rc.close()
+        if self.redis is not None:
+            self.redis.stop()
+        if not self.cfg.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- faults (async; blocking steps in worker threads) ---------------------------------
+
+    async def _fault(
+        self, a: AppliedFault, locks: dict[str, asyncio.Lock], limits: dict[str, asyncio.Semaphore]
+    ) -> None:
+        f = a.fault
+        await asyncio.sleep(max(0.0, f.at_s - self.now_s()))
+        if f.kind == DELAYED_WRITE:  # one API and one runner
+            needs = [("runner", f.partner), (API_KILL, f.target)]
+        else:
+            needs = [("runner" if f.kind in RUNNER_FAULTS else f.kind, f.target)]
+        async with contextlib.AsyncExitStack() as stack:
+            for group, target in needs:
+                limit = limits.get(group)  # never every runner (or every API) down at once
+                if limit is not None:
+                    await stack.enter_async_context(limit)
+                lock = locks.get(f"{group}:{target}")  # one fault at a time per process
+                if lock is not None:
+                    await stack.enter_async_context(lock)
+            a.started_s = round(self.now_s(), 2)
+            try:
+                a.detail = await self._apply(f, a)
+            except Exception as exc:  # one failed fault must not end the run: it is reported
+                a.error = f"{type(exc).__name__}: {exc}"
+                self.errors.append(f"{a.target_name} {f.kind} at {a.started_s}s: {a.error}")
+            finally:
+                a.ended_s = round(self.now_s(), 2)
+
+    async def _apply(self, f: Fault, a: AppliedFault) -> str:
+        if f.kind in RUNNER_FAULTS:
+            return await self._runner_fault(f)
+        if f.kind == API_KILL:
+            proc = self.api_procs[f.target]
+            pid = proc.pid
+            proc.signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.popen.wait, 10)
+            await asyncio.sleep(f.hold_s)
+            t = time.monotonic()
+            await asyncio.to_thread(self.start_api, f.target)
+            return (
+                f"SIGKILL pid {pid}; restarted on :{self.api_ports[f.target]} after "
+                f"{f.hold_s}s, ready in {time.monotonic() - t:.1f}s"
+            )
+        if f.kind == REDIS_RESTART:
+            return await asyncio.to_thread(self.restart_redis, f.signal, f.hold_s)
+        if f.kind == DELAYED_WRITE:
+            return await self._delayed_write(f)
+        # a burst: its invokes are acknowledged (or not) long after; the detail follows
+        assert self.load is not None
+        sid = self.session_ids[f.target]
+        burst = asyncio.create_task(self.load.burst(sid, f.count))
+
+        def done(task: asyncio.Task[Any]) -> None:
+            if not task.cancelled() and task.exception() is None:
+                acked = sum(r.acked for r in task.result())
+                a.detail = f"{f.count} invokes at once, {acked} acknowledged"
+
+        burst.add_done_callback(done)
+        return f"{f.count} invokes at once"
+
+    async def _runner_fault(self, f: Fault) -> str:
+        i = f.target
+        rid = self.runner_ids[i]
+        proc = self.runner_procs[i]
+        pid = proc.pid
+        before = await asyncio.to_thread(self.incarnation, rid)
+        if f.kind == RUNNER_STOP:
+            proc.signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(f.hold_s)
+            finally:
+                proc.signal(signal.SIGCONT)
+            # past its deadline, the runner must fence itself and come back as a new
+            # incarnation (docs/runner.md, self-fencing)
+            again_s = await self._reregistered(rid, before)
+            back = (
+                f"re-registered as a new incarnation in {again_s:.2f}s"
+                if again_s is not None
+                else "NOT re-registered within 20s"
+            )
+            ttl_ms = self.cfg.replica_ttl_ms
+            return f"SIGSTOP pid {pid} for {f.hold_s}s (TTL {ttl_ms} ms), SIGCONT; {back}"
+        if f.kind == RUNNER_KILL:
+            proc.signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.popen.wait, 10)
+            how = "SIGKILL"
+        else:
+            t = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            bound_s = DRAIN_TIMEOUT_S + 15
+            try:
+                code = await asyncio.to_thread(proc.popen.wait, bound_s)
+                how = f"SIGTERM, exit {code} after {time.monotonic() - t:.1f}s"
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                how = f"SIGTERM, still running after {bound_s}s: killed"
+                self.notes.append(
+                    f"{rid} did not exit within {bound_s}s of SIGTERM (log {proc.log_path})"
+                )
+        await asyncio.sleep(f.hold_s)
+        up_s = await asyncio.to_thread(self.start_runner, i, before)
+        return f"{how} (pid {pid}); restarted after {f.hold_s}s, registered in {up_s:.1f}s"
+
+    async def _delayed_write(self, f: Fault) -> str:
+        """Pause an API, then a runner shipping through it past its TTL; wake the API first."""
+        api = self.api_procs[f.target]
+        rid = self.runner_ids[f.partner]
+        runner = self.runner_procs[f.partner]
+        before = await asyncio.to_thread(self.incarnation, rid)
+        refused_before = self.stale_refusals()
+        api.signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(DELAYED_WRITE_LEAD_S)  # the runner's requests queue up in it
+            runner.signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(f.hold_s)  # past the TTL: its sessions are taken over
+            finally:
+                api.signal(signal.SIGCONT)  # the old owner's requests now meet new tokens
+                await asyncio.sleep(1.0)
+        finally:
+            api.signal(signal.SIGCONT)
+            runner.signal(signal.SIGCONT)
+        again_s = await self._reregistered(rid, before)
+        refused = self.stale_refusals() - refused_before
+        return (
+            f"SIGSTOP api-{f.target + 1}, then {rid} for {f.hold_s}s; SIGCONT both; "
+            f"{refused} stale writes refused since; "
+            + (f"re-registered in {again_s:.2f}s" if again_s is not None else "NOT re-registered")
+        )
+
+    def stale_refusals(self) -> int:
+        """Ingest attempts the API refused as stale so far, from the audit: read on from where
+        the last call stopped (called on the loop, so never two at once)."""
+        with contextlib.suppress(OSError), open(self.audit_path, "rb") as f:
+            f.seek(self._audit_pos)
+            chunk = f.read()
+            chunk = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written: next time
+            self._audit_pos += len(chunk)
+            for line in chunk.splitlines():
+                with contextlib.suppress(orjson.JSONDecodeError):  # a torn line
+                    self._stale_seen += orjson.loads(line).get("outcome") == "stale_token"
+        return self._stale_seen
+
+    async def ensure_up(self) -> None:
+        """After the faults: every process continued and running, Redis up (noted if fixed)."""
+        for p in self.runner_procs:
+            p.signal(signal.SIGCONT)
+        server = self._redis()
+        if server.proc is None or server.proc.poll() is not None:
+            self.notes.append("redis-server was down after the faults: started")
+            await asyncio.to_thread(server.start)
+        for i, p in enumerate(self.api_procs):
+            if not p.alive():
+                self.notes.append(f"api-{i + 1} was down after the faults: started")
+                await asyncio.to_thread(self.start_api, i)
+        for i, p in enumerate(self.runner_procs):
+            if not p.alive():
+                self.notes.append(f"{self.runner_ids[i]} was down after the faults: started")
+                await asyncio.to_thread(self.start_runner, i, None)
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> ChaosResult:
+        cfg = self.cfg
+        started = time.monotonic()
+        self.say(f"chaos seed {cfg.seed} (replay: {cfg.replay_command()})")
+        self.say(f"workdir {self.workdir}")
+        await asyncio.to_thread(self.start_fleet)
+        self.say(
+            f"fleet up in {time.monotonic() - started:.1f}s: redis :{self._redis().port} (AOF, "
+            f"appendfsync always), APIs {', '.join(str(p) for p in self.api_ports)}, runners "
+            f"{', '.join(self.runner_ids)} (replica TTL {cfg.replica_ttl_ms} ms)"
+        )
+        self.say(f"schedule ({len(self.schedule)} faults):")
+        for a in self.applied:
+            f = a.fault
+            extra = f" hold {f.hold_s}s" if f.hold_s else ""
+            extra += f" {f.signal}" if f.signal else ""
+            extra += f" x{f.count}" if f.count else ""
+            self.say(f"  +{f.at_s:5.1f}s {f.kind:<15} {a.target_name}{extra}")
+        load = LoadGen(
+            LoadConfig(
+                api_urls=[f"http://127.0.0.1:{p}" for p in self.api_ports],
+                session_ids=self.session_ids,
+                rate_per_s=cfg.rate_per_s,
+                stream_fraction=cfg.stream_fraction,
+                seed=cfg.seed,
+                submit_deadline_s=cfg.submit_deadline_s,
+                key_prefix="chaos",
+            )
+        )
+        self.load = load
+        try:
+            return await self._run(load, started)
+        finally:
+            await load.aclose()
+
+    async def _run(self, load: LoadGen, started: float) -> ChaosResult:
+        cfg = self.cfg
+        self.t0 = time.monotonic()
+        load.start()
+        locks: dict[str, asyncio.Lock] = {}
+        for i in range(cfg.runners):
+            locks[f"runner:{i}"] = asyncio.Lock()
+        for i in range(cfg.apis):
+            locks[f"{API_KILL}:{i}"] = asyncio.Lock()
+        locks[f"{REDIS_RESTART}:0"] = asyncio.Lock()
+        limits = {
+            "runner": asyncio.Semaphore(max(1, cfg.runners // 2)),
+            API_KILL: asyncio.Semaphore(max(1, cfg.apis - 1)),
+        }
+        tasks = [asyncio.create_task(self._fault(a, locks, limits)) for a in self.applied]
+        progress = asyncio.create_task(self._progress(load))
+        try:
+            await asyncio.sleep(max(0.0, cfg.duration_s - self.now_s()))
+            self.say(f"+{self.now_s():.1f}s fault phase over: waiting for faults to finish")
+            _, late = await asyncio.wait(tasks, timeout=120)
+            for t in late:
+                t.cancel()
+            if late:
+                self.errors.append(f"{len(late)} faults still running 120 s after the fault phase")
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.ensure_up()
+            await load.stop()
+            self.say(f"+{self.now_s():.1f}s load stopped: waiting for every invoke's answer")
+            if not await load.drain(cfg.submit_deadline_s + 15):
+                self.errors.append("some invokes were neither acknowledged nor given up")
+            unsettled = await self._settle(load)
+            await load.wait_streams(5)
+        finally:
+            progress.cancel()
+            for t in tasks:
+                t.cancel()
+        # the audit first: logs only grow, so every seq it names is in the logs read after
+        audit = await asyncio.to_thread(read_audit, str(self.audit_path))
+        logs = await asyncio.to_thread(self._read_logs)
+        report = check_history(audit, load.records, logs)
+        outcomes = Counter(str(r.get("outcome")) for r in audit)
+        interrupted = sum(
+            1 for entries in logs.values() for e in entries if e.get("type") == "run.interrupted"
+        )
+        s = load.stats
+        return ChaosResult(
+            config=cfg,
+            schedule=self.schedule,
+            applied=self.applied,
+            report=report,
+            load={
+                "sent": s.sent,
+                "acked": s.acked,
+                "gave_up": s.gave_up,
+                "resubmits": s.resubmits,
+                "stream_resumes": s.stream_resumes,
+                "streams_finished": s.streams_finished,
+                "throttled": s.throttled,
+                "statuses": dict(s.statuses),
+            },
+            latency_ms=load.latency_ms(),
+            ingest={
+                "attempts": len(audit),
+                "accepted": outcomes["accepted"],
+                "stale_token": outcomes["stale_token"],
+                "seq_gap": outcomes["seq_gap"],
+                "not_owner": outcomes["not_owner"],
+                "takeovers": report.stats.get("takeovers", 0),
+                "interrupted": interrupted,
+            },
+            errors=self.errors,
+            notes=self.notes,
+            unsettled=unsettled,
+            elapsed_s=time.monotonic() - started,
+            workdir=str(self.workdir) if cfg.keep else None,
+        )
+
+    def _read_logs(self) -> dict[str, list[dict[str, str]]]:
+        client = redis.Redis.from_url(self._redis().url, decode_responses=True)
+        try:
+            refs = [f"default/{sid}" for sid in self.session_ids]
+            return read_logs(client, KEYS, refs)
+        finally:
+            client.close()
+
+    async def _settle(self, load: LoadGen) -> int:
+        """Wait until every acknowledged run is terminal (bounded); the number still open."""
+        acked = len({(r.session, r.run_id) for r in load.records if r.acked and r.run_id})
+        self.say(f"+{self.now_s():.1f}s settling: {acked} acknowledged runs to finish")
+        return await wait_terminal(
+            self._redis().url,
+            load.records,
+            self.cfg.settle_timeout_s,
+            progress=lambda n: self.say(f"+{self.now_s():.1f}s settling: {n} runs open"),
+        )
+
+    async def _progress(self, load: LoadGen) -> None:
+        while True:
+            await asyncio.sleep(10)
+            s = load.stats
+            self.say(
+                f"+{self.now_s():.1f}s load: {s.sent} sent, {s.acked} acknowledged, "
+                f"{s.sent - s.acked - s.gave_up} waiting, {s.resubmits} resubmits"
+            )
+
+
+def run_chaos(cfg: ChaosConfig, out: Callable[[str], None] | None = None) -> ChaosResult:
+    """One chaos run, start to teardown (also on Ctrl-C); ``out`` gets progress lines."""
+    harness = Harness(cfg, out or (lambda line: print(line, file=sys.stderr, flush=True)))
+    try:
+        return asyncio.run(harness.run())
+    finally:
+        harness.teardown()
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def main(
+    *,
+    duration: str = "60s",
+    seed: int | None = None,
+    runners: int = 4,
+    apis: int = 2,
+    sessions: int = 200,
+    rate: float = 10.0,
+    output: str = "table",
+    keep: bool = False,
+) -> int:
+    """``streamward chaos``: 0 when every check holds, 1 when not, 2 on bad options."""
+    if output not in ("table", "json"):
+        print(f"unknown output {output!r}: table or json", file=sys.stderr)
+        return 2
+    try:
+        duration_s = parse_duration(duration)
+        cfg = ChaosConfig(
+            seed=seed if seed is not None else secrets.randbelow(2**31),
+            duration_s=duration_s,
+            runners=runners,
+            apis=apis,
+            sessions=sessions,
+            rate_per_s=rate,
+            keep=keep,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stream: TextIO = sys.stderr if output == "json" else sys.stdout
+
+    def say(line: str) -> None:
+        print(line, file=stream, flush=True)
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)  # clean up like on Ctrl-C
+    # explicitly: a shell starting us in the background sets SIGINT to ignored, and asyncio
+    # only turns Ctrl-C into a clean cancellation when the default handler is in place
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = run_chaos(cfg, say)
+    except (KeyboardInterrupt, _Terminated):
+        print(
+            f"\ninterrupted; every process was stopped. seed {cfg.seed}: {cfg.replay_command()}",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+    if output == "json":
+        print(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        say(result.summary())
+    return 0 if result.ok else 1

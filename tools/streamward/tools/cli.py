@@ -1,0 +1,107 @@
+"""The ``streamward`` console script: one typer app composed of each package's commands."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from streamward.tools.bench.cli import app as bench_app
+from streamward.tools.probe_cli import probe_command
+from streamward.tools.runner_cli import app as runner_app
+from streamward.tools.sre import locks_app, replicas_app
+
+app = typer.Typer(
+    name="streamward",
+    help="Redis-backed session stream ownership: runners, HTTP API, SRE tools.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(runner_app, name="runner")
+app.add_typer(bench_app, name="bench")
+app.command("probe")(probe_command)
+app.add_typer(locks_app, name="locks")
+app.add_typer(replicas_app, name="replicas")
+
+
+@app.command("api")
+def api_command(
+    host: Annotated[str | None, typer.Option(help="Bind address [env STREAMWARD_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env STREAMWARD_PORT, 8700].")] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Redis URL [env STREAMWARD_REDIS_URL].")
+    ] = None,
+) -> None:
+    """Serve the HTTP API (public /v1 and admin /admin)."""
+    from streamward.api.main import serve
+
+    raise typer.Exit(serve(host=host, port=port, redis_url=redis_url))
+
+
+@app.command("dev")
+def dev_command(
+    runners: Annotated[int, typer.Option(help="Runner replicas to start.")] = 2,
+    port: Annotated[int, typer.Option(help="API port.")] = 8700,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Use this Redis instead of an embedded one.")
+    ] = None,
+    no_demo: Annotated[bool, typer.Option("--no-demo", help="Skip the demo.")] = False,
+    exit_after_demo: Annotated[
+        bool, typer.Option("--exit-after-demo", help="Stop once the demo has run.")
+    ] = False,
+) -> None:
+    """Run the whole system locally: embedded Redis, the API and runners, and a demo."""
+    from streamward.tools.dev import main as dev
+
+    raise typer.Exit(
+        dev(
+            runners=runners,
+            port=port,
+            redis_url=redis_url,
+            demo=not no_demo,
+            exit_after_demo=exit_after_demo,
+        )
+    )
+
+
+@app.command("chaos")
+def chaos_command(
+    duration: Annotated[
+        str, typer.Option(help="Fault phase: 90 (seconds), 60s, 5m, 30m, 1h.")
+    ] = "60s",
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the fault schedule (default: random, printed).")
+    ] = None,
+    runners: Annotated[int, typer.Option(help="Runner replicas.")] = 4,
+    apis: Annotated[int, typer.Option(help="API instances.")] = 2,
+    sessions: Annotated[int, typer.Option(help="Sessions the load spreads over.")] = 200,
+    rate: Annotated[float, typer.Option(help="Invokes per second.")] = 10.0,
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the workdir (process logs, audit, Redis data).")
+    ] = False,
+) -> None:
+    """Real fleet under seeded faults; exit 1 when fencing or delivery checks fail."""
+    from streamward.tools.chaos import main as chaos
+
+    raise typer.Exit(
+        chaos(
+            duration=duration,
+            seed=seed,
+            runners=runners,
+            apis=apis,
+            sessions=sessions,
+            rate=rate,
+            output=output,
+            keep=keep,
+        )
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

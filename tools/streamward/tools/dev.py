@@ -1,0 +1,201 @@
+"""``streamward dev``: an embedded real Redis, the API and N runners, with a short live demo."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from types import FrameType
+from typing import Any
+
+import httpx
+import orjson
+from rich.console import Console
+
+from streamward.tools.fleet import Fleet, Proc
+from streamward.tools.server import RedisServer, port_free
+
+# soft_wrap: long lines (the ready-to-paste commands, the admin token) are never broken
+# at the terminal's (or a pipe's guessed 80-column) width
+console = Console(highlight=False, soft_wrap=True)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def main(
+    *,
+    runners: int = 2,
+    port: int = 8700,
+    redis_url: str | None = None,
+    demo: bool = True,
+    exit_after_demo: bool = False,
+    replica_ttl_ms: int = 3000,
+    drain_timeout_s: float = 3.0,
+) -> int:
+    if not port_free(port):
+        console.print(
+            f"[red]error:[/] port {port} is in use. Pick another with "
+            f"`streamward dev --port {port + 1}`."
+        )
+        return 1
+    signal.signal(signal.SIGTERM, _on_signal)
+    # explicitly, because a shell that starts us in the background sets SIGINT to ignored
+    signal.signal(signal.SIGINT, _on_signal)
+    server: RedisServer | None = None
+    fleet: Fleet | None = None
+    try:
+        with console.status("starting streamward dev system...") as status:
+            if redis_url is None:
+                status.update("starting embedded redis-server...")
+                server = RedisServer().start()
+                redis_url = server.url
+                console.print(
+                    f"redis     {redis_url}  (embedded: {server.binary}, data {server.dir})"
+                )
+            else:
+                console.print(f"redis     {redis_url}  (existing)")
+            fleet = Fleet(
+                redis_url,
+                env={
+                    "STREAMWARD_REPLICA_TTL_MS": str(replica_ttl_ms),
+                    # Ctrl-C should not wait out long demo runs: runs left unfinished after
+                    # this are handed back (and restarted by whoever claims them next)
+                    "STREAMWARD_DRAIN_TIMEOUT_S": str(drain_timeout_s),
+                },
+            )
+            status.update(f"starting API on port {port}...")
+            api = fleet.start_api(port=port)
+            for i in range(runners):
+                status.update(f"starting runner {i + 1}/{runners}...")
+                fleet.start_runner(f"dev-runner-{i + 1}")
+        _banner(fleet, api, runners)
+        if demo:
+            _demo(fleet, api)
+        if exit_after_demo:
+            return 0
+        console.print("\n[bold]streamward is up.[/] Ctrl-C stops everything.")
+        while True:
+            time.sleep(1)
+            for p in list(fleet.procs):
+                if p.name.startswith("api") and not p.alive():
+                    console.print(f"[red]the API exited[/]; its log: {p.log_path}")
+                    return 1
+    except (KeyboardInterrupt, _Stop):
+        console.print("\nstopping...")
+        return 0
+    except RuntimeError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    finally:
+        if fleet is not None:
+            _shutdown(fleet)
+        if server is not None:
+            server.cleanup()
+        console.print("stopped: no process left behind.")
+
+
+def _shutdown(fleet: Fleet) -> None:
+    """Drain runners, then stop the API (showing who we wait for); Ctrl-C again kills."""
+    try:
+        with console.status("stopping...") as status:
+            for p in reversed(fleet.procs):
+                if p.alive():
+                    status.update(f"stopping {p.name} (pid {p.pid}); Ctrl-C again to kill it")
+                    p.terminate(timeout_s=25)
+    except (KeyboardInterrupt, _Stop):
+        for p in fleet.procs:
+            if p.alive():
+                p.kill()
+    fleet.stop()
+
+
+def _banner(fleet: Fleet, api: Proc, runners: int) -> None:
+    url = api.url
+    console.print(f"api       {url}   docs {url}/docs   openapi {url}/openapi.json")
+    console.print(f"runners   {runners} (echo handler), logs in {fleet.workdir}")
+    print(f"admin token: {fleet.admin_token}", flush=True)
+    console.print("\n[bold]try:[/]")
+    tok = fleet.admin_token
+    console.print(
+        f"  curl -s -XPOST {url}/v1/sessions/hello/invoke -H 'content-type: application/json' \\\n"
+        """     -d '{"input": {"text": "hi", "chunks": 3, "delay_ms": 300}}'"""
+    )
+    console.print(
+        f"  curl -s -XPOST {url}/v1/sessions/hello/invoke -H 'content-type: application/json' \\\n"
+        """     -d '{"input": {"text": "hi"}, "mode": "detached"}'"""
+    )
+    console.print(f"  curl -s {url}/v1/sessions/hello/liveness")
+    console.print(f"  curl -s {url}/admin/replicas -H 'authorization: Bearer {tok}'")
+    console.print(f"  curl -s {url}/admin/locks -H 'authorization: Bearer {tok}'")
+
+
+def _line(entry: dict[str, Any]) -> str:
+    data = orjson.dumps(entry.get("data")).decode()
+    return f"  seq {entry['seq']:>3}  {entry['type']:<16} token {entry['token']}  {data}"
+
+
+def _demo(fleet: Fleet, api: Proc) -> None:
+    url = api.url
+    with httpx.Client(base_url=url, timeout=30.0) as http:
+        console.print("\n[bold]1. detached invoke[/] (returns once the run has started)")
+        r = http.post(
+            "/v1/sessions/demo-detached/invoke",
+            json={"input": {"text": "hello", "chunks": 3, "delay_ms": 100}, "mode": "detached"},
+        )
+        console.print(f"  {r.status_code} {r.text}")
+
+        console.print("\n[bold]2. streamed invoke[/] (NDJSON, one entry per line)")
+        body = {"input": {"text": "streaming", "chunks": 4, "delay_ms": 150}}
+        with http.stream("POST", "/v1/sessions/demo-stream/invoke", json=body) as resp:
+            for raw in resp.iter_lines():
+                if raw:
+                    console.print(_line(orjson.loads(raw)))
+
+        console.print("\n[bold]3. failover[/]: kill -9 the owner of a running session")
+        long_run = {"input": {"text": "long", "chunks": 30, "delay_ms": 200}, "mode": "detached"}
+        started = http.post("/v1/sessions/demo-failover/invoke", json=long_run).json()
+        owner = (started.get("owner") or {}).get("replica_id")
+        victim = next((p for p in fleet.procs if p.name == owner), None)
+        if victim is None:
+            console.print(f"  run did not start on a known runner: {started}")
+            return
+        time.sleep(0.5)
+        console.print(
+            f"  owner is {owner} (token {started['owner']['token']}); kill -9 pid {victim.pid}"
+        )
+        t0 = time.monotonic()
+        victim.kill()
+        new_owner = None
+        while time.monotonic() - t0 < 30:
+            live = http.get("/v1/sessions/demo-failover/liveness").json()
+            o = live.get("owner") or {}
+            if live.get("alive") and o.get("replica_id") not in (None, owner):
+                new_owner = o
+                break
+            time.sleep(0.05)
+        if new_owner is None:
+            console.print("  [red]no takeover within 30 s[/]")
+            return
+        dt = time.monotonic() - t0
+        console.print(
+            f"  taken over by {new_owner['replica_id']} with token {new_owner['token']} "
+            f"after {dt:.2f} s"
+        )
+        console.print("  transcript of the interrupted run as it finishes on the new owner:")
+        params: dict[str, str] = {"follow": "true", "run_id": started["run_id"]}
+        with http.stream("GET", "/v1/sessions/demo-failover/events", params=params) as resp:
+            for raw in resp.iter_lines():
+                if not raw:
+                    continue
+                e = orjson.loads(raw)
+                if e["type"] != "run.output" or e["data"].get("i", 0) % 10 == 0:
+                    console.print(_line(e))
+        with contextlib.suppress(RuntimeError):
+            fleet.start_runner(f"{owner}-restarted")
+            console.print(f"  started a replacement runner {owner}-restarted")
