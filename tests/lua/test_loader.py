@@ -1,4 +1,4 @@
-"""lua.loader: script discovery, key-count check, EVALSHA with NOSCRIPT fallback, load_all."""
+"""The script loader: discovery, key-count check, EVALSHA with NOSCRIPT fallback, load_all."""
 
 from __future__ import annotations
 

@@ -132,7 +132,7 @@ def test_load_handler_finds_echo() -> None:
         (":echo", "expected 'module:callable'"),
         ("no_such_module_xyz:run", "cannot import module 'no_such_module_xyz'"),
         ("streamward.runner.handlers:nope", "has no attribute 'nope'"),
-        ("lua.keys:DEFAULT_PREFIX", "is a str, not callable"),
+        ("streamward.lua.keys:DEFAULT_PREFIX", "is a str, not callable"),
     ],
 )
 def test_load_handler_errors(spec: str, message: str) -> None:

@@ -68,9 +68,9 @@ def rollout(
     """Rolling update of the runners under load; other --name value go to rollout.main()."""
     try:
         # imported by name, lazily: rollout.py is written separately and may not exist yet
-        module = importlib.import_module("api.bench.rollout")
+        module = importlib.import_module("streamward.tools.bench.rollout")
     except ModuleNotFoundError as exc:
-        if exc.name != "api.bench.rollout":
+        if exc.name != "streamward.tools.bench.rollout":
             raise
         typer.echo("the rollout bench (api/bench/rollout.py) is not installed", err=True)
         raise typer.Exit(2) from None

@@ -132,7 +132,7 @@ def rollout_requested(opts: Options) -> bool:
 
 def rollout_available() -> bool:
     """Whether ``api.bench.rollout`` (written separately) is installed."""
-    return importlib.util.find_spec("api.bench.rollout") is not None
+    return importlib.util.find_spec("streamward.tools.bench.rollout") is not None
 
 
 def collect(opts: Options, console: Console) -> dict[str, Any]:
