@@ -266,7 +266,18 @@ def used_indices(src: str, kind: str) -> set[str]:
     return {i.strip() for i in re.findall(rf"\b{kind}\[([^\]]+)\]", mask_strings(body_of(src)))}
 
 
+def status_constants(src: str) -> dict[str, int]:
+    """``local NAME = <int>`` lines with an upper-case name: the status code constants
+    (includes/statusCodes.lua, inlined into every script)."""
+    code = strip_comments(src)
+    return {n: int(v) for n, v in re.findall(r"(?m)^local ([A-Z][A-Z_]*) = (-?\d+)\s*$", code)}
+
+
 def returned_codes(src: str) -> set[int]:
-    """Integer literals that open a returned table: the script's status codes."""
+    """What opens a returned table (an integer or a status constant): the status codes.
+
+    A name that is no status constant raises KeyError: the check must not skip it."""
     code = mask_strings(body_of(src))
-    return {int(m) for m in re.findall(r"\breturn\s*\{\s*(-?\d+)\s*[,}]", code)}
+    names = status_constants(src)
+    found = re.findall(r"\breturn\s*\{\s*(-?\d+|[A-Za-z_]\w*)\s*[,}]", code)
+    return {int(m) if re.fullmatch(r"-?\d+", m) else names[m] for m in found}

@@ -15,17 +15,18 @@
   Returns {1, token, acquired_ms, fresh}        fresh = 1 when newly acquired, 0 when already ours
           {-1, replica, incarnation, token, pttl_ms}   HELD by another owner
 ]]
+--- @include "includes/statusCodes"
+--- @include "includes/redisTime"
 local rcall = redis.call
-local t = rcall('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = redis_now_ms()
 local h = rcall('HMGET', KEYS[1], 'replica', 'incarnation', 'token', 'acquired_ms')
 if h[1] then
   if h[1] == ARGV[1] and h[2] == ARGV[2] then
     rcall('HSET', KEYS[1], 'renewed_ms', now, 'ttl_ms', ARGV[3])
     rcall('PEXPIRE', KEYS[1], ARGV[3])
-    return {1, tonumber(h[3]), tonumber(h[4]), 0}
+    return {OK, tonumber(h[3]), tonumber(h[4]), 0}
   end
-  return {-1, h[1], h[2], tonumber(h[3]), rcall('PTTL', KEYS[1])}
+  return {HELD, h[1], h[2], tonumber(h[3]), rcall('PTTL', KEYS[1])}
 end
 local token = rcall('INCR', KEYS[2])
 rcall('HSET', KEYS[1], 'replica', ARGV[1], 'incarnation', ARGV[2], 'token', token,
@@ -34,4 +35,4 @@ rcall('HSET', KEYS[1], 'replica', ARGV[1], 'incarnation', ARGV[2], 'token', toke
 rcall('PEXPIRE', KEYS[1], ARGV[3])
 rcall('HINCRBY', KEYS[3], 'transitions', 1)
 rcall('HSET', KEYS[3], 'owner_changed_ms', now)
-return {1, token, now, 1}
+return {OK, token, now, 1}

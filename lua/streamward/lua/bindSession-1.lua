@@ -21,9 +21,10 @@
           {1, session_id, generation, "queued", "", ""}
           reason: timeout | daily | manual | dead | "" (first generation)
 ]]
+--- @include "includes/statusCodes"
+--- @include "includes/redisTime"
 local rcall = redis.call
-local t = rcall('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[4])
+local now = redis_now_ms() + tonumber(ARGV[4])
 local b = rcall('HMGET', KEYS[1], 'generation', 'session_id', 'created_ms', 'reset')
 local gen = tonumber(b[1] or '0')
 local reason = ''
@@ -47,7 +48,7 @@ if gen > 0 then
   end
   if reason == '' then
     rcall('HSET', KEYS[1], 'last_event_ms', now)
-    return {1, b[2], gen, 'queued', '', ''}
+    return {OK, b[2], gen, 'queued', '', ''}
   end
 end
 local prev = b[2] or ''
@@ -59,4 +60,4 @@ rcall('HSET', KEYS[1], 'generation', gen, 'session_id', sid, 'created_ms', now,
 if prev ~= '' then
   rcall('HSET', KEYS[1], 'reason:' .. (gen - 1), reason)
 end
-return {1, sid, gen, 'started', prev, reason}
+return {OK, sid, gen, 'started', prev, reason}

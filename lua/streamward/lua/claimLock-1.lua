@@ -11,10 +11,11 @@
   Returns {1}                                   held by the caller
           {0, owner, pttl_ms}                   held by someone else
 ]]
+--- @include "includes/statusCodes"
 local rcall = redis.call
 local cur = rcall('GET', KEYS[1])
 if cur and cur ~= ARGV[1] then
   return {0, cur, rcall('PTTL', KEYS[1])}
 end
 rcall('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {1}
+return {OK}

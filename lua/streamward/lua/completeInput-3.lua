@@ -14,12 +14,13 @@
   Returns {1, pending}                          cursor advanced
           {-3, epoch}                           STALE_TOKEN
 ]]
+--- @include "includes/statusCodes"
 local rcall = redis.call
 local epoch = tonumber(rcall('GET', KEYS[1]) or '0')
 local token = tonumber(ARGV[1])
 if token == nil or token < 1 or token ~= epoch then
-  return {-3, epoch}
+  return {STALE_TOKEN, epoch}
 end
 rcall('XDEL', KEYS[2], ARGV[2])
 rcall('HSET', KEYS[3], 'inbox_cursor', ARGV[2])
-return {1, rcall('XLEN', KEYS[2])}
+return {OK, rcall('XLEN', KEYS[2])}

@@ -34,6 +34,8 @@
           {2, run_id, log_last_id}                  DUPLICATE: the idempotency key names run_id
           {-6, active_run_id, pending}              BUSY: multitask=reject and a run is active
 ]]
+--- @include "includes/statusCodes"
+--- @include "includes/redisTime"
 local rcall = redis.call
 local function log_last()
   local tail = rcall('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
@@ -45,16 +47,15 @@ end
 if ARGV[4] == '1' then
   local existing = rcall('GET', KEYS[3])
   if existing then
-    return {2, existing, log_last()}
+    return {DUPLICATE, existing, log_last()}
   end
 end
 local active = rcall('HGET', KEYS[2], 'active_run_id') or ''
 local pending = rcall('XLEN', KEYS[1])
 if ARGV[3] == 'reject' and (active ~= '' or pending > 0) then
-  return {-6, active, pending}
+  return {BUSY, active, pending}
 end
-local t = rcall('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = redis_now_ms()
 local id = rcall('XADD', KEYS[1], '*', 'run_id', ARGV[1], 'input', ARGV[2],
   'multitask', ARGV[3], 'source', ARGV[8], 'enqueued_ms', now)
 if ARGV[4] == '1' then
@@ -72,4 +73,4 @@ if rcall('HEXISTS', KEYS[2], 'delete_after_ms') == 1 then
 end
 rcall('HSET', KEYS[2], 'status', 'active', 'updated_ms', now)
 local holder = rcall('HMGET', KEYS[5], 'replica', 'incarnation')
-return {1, id, active, pending + 1, revived, log_last(), holder[1] or '', holder[2] or ''}
+return {OK, id, active, pending + 1, revived, log_last(), holder[1] or '', holder[2] or ''}

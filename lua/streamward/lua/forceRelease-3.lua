@@ -12,12 +12,13 @@
   Returns {1, old_replica, old_incarnation, old_token, new_epoch}
           old_* are "" / 0 when no lease was held
 ]]
+--- @include "includes/statusCodes"
+--- @include "includes/redisTime"
 local rcall = redis.call
-local t = rcall('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = redis_now_ms()
 local h = rcall('HMGET', KEYS[1], 'replica', 'incarnation', 'token')
 rcall('DEL', KEYS[1])
 local epoch = rcall('INCR', KEYS[2])
 rcall('HINCRBY', KEYS[3], 'transitions', 1)
 rcall('HSET', KEYS[3], 'owner_changed_ms', now, 'last_release_reason', ARGV[1])
-return {1, h[1] or '', h[2] or '', tonumber(h[3] or '0'), epoch}
+return {OK, h[1] or '', h[2] or '', tonumber(h[3] or '0'), epoch}

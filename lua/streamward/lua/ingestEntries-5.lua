@@ -28,17 +28,18 @@
           {-2}                                  NOT_OWNER: the lease does not name the given owner
           {-5, last_seq, seq}                   SEQ_GAP: seq would skip last_seq + 1
 ]]
+--- @include "includes/statusCodes"
+--- @include "includes/redisTime"
 local rcall = redis.call
 local epoch = tonumber(rcall('GET', KEYS[1]) or '0')
 local token = tonumber(ARGV[1])
 if token == nil or token < 1 or token ~= epoch then
-  return {-3, epoch}
+  return {STALE_TOKEN, epoch}
 end
 if ARGV[4] ~= '' and rcall('HGET', KEYS[5], 'owner') ~= ARGV[4] then
-  return {-2}
+  return {NOT_OWNER}
 end
-local t = rcall('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = redis_now_ms()
 
 local last = 0
 local tail = rcall('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
@@ -52,7 +53,7 @@ local expect = last
 for i = 0, n - 1 do
   local seq = tonumber(ARGV[5 + i * 4])
   if seq > expect + 1 then
-    return {-5, last, seq}
+    return {SEQ_GAP, last, seq}
   end
   if seq == expect + 1 then
     expect = seq
@@ -100,4 +101,4 @@ for i = 0, n - 1 do
   end
 end
 rcall('HSET', KEYS[3], 'last_seq', last, 'updated_ms', now)
-return {1, accepted, dups, last}
+return {OK, accepted, dups, last}

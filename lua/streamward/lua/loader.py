@@ -1,4 +1,5 @@
-"""Loads ``lua/*.lua`` once; calls them by EVALSHA with NOSCRIPT fallback (redis-py Script)."""
+"""Loads ``lua/*.lua`` once (inlining ``--- @include "includes/<name>"`` lines); calls them by
+EVALSHA with NOSCRIPT fallback (redis-py Script). The typed calls live in lua/scripts.py."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from streamward.lua.client import RedisClient
 from streamward.lua.errors import ScriptError
 
 NAME_PATTERN = re.compile(r"(?P<op>[a-z][A-Za-z]+)-(?P<keys>\d+|n)\.lua")
+# BullMQ's include syntax: the whole line is replaced by includes/<name>.lua (once per script)
+INCLUDE_PATTERN = re.compile(r'^--- @include "(?P<path>includes/[A-Za-z]+)"[ \t]*$', re.M)
 KeyT = str
 ArgT = str | int | float | bytes
 
@@ -30,30 +33,62 @@ on_script_timing: ScriptTimingHook | None = None
 
 @dataclass(frozen=True)
 class ScriptSource:
-    """One script file: its operation name, declared key count (None = variadic) and text."""
+    """One script file: its operation name, declared key count (None = variadic) and text.
+
+    ``source`` is what Redis runs (includes inlined; its SHA1 is the EVALSHA digest),
+    ``raw`` the file as written.
+    """
 
     name: str
     num_keys: int | None
     source: str
+    raw: str = ""
 
     @property
     def filename(self) -> str:
         return f"{self.name}-{'n' if self.num_keys is None else self.num_keys}.lua"
 
 
+def inline_includes(text: str, read: Callable[[str], str], seen: set[str] | None = None) -> str:
+    """``text`` with every include line replaced by the included file (itself inlined).
+
+    ``read("includes/x")`` returns that file's text. A file already inlined into this script
+    is dropped on a second include: each snippet defines locals once.
+    """
+    done = set() if seen is None else seen
+
+    def one(m: re.Match[str]) -> str:
+        path = m.group("path")
+        if path in done:
+            return ""
+        done.add(path)
+        return inline_includes(read(path), read, done).rstrip("\n")
+
+    return INCLUDE_PATTERN.sub(one, text)
+
+
+def read_include(path: str) -> str:
+    entry = resources.files("streamward.lua").joinpath(f"{path}.lua")
+    if not entry.is_file():
+        raise ScriptError(f"no Lua include {path}.lua")
+    return entry.read_text(encoding="utf-8")
+
+
 @cache
 def script_sources() -> dict[str, ScriptSource]:
-    """Every script shipped in the ``lua`` package, by operation name."""
+    """Every script shipped in the ``lua`` package, by operation name, includes inlined."""
     out: dict[str, ScriptSource] = {}
     for entry in resources.files("streamward.lua").iterdir():
         m = NAME_PATTERN.fullmatch(entry.name)
         if m is None:
             continue
         keys = m.group("keys")
+        raw = entry.read_text(encoding="utf-8")
         out[m.group("op")] = ScriptSource(
             name=m.group("op"),
             num_keys=None if keys == "n" else int(keys),
-            source=entry.read_text(encoding="utf-8"),
+            source=inline_includes(raw, read_include),
+            raw=raw,
         )
     return out
 
@@ -117,24 +152,3 @@ async def execute_pipeline(
                 raise
             await script.load(client)
     raise AssertionError("unreachable")
-
-
-class Scripts:
-    """All scripts for one client; attribute access by operation name (``scripts.acquireLease``)."""
-
-    def __init__(self, client: RedisClient) -> None:
-        self._by_name = {name: Script(src, client) for name, src in script_sources().items()}
-
-    def __getattr__(self, name: str) -> Script:
-        try:
-            return self._by_name[name]
-        except KeyError:
-            raise AttributeError(f"no script named {name}") from None
-
-    def all(self) -> list[Script]:
-        return list(self._by_name.values())
-
-    async def load_all(self, client: RedisClient) -> None:
-        """SCRIPT LOAD every script now (readiness), so the first real call is an EVALSHA hit."""
-        for s in self._by_name.values():
-            await s.load(client)

@@ -18,10 +18,11 @@
   Returns {1, mail_id}                          delivered
           {0}                                   replica lease gone or another incarnation
 ]]
+--- @include "includes/statusCodes"
 local rcall = redis.call
 if rcall('HGET', KEYS[1], 'incarnation') ~= ARGV[1] then
   return {0}
 end
 local id = rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', ARGV[2],
   'session', ARGV[3], 'run_id', ARGV[4])
-return {1, id}
+return {OK, id}

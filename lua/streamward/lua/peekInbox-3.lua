@@ -16,6 +16,7 @@
                                                 item's run state JSON ("" when none);
                                                 cancel: 1 when its cancellation was requested
 ]]
+--- @include "includes/statusCodes"
 local rcall = redis.call
 local items = rcall('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[1])
 local state, cancel = '', 0
@@ -29,4 +30,4 @@ if items[1] then
     end
   end
 end
-return {1, items, state, cancel}
+return {OK, items, state, cancel}

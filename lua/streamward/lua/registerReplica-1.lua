@@ -12,9 +12,10 @@
 
   Returns {1, now_ms, previous_incarnation}   previous_incarnation is "" when none
 ]]
+--- @include "includes/statusCodes"
+--- @include "includes/redisTime"
 local rcall = redis.call
-local t = rcall('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = redis_now_ms()
 local prev = rcall('HGET', KEYS[1], 'incarnation') or ''
 rcall('DEL', KEYS[1])
 rcall('HSET', KEYS[1], 'incarnation', ARGV[1], 'started_ms', now, 'heartbeat_ms', now,
@@ -23,4 +24,4 @@ for i = 3, #ARGV, 2 do
   rcall('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 rcall('PEXPIRE', KEYS[1], ARGV[2])
-return {1, now, prev}
+return {OK, now, prev}

@@ -14,13 +14,14 @@
           {-2, replica, incarnation, token}     NOT_OWNER: held by someone else
           {-7}                                  NOT_FOUND: no lease (expired or released)
 ]]
+--- @include "includes/statusCodes"
 local rcall = redis.call
 local h = rcall('HMGET', KEYS[1], 'replica', 'incarnation', 'token')
 if not h[1] then
-  return {-7}
+  return {NOT_FOUND}
 end
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or h[3] ~= ARGV[3] then
-  return {-2, h[1], h[2], tonumber(h[3])}
+  return {NOT_OWNER, h[1], h[2], tonumber(h[3])}
 end
 rcall('DEL', KEYS[1])
-return {1}
+return {OK}

@@ -16,22 +16,23 @@
   Returns {now_ms, r1, ..., rn}  ri = 1 renewed, 0 gone (expired or released),
                                  -2 held by another owner, -3 our token is stale
 ]]
+--- @include "includes/statusCodes"
+--- @include "includes/redisTime"
 local rcall = redis.call
-local t = rcall('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = redis_now_ms()
 local out = {now}
 local prefix = ARGV[1] .. '|' .. ARGV[2] .. '|'
 for i = 1, #KEYS do
   local owner = rcall('HGET', KEYS[i], 'owner')
   if owner == prefix .. ARGV[3 + i] then
     rcall('PEXPIRE', KEYS[i], ARGV[3])
-    out[i + 1] = 1
+    out[i + 1] = OK
   elseif not owner then
     out[i + 1] = 0
   elseif string.sub(owner, 1, #prefix) ~= prefix then
-    out[i + 1] = -2
+    out[i + 1] = NOT_OWNER
   else
-    out[i + 1] = -3
+    out[i + 1] = STALE_TOKEN
   end
 end
 return out

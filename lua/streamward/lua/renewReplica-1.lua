@@ -12,19 +12,20 @@
   Returns {1, now_ms}                           renewed
           {-4, current_incarnation}             REPLICA_LOST ("" when the key is gone)
 ]]
+--- @include "includes/statusCodes"
+--- @include "includes/redisTime"
 local rcall = redis.call
 local cur = rcall('HGET', KEYS[1], 'incarnation')
 if not cur then
-  return {-4, ''}
+  return {REPLICA_LOST, ''}
 end
 if cur ~= ARGV[1] then
-  return {-4, cur}
+  return {REPLICA_LOST, cur}
 end
-local t = rcall('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = redis_now_ms()
 rcall('HSET', KEYS[1], 'heartbeat_ms', now)
 for i = 3, #ARGV, 2 do
   rcall('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 rcall('PEXPIRE', KEYS[1], ARGV[2])
-return {1, now}
+return {OK, now}

@@ -18,18 +18,19 @@
   Returns {1, token, acquired_ms, fresh}        taken over (fresh = 0 when it was already ours)
           {-1, replica, incarnation, token, pttl_ms}   HELD by someone other than expected
 ]]
+--- @include "includes/statusCodes"
+--- @include "includes/redisTime"
 local rcall = redis.call
-local t = rcall('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = redis_now_ms()
 local h = rcall('HMGET', KEYS[1], 'replica', 'incarnation', 'token', 'acquired_ms')
 if h[1] then
   if h[1] == ARGV[4] and h[2] == ARGV[5] then
     rcall('HSET', KEYS[1], 'renewed_ms', now, 'ttl_ms', ARGV[6])
     rcall('PEXPIRE', KEYS[1], ARGV[6])
-    return {1, tonumber(h[3]), tonumber(h[4]), 0}
+    return {OK, tonumber(h[3]), tonumber(h[4]), 0}
   end
   if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or h[3] ~= ARGV[3] then
-    return {-1, h[1], h[2], tonumber(h[3]), rcall('PTTL', KEYS[1])}
+    return {HELD, h[1], h[2], tonumber(h[3]), rcall('PTTL', KEYS[1])}
   end
 end
 local token = rcall('INCR', KEYS[2])
@@ -41,4 +42,4 @@ rcall('PEXPIRE', KEYS[1], ARGV[6])
 rcall('HINCRBY', KEYS[3], 'transitions', 1)
 rcall('HINCRBY', KEYS[3], 'takeovers', 1)
 rcall('HSET', KEYS[3], 'owner_changed_ms', now)
-return {1, token, now, 1}
+return {OK, token, now, 1}
