@@ -9,7 +9,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from streamward.lua.store import RENEW_CHUNK
+from streamward.lua.leases import RENEW_CHUNK
 from streamward.tools.bench.cli import app
 from streamward.tools.bench.heartbeat import TARGET_RATIO, levels_for, main
 from streamward.tools.server import RedisServer

@@ -10,9 +10,10 @@ import httpx
 import orjson
 
 from streamward.api.schemas import IngestResult, LogEntryOut
+from streamward.lua.inbox import InboxItem
 from streamward.lua.keys import SessionKeys
 from streamward.lua.store import LeaseStore
-from streamward.lua.streams import InboxItem, Streams
+from streamward.lua.streams import Streams
 
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

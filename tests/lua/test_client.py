@@ -16,19 +16,21 @@ from redis.asyncio.cluster import RedisCluster
 
 from streamward.api.config import Settings
 from streamward.lua.client import (
-    DEFAULT_SENTINEL_PORT,
-    DEFAULT_URL,
     HiredisPackConnection,
     HiredisPackSSLConnection,
     HiredisPackUnixConnection,
     HiredisSentinelConnection,
     HiredisSentinelSSLConnection,
-    RedisConfig,
-    RedisSettings,
     StreamwardCluster,
     connect,
     connect_from_config,
     connect_sync,
+)
+from streamward.lua.config import (
+    DEFAULT_SENTINEL_PORT,
+    DEFAULT_URL,
+    RedisConfig,
+    RedisSettings,
     parse_sentinels,
     redis_config_from_env,
 )

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamward.lua.client import RedisConfig, connect_from_config
+from streamward.lua.client import connect_from_config
+from streamward.lua.config import RedisConfig
 from streamward.lua.probe import MIN_VERSION, Capabilities, ProbeError, probe, probe_config
 from streamward.tools.server import RedisServer, find_redis_server
 

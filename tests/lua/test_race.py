@@ -9,7 +9,8 @@ import redis.asyncio as aioredis
 
 from streamward.lua.errors import LeaseHeld, StaleToken
 from streamward.lua.keys import Keys, SessionKeys
-from streamward.lua.store import Lease, LeaseStore
+from streamward.lua.leases import Lease
+from streamward.lua.store import LeaseStore
 from streamward.tools.server import RedisServer
 from tests.lua.helpers import LEASE_TTL_MS, entries, epoch, log_ids
 

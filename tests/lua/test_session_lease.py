@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 
 from streamward.lua.errors import LeaseHeld, NotOwner
 from streamward.lua.keys import Keys, SessionKeys
+from streamward.lua.replies import LeaseRecord, NoLease
 from streamward.lua.store import LeaseStore
 from tests.lua.helpers import LEASE_TTL_MS, REPLICA_TTL_MS, epoch
 
@@ -360,13 +361,16 @@ async def test_ownership_expiry_follows_the_shorter_session_lease(
     assert own.lease_ttl_ms is not None and own.expires_in_ms == own.lease_ttl_ms <= 2_000
 
 
-async def test_read_lease_raw_reply(store: LeaseStore, session: SessionKeys) -> None:
-    assert await store.scripts.readLease([session.lease, session.epoch], []) == [-7, 0]
+async def test_read_lease_reply(store: LeaseStore, session: SessionKeys) -> None:
+    raw = store.scripts.script("readLease")
+    assert await raw([session.lease, session.epoch], []) == [-7, 0]  # the wire shape
+    assert await store.scripts.read_lease(session) == NoLease(epoch=0)
     lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
-    reply = await store.scripts.readLease([session.lease, session.epoch], [])
-    assert reply[:4] == [1, "r1", "inc-1", lease.token]
-    assert reply[4] == reply[5] == lease.acquired_ms
-    assert 0 < reply[6] <= LEASE_TTL_MS and reply[7] == lease.token
+    rec = await store.scripts.read_lease(session)
+    assert isinstance(rec, LeaseRecord)
+    assert (rec.replica_id, rec.incarnation, rec.token) == ("r1", "inc-1", lease.token)
+    assert rec.acquired_ms == rec.renewed_ms == lease.acquired_ms
+    assert 0 < rec.pttl_ms <= LEASE_TTL_MS and rec.epoch == lease.token
 
 
 # -- claimLock-1 -------------------------------------------------------------------------
@@ -382,8 +386,8 @@ async def test_claim_lock_take_extend_refuse_and_free(
     assert not await store.claim_lock(keys.watchdog, "r2:inc-1", 30_000)
     assert not await store.claim_lock(keys.watchdog, "r1:inc-2", 30_000)
     assert await redis_client.get(keys.watchdog) == "r1:inc-1"
-    reply = await store.scripts.claimLock([keys.watchdog], ["r2:inc-1", 30_000])
-    assert reply[0] == 0 and reply[1] == "r1:inc-1" and 0 < reply[2] <= 30_000
+    claim = await store.scripts.claim_lock(keys.watchdog, "r2:inc-1", 30_000)
+    assert not claim.held and claim.owner == "r1:inc-1" and 0 < claim.pttl_ms <= 30_000
     await redis_client.delete(keys.watchdog)  # expired
     assert await store.claim_lock(keys.watchdog, "r2:inc-1", 30_000)
     assert await redis_client.get(keys.watchdog) == "r2:inc-1"

@@ -123,6 +123,34 @@ def test_returned_status_codes_are_documented_and_known(src: ScriptSource) -> No
         assert not isinstance(err, E.ScriptError)
 
 
+def test_status_code_include_matches_lua_errors() -> None:
+    text = (resources.files("streamward.lua") / "includes" / "statusCodes.lua").read_text(
+        encoding="utf-8"
+    )
+    consts = L.status_constants(text)
+    assert consts == {name: getattr(E, name) for name in consts}
+    assert set(consts.values()) == {E.OK, E.DUPLICATE} | KNOWN_ERROR_CODES
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=IDS)
+def test_time_prelude_lives_in_its_include(src: ScriptSource) -> None:
+    """No script computes ms from TIME itself; the inlined source has the include's."""
+    assert not any(c.command == "TIME" for c in L.redis_calls(src.raw))
+    if "redis_now_ms()" in L.body_of(src.raw):
+        assert '--- @include "includes/redisTime"' in src.raw
+        assert [c.command for c in L.redis_calls(src.source)].count("TIME") == 1
+
+
+def test_returned_codes_reads_constants_and_refuses_unknown_names() -> None:
+    src = (
+        "--[[\n  x-1.lua\n]]\nlocal OK = 1\nlocal BAD = -9\n"
+        "if a then return {BAD, 1} end\nreturn {OK}\n"
+    )
+    assert L.returned_codes(src) == {1, -9}
+    with pytest.raises(KeyError):
+        L.returned_codes("--[[\n  x-1.lua\n]]\nreturn {NOPE}\n")
+
+
 # The checker itself must catch what it is meant to catch.
 BAD_SNIPPETS = {
     "literal key": "rcall('GET', 'sw:{p/s}:lease')",

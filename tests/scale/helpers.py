@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-from streamward.lua.client import connect_sync, redis_config_from_env
+from streamward.lua.client import connect_sync
+from streamward.lua.config import redis_config_from_env
 from streamward.lua.keys import Keys
 from streamward.tools.fleet import Fleet
 from streamward.tools.server import RedisServer

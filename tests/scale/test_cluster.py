@@ -10,7 +10,8 @@ import pytest
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, ResponseError
 
-from streamward.lua.client import RedisConfig, connect_from_config, redis_config_from_env
+from streamward.lua.client import connect_from_config
+from streamward.lua.config import RedisConfig, redis_config_from_env
 from streamward.lua.keys import Keys, SessionKeys
 from streamward.lua.probe import ProbeError, probe, probe_config
 from streamward.lua.store import LeaseStore
@@ -104,7 +105,7 @@ async def test_every_facade_call_stays_in_one_slot(
     a, b = keys.session("proj", "a"), keys.session("proj", "b")
     assert key_slot(a.lease.encode()) != key_slot(b.lease.encode())
     with pytest.raises(RedisClusterException, match="all keys must map to the same key slot"):
-        await store.scripts.acquireLease([a.lease, b.epoch, a.meta], ["r1", "i", 1000])
+        await store.scripts.script("acquireLease")([a.lease, b.epoch, a.meta], ["r1", "i", 1000])
     with (
         sync_client({"STREAMWARD_REDIS_URL": cluster.master_for_key(a.lease).url}) as node,
         pytest.raises(ResponseError, match="don't hash to the same slot"),
@@ -133,7 +134,7 @@ async def test_scripts_come_back_after_the_cache_is_flushed(
     """What a promoted replica looks like to the client: no script is loaded. Single calls
     and the per-node renewal pipelines both fall back to SCRIPT LOAD (NOSCRIPT)."""
     held = await _hold(store, 50)
-    sha = store.scripts.renewLeases.sha
+    sha = store.scripts.script("renewLeases").sha
     for node in cluster.masters():
         with sync_client({"STREAMWARD_REDIS_URL": node.url}) as c:
             c.script_flush()

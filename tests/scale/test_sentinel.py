@@ -7,7 +7,8 @@ import asyncio
 import pytest
 import redis
 
-from streamward.lua.client import connect_from_config, redis_config_from_env
+from streamward.lua.client import connect_from_config
+from streamward.lua.config import redis_config_from_env
 from streamward.lua.keys import Keys
 from streamward.lua.probe import probe
 from streamward.lua.store import LeaseStore
@@ -38,7 +39,7 @@ async def test_client_follows_the_master_through_a_failover(own_sentinel: LocalS
             # Redis 7 does not replicate SCRIPT LOAD, 6.2 does: flush, so that the promoted
             # replica surely answers NOSCRIPT and the fallback is what gets tested
             replica.script_flush()
-            assert replica.script_exists(store.scripts.acquireLease.sha) == [False]
+            assert replica.script_exists(store.scripts.script("acquireLease").sha) == [False]
         sent.kill_master()
         new = sent.wait_failover(old)
         # the first call may meet a connection to the dead master: ride it out like the

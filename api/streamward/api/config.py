@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamward.lua.client import RedisSettings
+from streamward.lua.config import RedisSettings
 
 
 class Settings(RedisSettings, BaseSettings):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # Integer status codes returned as the first element of every script's reply.
 OK = 1
 DUPLICATE = 2
@@ -108,9 +110,12 @@ class SessionBusy(StreamwardError):
         super().__init__(f"session busy: active run {active_run_id or '-'}, {pending} pending")
 
 
-def status_error(script: str, reply: list[object]) -> StreamwardError:
+def status_error(script: str, reply: Sequence[object]) -> StreamwardError:
     """Map a non-success reply of ``script`` to its exception (the one place codes are read)."""
-    code = int(reply[0])  # type: ignore[call-overload]
+    head = reply[0] if reply else None
+    if not isinstance(head, int | str | bytes):
+        return ScriptError(f"{script} returned no status: {reply!r}")
+    code = int(head)
     rest = [_text(x) for x in reply[1:]]
     if code == HELD:
         return LeaseHeld(rest[0], rest[1], int(rest[2]), int(rest[3]))

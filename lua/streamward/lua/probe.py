@@ -17,7 +17,8 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
-from streamward.lua.client import RedisClient, RedisConfig
+from streamward.lua.client import RedisClient
+from streamward.lua.config import RedisConfig
 
 MIN_VERSION = (6, 2, 0)
 # a script that also proves scripts may call commands and read Redis time

@@ -1,27 +1,21 @@
-"""Route definitions and the atomic event-key → session binding (issue: event routing)."""
+"""Route definitions and the atomic event-key → session binding (issue: event routing).
+
+``Binding`` (the reply of bindSession-1) lives in lua/replies.py.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 from streamward.lua.client import RedisClient
 from streamward.lua.keys import Keys, binding_key, validate_id
-from streamward.lua.loader import Scripts
+from streamward.lua.replies import Binding
+from streamward.lua.scripts import Scripts
 
 
 def key_hash(key: str) -> str:
     """A short stable digest of a session key (keys may hold any characters)."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True, slots=True)
-class Binding:
-    session_id: str
-    generation: int
-    action: str  # started | queued
-    previous_session_id: str
-    reason: str  # why the previous generation ended: timeout | daily | manual | dead | ""
 
 
 class RouteStore:
@@ -72,19 +66,15 @@ class RouteStore:
     ) -> Binding:
         """Atomically pick (or open) the session generation for an event key."""
         h = key_hash(key)
-        reply = await self.scripts.bindSession(
-            [binding_key(self.keys, project, route_id, h)],
-            [
-                f"{route_id}.{h}",
-                session_timeout_ms,
-                -1 if daily_reset_hour is None else daily_reset_hour,
-                clock_offset_ms,
-                key,
-                reset_reason,
-            ],
+        return await self.scripts.bind_session(
+            binding_key(self.keys, project, route_id, h),
+            f"{route_id}.{h}",
+            session_timeout_ms=session_timeout_ms,
+            daily_reset_hour=daily_reset_hour,
+            clock_offset_ms=clock_offset_ms,
+            key=key,
+            reset_reason=reset_reason,
         )
-        s = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
-        return Binding(s[1], int(s[2]), s[3], s[4], s[5])
 
     async def mark_reset(self, project: str, route_id: str, key: str, reason: str) -> str | None:
         """Expire the key's current generation: its next event opens a new one.

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from streamward.lua.errors import NotOwner, StaleToken
-from streamward.lua.store import Lease
-from streamward.lua.streams import InboxItem, RunState
+from streamward.lua.inbox import InboxItem, RunState
+from streamward.lua.leases import Lease
 from streamward.runner.context import RunContext
 from streamward.runner.shipper import Shipper, ShipRejected, ShipStopped, backoff_s
 

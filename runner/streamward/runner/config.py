@@ -11,7 +11,7 @@ from typing import Annotated, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamward.lua.client import RedisSettings
+from streamward.lua.config import RedisSettings
 from streamward.lua.keys import validate_id
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError, ResponseError
 
 from streamward.lua.errors import InvalidId
-from streamward.lua.streams import Mail, WorkItem
+from streamward.lua.work import Mail, WorkItem
 from streamward.runner.shipper import backoff_s
 
 if TYPE_CHECKING:

@@ -21,7 +21,8 @@ from streamward.core.metrics import version
 from streamward.lua.client import RedisClient, connect_from_config
 from streamward.lua.errors import LeaseHeld
 from streamward.lua.keys import Keys
-from streamward.lua.store import Lease, LeaseStore
+from streamward.lua.leases import Lease
+from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 from streamward.runner.actor import SessionActor
 from streamward.runner.config import RunnerSettings

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from streamward.lua.client import connect_sync, redis_config_from_env
+from streamward.lua.client import connect_sync
+from streamward.lua.config import redis_config_from_env
 from streamward.lua.keys import Keys
 from streamward.tools.server import free_port, wait_ready
 

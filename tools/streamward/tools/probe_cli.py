@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 if TYPE_CHECKING:
-    from streamward.lua.client import RedisSettings
+    from streamward.lua.config import RedisSettings
 
 
 def probe_settings(**overrides: Any) -> RedisSettings:
     """The Redis fields of ``STREAMWARD_*`` (the names the API and the runner read)."""
     from pydantic_settings import BaseSettings, SettingsConfigDict
 
-    from streamward.lua.client import RedisSettings
+    from streamward.lua.config import RedisSettings
 
     class ProbeSettings(RedisSettings, BaseSettings):
         model_config = SettingsConfigDict(env_prefix="STREAMWARD_", extra="ignore")

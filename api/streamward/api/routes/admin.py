@@ -38,10 +38,11 @@ from streamward.api.schemas import (
     StreamDetachResult,
 )
 from streamward.lua.errors import NotOwner, SeqGap, StaleToken
+from streamward.lua.indexes import ReplicaInfo
 from streamward.lua.keys import SessionKeys
+from streamward.lua.replies import IngestResult as StoreIngestResult
 from streamward.lua.store import Entry
-from streamward.lua.store import IngestResult as StoreIngestResult
-from streamward.lua.streams import ReplicaInfo, Streams
+from streamward.lua.streams import Streams
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 # the runners' ingest alone in a router of its own, included second (api/main.py, after

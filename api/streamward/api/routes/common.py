@@ -9,7 +9,7 @@ from streamward.api.problems import ProblemError
 from streamward.api.schemas import LockOut, LogEntryOut, OwnerDetail
 from streamward.core.timefmt import rfc3339
 from streamward.lua.keys import SessionKeys
-from streamward.lua.store import Ownership
+from streamward.lua.leases import Ownership
 from streamward.lua.streams import LogEntry
 
 

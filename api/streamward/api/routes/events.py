@@ -195,5 +195,5 @@ async def _deliver(
         session_key=match.key,
         session_id=binding.session_id,
         run_id=run_id,
-        action=binding.action,  # type: ignore[arg-type]
+        action=binding.action,
     )

@@ -49,9 +49,11 @@ from streamward.api.schemas import (
     TranscriptPage,
 )
 from streamward.api.starts import LOCAL_WAIT_S, Started
+from streamward.lua.inbox import RunState
 from streamward.lua.keys import SessionKeys
-from streamward.lua.store import Enqueued, LeaseStore, Ownership
-from streamward.lua.streams import RunState, Streams
+from streamward.lua.leases import Ownership
+from streamward.lua.store import Enqueued, LeaseStore
+from streamward.lua.streams import Streams
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
 # invoke alone in a router of its own, included first (api/main.py): the app tries routes

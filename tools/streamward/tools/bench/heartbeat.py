@@ -51,8 +51,10 @@ from rich.table import Table
 
 from streamward.lua.client import connect
 from streamward.lua.keys import Keys, SessionKeys
+from streamward.lua.leases import RENEW_CHUNK
 from streamward.lua.loader import execute_pipeline
-from streamward.lua.store import RENEW_CHUNK, LeaseStore
+from streamward.lua.scripts import parse_grant
+from streamward.lua.store import LeaseStore
 from streamward.tools.server import RedisServer
 
 TARGET_RATIO = 30.0
@@ -402,25 +404,23 @@ class _Bench:
             return
         task = self.progress.add_task(f"set up leases and locks (to {level:,})", total=len(todo))
         rk = self.keys.replica(self.replica)
-        acquire = self.store.scripts.acquireLease
+        scripts = self.store.scripts
+        acquire = scripts.script("acquireLease")
         for i in range(0, len(todo), SETUP_BATCH):
             part = todo[i : i + SETUP_BATCH]
 
             # what LeaseStore.acquire does per session (script, then the index SADD), batched
             def build(pipe: Any, part: Sequence[SessionKeys] = part) -> None:
                 for s in part:
-                    acquire.queue(
-                        pipe,
-                        [s.lease, s.epoch, s.meta],
-                        [self.replica, self.incarnation, LEASE_TTL_MS],
+                    keys, args = scripts.acquire_lease_call(
+                        s, self.replica, self.incarnation, LEASE_TTL_MS
                     )
+                    acquire.queue(pipe, keys, args)
                 pipe.sadd(rk.leases, *[s.ref for s in part])
 
             replies = await execute_pipeline(self.client, acquire, build)
             for s, r in zip(part, replies[:-1], strict=True):
-                if int(r[0]) != 1:
-                    raise RuntimeError(f"could not acquire {s.ref}: {r}")
-                self.held.append((s, int(r[1])))
+                self.held.append((s, parse_grant("acquireLease", r).token))  # raises LeaseHeld
 
             # redis-py Lock.acquire is SET NX PX with a fresh token; same, pipelined
             start = len(self.locks)

@@ -1,0 +1,168 @@
+"""``Streams`` calls for the indexes: ``sw:sessions``, ``sw:replicas`` and each replica's
+lease index, plus session retirement (event routing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from redis.exceptions import WatchError
+
+from streamward.lua.base import StreamsBase
+from streamward.lua.base import as_text as _s
+from streamward.lua.keys import SessionKeys
+
+
+@dataclass(slots=True)
+class ReplicaInfo:
+    replica_id: str
+    alive: bool
+    last_heartbeat_ms: int
+    fields: dict[str, str] = field(default_factory=dict)
+    leases: int = 0
+    ttl_ms: int | None = None
+
+
+class Indexes(StreamsBase):
+    """Session and replica indexes, replica bookkeeping and session lifecycle."""
+
+    # -- session index -------------------------------------------------------------------------
+
+    async def touch_session(self, session: SessionKeys, now_ms: int | None = None) -> None:
+        now = now_ms if now_ms is not None else await self.now_ms()
+        await self.client.zadd(self.keys.sessions, {session.ref: now})
+
+    async def scan_sessions(
+        self, cursor: int = 0, project: str | None = None, count: int = 100
+    ) -> tuple[int, list[tuple[str, int]]]:
+        """One ZSCAN page of the session index: (next cursor, [(ref, last_activity_ms)])."""
+        match = f"{project}/*" if project else None
+        nxt, items = await self.client.zscan(self.keys.sessions, cursor, match=match, count=count)
+        return int(nxt), [(_s(m), int(score)) for m, score in items]
+
+    async def forget_session(self, session: SessionKeys) -> None:
+        await self.client.zrem(self.keys.sessions, session.ref)
+
+    # -- replicas ------------------------------------------------------------------------------
+
+    async def replica_ids(self) -> list[tuple[str, int]]:
+        """Replicas seen by heartbeat: (replica_id, last heartbeat ms), oldest first."""
+        items = await self.client.zrange(self.keys.replicas, 0, -1, withscores=True)
+        return [(_s(m), int(s)) for m, s in items]
+
+    async def replica_info(self, replica_id: str, last_heartbeat_ms: int = 0) -> ReplicaInfo:
+        rk = self.keys.replica(replica_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(rk.lease)
+        pipe.scard(rk.leases)
+        pipe.pttl(rk.lease)
+        fields, n, ttl = await pipe.execute()
+        return ReplicaInfo(
+            replica_id=replica_id,
+            alive=bool(fields),
+            last_heartbeat_ms=int(fields.get("heartbeat_ms", last_heartbeat_ms))
+            if fields
+            else last_heartbeat_ms,
+            fields=dict(fields),
+            leases=int(n),
+            ttl_ms=int(ttl) if int(ttl) >= 0 else None,
+        )
+
+    async def replica_sessions(self, replica_id: str) -> list[str]:
+        members = await self.client.smembers(self.keys.replica(replica_id).leases)
+        return sorted(_s(m) for m in members)
+
+    async def replicas_alive(self, replica_ids: list[str]) -> list[bool]:
+        """Whether each replica lease key exists (one pipelined round trip)."""
+        if not replica_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for rid in replica_ids:
+            pipe.exists(self.keys.replica(rid).lease)
+        return [bool(x) for x in await pipe.execute()]
+
+    async def index_sessions(self, replica_id: str, session_refs: list[str]) -> None:
+        """Re-add sessions to a replica's lease index (heals an index a watchdog raced)."""
+        if session_refs:
+            await self.client.sadd(self.keys.replica(replica_id).leases, *session_refs)
+
+    async def forget_replica(self, replica_id: str) -> None:
+        """Drop a dead replica's index and heartbeat entry (its leases stay the truth)."""
+        rk = self.keys.replica(replica_id)
+        await self.client.delete(rk.leases)
+        await self.client.delete(rk.mail)
+        await self.client.zrem(self.keys.replicas, replica_id)
+
+    async def delete_replica_lease(self, replica_id: str, incarnation: str) -> None:
+        """Delete our own replica lease on clean exit (only if it still names us)."""
+        rk = self.keys.replica(replica_id)
+        cur = await self.client.hget(rk.lease, "incarnation")
+        if cur is not None and _s(cur) == incarnation:
+            await self.client.delete(rk.lease)
+
+    async def mark_replica_draining(self, replica_id: str) -> bool:
+        """Set ``draining=1`` on a live replica lease; False when the replica is gone.
+
+        WATCH makes the HSET conditional on the key still existing, so a lease that expires
+        meanwhile is never resurrected as a TTL-less hash.
+        """
+        rk = self.keys.replica(replica_id)
+        for _ in range(5):  # the replica's own renewals touch the key: retry on a conflict
+            async with self.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(rk.lease)
+                # HLEN, not EXISTS: a cluster pipeline splits EXISTS by slot and, once
+                # watching, never runs it (redis-py returns the pipeline, always truthy)
+                if not await pipe.hlen(rk.lease):
+                    await pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.hset(rk.lease, "draining", "1")
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                return True
+        return False
+
+    # -- lifecycle (event routing) -------------------------------------------------------------
+
+    async def retire_session(
+        self, session: SessionKeys, status: str, reason: str, retention_ms: int
+    ) -> int:
+        """Mark a session expired/deleted and let all its keys expire after ``retention_ms``.
+
+        Returns the deletion time (Redis ms). The epoch goes too: a retired session's id is
+        never reused (a new generation gets a new id), so no stale token can meet a reset
+        epoch; a manually deleted id that is invoked again before retention keeps its epoch.
+        """
+        now = await self.now_ms()
+        delete_after = now + retention_ms
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(
+            session.meta,
+            mapping={
+                "status": status,
+                "reason": reason,
+                "ended_ms": now,
+                "delete_after_ms": delete_after,
+                "updated_ms": now,
+            },
+        )
+        for key in (
+            session.meta,
+            session.log,
+            session.inbox,
+            session.runs,
+            session.attached,
+            session.cancels,
+            session.epoch,
+        ):
+            pipe.pexpire(key, retention_ms)
+        await pipe.execute()
+        return delete_after
+
+    async def revive_session(self, session: SessionKeys) -> None:
+        """Keep a retired session's keys after all (enqueueInput revived its inbox and meta)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in (session.log, session.runs, session.epoch, session.attached, session.cancels):
+            pipe.persist(key)
+        await pipe.execute()

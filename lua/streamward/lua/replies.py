@@ -1,0 +1,159 @@
+"""Typed replies of the Lua scripts, and the helpers that read a raw reply into them.
+
+A script reply arrives as nested lists of int / str (bytes on a non-decoding client).
+``lua/scripts.py`` reads each one here, so no caller ever indexes a raw reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from streamward.lua.errors import ScriptError
+from streamward.lua.inbox import InboxItem, RunState
+
+# renewLeases-n: per key, what happened (0 = gone, then the status codes)
+RenewOutcome = Literal["renewed", "expired", "not_owner", "stale_token", "unknown"]
+
+
+def as_str(x: object) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def as_int(x: object) -> int:
+    if isinstance(x, int | str | bytes):
+        return int(x)
+    raise ScriptError(f"expected an integer in a script reply, got {x!r}")
+
+
+def as_list(x: object) -> list[object]:
+    if isinstance(x, list):
+        return list(x)
+    raise ScriptError(f"expected a list as script reply, got {x!r}")
+
+
+def pairs(flat: object) -> dict[str, str]:
+    """A stream entry's flat [field, value, ...] list (as a script returns it) as a dict."""
+    it = iter(as_str(x) for x in as_list(flat))
+    return dict(zip(it, it, strict=True))
+
+
+def status(reply: Sequence[object]) -> int:
+    """The status code every reply opens with."""
+    if not reply:
+        raise ScriptError("empty script reply")
+    return as_int(reply[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """registerReplica-1: Redis time of the registration, and the incarnation it replaced."""
+
+    now_ms: int
+    previous_incarnation: str
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """acquireLease-3 / takeoverLease-3 success: the lease is the caller's."""
+
+    token: int
+    acquired_ms: int
+    fresh: bool  # False when the caller already held it (idempotent call)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """readLease-2 when a lease is held."""
+
+    replica_id: str
+    incarnation: str
+    token: int
+    acquired_ms: int
+    renewed_ms: int
+    pttl_ms: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class NoLease:
+    """readLease-2 when no lease is held: only the fencing epoch."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRenewals:
+    """renewLeases-n: Redis time and one outcome per key, in key order."""
+
+    now_ms: int
+    outcomes: list[RenewOutcome]
+
+
+@dataclass(frozen=True, slots=True)
+class ForceReleased:
+    """forceRelease-3: who held the lease ("" / 0 when nobody) and the bumped epoch."""
+
+    old_replica_id: str
+    old_incarnation: str
+    old_token: int
+    new_epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """ingestEntries-5 success."""
+
+    accepted: int
+    duplicates: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """enqueueInput-5: appended to the inbox."""
+
+    entry_id: str
+    active_run_id: str  # "" when no run is active
+    pending: int
+    revived: bool
+    log_last_id: str
+    holder: tuple[str, str] | None  # (replica_id, incarnation) of the session lease
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateInput:
+    """enqueueInput-5: the idempotency key already names ``run_id``; nothing appended."""
+
+    run_id: str
+    log_last_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboxPeek:
+    """peekInbox-3: oldest pending inputs, the first one's run state and cancel request."""
+
+    items: list[InboxItem]
+    state: RunState | None
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LockClaim:
+    """claimLock-1: whether the caller holds the lock, else who does and for how long."""
+
+    held: bool
+    owner: str = ""
+    pttl_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """bindSession-1: the session generation an event goes to."""
+
+    session_id: str
+    generation: int
+    action: Literal["started", "queued"]
+    previous_session_id: str
+    reason: str  # why the previous generation ended: timeout | daily | manual | dead | ""

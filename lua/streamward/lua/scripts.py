@@ -1,0 +1,392 @@
+"""One typed method per Lua script (like BullMQ's ``scripts.ts``): typed arguments in, a parsed
+reply (lua/replies.py) or a StreamwardError out. The only code that builds KEYS / ARGV or reads
+a raw reply; ``LeaseStore``, ``Streams`` and ``RouteStore`` call these.
+
+Error statuses the callers never handle themselves become exceptions here, through
+``errors.status_error`` (the one status → exception map).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol, get_args
+
+from redis.asyncio.client import Pipeline
+
+from streamward.lua import errors as E
+from streamward.lua.client import RedisClient
+from streamward.lua.inbox import parse_inbox, parse_run_state
+from streamward.lua.keys import ReplicaKeys, SessionKeys
+from streamward.lua.loader import ArgT, Script, script_sources
+from streamward.lua.replies import (
+    Binding,
+    DuplicateInput,
+    ForceReleased,
+    Grant,
+    InboxPeek,
+    IngestResult,
+    LeaseRecord,
+    LeaseRenewals,
+    LockClaim,
+    NoLease,
+    Queued,
+    Registration,
+    RenewOutcome,
+    as_int,
+    as_list,
+    as_str,
+    pairs,
+    status,
+)
+
+ScriptName = Literal[
+    "acquireLease",
+    "bindSession",
+    "claimLock",
+    "completeInput",
+    "enqueueInput",
+    "forceRelease",
+    "ingestEntries",
+    "notifyReplica",
+    "peekInbox",
+    "readLease",
+    "registerReplica",
+    "releaseLease",
+    "renewLeases",
+    "renewReplica",
+    "takeoverLease",
+]
+SCRIPT_NAMES: tuple[ScriptName, ...] = get_args(ScriptName)
+
+_RENEW_OUTCOME: dict[int, RenewOutcome] = {
+    E.OK: "renewed",
+    0: "expired",
+    E.NOT_OWNER: "not_owner",
+    E.STALE_TOKEN: "stale_token",
+}
+
+_BIND_ACTIONS: dict[str, Literal["started", "queued"]] = {"started": "started", "queued": "queued"}
+
+
+class EntryFields(Protocol):
+    """What ingestEntries needs of one transcript entry (``data`` is JSON text)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def data(self) -> str: ...
+    @property
+    def ts_ms(self) -> int | None: ...
+
+
+def _field_args(incarnation: str, ttl_ms: int, fields: Mapping[str, str] | None) -> list[ArgT]:
+    args: list[ArgT] = [incarnation, ttl_ms]
+    for k, v in (fields or {}).items():
+        args += [k, v]
+    return args
+
+
+def _ok(script: str, reply: Sequence[object], *codes: int) -> Sequence[object]:
+    """``reply`` when its status is OK (or one of ``codes``); its exception otherwise."""
+    if status(reply) not in (E.OK, *codes):
+        raise E.status_error(script, reply)
+    return reply
+
+
+def parse_grant(script: str, raw: object) -> Grant:
+    """acquireLease / takeoverLease reply; raises LeaseHeld."""
+    r = _ok(script, as_list(raw))
+    return Grant(as_int(r[1]), as_int(r[2]), as_int(r[3]) == 1)
+
+
+def parse_renewals(raw: object) -> LeaseRenewals:
+    r = as_list(raw)
+    return LeaseRenewals(as_int(r[0]), [_RENEW_OUTCOME.get(as_int(x), "unknown") for x in r[1:]])
+
+
+def parse_notified(raw: object) -> bool:
+    """notifyReplica reply: delivered or not (the replica lease names another incarnation)."""
+    return status(as_list(raw)) == E.OK
+
+
+class Scripts:
+    """Every script for one client, each behind its typed method."""
+
+    def __init__(self, client: RedisClient) -> None:
+        sources = script_sources()
+        if set(sources) != set(SCRIPT_NAMES):
+            raise E.ScriptError(f"scripts shipped {sorted(sources)} != typed {SCRIPT_NAMES}")
+        self._by_name = {name: Script(sources[name], client) for name in SCRIPT_NAMES}
+
+    def script(self, name: ScriptName) -> Script:
+        """The loaded script itself (its SHA, ``queue`` for pipelines, raw calls in tests)."""
+        return self._by_name[name]
+
+    def all(self) -> list[Script]:
+        return list(self._by_name.values())
+
+    async def load_all(self, client: RedisClient) -> None:
+        """SCRIPT LOAD every script now (readiness), so the first real call is an EVALSHA hit."""
+        for s in self._by_name.values():
+            await s.load(client)
+
+    # -- replica lease -------------------------------------------------------------------
+
+    async def register_replica(
+        self, replica: ReplicaKeys, incarnation: str, ttl_ms: int, fields: Mapping[str, str] | None
+    ) -> Registration:
+        raw = await self._by_name["registerReplica"](
+            [replica.lease], _field_args(incarnation, ttl_ms, fields)
+        )
+        r = _ok("registerReplica", as_list(raw))
+        return Registration(as_int(r[1]), as_str(r[2]))
+
+    async def renew_replica(
+        self, replica: ReplicaKeys, incarnation: str, ttl_ms: int, fields: Mapping[str, str] | None
+    ) -> int:
+        """Redis time in ms; raises ReplicaLost (naming the incarnation now registered)."""
+        raw = await self._by_name["renewReplica"](
+            [replica.lease], _field_args(incarnation, ttl_ms, fields)
+        )
+        r = as_list(raw)
+        if status(r) == E.REPLICA_LOST:
+            raise E.ReplicaLost(replica.replica_id, as_str(r[1]))
+        return as_int(_ok("renewReplica", r)[1])
+
+    # -- session lease -------------------------------------------------------------------
+
+    async def acquire_lease(
+        self, session: SessionKeys, replica_id: str, incarnation: str, ttl_ms: int
+    ) -> Grant:
+        """Raises LeaseHeld with the holder."""
+        raw = await self._by_name["acquireLease"](
+            *self.acquire_lease_call(session, replica_id, incarnation, ttl_ms)
+        )
+        return parse_grant("acquireLease", raw)
+
+    @staticmethod
+    def acquire_lease_call(
+        session: SessionKeys, replica_id: str, incarnation: str, ttl_ms: int
+    ) -> tuple[list[str], list[ArgT]]:
+        """(KEYS, ARGV) of acquireLease, for callers that pipeline it (parse with parse_grant)."""
+        return [session.lease, session.epoch, session.meta], [replica_id, incarnation, ttl_ms]
+
+    async def takeover_lease(
+        self,
+        session: SessionKeys,
+        expected: tuple[str, str, int],
+        replica_id: str,
+        incarnation: str,
+        ttl_ms: int,
+    ) -> Grant:
+        """CAS from ``expected`` = (replica, incarnation, token); raises LeaseHeld."""
+        old_replica, old_inc, old_token = expected
+        raw = await self._by_name["takeoverLease"](
+            [session.lease, session.epoch, session.meta],
+            [old_replica, old_inc, old_token, replica_id, incarnation, ttl_ms],
+        )
+        return parse_grant("takeoverLease", raw)
+
+    @staticmethod
+    def renew_leases_call(
+        replica_id: str, incarnation: str, ttl_ms: int, leases: Sequence[tuple[SessionKeys, int]]
+    ) -> tuple[list[str], list[ArgT]]:
+        """(KEYS, ARGV) of one renewLeases chunk (pipelined; parse with parse_renewals)."""
+        args: list[ArgT] = [replica_id, incarnation, ttl_ms, *[str(t) for _, t in leases]]
+        return [sk.lease for sk, _ in leases], args
+
+    def queue_renew_leases(
+        self,
+        pipe: Pipeline,
+        replica_id: str,
+        incarnation: str,
+        ttl_ms: int,
+        leases: Sequence[tuple[SessionKeys, int]],
+    ) -> None:
+        keys, args = self.renew_leases_call(replica_id, incarnation, ttl_ms, leases)
+        self._by_name["renewLeases"].queue(pipe, keys, args)
+
+    async def release_lease(
+        self, session: SessionKeys, replica_id: str, incarnation: str, token: int
+    ) -> bool:
+        """True when released, False when no lease was held; raises NotOwner."""
+        raw = await self._by_name["releaseLease"]([session.lease], [replica_id, incarnation, token])
+        r = _ok("releaseLease", as_list(raw), E.NOT_FOUND)
+        return status(r) == E.OK
+
+    async def force_release(self, session: SessionKeys, reason: str) -> ForceReleased:
+        raw = await self._by_name["forceRelease"](
+            [session.lease, session.epoch, session.meta], [reason]
+        )
+        r = _ok("forceRelease", as_list(raw))
+        return ForceReleased(as_str(r[1]), as_str(r[2]), as_int(r[3]), as_int(r[4]))
+
+    async def read_lease(self, session: SessionKeys) -> LeaseRecord | NoLease:
+        raw = await self._by_name["readLease"]([session.lease, session.epoch], [])
+        r = _ok("readLease", as_list(raw), E.NOT_FOUND)
+        if status(r) == E.NOT_FOUND:
+            return NoLease(as_int(r[1]))
+        return LeaseRecord(
+            replica_id=as_str(r[1]),
+            incarnation=as_str(r[2]),
+            token=as_int(r[3]),
+            acquired_ms=as_int(r[4]),
+            renewed_ms=as_int(r[5]),
+            pttl_ms=as_int(r[6]),
+            epoch=as_int(r[7]),
+        )
+
+    async def claim_lock(
+        self, key: str, owner: str, ttl_ms: int, client: RedisClient | None = None
+    ) -> LockClaim:
+        raw = await self._by_name["claimLock"]([key], [owner, ttl_ms], client)
+        r = as_list(raw)
+        if status(r) == E.OK:
+            return LockClaim(True)
+        return LockClaim(False, as_str(r[1]), as_int(r[2]))
+
+    # -- transcript and inbox ------------------------------------------------------------
+
+    async def ingest_entries(
+        self,
+        session: SessionKeys,
+        token: int,
+        run_id: str,
+        owner: str,
+        entries: Sequence[EntryFields],
+    ) -> IngestResult:
+        """Raises StaleToken, NotOwner or SeqGap (nothing written then)."""
+        args: list[ArgT] = [token, run_id, len(entries), owner]
+        for e in entries:
+            args += [e.seq, e.type, e.data, "" if e.ts_ms is None else e.ts_ms]
+        raw = await self._by_name["ingestEntries"](
+            [session.epoch, session.log, session.meta, session.runs, session.lease], args
+        )
+        r = as_list(raw)
+        if status(r) == E.STALE_TOKEN:
+            raise E.StaleToken(token, as_int(r[1]))
+        _ok("ingestEntries", r)
+        return IngestResult(as_int(r[1]), as_int(r[2]), as_int(r[3]))
+
+    async def enqueue_input(
+        self,
+        session: SessionKeys,
+        run_id: str,
+        input_json: str,
+        *,
+        multitask: str,
+        idempotency_key: str | None,
+        idempotency_ttl_ms: int,
+        source: str,
+    ) -> Queued | DuplicateInput:
+        """Raises SessionBusy for multitask=reject."""
+        idem = session.idempotency(idempotency_key or "-")
+        raw = await self._by_name["enqueueInput"](
+            [session.inbox, session.meta, idem, session.log, session.lease],
+            [
+                run_id,
+                input_json,
+                multitask,
+                "1" if idempotency_key else "0",
+                idempotency_ttl_ms,
+                session.project,
+                session.session_id,
+                source,
+            ],
+        )
+        r = _ok("enqueueInput", as_list(raw), E.DUPLICATE)
+        if status(r) == E.DUPLICATE:
+            return DuplicateInput(as_str(r[1]), as_str(r[2]))
+        holder = as_str(r[6])
+        return Queued(
+            entry_id=as_str(r[1]),
+            active_run_id=as_str(r[2]),
+            pending=as_int(r[3]),
+            revived=as_int(r[4]) == 1,
+            log_last_id=as_str(r[5]),
+            holder=(holder, as_str(r[7])) if holder else None,
+        )
+
+    @staticmethod
+    def notify_replica_call(
+        replica: ReplicaKeys,
+        incarnation: str,
+        kind: str,
+        session_ref: str,
+        run_id: str,
+        maxlen: int,
+    ) -> tuple[list[str], list[ArgT]]:
+        """(KEYS, ARGV) of notifyReplica (pipelined; parse with parse_notified)."""
+        return [replica.lease, replica.mail], [incarnation, kind, session_ref, run_id, maxlen]
+
+    async def notify_replica(
+        self,
+        replica: ReplicaKeys,
+        incarnation: str,
+        kind: str,
+        session_ref: str,
+        run_id: str,
+        maxlen: int,
+    ) -> bool:
+        """Delivered, or False (nothing written) when the replica lease names another."""
+        keys, args = self.notify_replica_call(
+            replica, incarnation, kind, session_ref, run_id, maxlen
+        )
+        return parse_notified(await self._by_name["notifyReplica"](keys, args))
+
+    async def peek_inbox(self, session: SessionKeys, count: int) -> InboxPeek:
+        raw = await self._by_name["peekInbox"](
+            [session.inbox, session.runs, session.cancels], [count]
+        )
+        r = _ok("peekInbox", as_list(raw))
+        items = [
+            parse_inbox(as_str(entry[0]), pairs(entry[1]))
+            for entry in (as_list(x) for x in as_list(r[1]))
+        ]
+        if not items:
+            return InboxPeek(items, None, False)
+        state_json = as_str(r[2])
+        state = parse_run_state(items[0].run_id, state_json) if state_json else None
+        return InboxPeek(items, state, as_int(r[3]) == 1)
+
+    async def complete_input(self, session: SessionKeys, token: int, entry_id: str) -> int:
+        """Pending count after the fenced XDEL; raises StaleToken."""
+        raw = await self._by_name["completeInput"](
+            [session.epoch, session.inbox, session.meta], [token, entry_id]
+        )
+        r = as_list(raw)
+        if status(r) == E.STALE_TOKEN:
+            raise E.StaleToken(token, as_int(r[1]))
+        return as_int(_ok("completeInput", r)[1])
+
+    # -- event routing -------------------------------------------------------------------
+
+    async def bind_session(
+        self,
+        binding_key: str,
+        session_prefix: str,
+        *,
+        session_timeout_ms: int,
+        daily_reset_hour: int | None,
+        clock_offset_ms: int,
+        key: str,
+        reset_reason: str,
+    ) -> Binding:
+        raw = await self._by_name["bindSession"](
+            [binding_key],
+            [
+                session_prefix,
+                session_timeout_ms,
+                -1 if daily_reset_hour is None else daily_reset_hour,
+                clock_offset_ms,
+                key,
+                reset_reason,
+            ],
+        )
+        r = _ok("bindSession", as_list(raw))
+        action = _BIND_ACTIONS.get(as_str(r[3]))
+        if action is None:
+            raise E.ScriptError(f"bindSession returned action {r[3]!r}")
+        return Binding(as_str(r[1]), as_int(r[2]), action, as_str(r[4]), as_str(r[5]))
