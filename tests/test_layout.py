@@ -58,9 +58,6 @@ DYNAMIC_IMPORTS = frozenset({"import_module", "__import__", "find_spec"})
 MAX_LINES = 400
 SIZE_CHECKED = ("lua", "core", "api", "runner")
 OVERSIZED: dict[str, str] = {
-    "lua/streamward/lua/client.py": "being split (issue 12)",
-    "lua/streamward/lua/store.py": "being split (issue 12)",
-    "lua/streamward/lua/streams.py": "being split (issue 12)",
     "api/streamward/api/routes/sessions.py": "being split (issue 12)",
     "runner/streamward/runner/actor.py": "being split (issue 12)",
     "runner/streamward/runner/replica.py": "being split (issue 12)",

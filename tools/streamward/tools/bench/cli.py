@@ -72,7 +72,7 @@ def rollout(
     except ModuleNotFoundError as exc:
         if exc.name != "streamward.tools.bench.rollout":
             raise
-        typer.echo("the rollout bench (api/bench/rollout.py) is not installed", err=True)
+        typer.echo("the rollout bench (streamward.tools.bench.rollout) is not installed", err=True)
         raise typer.Exit(2) from None
     run: Callable[..., int] = module.main
     extra = _extra_kwargs(run, ctx.args)
@@ -99,7 +99,9 @@ def _extra_kwargs(func: Callable[..., Any], args: list[str]) -> dict[str, Any]:
             i += 1
             continue
         if key not in params:
-            raise typer.BadParameter(f"unknown option --{name} (see api/bench/rollout.py)")
+            raise typer.BadParameter(
+                f"unknown option --{name} (see streamward.tools.bench.rollout)"
+            )
         kind = _scalar_type(hints.get(key), params[key].default)
         if kind is bool and not eq:
             out[key] = True

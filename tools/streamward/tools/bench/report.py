@@ -64,7 +64,7 @@ class Options:
     plots_dir: Path | None = None  # default: <out's directory>/bench
     quick: bool = False
     only: Sequence[str] = ()
-    rollout: bool | None = None  # None: with the full run when api.bench.rollout exists
+    rollout: bool | None = None  # None: with the full run when the rollout bench exists
     note: str | None = None
     from_results: Path | None = None
     overrides: dict[str, list[str]] = field(default_factory=dict)
@@ -131,7 +131,7 @@ def rollout_requested(opts: Options) -> bool:
 
 
 def rollout_available() -> bool:
-    """Whether ``api.bench.rollout`` (written separately) is installed."""
+    """Whether ``streamward.tools.bench.rollout`` (written separately) is installed."""
     return importlib.util.find_spec("streamward.tools.bench.rollout") is not None
 
 
@@ -146,7 +146,7 @@ def collect(opts: Options, console: Console) -> dict[str, Any]:
             # included by default only when it exists; asked for by name, its absence is news
             if rollout_requested(opts):
                 benches[name] = {"command": "streamward bench rollout", "error": "not installed"}
-                console.print("[red]api.bench.rollout is not installed: no rollout bench[/red]")
+                console.print("[red]the rollout bench is not installed[/red]")
             continue
         console.rule(" ".join(["bench", name, *args]))
         benches[name] = run_bench(name, args)
@@ -1101,7 +1101,7 @@ def _rollout_section(doc: _Doc, ro: dict[str, Any], bench: dict[str, Any]) -> No
     status = bench.get("exit_status")
     doc.add(
         "## Rolling update of the runners",
-        f"`{bench['command']}` (exit status {status}; see `api/bench/rollout.py`): a "
+        f"`{bench['command']}` (exit status {status}; see `streamward.tools.bench.rollout`): a "
         "Kubernetes-style rollout (maxSurge 1, maxUnavailable 0) replacing every runner one by "
         "one while a load generator keeps invoking, all real processes. Baseline: the steady "
         "phase before the rollout, same run; ack latency = send → 202 / first stream line.",
@@ -1223,6 +1223,6 @@ def _reproduce(doc: _Doc) -> None:
         "Each bench starts its own throwaway `redis-server` (never port 6379) and, for failover "
         "and invoke, its own API and runner processes. `--only NAME` runs a subset, "
         "`--note TEXT` records the measuring conditions, `--rollout/--no-rollout` adds or "
-        "leaves out the rollout bench (default: with the full run when `api/bench/rollout.py` "
-        "is installed, not with `--quick`).",
+        "leaves out the rollout bench (default: with the full run when "
+        "`streamward.tools.bench.rollout` is installed, not with `--quick`).",
     )
