@@ -141,7 +141,13 @@ async def test_filtered_no_key_and_unmatched_events(client: httpx.AsyncClient) -
     ).json()
     assert odd["sessions"][0]["action"] in ("filtered", "no_key")
     unmatched = (await client.post("/v1/events/gitlab", json=pr_comment(1))).json()
-    assert unmatched == {"matched": 0, "runs_started": 0, "events_queued": 0, "sessions": []}
+    assert unmatched == {
+        "matched": 0,
+        "runs_started": 0,
+        "events_queued": 0,
+        "routes_failed": 0,
+        "sessions": [],
+    }
     assert_problem(await client.post("/v1/events/git%20hub", json=pr_comment(1)), 422, "invalid_id")
 
 

@@ -28,6 +28,8 @@ class Settings(RedisSettings, BaseSettings):
     api_tokens: dict[str, str] = {}
     start_timeout_s: Annotated[float, Field(ge=0)] = 10.0
     max_body_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024
+    # a route's input_expr output, serialised, above this is not enqueued (input_too_large)
+    route_input_max_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
     idempotency_ttl_s: Annotated[int, Field(ge=1)] = 86_400
     # one blocked XREAD per open stream holds a connection: size the pool for many streams
     redis_max_connections: Annotated[int, Field(ge=4)] = 2000

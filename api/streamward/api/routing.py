@@ -1,42 +1,50 @@
-"""Route evaluation: JMESPath compiled once, chat key templates, event → (key, input)."""
+"""Route evaluation: bounded JMESPath (``exprguard``), chat key templates, event → (key, input)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
-import jmespath
 import orjson
 from jmespath.exceptions import JMESPathError
-from jmespath.parser import ParsedResult
 
+from streamward.api.exprguard import (
+    BudgetExceeded,
+    ExpressionRejected,
+    compile_checked,
+    json_size_over,
+    search,
+)
 from streamward.api.problems import ProblemError
 from streamward.api.schemas import Route
 
-
-@lru_cache(maxsize=4096)
-def compile_expr(expr: str) -> ParsedResult:
-    return jmespath.compile(expr)
+log = logging.getLogger("streamward.api.routing")
+MatchAction = Literal["deliver", "filtered", "no_key", "input_too_large", "failed"]
 
 
-def validate_route(route: Route) -> None:
-    """Compile every expression; 422 ``invalid_expression`` naming the field and the error."""
+def route_exprs(route: Route) -> dict[str, str]:
+    """A route's JMESPath expressions by field name (the names problems and outcomes use)."""
     exprs = {
         "filter": route.filter,
         "session.key_expr": route.session.key_expr,
         "input_expr": route.input_expr,
     }
-    for field, expr in exprs.items():
-        if expr is None:
-            continue
+    return {field: expr for field, expr in exprs.items() if expr is not None}
+
+
+def validate_route(route: Route) -> None:
+    """Compile every expression within the limits of ``exprguard``; 422 ``invalid_expression``
+    naming the field and what is wrong (syntax, length, depth, size or fan-out)."""
+    for field, expr in route_exprs(route).items():
         try:
-            compile_expr(expr)
-        except JMESPathError as exc:
+            compile_checked(expr)
+        except ExpressionRejected as exc:
             raise ProblemError(
                 422,
                 "invalid_expression",
-                f"{field}: {exc}".replace("\n", " "),
+                f"{field}: {exc}",
                 field=field,
                 expression=expr,
             ) from None
@@ -92,41 +100,93 @@ def chat_key(payload: Any, isolation: str) -> str | None:
 class Match:
     """What one route makes of one event."""
 
-    action: str  # filtered | no_key | deliver
+    action: MatchAction
     key: str | None = None
-    input: Any = None
+    input_json: str | None = None  # the run's input, serialised (checked against the cap)
+    field: str | None = None  # the expression that failed or was too big
+    error: str | None = None  # why, for the caller and the log
+    code: str | None = None  # expression_error | input_too_large | delivery_error
 
 
-def evaluate(route: Route, event_type: str, payload: Any) -> Match:
-    """Filter, key and input of ``route`` for an event (never raises for odd payloads)."""
+@lru_cache(maxsize=1024)
+def _log_once(project: str, route_id: str, field: str, expr: str, kind: str, msg: str) -> None:
+    # one line per route, field, expression and kind of failure: a poison expression on a
+    # busy source must not log once per event
+    log.warning(
+        "route %s/%s: %s failed (%s: %s); counted for this route only",
+        project,
+        route_id,
+        field,
+        kind,
+        msg,
+    )
+
+
+def _search(route: Route, field: str, expr: str, doc: Any) -> tuple[Any, str | None]:
+    """(result, None) or (None, error text): any exception is this route's problem only."""
+    try:
+        return search(expr, doc), None
+    except Exception as exc:  # RecursionError, MemoryError, TypeError, JMESPathError, ...
+        msg = str(exc).replace("\n", " ")[:300]
+        _log_once(route.project, route.route_id, field, expr, type(exc).__name__, msg)
+        return None, f"{type(exc).__name__}: {msg}"
+
+
+def evaluate(
+    route: Route, event_type: str, payload: Any, max_input_bytes: int = 256 * 1024
+) -> Match:
+    """Filter, key and input of ``route`` for an event; never raises.
+
+    CPU-bound and bounded (``exprguard``): callers run it off the event loop. Expressions
+    were checked at save time, but a route written to Redis directly is checked here too
+    (``compile_checked`` raises, and that counts like any evaluation error).
+    """
     doc = {"type": event_type, "payload": payload}
-    # expressions compile on save but can still fail on a payload (a function given the
-    # wrong type): a failing filter filters, a failing key is no key, a failing input
-    # expression hands the run the whole event
     if route.filter is not None:
-        try:
-            passed = compile_expr(route.filter).search(doc)
-        except JMESPathError:
-            passed = False
+        passed, err = _search(route, "filter", route.filter, doc)
+        if err is not None:
+            return Match("filtered", field="filter", error=err, code="expression_error")
         if not passed:
             return Match("filtered")
     if route.session.key_template == "chat":
         key = chat_key(payload, route.session.isolation)
+    elif route.session.key_expr is None:
+        err = "route has no key rule"
+        return Match("no_key", field="session.key_expr", error=err, code="expression_error")
     else:
-        assert route.session.key_expr is not None
-        try:
-            key = _text(compile_expr(route.session.key_expr).search(doc))
-        except JMESPathError:
-            key = None
+        raw_key, err = _search(route, "session.key_expr", route.session.key_expr, doc)
+        if err is not None:
+            return Match("no_key", field="session.key_expr", error=err, code="expression_error")
+        key = _text(raw_key)
     if key is None:
         return Match("no_key")
-    run_input: Any = doc
-    if route.input_expr is not None:
-        try:
-            run_input = compile_expr(route.input_expr).search(doc)
-        except JMESPathError:
-            run_input = doc
-    return Match("deliver", key=key[:2000], input=run_input)
+    key = key[:2000]
+    if route.input_expr is None:
+        # the whole event, as before: its size is already bounded by MAX_BODY_BYTES
+        return Match("deliver", key=key, input_json=orjson.dumps(doc).decode())
+    try:
+        run_input = search(route.input_expr, doc)
+    except JMESPathError:
+        # a function given the wrong type by some payload: the run gets the whole event
+        return Match("deliver", key=key, input_json=orjson.dumps(doc).decode())
+    except BudgetExceeded as exc:
+        return Match(
+            "input_too_large", key=key, field="input_expr", error=str(exc), code="input_too_large"
+        )
+    except Exception as exc:  # RecursionError, MemoryError, a route that fails its checks
+        msg = str(exc).replace("\n", " ")[:300]
+        _log_once(route.project, route.route_id, "input_expr", route.input_expr, "eval", msg)
+        err = f"{type(exc).__name__}: {msg}"
+        return Match("failed", key=key, field="input_expr", error=err, code="expression_error")
+    too_large = f"input_expr output is over {max_input_bytes} bytes (ROUTE_INPUT_MAX_BYTES)"
+    # estimate first (stops early, whatever the output's size), then the exact size
+    over = json_size_over(run_input, max_input_bytes)
+    input_json = "" if over else orjson.dumps(run_input).decode()
+    if over or len(input_json) > max_input_bytes:
+        return Match(
+            "input_too_large", key=key, field="input_expr", error=too_large, code="input_too_large"
+        )
+    return Match("deliver", key=key, input_json=input_json)
 
 
 def route_matches(route: Route, source: str, event_type: str) -> bool:

@@ -308,7 +308,17 @@ class EventRequest(Model):
     payload: Any = None
 
 
-EventAction = Literal["started", "queued", "filtered", "no_key", "rejected"]
+EventAction = Literal[
+    "started", "queued", "filtered", "no_key", "rejected", "input_too_large", "failed"
+]
+
+
+class RouteOutcomeError(Model):
+    """Why one route of a delivery did not deliver normally (docs/routing.md)."""
+
+    code: str  # expression_error | input_too_large | redis_unavailable | delivery_error
+    field: str | None = None  # the expression concerned, when one is
+    detail: str
 
 
 class EventSession(Model):
@@ -317,12 +327,15 @@ class EventSession(Model):
     session_id: str | None = None
     run_id: str | None = None
     action: EventAction
+    error: RouteOutcomeError | None = None
 
 
 class EventResult(Model):
     matched: int
     runs_started: int
     events_queued: int
+    # routes answered input_too_large or failed: the others still delivered
+    routes_failed: int = 0
     sessions: list[EventSession]
 
 

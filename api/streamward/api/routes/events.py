@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, Query
+from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import Response
 
 from streamward.api.deps import ID_PATTERN, AdminDep, AppState, ProjectDep, RoutesDep, StateDep
 from streamward.api.problems import ProblemError
 from streamward.api.responses import OrjsonResponse
 from streamward.api.routes.sessions import _wake_owner
-from streamward.api.routing import dumps, evaluate, route_matches, validate_route
+from streamward.api.routing import Match, dumps, evaluate, route_matches, validate_route
 from streamward.api.schemas import (
+    EventAction,
     EventRequest,
     EventResult,
     EventSession,
     Route,
+    RouteOutcomeError,
     RoutePage,
     SessionReset,
 )
 from streamward.lua.errors import SessionBusy
 from streamward.lua.routes import RouteStore
 
+log = logging.getLogger("streamward.api.events")
 router = APIRouter(tags=["events"])
 admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 
@@ -49,7 +57,28 @@ RETIRED = {"dead": "dead", "deleted": "manual", "expired": "manual"}
 
 
 async def _routes(store: RouteStore, project: str | None) -> list[Route]:
-    return [Route.model_validate_json(doc) for _, _, doc in await store.all(project)]
+    return (await _parsed_routes(store, project))[0]
+
+
+async def _parsed_routes(
+    store: RouteStore, project: str | None
+) -> tuple[list[Route], list[tuple[str, Any, str]]]:
+    """Valid routes, and (route_id, raw JSON document, error) of stored ones that are not.
+
+    A route written to Redis past the API's checks must not fail every call that lists
+    routes: it is left out (and reported per event by ``post_event``).
+    """
+    valid, invalid = [], []
+    for _, route_id, doc in await store.all(project):
+        try:
+            valid.append(Route.model_validate_json(doc))
+        except ValueError as exc:  # pydantic's ValidationError
+            try:
+                raw = orjson.loads(doc)
+            except orjson.JSONDecodeError:
+                raw = None
+            invalid.append((route_id, raw, str(exc).replace("\n", " ")[:300]))
+    return valid, invalid
 
 
 # -- admin CRUD ------------------------------------------------------------------------------
@@ -126,23 +155,118 @@ async def reset_session(
 async def post_event(
     source: SourcePath, body: EventRequest, project: ProjectDep, state: StateDep, routes: RoutesDep
 ) -> EventResult:
-    """Route an event to the one session of its key: started, queued, filtered or no_key."""
-    matching = [r for r in await _routes(routes, project) if route_matches(r, source, body.type)]
-    results = await asyncio.gather(*[_deliver(state, routes, project, r, body) for r in matching])
+    """Route an event to the one session of its key, with one outcome per matching route.
+
+    A route that fails (its expressions, its input's size, Redis while enqueueing) fails
+    alone: the others deliver and the answer is still 202, so a source's retry does not
+    start the delivered routes twice. Only when nothing was delivered and Redis was
+    unreachable is the whole call answered 503 (a retry is then safe).
+    """
+    valid, invalid = await _parsed_routes(routes, project)
+    matching = [r for r in valid if route_matches(r, source, body.type)]
+    broken = [_invalid_outcome(rid, err) for rid, raw, err in invalid if _may_match(raw, source)]
+    max_bytes = state.settings.route_input_max_bytes
+    matches: list[Match] = []
+    if matching:
+        # JMESPath is CPU work on caller-controlled data: bounded (exprguard) and off the loop
+        matches = await asyncio.get_running_loop().run_in_executor(
+            _EVAL_POOL, _evaluate_all, matching, body.type, body.payload, max_bytes
+        )
+    outcomes = await asyncio.gather(
+        *[
+            _deliver_one(state, routes, project, r, m)
+            for r, m in zip(matching, matches, strict=True)
+        ]
+    )
+    results = [session for session, _ in outcomes] + broken
+    transient = [exc for _, exc in outcomes if isinstance(exc, _TRANSIENT)]
+    if transient and not any(r.action in ("started", "queued") for r in results):
+        raise transient[0]  # 503 redis_unavailable from the app's handler
     return EventResult(
-        matched=len(matching),
+        matched=len(results),
         runs_started=sum(1 for r in results if r.action == "started"),
         events_queued=sum(1 for r in results if r.action == "queued"),
-        sessions=list(results),
+        routes_failed=sum(1 for r in results if r.action in ("input_too_large", "failed")),
+        sessions=results,
     )
 
 
+# a few threads: evaluations are bounded, and a burst of hostile events queues here
+# instead of taking the default executor from everything else
+_EVAL_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sw-route-eval")
+_TRANSIENT = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    ReadOnlyError,
+)
+
+
+def _may_match(raw: Any, source: str) -> bool:
+    # an unreadable route names its source when it can; one that cannot is reported to all
+    return not isinstance(raw, dict) or raw.get("source") in (source, None)
+
+
+def _invalid_outcome(route_id: str, error: str) -> EventSession:
+    log.warning("route %s: stored document is not a valid route: %s", route_id, error)
+    detail = f"stored route is not valid: {error}"
+    return EventSession(
+        route_id=route_id,
+        action="failed",
+        error=RouteOutcomeError(code="invalid_route", detail=detail),
+    )
+
+
+def _evaluate_all(
+    matching: list[Route], event_type: str, payload: Any, max_bytes: int
+) -> list[Match]:
+    out = []
+    for route in matching:
+        try:
+            out.append(evaluate(route, event_type, payload, max_bytes))
+        except Exception as exc:  # e.g. the whole event not serialisable: this route only
+            log.warning("route %s/%s: evaluation failed: %r", route.project, route.route_id, exc)
+            err = f"{type(exc).__name__}: {exc}"[:300]
+            out.append(Match("failed", error=err, code="delivery_error"))
+    return out
+
+
+def _outcome(route: Route, match: Match) -> EventSession:
+    """The answer for a route whose match delivers nothing."""
+    error = None
+    if match.error is not None:
+        code = match.code or "delivery_error"
+        error = RouteOutcomeError(code=code, field=match.field, detail=match.error)
+    action: EventAction = "failed" if match.action == "deliver" else match.action
+    return EventSession(
+        route_id=route.route_id,
+        session_key=match.key if action in ("input_too_large", "failed") else None,
+        action=action,
+        error=error,
+    )
+
+
+async def _deliver_one(
+    state: AppState, routes: RouteStore, project: str, route: Route, match: Match
+) -> tuple[EventSession, Exception | None]:
+    if match.action != "deliver" or match.key is None or match.input_json is None:
+        return _outcome(route, match), None
+    try:
+        return await _deliver(state, routes, project, route, match.key, match.input_json), None
+    except Exception as exc:  # this route failed; the others' outcomes stand
+        code = "redis_unavailable" if isinstance(exc, _TRANSIENT) else "delivery_error"
+        log.warning("route %s/%s: delivery failed: %r", project, route.route_id, exc)
+        error = RouteOutcomeError(code=code, detail=f"{type(exc).__name__}: {exc}"[:300])
+        failed = EventSession(
+            route_id=route.route_id, session_key=match.key, action="failed", error=error
+        )
+        return failed, exc
+
+
 async def _deliver(
-    state: AppState, routes: RouteStore, project: str, route: Route, event: EventRequest
+    state: AppState, routes: RouteStore, project: str, route: Route, key: str, input_json: str
 ) -> EventSession:
-    match = evaluate(route, event.type, event.payload)
-    if match.action != "deliver" or match.key is None:
-        return EventSession(route_id=route.route_id, action=match.action)  # type: ignore[arg-type]
     settings, streams, store = state.settings, state.streams, state.store
     cfg = route.session
     bind_args: dict[str, Any] = {
@@ -150,13 +274,13 @@ async def _deliver(
         "daily_reset_hour": cfg.daily_reset_hour,
         "clock_offset_ms": settings.clock_offset_ms,
     }
-    binding = await routes.bind(project, route.route_id, match.key, **bind_args)
+    binding = await routes.bind(project, route.route_id, key, **bind_args)
     sk = state.keys.session(project, binding.session_id)
     if binding.action == "queued":
         status = (await streams.meta(sk)).get("status", "")
         if status in RETIRED:  # dead (drop policy) or deleted: the key starts over
             binding = await routes.bind(
-                project, route.route_id, match.key, reset_reason=RETIRED[status], **bind_args
+                project, route.route_id, key, reset_reason=RETIRED[status], **bind_args
             )
             sk = state.keys.session(project, binding.session_id)
     retention_ms = settings.retention_s * 1000
@@ -168,7 +292,7 @@ async def _deliver(
     await streams.set_meta(
         sk,
         route_id=route.route_id,
-        session_key=match.key,
+        session_key=key,
         generation=binding.generation,
         on_owner_death=cfg.on_owner_death,
         idle_timeout_ms=cfg.idle_timeout_seconds * 1000,
@@ -178,21 +302,21 @@ async def _deliver(
         enq = await store.enqueue(
             sk,
             run_id,
-            orjson.dumps(match.input).decode(),
+            input_json,
             multitask=cfg.multitask,
             source=f"event:{route.route_id}",
         )
     except SessionBusy:
         return EventSession(
             route_id=route.route_id,
-            session_key=match.key,
+            session_key=key,
             session_id=binding.session_id,
             action="rejected",
         )
     await _wake_owner(store, streams, sk, enq, cfg.multitask, "event")
     return EventSession(
         route_id=route.route_id,
-        session_key=match.key,
+        session_key=key,
         session_id=binding.session_id,
         run_id=run_id,
         action=binding.action,

@@ -1,0 +1,130 @@
+"""Unit tests of the JMESPath limits (no Redis): what is refused at save, what evaluation does."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from jmespath.exceptions import JMESPathError
+
+from streamward.api import exprguard as g
+
+# hypothesis writes `text` literals, an old JMESPath spelling the lexer warns about
+pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+
+ROUTE_EXPRS = [
+    "payload.action == 'created'",
+    "payload.issue.pull_request.html_url",
+    "{text: payload.comment.body, author: payload.comment.user.login}",
+    "payload.items[?price > `10`].{id: id, tags: tags[*].name} | [0:5]",
+    "join(', ', payload.labels[*].name)",
+    "payload." + ".".join(["x"] * 300),  # long, but flat
+]
+
+
+@pytest.mark.parametrize("expr", ROUTE_EXPRS)
+def test_ordinary_route_expressions_pass(expr: str) -> None:
+    g.check(expr)
+
+
+@pytest.mark.parametrize(
+    ("expr", "why"),
+    [
+        ("|".join(["a"] * 666), "nested deeper"),  # 201 at save and 500 per event before
+        ("(" * 600 + "a" + ")" * 600, "nested deeper"),  # RecursionError in the parser
+        ("!" * 1500 + "a", "nested deeper"),  # no brackets, still recursive
+        ("[" * 40 + "a" + "]" * 40, "nested deeper"),
+        ("a" * 2001, "longer than"),
+        ("[@,@]|" * 7 + "@", "multiply"),  # doubles at every stage
+        ("payload.s | " + " | ".join(["join('', [@,@])"] * 10), "multiply"),
+        ("[" + ",".join(["@"] * 65) + "]", "multiply"),
+        ("payload.[" + ",".join(["a.b"] * 300) + "]", "parts"),
+        ("payload.[[[", "Incomplete expression"),
+    ],
+)
+def test_limits_refuse(expr: str, why: str) -> None:
+    with pytest.raises(g.ExpressionRejected, match=why):
+        g.check(expr)
+
+
+@given(st.integers(min_value=g.MAX_EXPR_DEPTH + 1, max_value=999))
+def test_any_pipe_chain_over_the_depth_is_refused(n: int) -> None:
+    with pytest.raises(g.ExpressionRejected):
+        g.check("|".join(["a"] * n))
+
+
+@given(st.integers(min_value=1, max_value=g.MAX_EXPR_DEPTH - 1))
+def test_pipe_chains_within_the_depth_compile_and_run(n: int) -> None:
+    expr = "|".join(["a"] * n)
+    g.check(expr)
+    assert g.search(expr, {"a": None}) is None
+
+
+_EXPR_CHARS = "ab@.|[]{}()*,!&?:`'=<>0123 "
+
+
+@hsettings(max_examples=300)
+@given(st.text(alphabet=_EXPR_CHARS, max_size=200))
+def test_check_only_ever_rejects(expr: str) -> None:
+    # whatever the text, the guard answers a compiled expression or ExpressionRejected
+    with contextlib.suppress(g.ExpressionRejected):
+        g.check(expr)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-100, 100) | st.text(max_size=5),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.sampled_from("abp"), kids),
+    max_leaves=20,
+)
+
+
+@hsettings(max_examples=300)
+@given(st.text(alphabet=_EXPR_CHARS, max_size=60), JSON)
+def test_accepted_expressions_fail_only_in_known_ways(expr: str, doc: Any) -> None:
+    try:
+        g.check(expr)
+    except g.ExpressionRejected:
+        return
+    with contextlib.suppress(JMESPathError, g.BudgetExceeded):
+        g.search(expr, doc)
+
+
+def test_step_budget_stops_a_projection_over_a_big_list() -> None:
+    doc = {"items": list(range(50_000))}
+    expr = "items[*].[@, @, @]"
+    g.check(expr)
+    with pytest.raises(g.BudgetExceeded):
+        g.search(expr, doc)
+    assert len(g.search(expr, doc, max_steps=10**6)) == 50_000
+
+
+def test_size_estimate_stops_early_on_shared_values() -> None:
+    # 2^40 copies of one list: serialising would never end, the estimate answers at once
+    value: Any = ["x" * 100]
+    for _ in range(40):
+        value = [value, value]
+    assert g.json_size_over(value, 256 * 1024)
+    assert not g.json_size_over({"a": [1, "bc", None, True]}, 1000)
+
+
+SIMPLE_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(0, 9) | st.text("abc xyz", max_size=8),
+    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text("kq", max_size=3), kids),
+    max_leaves=40,
+)
+
+
+@given(JSON, st.integers(0, 300))
+def test_size_estimate_is_a_lower_bound(value: Any, limit: int) -> None:
+    if g.json_size_over(value, limit):
+        assert len(orjson.dumps(value)) > limit
+
+
+@given(SIMPLE_JSON, st.integers(0, 300))
+def test_size_estimate_is_exact_for_ascii_and_digits(value: Any, limit: int) -> None:
+    assert g.json_size_over(value, limit) == (len(orjson.dumps(value)) > limit)
