@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 import orjson
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 from jmespath.exceptions import JMESPathError
 
 from streamward.api import exprguard as g
+from streamward.api.routing import evaluate
+from streamward.api.schemas import Route
 
 # hypothesis writes `text` literals, an old JMESPath spelling the lexer warns about
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
@@ -128,3 +131,35 @@ def test_size_estimate_is_a_lower_bound(value: Any, limit: int) -> None:
 @given(SIMPLE_JSON, st.integers(0, 300))
 def test_size_estimate_is_exact_for_ascii_and_digits(value: Any, limit: int) -> None:
     assert g.json_size_over(value, limit) == (len(orjson.dumps(value)) > limit)
+
+
+def _route(**fields: Any) -> Route:
+    base: dict[str, Any] = {
+        "route_id": "r",
+        "source": "s",
+        "on": ["*"],
+        "session": {"key_expr": "payload.k"},
+    }
+    return Route.model_validate({**base, **fields})
+
+
+def test_evaluate_turns_every_failure_into_this_routes_outcome(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pipes = "|".join(["a"] * 667)
+    bad_filter = _route(filter=pipes)
+    with caplog.at_level(logging.WARNING, logger="streamward.api.routing"):
+        for k in range(5):
+            m = evaluate(bad_filter, "t", {"k": k})
+            assert (m.action, m.field, m.code) == ("filtered", "filter", "expression_error")
+    # five events, one log line
+    assert len([r for r in caplog.records if "r: filter failed" in r.getMessage()]) == 1
+    m = evaluate(_route(session={"key_expr": "abs(payload)"}), "t", {"k": 1})
+    assert (m.action, m.code) == ("no_key", "expression_error")
+    m = evaluate(_route(input_expr="[@,@]|" * 10 + "@"), "t", {"k": 1})
+    assert (m.action, m.key, m.code) == ("failed", "1", "expression_error")
+    # 62 characters, 122 bytes: the cap counts bytes
+    m = evaluate(_route(input_expr="payload.s"), "t", {"k": 1, "s": "é" * 60}, 100)
+    assert (m.action, m.code) == ("input_too_large", "input_too_large")
+    m = evaluate(_route(input_expr="payload.s"), "t", {"k": 1, "s": "é" * 30}, 100)
+    assert m.action == "deliver" and m.input_json == orjson.dumps("é" * 30).decode()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
@@ -108,12 +107,22 @@ class Match:
     code: str | None = None  # expression_error | input_too_large | delivery_error
 
 
-@lru_cache(maxsize=1024)
+_LOGGED: dict[tuple[str, ...], None] = {}  # insertion-ordered: the oldest goes first
+_LOGGED_MAX = 1024
+
+
 def _log_once(project: str, route_id: str, field: str, expr: str, kind: str, msg: str) -> None:
-    # one line per route, field, expression and kind of failure: a poison expression on a
-    # busy source must not log once per event
+    # one line per route, field, expression and kind of failure (not per message: a type
+    # error's message quotes the payload): a poison expression on a busy source must not
+    # log once per event
+    seen = (project, route_id, field, expr, kind)
+    if seen in _LOGGED:
+        return
+    _LOGGED[seen] = None
+    if len(_LOGGED) > _LOGGED_MAX:
+        _LOGGED.pop(next(iter(_LOGGED)), None)
     log.warning(
-        "route %s/%s: %s failed (%s: %s); counted for this route only",
+        "route %s/%s: %s failed (%s: %s); counted for this route only, logged once",
         project,
         route_id,
         field,
@@ -135,7 +144,8 @@ def _search(route: Route, field: str, expr: str, doc: Any) -> tuple[Any, str | N
 def evaluate(
     route: Route, event_type: str, payload: Any, max_input_bytes: int = 256 * 1024
 ) -> Match:
-    """Filter, key and input of ``route`` for an event; never raises.
+    """Filter, key and input of ``route`` for an event; no expression makes it raise
+    (serialising an event orjson refuses can: the caller counts that for the route).
 
     CPU-bound and bounded (``exprguard``): callers run it off the event loop. Expressions
     were checked at save time, but a route written to Redis directly is checked here too
@@ -175,18 +185,19 @@ def evaluate(
         )
     except Exception as exc:  # RecursionError, MemoryError, a route that fails its checks
         msg = str(exc).replace("\n", " ")[:300]
-        _log_once(route.project, route.route_id, "input_expr", route.input_expr, "eval", msg)
+        kind = type(exc).__name__
+        _log_once(route.project, route.route_id, "input_expr", route.input_expr, kind, msg)
         err = f"{type(exc).__name__}: {msg}"
         return Match("failed", key=key, field="input_expr", error=err, code="expression_error")
     too_large = f"input_expr output is over {max_input_bytes} bytes (ROUTE_INPUT_MAX_BYTES)"
     # estimate first (stops early, whatever the output's size), then the exact size
     over = json_size_over(run_input, max_input_bytes)
-    input_json = "" if over else orjson.dumps(run_input).decode()
-    if over or len(input_json) > max_input_bytes:
+    input_raw = b"" if over else orjson.dumps(run_input)
+    if over or len(input_raw) > max_input_bytes:
         return Match(
             "input_too_large", key=key, field="input_expr", error=too_large, code="input_too_large"
         )
-    return Match("deliver", key=key, input_json=input_json)
+    return Match("deliver", key=key, input_json=input_raw.decode())
 
 
 def route_matches(route: Route, source: str, event_type: str) -> bool:
