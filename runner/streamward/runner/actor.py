@@ -4,36 +4,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from streamward.lua.errors import NotOwner, StaleToken
+from streamward.core.backoff import backoff_s
+from streamward.lua.errors import StaleToken
 from streamward.lua.inbox import InboxItem, RunState
 from streamward.lua.leases import Lease
-from streamward.runner.context import RunContext
-from streamward.runner.shipper import Shipper, ShipRejected, ShipStopped, backoff_s
-
-if TYPE_CHECKING:
-    from streamward.runner.replica import Replica
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
+from streamward.runner.config import RunnerSettings
+from streamward.runner.context import Handler, RunContext
+from streamward.runner.handlers import drive
+from streamward.runner.inbox import INBOX_WINDOW, interrupt_waiting, stream_id
+from streamward.runner.metrics import Metrics
+from streamward.runner.owner_death import TERMINAL_STATUSES, OwnerDeath, SessionState
+from streamward.runner.release import release_session
+from streamward.runner.shipper import Shipper, ShipRejected, ShipStopped
 
 log = logging.getLogger("streamward.runner.actor")
 
-INBOX_WINDOW = 100
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-POLICIES = frozenset({"restart", "queue", "drop"})
 DRAIN_INTERRUPT_FLUSH_S = 2.0
 HANDLER_STOP_WAIT_S = 1.0
 
 
-def stream_id(entry_id: str) -> tuple[int, int]:
-    """Stream ids compare as (ms, seq) integer pairs, not as strings."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+class ActorHost(Protocol):
+    """What an actor needs from the replica: its session book (``sessions.SessionBook``)."""
+
+    @property
+    def settings(self) -> RunnerSettings: ...
+    @property
+    def store(self) -> LeaseStore: ...
+    @property
+    def streams(self) -> Streams: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def handler(self) -> Handler: ...
+    @property
+    def replica_id(self) -> str: ...
+    @property
+    def incarnation(self) -> str: ...
+    def make_shipper(self, actor: SessionActor, next_seq: int) -> Shipper: ...
+    def forget_actor(self, actor: SessionActor) -> None: ...
 
 
 @dataclass
@@ -48,21 +65,11 @@ class _Run:
         return self.item.run_id
 
 
-@dataclass
-class _State:
-    """What the actor learnt when it opened the session."""
-
-    meta_exists: bool = False
-    hold_until: str | None = None  # queue policy: inputs up to this inbox id wait
-    dead: bool = False  # drop policy applied: leave at once
-    drop_until: str | None = None  # drop policy: inputs up to this inbox id are dropped
-
-
 class SessionActor:
     """Owns one session lease: consumes its inbox, one run at a time, ships the transcript."""
 
-    def __init__(self, replica: Replica, lease: Lease) -> None:
-        self.replica = replica
+    def __init__(self, host: ActorHost, lease: Lease) -> None:
+        self.host = host
         self.session = lease.session
         self.ref = lease.session.ref
         self.token = lease.token
@@ -72,7 +79,7 @@ class SessionActor:
         self.closing = False
         self.closed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self._state = _State()
+        self._state = SessionState()
         self._opened = False
         self._wake = asyncio.Event()
         self._inbox_empty = False  # the last completeInput left no input: no read needed
@@ -83,7 +90,7 @@ class SessionActor:
         # a freshly claimed session with nothing to do is released at once (no close_delay)
         self._idle_since = float("-inf")
         # a route's idle_timeout (meta idle_timeout_ms) overrides the replica's close_delay
-        self._close_delay_s = replica.settings.close_delay_s
+        self._close_delay_s = host.settings.close_delay_s
 
     # -- control (called by the replica) ---------------------------------------------------
 
@@ -174,7 +181,7 @@ class SessionActor:
                 self._interrupt_check.cancel()
             if self.shipper is not None:
                 await self.shipper.close()
-            self.replica.forget_actor(self)
+            self.host.forget_actor(self)
             self.closed.set()
 
     async def _serve(self) -> str:
@@ -217,13 +224,13 @@ class SessionActor:
 
     async def _open(self) -> None:
         """Set up shipping; finish the previous owner's broken run per ``on_owner_death``."""
-        r = self.replica
+        r = self.host
         if self.shipper is None:
             # the owner is the only writer: read the last seq once and count from there
             last_seq = await r.streams.last_seq(self.session)
             self.shipper = r.make_shipper(self, last_seq + 1)
         if self._state.drop_until is not None:
-            await self._drop_inputs()  # resumed after a Redis error
+            await self._owner_death().drop_inputs()  # resumed after a Redis error
             return
         meta = await r.streams.meta(self.session)
         self._state.meta_exists = bool(meta)
@@ -231,64 +238,18 @@ class SessionActor:
         self._close_delay_s = r.settings.session_close_delay_s(meta.get("idle_timeout_ms"))
         active = meta.get("active_run_id")
         if active:
-            await self._interrupted(active, meta.get("on_owner_death") or "restart")
+            await self._owner_death().interrupted(active, meta.get("on_owner_death") or "restart")
 
-    async def _interrupted(self, run_id: str, policy: str) -> None:
-        r = self.replica
+    def _owner_death(self) -> OwnerDeath:
         assert self.shipper is not None
-        if policy not in POLICIES:
-            log.warning("session %s: unknown on_owner_death %r, using restart", self.ref, policy)
-            policy = "restart"
-        state = await r.streams.run_state(self.session, run_id)
-        data = {
-            "reason": "owner_death",
-            "previous_replica_id": state.replica_id if state else None,
-            "previous_token": state.token if state else None,
-            "policy": policy,
-        }
-        await self.shipper.put(run_id, "run.interrupted", data)
-        await self.shipper.flush()
-        log.info("session %s: run %s interrupted by owner death (%s)", self.ref, run_id, policy)
-        if policy == "queue":
-            last = await r.streams.inbox_last_id(self.session)
-            if last != "0-0":
-                await r.streams.set_meta(self.session, hold_until_id=last)
-                self._state.hold_until = last
-        elif policy == "drop":
-            self._state.drop_until = await r.streams.inbox_last_id(self.session)
-            await self._drop_inputs()
-
-    async def _drop_inputs(self) -> None:
-        """Drop policy: every pending input ends ``run.cancelled`` (reason drop); meta dead."""
-        r = self.replica
-        assert self.shipper is not None and self._state.drop_until is not None
-        until = stream_id(self._state.drop_until)
-        dropped = 0
-        while True:
-            items = [
-                i
-                for i in await r.streams.read_inbox(self.session, count=INBOX_WINDOW)
-                if stream_id(i.id) <= until
-            ]
-            if not items:
-                break
-            for item in items:
-                state = await r.streams.run_state(self.session, item.run_id)
-                if state is None or state.status not in TERMINAL_STATUSES:  # not twice on retry
-                    await self.shipper.put(item.run_id, "run.cancelled", {"reason": "drop"})
-            await self.shipper.flush()
-            for item in items:
-                await self._complete(item)
-            dropped += len(items)
-        await r.streams.set_meta(self.session, status="dead")
-        self._state.drop_until = None
-        self._state.dead = True
-        log.info("session %s: dropped %d pending inputs (policy drop)", self.ref, dropped)
+        return OwnerDeath(
+            self.host.streams, self.session, self.shipper, self._state, self._complete
+        )
 
     async def _next_input(self) -> tuple[InboxItem, str | None, RunState | None] | None:
         """The next input, the reason it is cancelled instead of run (None: run it), and
         its run state (None: never started)."""
-        r = self.replica
+        r = self.host
         items, state, cancel = await r.store.peek_inbox(self.session, INBOX_WINDOW)
         if not items:
             return None
@@ -304,14 +265,14 @@ class SessionActor:
             self._state.hold_until = None
             await r.streams.set_meta(self.session, hold_until_id="")
         # multitask=interrupt: an interrupting input cancels everything queued before it
-        if any(i.multitask == "interrupt" for i in items[1:]):
+        if interrupt_waiting(items, items[0].id):
             return items[0], "interrupt", state
         return items[0], "cancel" if cancel else None, state
 
     async def _idle(self) -> bool:
         """Wait for a wake; False when the session has been idle for ``close_delay``."""
         loop = asyncio.get_running_loop()
-        r = self.replica
+        r = self.host
         while True:
             if self._draining:
                 return True
@@ -332,7 +293,7 @@ class SessionActor:
     async def _process(
         self, item: InboxItem, cancel_reason: str | None, state: RunState | None
     ) -> None:
-        r = self.replica
+        r = self.host
         assert self.shipper is not None
         if state is not None and state.status in TERMINAL_STATUSES:
             # the previous owner ended it but died before advancing the inbox
@@ -349,7 +310,7 @@ class SessionActor:
         await self._execute(item, attempt)
 
     async def _execute(self, item: InboxItem, attempt: int) -> None:
-        r = self.replica
+        r = self.host
         shipper = self.shipper
         assert shipper is not None
         started = {"replica_id": r.replica_id, "attempt": attempt, "input": item.input}
@@ -370,7 +331,9 @@ class SessionActor:
         r.metrics.runs_inflight.inc()
         run_t0 = time.monotonic()
         try:
-            run.task = asyncio.create_task(self._drive(ctx, item.input), name=f"run {item.run_id}")
+            run.task = asyncio.create_task(
+                drive(r.handler, ctx, item.input, shipper.put), name=f"run {item.run_id}"
+            )
             try:
                 await asyncio.wait({run.task})
             except asyncio.CancelledError:
@@ -406,33 +369,6 @@ class SessionActor:
         r.metrics.runs.labels(outcome).inc()
         r.metrics.run_duration.labels(outcome).observe(time.monotonic() - run_t0)
 
-    async def _drive(self, ctx: RunContext, input: Any) -> int:
-        """Run the handler, shipping each output; returns how many it yielded."""
-        shipper = self.shipper
-        assert shipper is not None
-        result: Any = self.replica.handler(ctx, input)
-        if inspect.isawaitable(result):  # also accept ``async def`` returning an iterator
-            result = await result
-        if not hasattr(result, "__aiter__"):
-            raise TypeError(
-                f"handler returned {type(result).__name__}, expected an async iterator "
-                "(write it as an async generator: async def handler(ctx, input): ... yield x)"
-            )
-        iterator = aiter(result)
-        n = 0
-        try:
-            async for out in iterator:
-                try:
-                    await shipper.put(ctx.run_id, "run.output", out)
-                except TypeError as exc:
-                    raise TypeError(f"output {n} is not JSON-serialisable: {exc}") from None
-                n += 1
-        finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        return n
-
     async def _complete(self, item: InboxItem, *, last: bool = False) -> None:
         """Fenced advance of the inbox: raises StaleToken when the session moved.
 
@@ -442,7 +378,7 @@ class SessionActor:
         """
         if last:
             self._wake.clear()
-        pending = await self.replica.store.complete_input(self.session, self.token, item.id)
+        pending = await self.host.store.complete_input(self.session, self.token, item.id)
         if last and pending == 0:
             self._inbox_empty = True
 
@@ -451,45 +387,30 @@ class SessionActor:
         if run is None:
             return
         with contextlib.suppress(RedisError):
-            items = await self.replica.streams.read_inbox(self.session, count=INBOX_WINDOW)
-            if any(i.multitask == "interrupt" and i.id != run.item.id for i in items):
+            if await self._interrupt_waiting(run):
                 self.request_cancel(run.run_id, "interrupt")
+
+    async def cancel_requested(self, run_id: str) -> None:
+        """A ``cancel`` mail for the running run: the API sends one for a
+        ``multitask=interrupt`` input too, and then the run ends with reason ``interrupt``."""
+        run = self.current
+        if run is None or run.run_id != run_id:
+            return
+        interrupted = await self._interrupt_waiting(run)
+        self.request_cancel(run_id, "interrupt" if interrupted else "cancel")
+
+    async def _interrupt_waiting(self, run: _Run) -> bool:
+        items = await self.host.streams.read_inbox(self.session, count=INBOX_WINDOW)
+        return interrupt_waiting(items, run.item.id)
 
     # -- leaving -----------------------------------------------------------------------------
 
     async def _leave(self, mode: str) -> None:
-        """Release the lease; then (architecture order) re-check the inbox and re-queue."""
-        r = self.replica
         if mode == "interrupt":
             await self._mark_cut_run()
-        if mode == "passivate":
-            own = await r.store.ownership(self.session)
-            if (own.replica_id, own.incarnation, own.token) != (
-                r.replica_id,
-                r.incarnation,
-                self.token,
-            ):
-                # force-released (e.g. the session was deleted): not ours to mark or release
-                log.info("session %s: lease no longer ours; leaving it as it is", self.ref)
-                return
-            if self._state.meta_exists:
-                # before the release: an input enqueued meanwhile sets status back to active;
-                # an expired or deleted session keeps its status (and its reason)
-                status = (await r.streams.meta(self.session)).get("status", "")
-                if status in ("", "active", "passivated"):
-                    await r.streams.set_meta(self.session, status="passivated", reason="idle")
-        try:
-            await r.store.release(self.session, r.replica_id, r.incarnation, self.token)
-        except NotOwner as exc:
-            log.info("session %s: not released, someone else holds it (%s)", self.ref, exc)
-            return
-        log.info("session %s released (%s)", self.ref, mode)
-        if mode == "error":
-            return  # a failing actor would fail again elsewhere: wait for the next input
-        # the API appends before it reads the lease, so an input that raced the release is
-        # either seen here or routed by the API to the work queue
-        if await self._has_runnable_input():
-            await r.streams.publish_work(self.ref, mode)
+        r = self.host
+        owner = (r.replica_id, r.incarnation, self.token)
+        await release_session(r.store, r.streams, self.session, owner, self._state, mode)
 
     async def _mark_cut_run(self) -> None:
         """Write ``run.interrupted`` for a run cut short by the drain timeout (best effort)."""
@@ -498,7 +419,7 @@ class SessionActor:
             return
         data = {
             "reason": "drain_timeout",
-            "previous_replica_id": self.replica.replica_id,
+            "previous_replica_id": self.host.replica_id,
             "previous_token": self.token,
             "policy": "restart",
         }
@@ -511,12 +432,3 @@ class SessionActor:
             log.warning(
                 "session %s: could not mark run %s interrupted: %r", self.ref, run.run_id, exc
             )
-
-    async def _has_runnable_input(self) -> bool:
-        r = self.replica
-        if not await r.streams.read_inbox(self.session, count=1):
-            return False
-        hold = self._state.hold_until
-        if hold is None:
-            return True
-        return stream_id(await r.streams.inbox_last_id(self.session)) > stream_id(hold)

@@ -1,13 +1,17 @@
-"""Handler loading (``module:callable``) and the built-in ``echo`` handler."""
+"""Handler loading (``module:callable``), driving one run of a handler, the built-in ``echo``."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 from streamward.runner.context import Handler, RunContext
+
+# Shipper.put: (run_id, entry type, data) -> seq
+Put = Callable[[str, str, Any], Awaitable[int]]
 
 
 class HandlerLoadError(ValueError):
@@ -74,3 +78,29 @@ async def echo(ctx: RunContext, input: Any) -> AsyncIterator[Any]:
         yield {"text": text, "i": i}
     if fail:
         raise EchoFailed("echo: failing on request (fail: true)")
+
+
+async def drive(handler: Handler, ctx: RunContext, input: Any, put: Put) -> int:
+    """Run the handler once, putting each output as ``run.output``; returns how many."""
+    result: Any = handler(ctx, input)
+    if inspect.isawaitable(result):  # also accept ``async def`` returning an iterator
+        result = await result
+    if not hasattr(result, "__aiter__"):
+        raise TypeError(
+            f"handler returned {type(result).__name__}, expected an async iterator "
+            "(write it as an async generator: async def handler(ctx, input): ... yield x)"
+        )
+    iterator = aiter(result)
+    n = 0
+    try:
+        async for out in iterator:
+            try:
+                await put(ctx.run_id, "run.output", out)
+            except TypeError as exc:
+                raise TypeError(f"output {n} is not JSON-serialisable: {exc}") from None
+            n += 1
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return n

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import orjson
 
+from streamward.core.backoff import backoff_s
 from streamward.lua.keys import SessionKeys
 from streamward.runner.ingest_http import IngestHTTP, IngestHTTPError
 
@@ -23,8 +23,6 @@ HttpPoster = httpx.AsyncClient | IngestHTTP
 
 log = logging.getLogger("streamward.runner.shipper")
 
-BACKOFF_BASE_S = 0.05
-BACKOFF_CAP_S = 2.0
 # a run's first entry gates the caller's 202: instead of the timed linger, the sender gives
 # a fast handler this many loop turns to add its outputs and terminal entry (an echo run
 # needs ~5), so such a run still ships as one request, and a slow one's start is not delayed
@@ -59,12 +57,6 @@ class _Item:
 
 
 _NO_ANSWER: tuple[type[Exception], ...] = (httpx.HTTPError, IngestHTTPError)
-
-
-def backoff_s(attempt: int) -> float:
-    """Exponential backoff with equal jitter: half fixed, half random (no thundering herd)."""
-    d = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0**attempt)
-    return d / 2 + random.uniform(0, d / 2)
 
 
 class Shipper:

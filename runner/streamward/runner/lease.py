@@ -1,0 +1,146 @@
+"""The replica lease: registering an incarnation, the self-fencing deadline, fencing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from streamward.core.metrics import version
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
+from streamward.runner.config import RunnerSettings
+from streamward.runner.metrics import Metrics
+from streamward.runner.sessions import SessionBook
+from streamward.runner.state import ReplicaState
+
+log = logging.getLogger("streamward.runner")
+
+
+class ReplicaLease:
+    """Owns ``state.incarnation``, ``state.fenced`` and ``state.deadline``.
+
+    ``on_registered`` runs once a new incarnation is registered (the mailbox starts reading
+    its fresh mail stream from the beginning).
+    """
+
+    def __init__(
+        self,
+        state: ReplicaState,
+        settings: RunnerSettings,
+        store: LeaseStore,
+        streams: Streams,
+        metrics: Metrics,
+        sessions: SessionBook,
+        on_registered: Callable[[], None],
+    ) -> None:
+        self.state = state
+        self.settings = settings
+        self.store = store
+        self.streams = streams
+        self.metrics = metrics
+        self.sessions = sessions
+        self.on_registered = on_registered
+        self._fence_timer: asyncio.TimerHandle | None = None
+
+    async def register(self) -> None:
+        """Register a fresh incarnation; re-queue what earlier incarnations held."""
+        loop = asyncio.get_running_loop()
+        s, st = self.settings, self.state
+        refs = set(self.sessions.orphans) | set(await self.streams.replica_sessions(st.replica_id))
+        incarnation = secrets.token_hex(8)
+        sent = loop.time()
+        reg = await self.store.register_replica(
+            st.replica_id, incarnation, s.replica_ttl_ms, self.register_fields()
+        )
+        st.incarnation = incarnation
+        self.renewed(sent)
+        # the old incarnation is dead now: its leases are open to takeover by anyone
+        await self.streams.publish_work_many(sorted(refs), "owner_death")
+        await self.streams.forget_replica(st.replica_id)  # old index and old mail
+        await self.renew()  # back into sw:replicas (forget_replica removed it)
+        self.on_registered()
+        self.sessions.orphans.clear()
+        st.fenced = False
+        log.info(
+            "registered incarnation %s (previous %s); re-queued %d sessions it held before",
+            incarnation, reg.previous_incarnation or "-", len(refs),
+        )  # fmt: skip
+
+    async def renew(self) -> None:
+        """One ``renewReplica`` call with the current status fields (raises ReplicaLost)."""
+        st = self.state
+        await self.store.renew_replica(
+            st.replica_id,
+            st.incarnation,
+            self.settings.replica_ttl_ms,
+            self.sessions.status_fields(),
+        )
+
+    def renewed(self, sent: float) -> None:
+        """A renew sent at loop time ``sent`` succeeded: push the self-fencing deadline."""
+        loop = asyncio.get_running_loop()
+        self.metrics.heartbeat_last_success.set_to_current_time()
+        s = self.settings
+        # the lease expires ttl after Redis got the call, which is after we sent it
+        self.state.deadline = sent + (s.replica_ttl_ms - s.fence_margin_ms) / 1000
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
+        self._fence_timer = loop.call_at(self.state.deadline, self._deadline_passed)
+        with contextlib.suppress(OSError):
+            s.heartbeat_file_path.touch()
+
+    def _deadline_passed(self) -> None:
+        if self.state.fenced:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self.state.deadline:
+            self.fence("replica lease not renewed before its deadline")
+        else:
+            # a timer may fire a hair early (uvloop rounds its clock to the ms): look again
+            self._fence_timer = loop.call_at(self.state.deadline, self._deadline_passed)
+
+    def fence(self, why: str) -> None:
+        """Stop every run at once; nothing is written until a new incarnation registers."""
+        log.error("self-fencing: %s", why)
+        self._drop_all(why)
+
+    def lose_everything(self, why: str) -> None:
+        """The replica lease is gone: drop every session and re-register."""
+        log.error("%s: dropping every session", why)
+        self._drop_all(why)
+
+    def _drop_all(self, why: str) -> None:
+        self.state.fenced = True
+        self.metrics.fenced.inc()
+        self.sessions.drop_all(why)
+
+    def stop_timer(self) -> None:
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
+
+    async def unregister(self, clean: bool) -> None:
+        """Delete the replica lease; forget the replica when nothing is left in its index."""
+        rid = self.state.replica_id
+        try:
+            await self.streams.delete_replica_lease(rid, self.state.incarnation)
+            if clean and not await self.streams.replica_sessions(rid):
+                await self.streams.forget_replica(rid)
+        except (RedisError, OSError) as exc:
+            log.warning("could not delete the replica lease: %r", exc)
+
+    def register_fields(self) -> dict[str, str]:
+        return {
+            "host": socket.gethostname(),
+            "pod": os.environ.get("POD_NAME", ""),
+            "pid": str(os.getpid()),
+            "version": version(),
+            "capacity": str(self.settings.max_sessions),
+            "handler": self.settings.handler,
+        }

@@ -1,0 +1,203 @@
+"""The replica's session book: which sessions it owns, claiming one, handing work back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from streamward.lua.errors import LeaseHeld
+from streamward.lua.keys import Keys
+from streamward.lua.leases import Lease
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
+from streamward.runner.actor import SessionActor
+from streamward.runner.config import RunnerSettings
+from streamward.runner.context import Handler
+from streamward.runner.metrics import Metrics
+from streamward.runner.shipper import HttpPoster, Shipper, ShipRejected, ShipStopped
+from streamward.runner.state import ReplicaState
+
+log = logging.getLogger("streamward.runner")
+
+
+@dataclass
+class _ClaimSlot:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class SessionBook:
+    """The session actors of one replica; it is the ``ActorHost`` every actor reports to."""
+
+    def __init__(
+        self,
+        state: ReplicaState,
+        settings: RunnerSettings,
+        keys: Keys,
+        store: LeaseStore,
+        streams: Streams,
+        http: HttpPoster,
+        metrics: Metrics,
+        handler: Handler,
+    ) -> None:
+        self.state = state
+        self.settings = settings
+        self.keys = keys
+        self.store = store
+        self.streams = streams
+        self.http = http
+        self.metrics = metrics
+        self.handler = handler
+        self.actors: dict[str, SessionActor] = {}
+        self.orphans: set[str] = set()  # sessions dropped by a fence, re-queued on re-register
+        self._claim_locks: dict[str, _ClaimSlot] = {}
+
+    @property
+    def replica_id(self) -> str:
+        return self.state.replica_id
+
+    @property
+    def incarnation(self) -> str:
+        return self.state.incarnation
+
+    def capacity(self) -> int:
+        return self.settings.max_sessions - len(self.actors)
+
+    def hands_back(self) -> bool:
+        """The one rule for "hand the work back instead of claiming": draining, fenced or
+        past the self-fencing deadline, or holding ``max_sessions`` already. Checked by
+        ``claim`` once the session is known not to be (still) ours."""
+        return self.state.draining or not self.state.can_write() or self.capacity() <= 0
+
+    def running(self) -> int:
+        return sum(1 for a in self.actors.values() if a.running)
+
+    def status_fields(self) -> dict[str, str]:
+        fields = {"leases": str(len(self.actors)), "inflight": str(self.running())}
+        # only ever set: the API marks draining=1 too, and a renew must not flip it back
+        if self.state.draining:
+            fields["draining"] = "1"
+        return fields
+
+    def drain(self) -> None:
+        for actor in list(self.actors.values()):
+            actor.drain()
+
+    def drop_all(self, why: str) -> None:
+        """Fenced or lease lost: drop every session; they are re-queued on re-registration."""
+        actors = list(self.actors.values())
+        self.actors.clear()
+        for actor in actors:
+            self.orphans.add(actor.ref)
+            actor.drop(why)
+        self.metrics.sessions.set(0)
+
+    async def claim(self, ref: str, reason: str) -> None:
+        """Own ``ref``: acquire, take over from a dead holder, or tell the live holder.
+
+        Work this replica does not take (``hands_back``) is re-published with ``reason``.
+        """
+        # one claim per session at a time (work, reclaimed work and mail can race)
+        slot = self._claim_locks.get(ref)
+        if slot is None:
+            slot = self._claim_locks[ref] = _ClaimSlot()
+        slot.users += 1
+        try:
+            async with slot.lock:
+                await self._claim(ref, reason)
+        finally:
+            slot.users -= 1
+            if slot.users == 0:
+                del self._claim_locks[ref]
+
+    async def _claim(self, ref: str, reason: str) -> None:
+        s = self.settings
+        sk = self.keys.session_ref(ref)
+        actor = self.actors.get(ref)
+        if actor is not None:
+            if not actor.closing:
+                actor.on_input()
+                return
+            await actor.closed.wait()  # it re-queues after release if input is left
+        if self.hands_back():
+            await self.streams.publish_work(ref, reason)
+            return
+        replica_id = self.state.replica_id
+        incarnation = self.state.incarnation
+        try:
+            lease = await self.store.acquire(sk, replica_id, incarnation, s.lease_ttl_ms)
+            self.metrics.acquires.labels("acquired").inc()
+        except LeaseHeld as held:
+            if await self.store.replica_alive(held.replica_id, held.incarnation):
+                self.metrics.acquires.labels("held").inc()
+                await self.streams.send_mail(held.replica_id, "wake", ref)
+                return
+            try:
+                lease = await self.store.takeover(
+                    sk,
+                    (held.replica_id, held.incarnation, held.token),
+                    replica_id,
+                    incarnation,
+                    s.lease_ttl_ms,
+                )
+            except LeaseHeld as won:
+                # someone else took it first: make sure the winner looks at the inbox
+                if await self.store.replica_alive(won.replica_id, won.incarnation):
+                    await self.streams.send_mail(won.replica_id, "wake", ref)
+                return
+            self.metrics.takeovers.inc()
+            self.metrics.acquires.labels("takeover").inc()
+            log.info(
+                "took over %s from %s/%s (token %d -> %d)",
+                ref, held.replica_id, held.incarnation, held.token, lease.token,
+            )  # fmt: skip
+        if incarnation != self.state.incarnation or self.state.fenced:
+            # fenced or re-registered while acquiring: that lease names a dead incarnation
+            await self.streams.publish_work(ref, "owner_death")
+            return
+        self._start_actor(lease)
+
+    def _start_actor(self, lease: Lease) -> None:
+        actor = SessionActor(self, lease)
+        self.actors[actor.ref] = actor
+        self.metrics.sessions.set(len(self.actors))
+        actor.start()
+        if self.state.draining:
+            actor.drain()  # acquired while the drain began: release it (and re-queue) at once
+
+    def forget_actor(self, actor: SessionActor) -> None:
+        if self.actors.get(actor.ref) is actor:
+            del self.actors[actor.ref]
+            self.metrics.sessions.set(len(self.actors))
+
+    def make_shipper(self, actor: SessionActor, next_seq: int) -> Shipper:
+        s = self.settings
+
+        def on_stop(exc: ShipStopped) -> None:
+            # stale token or fenced: stop the session's run at once; a rejected batch is
+            # surfaced to the actor on its next write instead
+            if not isinstance(exc, ShipRejected):
+                actor.drop(str(exc))
+
+        shipper = Shipper(
+            http=self.http,
+            url=s.ingest_url,
+            admin_token=s.admin_token,
+            session=actor.session,
+            token=actor.token,
+            next_seq=next_seq,
+            can_write=self.state.can_write,
+            on_stop=on_stop,
+            on_retry=self.metrics.ship_retries.inc,
+            linger_s=s.ship_linger_ms / 1000,
+            batch_max=s.ship_batch_max,
+            batch_max_bytes=s.ship_batch_max_bytes,
+            buffer_max=s.ship_buffer_max,
+            entry_max_bytes=s.ship_entry_max_bytes,
+            timeout_s=s.ship_timeout_s,
+            replica_id=self.state.replica_id,
+            incarnation=actor.incarnation,
+        )
+        shipper.start()
+        return shipper
