@@ -59,8 +59,6 @@ MAX_LINES = 400
 SIZE_CHECKED = ("lua", "core", "api", "runner")
 OVERSIZED: dict[str, str] = {
     "api/streamward/api/routes/sessions.py": "being split (issue 12)",
-    "runner/streamward/runner/actor.py": "being split (issue 12)",
-    "runner/streamward/runner/replica.py": "being split (issue 12)",
 }
 
 

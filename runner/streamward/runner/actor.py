@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from redis.exceptions import RedisError
 
@@ -19,50 +18,33 @@ from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 from streamward.runner.config import RunnerSettings
 from streamward.runner.context import Handler, RunContext
-from streamward.runner.handlers import drive
+from streamward.runner.handlers import Run, drive, run_outcome
 from streamward.runner.inbox import INBOX_WINDOW, interrupt_waiting, stream_id
 from streamward.runner.metrics import Metrics
 from streamward.runner.owner_death import TERMINAL_STATUSES, OwnerDeath, SessionState
-from streamward.runner.release import release_session
+from streamward.runner.release import mark_cut_run, release_session
 from streamward.runner.shipper import Shipper, ShipRejected, ShipStopped
 
 log = logging.getLogger("streamward.runner.actor")
 
-DRAIN_INTERRUPT_FLUSH_S = 2.0
 HANDLER_STOP_WAIT_S = 1.0
 
 
 class ActorHost(Protocol):
     """What an actor needs from the replica: its session book (``sessions.SessionBook``)."""
 
-    @property
-    def settings(self) -> RunnerSettings: ...
-    @property
-    def store(self) -> LeaseStore: ...
-    @property
-    def streams(self) -> Streams: ...
-    @property
-    def metrics(self) -> Metrics: ...
-    @property
-    def handler(self) -> Handler: ...
+    settings: RunnerSettings
+    store: LeaseStore
+    streams: Streams
+    metrics: Metrics
+    handler: Handler
+
     @property
     def replica_id(self) -> str: ...
     @property
     def incarnation(self) -> str: ...
     def make_shipper(self, actor: SessionActor, next_seq: int) -> Shipper: ...
     def forget_actor(self, actor: SessionActor) -> None: ...
-
-
-@dataclass
-class _Run:
-    item: InboxItem
-    ctx: RunContext
-    task: asyncio.Task[int] | None = None
-    cancel_reason: str | None = None  # set when cancelled on request (cancel / interrupt)
-
-    @property
-    def run_id(self) -> str:
-        return self.item.run_id
 
 
 class SessionActor:
@@ -75,7 +57,7 @@ class SessionActor:
         self.token = lease.token
         self.incarnation = lease.incarnation
         self.shipper: Shipper | None = None
-        self.current: _Run | None = None
+        self.current: Run | None = None
         self.closing = False
         self.closed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -85,7 +67,7 @@ class SessionActor:
         self._inbox_empty = False  # the last completeInput left no input: no read needed
         self._draining = False
         self._interrupting = False
-        self._cut_run: _Run | None = None  # the run a drain timeout cut short
+        self._cut_run: Run | None = None  # the run a drain timeout cut short
         self._interrupt_check: asyncio.Task[None] | None = None
         # a freshly claimed session with nothing to do is released at once (no close_delay)
         self._idle_since = float("-inf")
@@ -326,7 +308,7 @@ class SessionActor:
             session=self.session,
             streams=r.streams,
         )
-        run = _Run(item, ctx)
+        run = Run(item, ctx)
         self.current = run
         r.metrics.runs_inflight.inc()
         run_t0 = time.monotonic()
@@ -348,19 +330,12 @@ class SessionActor:
         finally:
             self.current = None
             r.metrics.runs_inflight.dec()
-        data: dict[str, Any]
-        if run.cancel_reason is not None or run.task.cancelled():
-            reason = run.cancel_reason or "cancel"
-            etype, data, outcome = "run.cancelled", {"reason": reason}, "cancelled"
-        elif (exc := run.task.exception()) is not None:
-            if isinstance(exc, ShipStopped):
-                raise exc
-            error = str(exc) or type(exc).__name__
-            etype, data = "run.failed", {"error": error, "error_type": type(exc).__name__}
-            outcome = "failed"
-            log.info("session %s: run %s failed: %s", self.ref, item.run_id, error)
-        else:
-            etype, data, outcome = "run.completed", {"outputs": run.task.result()}, "completed"
+        failed = run.cancel_reason is None and not run.task.cancelled() and run.task.exception()
+        if isinstance(failed, ShipStopped):
+            raise failed  # the session moved or the replica fenced: nothing more to write
+        etype, data, outcome = run_outcome(run.task, run.cancel_reason)
+        if outcome == "failed":
+            log.info("session %s: run %s failed: %s", self.ref, item.run_id, data["error"])
         await shipper.put(item.run_id, etype, data)
         await shipper.flush()
         await self._complete(item, last=True)
@@ -391,44 +366,24 @@ class SessionActor:
                 self.request_cancel(run.run_id, "interrupt")
 
     async def cancel_requested(self, run_id: str) -> None:
-        """A ``cancel`` mail for the running run: the API sends one for a
-        ``multitask=interrupt`` input too, and then the run ends with reason ``interrupt``."""
+        """A ``cancel`` mail for the running run (also sent for a ``multitask=interrupt`` input)."""
         run = self.current
         if run is None or run.run_id != run_id:
             return
         interrupted = await self._interrupt_waiting(run)
         self.request_cancel(run_id, "interrupt" if interrupted else "cancel")
 
-    async def _interrupt_waiting(self, run: _Run) -> bool:
+    async def _interrupt_waiting(self, run: Run) -> bool:
         items = await self.host.streams.read_inbox(self.session, count=INBOX_WINDOW)
         return interrupt_waiting(items, run.item.id)
 
     # -- leaving -----------------------------------------------------------------------------
 
     async def _leave(self, mode: str) -> None:
-        if mode == "interrupt":
-            await self._mark_cut_run()
+        """Mark a run cut by the drain timeout, release the lease, re-queue what is left."""
         r = self.host
+        if mode == "interrupt" and self._cut_run is not None and self.shipper is not None:
+            cut = self._cut_run.run_id
+            await mark_cut_run(self.shipper, self.ref, cut, r.replica_id, self.token)
         owner = (r.replica_id, r.incarnation, self.token)
         await release_session(r.store, r.streams, self.session, owner, self._state, mode)
-
-    async def _mark_cut_run(self) -> None:
-        """Write ``run.interrupted`` for a run cut short by the drain timeout (best effort)."""
-        run = self._cut_run
-        if run is None or self.shipper is None:
-            return
-        data = {
-            "reason": "drain_timeout",
-            "previous_replica_id": self.host.replica_id,
-            "previous_token": self.token,
-            "policy": "restart",
-        }
-        try:
-            async with asyncio.timeout(DRAIN_INTERRUPT_FLUSH_S):  # put may wait for buffer room
-                await self.shipper.put(run.run_id, "run.interrupted", data)
-                await self.shipper.flush()
-        except (ShipStopped, TimeoutError) as exc:
-            # the next owner sees active_run_id still set and writes run.interrupted itself
-            log.warning(
-                "session %s: could not mark run %s interrupted: %r", self.ref, run.run_id, exc
-            )

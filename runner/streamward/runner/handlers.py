@@ -6,12 +6,28 @@ import asyncio
 import importlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
+from streamward.lua.inbox import InboxItem
 from streamward.runner.context import Handler, RunContext
 
 # Shipper.put: (run_id, entry type, data) -> seq
 Put = Callable[[str, str, Any], Awaitable[int]]
+
+
+@dataclass
+class Run:
+    """One run in progress: its input, its context, the handler's task."""
+
+    item: InboxItem
+    ctx: RunContext
+    task: asyncio.Task[int] | None = None
+    cancel_reason: str | None = None  # set when cancelled on request (cancel / interrupt)
+
+    @property
+    def run_id(self) -> str:
+        return self.item.run_id
 
 
 class HandlerLoadError(ValueError):
@@ -104,3 +120,15 @@ async def drive(handler: Handler, ctx: RunContext, input: Any, put: Put) -> int:
         if aclose is not None:
             await aclose()
     return n
+
+
+def run_outcome(
+    task: asyncio.Task[int], cancel_reason: str | None
+) -> tuple[str, dict[str, Any], str]:
+    """The terminal entry (type, data) and the metrics outcome of a finished run's task."""
+    if cancel_reason is not None or task.cancelled():
+        return "run.cancelled", {"reason": cancel_reason or "cancel"}, "cancelled"
+    if (exc := task.exception()) is not None:
+        error = str(exc) or type(exc).__name__
+        return "run.failed", {"error": error, "error_type": type(exc).__name__}, "failed"
+    return "run.completed", {"outputs": task.result()}, "completed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from streamward.lua.errors import NotOwner
@@ -10,8 +11,11 @@ from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 from streamward.runner.inbox import stream_id
 from streamward.runner.owner_death import SessionState
+from streamward.runner.shipper import Shipper, ShipStopped
 
 log = logging.getLogger("streamward.runner.actor")
+
+DRAIN_INTERRUPT_FLUSH_S = 2.0
 
 
 async def release_session(
@@ -58,3 +62,22 @@ async def has_runnable_input(streams: Streams, session: SessionKeys, hold: str |
     if hold is None:
         return True
     return stream_id(await streams.inbox_last_id(session)) > stream_id(hold)
+
+
+async def mark_cut_run(
+    shipper: Shipper, ref: str, run_id: str, replica_id: str, token: int
+) -> None:
+    """Write ``run.interrupted`` for a run cut short by the drain timeout (best effort)."""
+    data = {
+        "reason": "drain_timeout",
+        "previous_replica_id": replica_id,
+        "previous_token": token,
+        "policy": "restart",
+    }
+    try:
+        async with asyncio.timeout(DRAIN_INTERRUPT_FLUSH_S):  # put may wait for buffer room
+            await shipper.put(run_id, "run.interrupted", data)
+            await shipper.flush()
+    except (ShipStopped, TimeoutError) as exc:
+        # the next owner sees active_run_id still set and writes run.interrupted itself
+        log.warning("session %s: could not mark run %s interrupted: %r", ref, run_id, exc)
