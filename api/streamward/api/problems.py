@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
+from redis.exceptions import ClusterDownError, ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -193,3 +193,27 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
 def _is_id_error(errors: list[dict[str, Any]]) -> bool:
     # a path id that fails its pattern is the one case with its own code (invalid_id)
     return bool(errors) and all(e["loc"][:1] == ["path"] for e in errors)
+
+
+def install_refusal_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
+    """Redis refusing writes (out of memory under noeviction, read-only, failing saves, too
+    few replicas) is load to shed, not a bug: 503 ``redis_unavailable`` with Retry-After and
+    the ``reason`` (``lua.errors.WRITE_REFUSALS``). Any other ResponseError stays a 500."""
+
+    async def on_response_error(_: Request, exc: Exception) -> Response:
+        reason = E.write_refusal(exc)
+        if reason is None:
+            log.exception("unhandled error", exc_info=exc)
+            return problem_response(500, "internal_error", "unexpected server error")
+        log.warning("redis refuses writes (%s): %s", reason, exc)
+        return problem_response(
+            503,
+            "redis_unavailable",
+            f"the session store refuses writes ({reason}); retry later",
+            {"Retry-After": str(retry_after_s)},
+            reason=reason,
+        )
+
+    # ResponseError covers OutOfMemoryError and the unmapped codes (MISCONF, NOREPLICAS);
+    # ReadOnlyError, ClusterDownError and TryAgainError keep their own (failover) handler
+    app.add_exception_handler(ResponseError, on_response_error)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError
+
 # Integer status codes returned as the first element of every script's reply.
 OK = 1
 DUPLICATE = 2
@@ -108,6 +110,39 @@ class SessionBusy(StreamwardError):
         self.active_run_id = active_run_id
         self.pending = pending
         super().__init__(f"session busy: active run {active_run_id or '-'}, {pending} pending")
+
+
+# Redis answering but refusing writes, by error code: maxmemory reached under noeviction,
+# a replica or demoted master, failing RDB saves (stop-writes-on-bgsave-error),
+# min-replicas-to-write not met, a replica cut from its master. Transient from a caller's
+# point of view (503 + Retry-After), unlike a bug's ResponseError.
+WRITE_REFUSALS = {
+    "OOM": "out_of_memory",
+    "READONLY": "read_only",
+    "MISCONF": "persistence_failing",
+    "NOREPLICAS": "not_enough_replicas",
+    "MASTERDOWN": "master_down",
+}
+
+
+def write_refusal(exc: BaseException) -> str | None:
+    """Why Redis refused a command it received (a ``WRITE_REFUSALS`` reason), or None when
+    ``exc`` is not such a refusal."""
+    if isinstance(exc, OutOfMemoryError):
+        return WRITE_REFUSALS["OOM"]
+    if isinstance(exc, ReadOnlyError):
+        return WRITE_REFUSALS["READONLY"]
+    if isinstance(exc, MasterDownError):
+        return WRITE_REFUSALS["MASTERDOWN"]
+    if not isinstance(exc, ResponseError):
+        return None
+    # redis-py strips the code only of the errors it maps; inside a script (Redis < 7) or a
+    # discarded transaction (EXECABORT) the code follows a dash in the message
+    text = str(exc)
+    for code, reason in WRITE_REFUSALS.items():
+        if text.startswith(code + " ") or f"-{code} " in text:
+            return reason
+    return None
 
 
 def status_error(script: str, reply: Sequence[object]) -> StreamwardError:

@@ -6,8 +6,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from streamward.api.deps import StateDep, ensure_ready
+from streamward.api.deps import AppState, StateDep, ensure_ready
 from streamward.api.problems import ProblemError
+from streamward.lua.errors import write_refusal
 from streamward.lua.probe import ProbeError
 
 router = APIRouter(tags=["health"])
@@ -25,9 +26,11 @@ async def livez() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"description": "not ready"}})
 async def readyz(state: StateDep) -> Health:
-    """Redis answers, can run streamward (capability probe) and the scripts are loaded."""
+    """Redis answers, can run streamward (capability probe), the scripts are loaded and
+    Redis accepts writes."""
     try:
         await ensure_ready(state)
+        await probe_write(state)
     except ProbeError as exc:
         raise ProblemError(
             503,
@@ -36,6 +39,15 @@ async def readyz(state: StateDep) -> Health:
             headers={"Retry-After": str(state.settings.retry_after_s)},
         ) from exc
     except RedisError as exc:
+        reason = write_refusal(exc)
+        if reason is not None:
+            raise ProblemError(
+                503,
+                "not_ready",
+                f"redis refuses writes: {reason}",
+                headers={"Retry-After": str(state.settings.retry_after_s)},
+                reason=reason,
+            ) from exc
         raise ProblemError(
             503,
             "not_ready",
@@ -43,3 +55,15 @@ async def readyz(state: StateDep) -> Health:
             headers={"Retry-After": str(state.settings.retry_after_s)},
         ) from exc
     return Health(status="ready")
+
+
+# TTL of the write probe's key: long enough to outlive a probe period, so the key costs one
+# small string at most, and no cleanup is needed
+PROBE_TTL_MS = 60_000
+
+
+async def probe_write(state: AppState) -> None:
+    """One tiny SET with a TTL: refused exactly when Redis refuses writes (maxmemory under
+    noeviction, read-only, failing saves, min-replicas), whatever the cause. Cheaper and more
+    exact than comparing INFO memory to maxmemory (which misses the other refusals)."""
+    await state.client.set(f"{state.keys.prefix}:readyz", b"1", px=PROBE_TTL_MS)
