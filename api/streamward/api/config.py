@@ -50,6 +50,20 @@ class Settings(RedisSettings, BaseSettings):
     # append every ingest attempt and its outcome to this JSON-lines file (api/audit.py);
     # the chaos suite's fencing checker reads it. Off by default.
     ingest_audit_path: str | None = None
+    # /v1 without api_tokens on a non-loopback bind only when this says so (serving.py)
+    insecure_no_auth: bool = False
+    # slow clients (serving.py): a request's headers must arrive within header_timeout_s of
+    # its first byte (or of the connection), its body within body_timeout_s of its headers
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024
+    keep_alive_s: Annotated[int, Field(ge=1)] = 5
+    # connections + requests in flight per listener before uvicorn answers 503
+    limit_concurrency: Annotated[int, Field(ge=1)] = 2048
+    # a second listener for the runners' ingest, /admin, probes and metrics, with its own
+    # limit, so a flood on the public port does not reach them (None: no second listener)
+    admin_port: Annotated[int | None, Field(ge=1, le=65535)] = None
+    admin_limit_concurrency: Annotated[int, Field(ge=1)] = 256
 
 
 @lru_cache

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,9 +21,10 @@ from streamward.api.config import Settings, get_settings
 from streamward.api.deps import AppState, ensure_ready
 from streamward.api.metrics import ApiMetrics, HttpMetrics, route_index
 from streamward.api.metrics import router as metrics_router
-from streamward.api.problems import install_handlers, problem_response
+from streamward.api.problems import install_handlers, install_refusal_handlers, problem_response
 from streamward.api.responses import OrjsonResponse
 from streamward.api.routes import admin, events, health, ops, sessions
+from streamward.api.serving import AdminOnly, auth_refusal, uvicorn_options
 from streamward.core.logs import RequestContext, setup_logging
 from streamward.lua.client import RedisClient, connect_from_config
 from streamward.lua.keys import Keys
@@ -161,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.metrics = metrics
     install_handlers(app, settings.retry_after_s)
+    install_refusal_handlers(app, settings.retry_after_s)
     # matched in this order, route by route (no two routers share a path): the hot paths
     # (invoke, the runners' ingest) first, so routing them tries one or two routes, not twenty
     routers = [
@@ -196,10 +201,16 @@ def freeze_heap() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
-def serve(host: str | None = None, port: int | None = None, redis_url: str | None = None) -> int:
-    """Run the API under uvicorn (the ``streamward api`` command); returns an exit code."""
-    import uvicorn
-
+def serve(
+    host: str | None = None,
+    port: int | None = None,
+    redis_url: str | None = None,
+    *,
+    admin_port: int | None = None,
+    insecure_no_auth: bool | None = None,
+) -> int:
+    """Run the API under uvicorn (the ``streamward api`` command); returns an exit code
+    (2: refused to start, see ``serving.auth_refusal``)."""
     overrides: dict[str, Any] = {}
     if host is not None:
         overrides["host"] = host
@@ -207,20 +218,71 @@ def serve(host: str | None = None, port: int | None = None, redis_url: str | Non
         overrides["port"] = port
     if redis_url is not None:
         overrides["redis_url"] = redis_url
+    if admin_port is not None:
+        overrides["admin_port"] = admin_port
+    if insecure_no_auth is not None:
+        overrides["insecure_no_auth"] = insecure_no_auth
     settings = get_settings().model_copy(update=overrides)
+    refusal = auth_refusal(settings)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return 2
     # JSON lines on stdout (readable on a terminal); uvicorn's loggers go through it too
     setup_logging(settings.log_level)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # streamward.access logs each request, with trace ids
-        log_config=None,
-        # streams end on their own when the run ends; don't hold shutdown hostage for long
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
+    app = create_app(settings)
     freeze_heap()
-    server.run()
-    return 0 if server.started else 1
+    return asyncio.run(_serve_listeners(app, settings))
+
+
+async def _serve_listeners(app: FastAPI, settings: Settings) -> int:
+    """The public listener and, with ``admin_port``, the admin one: one app, one lifespan
+    (run here, around both), each listener with its own connection limit."""
+    import uvicorn
+
+    def config(app_: ASGIApp, port: int, admin: bool) -> uvicorn.Config:
+        return uvicorn.Config(
+            app_,
+            host=settings.host,
+            port=port,
+            log_level=settings.log_level,
+            access_log=False,  # streamward.access logs each request, with trace ids
+            log_config=None,
+            lifespan="off",
+            # streams end on their own when the run ends; don't hold shutdown hostage long
+            timeout_graceful_shutdown=5,
+            **uvicorn_options(settings, admin=admin),
+        )
+
+    servers = [_Listener(config(app, settings.port, False))]
+    if settings.admin_port is not None:
+        servers.append(_Listener(config(AdminOnly(app), settings.admin_port, True)))
+    for s in servers:
+        s.group = servers
+    # SIGTERM/SIGINT stop the first listener (and so all); uvicorn re-raises the signal once
+    # everything, the lifespan included, has shut down
+    with uvicorn.Server.capture_signals(servers[0]):
+        try:
+            async with app.router.lifespan_context(app):
+                await asyncio.gather(*(s.serve() for s in servers))
+        except ProbeError as exc:  # Redis answers but cannot run streamward
+            log.error("%s", exc)
+            return 1
+    return 0 if all(s.started for s in servers) else 1
+
+
+class _Listener(uvicorn.Server):
+    """A uvicorn server that stops when any server of its group stops (a signal, a failed
+    bind); signals are captured once, around the whole group."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.group: list[_Listener] = [self]
+
+    async def on_tick(self, counter: int) -> bool:
+        if any(s.should_exit for s in self.group):
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # _serve_listeners captures them for the group

@@ -32,11 +32,33 @@ def api_command(
     redis_url: Annotated[
         str | None, typer.Option(help="Redis URL [env STREAMWARD_REDIS_URL].")
     ] = None,
+    admin_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Second listener for /admin (runners' ingest), probes and metrics, with its "
+            "own connection limit [env STREAMWARD_ADMIN_PORT]."
+        ),
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            help="Serve /v1 without API tokens on a non-loopback bind "
+            "[env STREAMWARD_INSECURE_NO_AUTH].",
+        ),
+    ] = False,
 ) -> None:
     """Serve the HTTP API (public /v1 and admin /admin)."""
     from streamward.api.main import serve
 
-    raise typer.Exit(serve(host=host, port=port, redis_url=redis_url))
+    code = serve(
+        host=host,
+        port=port,
+        redis_url=redis_url,
+        admin_port=admin_port,
+        insecure_no_auth=True if insecure_no_auth else None,
+    )
+    raise typer.Exit(code)
 
 
 @app.command("dev")
