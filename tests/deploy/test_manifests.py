@@ -39,7 +39,11 @@ CRDS = {
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
 }
 # Secrets the prod overlay expects to exist (created out of band), by name → keys
-PROD_SECRETS = {"streamward-admin": {"token"}, "streamward-redis": {"url", "password", "address"}}
+PROD_SECRETS = {
+    "streamward-admin": {"token"},
+    "streamward-api-tokens": {"tokens"},
+    "streamward-redis": {"url", "password", "address"},
+}
 API_SHUTDOWN_S = 5  # uvicorn timeout_graceful_shutdown in streamward.api.main.serve
 INTERRUPT_WAIT_S = 5  # streamward.runner.replica.INTERRUPT_WAIT_S: drain-timeout interruptions
 STATUS_OK = 0
@@ -446,6 +450,62 @@ def test_selectors_ports_and_references_resolve(overlay: tuple[str, list[Doc]]) 
     host, _, port = api_url.removeprefix("http://").partition(":")
     api_svc = one(docs, "Service", host)
     assert int(port or 80) in {p["port"] for p in api_svc["spec"]["ports"]}
+
+
+def test_the_api_is_closed_by_default(overlay: tuple[str, list[Doc]]) -> None:
+    """Tokens from a Secret (the API refuses a public bind without them), /v1 only from
+    labelled namespaces or pods, the admin listener only from runners and monitoring, the
+    runners' metrics only from monitoring, and the runners ship to the admin listener."""
+    from streamward.api.serving import auth_refusal
+
+    _, docs = overlay
+    api = next(containers(one(docs, "Deployment", "streamward-api")))
+    sources = {e["name"]: e.get("valueFrom", {}) for e in api["env"]}
+    assert sources["STREAMWARD_API_TOKENS"]["secretKeyRef"] == {
+        "name": "streamward-api-tokens",
+        "key": "tokens",
+    }
+    host = api["args"][api["args"].index("--host") + 1]
+    assert auth_refusal(Settings(host=host)) is not None  # so the Secret is what opens it
+    assert auth_refusal(Settings(host=host, api_tokens={"t": "p"})) is None
+    ports = {p["name"]: p["containerPort"] for p in api["ports"]}
+    assert api["args"][api["args"].index("--admin-port") + 1] == str(ports["admin"])
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert api[kind]["httpGet"]["port"] == "admin"  # not behind the public flood
+
+    def rules(name: str) -> dict[int, list[Doc]]:
+        np = one(docs, "NetworkPolicy", name)
+        out: dict[int, list[Doc]] = {}
+        for rule in np["spec"]["ingress"]:
+            assert rule.get("from"), f"{name}: a rule admits everyone"
+            for port in rule["ports"]:
+                out.setdefault(port["port"], []).extend(rule["from"])
+        return out
+
+    api_in = rules("streamward-api")
+    access = {"streamward.io/api-access": "true"}
+    assert api_in[ports["http"]] == [
+        {"namespaceSelector": {"matchLabels": access}},
+        {"podSelector": {"matchLabels": access}},
+    ]
+    monitoring = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    runner_pods = {
+        "podSelector": {
+            "matchLabels": {
+                "app.kubernetes.io/name": "streamward",
+                "app.kubernetes.io/component": "runner",
+            }
+        }
+    }
+    assert api_in[ports["admin"]] == [runner_pods, monitoring]
+    assert set(api_in) == {ports["http"], ports["admin"]}
+    assert rules("streamward-runner") == {9100: [monitoring]}
+    api_url = one(docs, "ConfigMap", "streamward-config")["data"]["STREAMWARD_API_URL"]
+    svc = one(docs, "Service", "streamward-api")
+    [target] = [p["targetPort"] for p in svc["spec"]["ports"] if api_url.endswith(f":{p['port']}")]
+    assert target == "admin"
 
 
 def test_pods_are_hardened_and_sized(overlay: tuple[str, list[Doc]]) -> None:
