@@ -149,7 +149,9 @@ async def test_a_slow_body_is_cut_with_408(fleet: Fleet) -> None:
         b"POST /v1/sessions/s1/invoke HTTP/1.1\r\nHost: api\r\n"
         b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
     )
-    answer, lived_s = await trickle(api.port or 0, head, b" ", asyncio.Event())
+    answer, lived_s = await asyncio.wait_for(
+        trickle(api.port or 0, head, b" ", asyncio.Event()), BODY_TIMEOUT_S + SLACK_S
+    )
     status, body = problem_of(answer)
     assert status == 408 and body["code"] == "request_timeout", body
     assert "body" in str(body["detail"])
