@@ -198,7 +198,12 @@ async def test_stream_registers_attached_connection_until_it_ends(
     sk = streams.keys.session("default", "s1")
     task = asyncio.create_task(client.post("/v1/sessions/s1/invoke", json={"input": 1}))
     [item] = await runner.wait_inbox("s1")
-    live = await client.get("/v1/sessions/s1/liveness")
+    # the stream registers its attachment just after the enqueue: wait for it, bounded
+    for _ in range(200):
+        live = await client.get("/v1/sessions/s1/liveness")
+        if live.json()["attached"] == 1:
+            break
+        await asyncio.sleep(0.01)
     assert live.json()["attached"] == 1
     await runner.claim("s1")
     await runner.start("s1", item.run_id)
