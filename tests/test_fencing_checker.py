@@ -44,7 +44,9 @@ def test_each_anomaly_is_reported_once() -> None:
 
 
 def test_accepts_stored_entries_and_redis_pairs() -> None:
-    stored = [LogEntry(f"{i}-0", i, "run.output", "r", 1, None, 0) for i in (1, 2, 4)]
+    stored = [
+        LogEntry(i, "run.output", run_id="r", token=1, ts_ms=0, id=f"{i}-0") for i in (1, 2, 4)
+    ]
     assert len(check_log_fencing(stored)) == 1
     pairs = [("1-0", {"seq": "1", "token": "5"}), ("2-0", {"seq": "2", "token": "4"})]
     assert "stale write" in check_log_fencing(pairs)[0]

@@ -15,10 +15,8 @@ from streamward.lua.store import Entry, LeaseStore
 from tests.api.helpers import RunnerSide
 
 
-class _E:
-    def __init__(self, type: str, data: object = None) -> None:
-        self.type = type
-        self.data = data
+def _E(type: str, data: object = None, token: int = 1) -> Entry:
+    return Entry(1, type, data, token=token)
 
 
 def _state(app: FastAPI) -> AppState:
@@ -29,17 +27,19 @@ def _state(app: FastAPI) -> AppState:
 async def test_waiters_resolve_on_the_first_start_or_end_of_their_run() -> None:
     w = StartWaiters()
     fut = w.register("p/s", "run_a")
-    w.ingested("p/s", "run_b", 3, [_E("run.started", {"replica_id": "r"})])  # another run
-    w.ingested("p/s", "run_a", 3, [_E("run.output"), _E("run.interrupted")])
+    w.ingested("p/s", "run_b", [_E("run.started", {"replica_id": "r"}, 3)])  # another run
+    w.ingested("p/s", "run_a", [_E("run.output", None, 3), _E("run.interrupted", None, 3)])
     assert not fut.done()
-    w.ingested("p/s", "run_a", 4, [_E("run.output"), _E("run.started", {"replica_id": "r2"})])
+    w.ingested(
+        "p/s", "run_a", [_E("run.output", None, 4), _E("run.started", {"replica_id": "r2"}, 4)]
+    )
     got = fut.result()
-    assert (got.type, got.token, got.replica_id) == ("run.started", 4, "r2")
-    w.ingested("p/s", "run_a", 5, [_E("run.started", {"replica_id": "r3"})])  # first one wins
-    assert fut.result().replica_id == "r2"
+    assert (got.type, got.token, got.started_by) == ("run.started", 4, "r2")
+    w.ingested("p/s", "run_a", [_E("run.started", {"replica_id": "r3"}, 5)])  # first one wins
+    assert fut.result().started_by == "r2"
     other = w.register("p/s", "run_c")
-    w.ingested("p/s", "run_c", 2, [_E("run.cancelled", {"reason": "cancel"})])
-    assert (other.result().type, other.result().replica_id) == ("run.cancelled", "")
+    w.ingested("p/s", "run_c", [_E("run.cancelled", {"reason": "cancel"}, 2)])
+    assert (other.result().type, other.result().started_by) == ("run.cancelled", "")
 
 
 async def test_trust_is_learnt_from_where_starts_were_ingested(
@@ -50,7 +50,7 @@ async def test_trust_is_learnt_from_where_starts_were_ingested(
     assert not w.trusted  # distrustful until it has seen starts ingested here
     for i in range(200):
         w.register("p/s", f"run_{i}")
-        w.ingested("p/s", f"run_{i}", 1, [_E("run.started", {})])
+        w.ingested("p/s", f"run_{i}", [_E("run.started", {})])
         w.done("p/s", f"run_{i}", waited=True)
     w.register("p/s", "flush")  # scoring happens on the next registration
     w.done("p/s", "flush", waited=False)
@@ -104,7 +104,7 @@ async def test_trusted_invoke_still_sees_a_start_ingested_elsewhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(streamward.api.starts, "LOCAL_WAIT_S", 0.05)
-    monkeypatch.setattr("streamward.api.routes.sessions.LOCAL_WAIT_S", 0.05)
+    monkeypatch.setattr("streamward.api.invoke.LOCAL_WAIT_S", 0.05)
     _state(app).starts.local_share = 1.0
     task = asyncio.create_task(
         client.post("/v1/sessions/s1/invoke", json={"input": 1, "mode": "detached"})
@@ -113,7 +113,7 @@ async def test_trusted_invoke_still_sees_a_start_ingested_elsewhere(
     token = await runner.claim("s1")
     # written as another API process would: straight to Redis, this process never sees it
     await store.ingest(
-        runner.keys("s1"), item.run_id, token, [Entry(1, "run.started", '{"replica_id": "x"}')]
+        runner.keys("s1"), item.run_id, token, [Entry(1, "run.started", {"replica_id": "x"})]
     )
     r = await task
     assert r.status_code == 202, r.text

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 
 from streamward.lua.keys import SessionKeys
@@ -17,10 +16,7 @@ REPLICA_TTL_MS = 5_000
 
 def entries(seqs: Iterable[int], etype: str = "run.output", data: Any = None) -> list[Entry]:
     """One entry per seq, all of ``etype`` (``data`` defaults to ``{"seq": n}``)."""
-    return [
-        Entry(seq=s, type=etype, data=orjson.dumps({"seq": s} if data is None else data).decode())
-        for s in seqs
-    ]
+    return [Entry(seq=s, type=etype, data={"seq": s} if data is None else data) for s in seqs]
 
 
 # redis-py types replies as unions of bytes/str/None; the test client decodes, so read via Any.

@@ -25,8 +25,8 @@ async def test_ingest_with_current_token_writes_entries_with_seq_ids(
         "run_a",
         lease.token,
         [
-            Entry(1, "run.started", '{"replica_id": "r1", "attempt": 1}'),
-            Entry(2, "run.output", '{"text": "hi"}', ts_ms=1234),
+            Entry(1, "run.started", {"replica_id": "r1", "attempt": 1}),
+            Entry(2, "run.output", {"text": "hi"}, ts_ms=1234),
         ],
     )
     assert (out.accepted, out.duplicates, out.last_seq) == (2, 0, 2)
@@ -55,7 +55,7 @@ async def test_ingest_maintains_runs_hash_and_active_run_id(
 ) -> None:
     lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
     streams = Streams(redis_client)
-    started = '{"replica_id": "r1", "attempt": 2, "input": {"x": 1}}'
+    started = {"replica_id": "r1", "attempt": 2, "input": {"x": 1}}
     await store.ingest(session, "run_a", lease.token, [Entry(1, "run.started", started)])
     assert (await redis_client.hgetall(session.meta))["active_run_id"] == "run_a"
     state = await streams.run_state(session, "run_a")
@@ -73,12 +73,12 @@ async def test_ingest_maintains_runs_hash_and_active_run_id(
     assert state is not None and state.status == "started" and state.last_id == "1-0"
 
     # a terminal entry of another run does not clear the active run
-    await store.ingest(session, "run_b", lease.token, [Entry(4, "run.cancelled", "{}")])
+    await store.ingest(session, "run_b", lease.token, [Entry(4, "run.cancelled", {})])
     assert (await redis_client.hgetall(session.meta))["active_run_id"] == "run_a"
     b = await streams.run_state(session, "run_b")
     assert b is not None and b.status == "cancelled" and b.started_id is None
 
-    await store.ingest(session, "run_a", lease.token, [Entry(5, "run.completed", '{"outputs":2}')])
+    await store.ingest(session, "run_a", lease.token, [Entry(5, "run.completed", {"outputs": 2})])
     assert "active_run_id" not in await redis_client.hgetall(session.meta)
     state = await streams.run_state(session, "run_a")
     assert state is not None
@@ -91,8 +91,8 @@ async def test_ingest_terminal_or_interrupted_clears_active_run(
     store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys, terminal: str
 ) -> None:
     lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
-    await store.ingest(session, "run_a", lease.token, [Entry(1, "run.started", "{}")])
-    await store.ingest(session, "run_a", lease.token, [Entry(2, terminal, "{}")])
+    await store.ingest(session, "run_a", lease.token, [Entry(1, "run.started", {})])
+    await store.ingest(session, "run_a", lease.token, [Entry(2, terminal, {})])
     assert "active_run_id" not in await redis_client.hgetall(session.meta)
     state = await Streams(redis_client).run_state(session, "run_a")
     assert state is not None and state.status == terminal.removeprefix("run.")
@@ -116,9 +116,9 @@ async def test_replaying_a_batch_changes_nothing(
 ) -> None:
     lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
     batch = [
-        Entry(1, "run.started", '{"replica_id": "r1", "attempt": 1}'),
-        Entry(2, "run.output", '{"n": 1}'),
-        Entry(3, "run.completed", '{"outputs": 1}'),
+        Entry(1, "run.started", {"replica_id": "r1", "attempt": 1}),
+        Entry(2, "run.output", {"n": 1}),
+        Entry(3, "run.completed", {"outputs": 1}),
     ]
     first = await store.ingest(session, "run_a", lease.token, batch)
     assert (first.accepted, first.duplicates) == (3, 0)
@@ -141,7 +141,7 @@ async def test_ingest_gap_refuses_whole_batch_and_writes_nothing(
     gap_at: int,
 ) -> None:
     lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
-    await store.ingest(session, "run_a", lease.token, [Entry(1, "run.started", "{}")])
+    await store.ingest(session, "run_a", lease.token, [Entry(1, "run.started", {})])
     await store.ingest(session, "run_a", lease.token, entries([2, 3]))
     before = await snapshot(redis_client, session)
     with pytest.raises(SeqGap) as exc:
@@ -201,7 +201,7 @@ async def test_stale_token_after_takeover_is_refused_and_writes_nothing(
     store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
 ) -> None:
     old = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
-    await store.ingest(session, "run_a", old.token, [Entry(1, "run.started", "{}")])
+    await store.ingest(session, "run_a", old.token, [Entry(1, "run.started", {})])
     new = await store.takeover(session, ("r1", "inc-1", old.token), "r2", "inc-1", LEASE_TTL_MS)
     before = await snapshot(redis_client, session)
     # the paused former owner wakes up and tries to write the next entries
@@ -210,10 +210,10 @@ async def test_stale_token_after_takeover_is_refused_and_writes_nothing(
     assert (exc.value.token, exc.value.epoch) == (old.token, new.token)
     # ... or to replay what it already wrote: refused too, not counted as duplicates
     with pytest.raises(StaleToken):
-        await store.ingest(session, "run_a", old.token, [Entry(1, "run.started", "{}")])
+        await store.ingest(session, "run_a", old.token, [Entry(1, "run.started", {})])
     assert await snapshot(redis_client, session) == before
     # the new owner continues the same seq
-    out = await store.ingest(session, "run_a", new.token, [Entry(2, "run.interrupted", "{}")])
+    out = await store.ingest(session, "run_a", new.token, [Entry(2, "run.interrupted", {})])
     assert (out.accepted, out.last_seq) == (1, 2)
     assert [e["token"] for e in await log_entries(redis_client, session)] == [
         str(old.token),
@@ -296,7 +296,7 @@ async def test_enqueue_reports_active_run(
     store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
 ) -> None:
     lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
-    await store.ingest(session, "run_0", lease.token, [Entry(1, "run.started", "{}")])
+    await store.ingest(session, "run_0", lease.token, [Entry(1, "run.started", {})])
     out = await store.enqueue(session, "run_1", "{}")
     assert (out.active_run_id, out.pending) == ("run_0", 1)
 
@@ -335,7 +335,7 @@ async def test_enqueue_reject_when_busy_raises_session_busy(
     assert await redis_client.exists(session.idempotency("k")) == 0  # rejected: no key kept
 
     lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
-    await store.ingest(session, "run_1", lease.token, [Entry(1, "run.started", "{}")])
+    await store.ingest(session, "run_1", lease.token, [Entry(1, "run.started", {})])
     await store.complete_input(session, lease.token, ok.entry_id or "")
     with pytest.raises(SessionBusy) as exc:  # inbox empty but a run is active
         await store.enqueue(session, "run_2", "{}", multitask="reject")
@@ -351,7 +351,7 @@ async def test_enqueue_reads_log_end_and_lease_holder(
     assert (first.log_last_id, first.holder) == ("0-0", None)
     lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
     await store.ingest(
-        session, "run_1", lease.token, [Entry(1, "run.started", "{}"), Entry(2, "run.output", "{}")]
+        session, "run_1", lease.token, [Entry(1, "run.started", {}), Entry(2, "run.output", {})]
     )
     second = await store.enqueue(session, "run_2", "{}")
     assert (second.log_last_id, second.holder) == ("2-0", ("r1", "inc-1"))
@@ -389,7 +389,7 @@ async def test_peek_inbox_reads_inputs_head_state_and_cancel_in_one_call(
     assert (state, cancel) == (None, False)
     assert [i.run_id for i in (await store.peek_inbox(session, 1))[0]] == ["run_1"]
     lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
-    await store.ingest(session, "run_1", lease.token, [Entry(1, "run.started", '{"attempt": 2}')])
+    await store.ingest(session, "run_1", lease.token, [Entry(1, "run.started", {"attempt": 2})])
     await Streams(redis_client, store.keys).request_cancel(session, "run_1")
     _, state, cancel = await store.peek_inbox(session, 10)
     assert state is not None and (state.status, state.attempt, cancel) == ("started", 2, True)

@@ -262,7 +262,7 @@ class LeaseMachine(RuleBasedStateMachine):
     def _ingest(self, token: int, shifts: list[int]) -> None:
         last = self.model.last_seq
         seqs = [max(1, last + 1 + i + s) for i, s in enumerate(shifts)]
-        batch = [Entry(seq, "run.output", "{}") for seq in seqs]
+        batch = [Entry(seq, "run.output", {}) for seq in seqs]
         try:
             out = self.run(self.store.ingest(self.session, "run", token, batch))
         except StaleToken as exc:

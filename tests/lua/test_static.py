@@ -249,7 +249,7 @@ async def _drive_facade(store: LeaseStore, cluster_grouping: bool) -> None:
     lease = await store.acquire(s, "r1", "inc-1", 60_000)
     await store.ownership(s)
     await store.ingest(
-        s, "run_a", lease.token, [Entry(1, "run.started", "{}"), Entry(2, "run.output", "{}")]
+        s, "run_a", lease.token, [Entry(1, "run.started", {}), Entry(2, "run.output", {})]
     )
     queued = await store.enqueue(s, "run_b", "{}", idempotency_key="idem-1")
     await store.notify_replica("r1", "inc-1", "input", s.ref)

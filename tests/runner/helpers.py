@@ -11,6 +11,7 @@ import httpx
 import orjson
 import redis
 
+from streamward.core.contract import TERMINAL_TYPES
 from streamward.lua.keys import Keys
 
 T = TypeVar("T")
@@ -98,7 +99,7 @@ def assert_seqs(entries: list[LogItem]) -> None:
 
 def terminal(entries: list[LogItem], run_id: str) -> LogItem | None:
     for e in entries:
-        if e.run_id == run_id and e.type in ("run.completed", "run.failed", "run.cancelled"):
+        if e.run_id == run_id and e.type in TERMINAL_TYPES:
             return e
     return None
 

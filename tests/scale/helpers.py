@@ -24,7 +24,6 @@ from tests.runner.helpers import wait_until
 
 T = TypeVar("T")
 KEYS = Keys()
-TERMINAL = ("run.completed", "run.failed", "run.cancelled")
 # runner settings for these tests: a 2 s replica TTL keeps owner-death recovery short
 RUNNER_ENV = {"STREAMWARD_REPLICA_TTL_MS": "2000", "STREAMWARD_LOG_LEVEL": "info"}
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hmac
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 
 from streamward.api.audit import IngestAudit
 from streamward.api.config import Settings
+from streamward.api.metrics import ApiMetrics
 from streamward.api.problems import ProblemError
 from streamward.api.starts import StartWaiters
 from streamward.lua.client import RedisClient
@@ -23,9 +24,6 @@ from streamward.lua.probe import Capabilities, probe
 from streamward.lua.routes import RouteStore
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
-
-if TYPE_CHECKING:
-    from streamward.api.metrics import ApiMetrics
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
 DEFAULT_PROJECT = "default"

@@ -20,10 +20,10 @@ from streamward.api.audit import IngestAudit
 from streamward.api.config import Settings, get_settings
 from streamward.api.deps import AppState, ensure_ready
 from streamward.api.metrics import ApiMetrics, HttpMetrics, route_index
-from streamward.api.metrics import router as metrics_router
 from streamward.api.problems import install_handlers, install_refusal_handlers, problem_response
 from streamward.api.responses import OrjsonResponse
 from streamward.api.routes import admin, events, health, ops, sessions
+from streamward.api.routes.metrics import router as metrics_router
 from streamward.api.serving import AdminOnly, auth_refusal, uvicorn_options
 from streamward.core.logs import RequestContext, setup_logging
 from streamward.lua.client import RedisClient, connect_from_config

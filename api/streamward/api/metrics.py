@@ -1,5 +1,7 @@
 """Prometheus metrics of the API process: HTTP, invoke latency, ingest, Redis scripts, backlog.
 
+The collectors and the HTTP middleware; ``GET /metrics`` itself is in api/routes/health.py.
+
 Names are prefixed ``streamward_``, in base units (seconds), and never labelled by session
 (a label per session would grow without bound). Each app owns a registry (not the global
 one) so tests can build many apps in one process. ``GET /metrics`` needs no token, like
@@ -8,33 +10,17 @@ every Prometheus endpoint; it exposes no session, project or replica names.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import logging
 import re
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from fastapi import APIRouter, Request
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from redis.exceptions import RedisError
-from starlette.responses import Response
+from fastapi import APIRouter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from streamward.api.deps import AppState
-from streamward.api.routes.admin import replicas
 from streamward.core.metrics import ScriptTimer, add_script_timer, build_info, script_histogram
-
-log = logging.getLogger("streamward.metrics")
 
 INVOKE_ROUTE = "/v1/sessions/{session_id}/invoke"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -209,37 +195,3 @@ class HttpMetrics:
             if not recorded:
                 record(500)  # what the server will answer for an exception escaping the app
             raise
-
-
-router = APIRouter(tags=["health"])
-
-
-@router.get(
-    "/metrics",
-    include_in_schema=True,
-    response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
-)
-async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus metrics of this API process (plus fleet gauges read from Redis)."""
-    metrics: ApiMetrics = request.app.state.metrics
-    state: AppState | None = getattr(request.app.state, "sw", None)
-    if state is not None:
-        metrics.start_local_share.set(state.starts.local_share)
-        try:
-            backlog, replicas = await asyncio.wait_for(
-                asyncio.gather(state.streams.work_backlog(), _replica_states(state)), timeout=2.0
-            )
-            metrics.work_backlog.set(backlog)
-            for name in ("ready", "draining", "dead"):
-                metrics.replicas.labels(name).set(replicas.get(name, 0))
-            metrics.redis_up.set(1)
-        except (RedisError, TimeoutError) as exc:
-            # a scrape must still answer: the process metrics are valid without Redis
-            log.warning("metrics: fleet gauges unavailable: %s", exc)
-            metrics.redis_up.set(0)
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-async def _replica_states(state: AppState) -> collections.Counter[str]:
-    return collections.Counter(r.state for r in await replicas(state.streams))

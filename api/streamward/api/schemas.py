@@ -1,20 +1,20 @@
-"""Wire schemas: the contract shared by the HTTP API, its Python client and the runners."""
+"""HTTP schemas of the API and its Python client; the runners' ingest contract is shared
+from ``streamward.core.contract`` and re-exported here."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,200}$", min_length=1, max_length=200)]
-EntryType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", max_length=64)]
+from streamward.core.contract import Id, Model
+from streamward.core.contract import IngestEntry as IngestEntry
+from streamward.core.contract import IngestRequest as IngestRequest
+from streamward.core.contract import IngestResult as IngestResult
+
 # running/queued for a new run; an idempotent repeat reports the run's current state
 RunStatusName = Literal["running", "queued", "completed", "failed", "cancelled"]
 Multitask = Literal["enqueue", "reject", "interrupt"]
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # -- public ------------------------------------------------------------------------------
@@ -154,31 +154,6 @@ class StreamDetachRequest(Model):
 class StreamDetachResult(Model):
     session_id: str
     released: bool
-
-
-class IngestEntry(Model):
-    seq: Annotated[int, Field(ge=1)]
-    type: EntryType
-    data: Any = None
-    ts: str | None = None  # RFC 3339; the server's clock when absent
-
-
-class IngestRequest(Model):
-    session_id: Id
-    project: Id = "default"
-    run_id: Id
-    token: Annotated[int, Field(ge=1)]
-    entries: Annotated[list[IngestEntry], Field(min_length=1, max_length=10_000)]
-    # who is writing: not used for fencing (the token alone decides), recorded in the ingest
-    # audit so a checker can tell owners apart
-    replica_id: Id | None = None
-    incarnation: Annotated[str | None, Field(max_length=200)] = None
-
-
-class IngestResult(Model):
-    accepted: int
-    duplicates: int
-    last_seq: int
 
 
 class LockOut(Model):

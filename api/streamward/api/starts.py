@@ -21,9 +21,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from streamward.lua.streams import TERMINAL_TYPES
+from streamward.core.contract import RUN_STARTED, Entry
 
 # how long a trusted in-memory wait lasts before the log tail takes over (a start that
 # slow is rare; then the XREAD costs what it always did)
@@ -34,26 +33,14 @@ TRUST_ABOVE = 0.9  # share of starts ingested here for in-memory waits to go fir
 EWMA_ALPHA = 1 / 32
 
 
-@dataclass(frozen=True, slots=True)
-class Started:
-    """The first start-or-end entry of a run, as the ingest handler saw it."""
-
-    type: str  # run.started or a terminal type
-    token: int
-    replica_id: str
-
-    @classmethod
-    def of(cls, type: str, token: int, data: Any) -> Started:
-        """From a log entry's fields (``run.started`` names its replica in ``data``)."""
-        replica = ""
-        if type == "run.started" and isinstance(data, dict):
-            replica = str(data.get("replica_id", ""))
-        return cls(type, token, replica)
+def starts_or_ends(entry: Entry) -> bool:
+    """A run's first such entry answers a detached invoke: started, or ended before it ran."""
+    return entry.type == RUN_STARTED or entry.terminal
 
 
 @dataclass(slots=True)
 class _Wait:
-    future: asyncio.Future[Started]
+    future: asyncio.Future[Entry]  # the run's first start-or-end entry
     seen_here: bool = False  # its start (or end) was ingested by this process
     started: bool = False  # the waiter got a start or an end (scored only then)
     ended_at: float | None = None
@@ -70,7 +57,7 @@ class StartWaiters:
     def trusted(self) -> bool:
         return self.local_share >= TRUST_ABOVE
 
-    def register(self, session_ref: str, run_id: str) -> asyncio.Future[Started]:
+    def register(self, session_ref: str, run_id: str) -> asyncio.Future[Entry]:
         self._score_old(time.monotonic())
         key = (session_ref, run_id)
         wait = self._waits.get(key)
@@ -89,19 +76,18 @@ class StartWaiters:
         wait.started = waited
         wait.ended_at = time.monotonic()
 
-    def ingested(self, session_ref: str, run_id: str, token: int, entries: Iterable[Any]) -> None:
-        """Called by the ingest handler once ``entries`` (with ``type`` and ``data``) of
-        ``run_id``, written with ``token``, are in the log."""
+    def ingested(self, session_ref: str, run_id: str, entries: Iterable[Entry]) -> None:
+        """Called by the ingest handler once ``entries`` of ``run_id`` are in the log."""
         if not self._waits:
             return
         wait = self._waits.get((session_ref, run_id))
         if wait is None:
             return
         for e in entries:
-            if e.type == "run.started" or e.type in TERMINAL_TYPES:
+            if starts_or_ends(e):
                 wait.seen_here = True
                 if not wait.future.done():
-                    wait.future.set_result(Started.of(e.type, token, e.data))
+                    wait.future.set_result(e)
                 return
 
     def _score_old(self, now: float) -> None:

@@ -9,12 +9,14 @@ Error statuses the callers never handle themselves become exceptions here, throu
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal, Protocol, get_args
+from typing import Literal, get_args
 
+import orjson
 from redis.asyncio.client import Pipeline
 
 from streamward.lua import errors as E
 from streamward.lua.client import RedisClient
+from streamward.lua.entries import Entry
 from streamward.lua.inbox import parse_inbox, parse_run_state
 from streamward.lua.keys import ReplicaKeys, SessionKeys
 from streamward.lua.loader import ArgT, Script, script_sources
@@ -66,19 +68,6 @@ _RENEW_OUTCOME: dict[int, RenewOutcome] = {
 }
 
 _BIND_ACTIONS: dict[str, Literal["started", "queued"]] = {"started": "started", "queued": "queued"}
-
-
-class EntryFields(Protocol):
-    """What ingestEntries needs of one transcript entry (``data`` is JSON text)."""
-
-    @property
-    def seq(self) -> int: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def data(self) -> str: ...
-    @property
-    def ts_ms(self) -> int | None: ...
 
 
 def _field_args(incarnation: str, ttl_ms: int, fields: Mapping[str, str] | None) -> list[ArgT]:
@@ -255,12 +244,13 @@ class Scripts:
         token: int,
         run_id: str,
         owner: str,
-        entries: Sequence[EntryFields],
+        entries: Sequence[Entry],
     ) -> IngestResult:
         """Raises StaleToken, NotOwner or SeqGap (nothing written then)."""
         args: list[ArgT] = [token, run_id, len(entries), owner]
         for e in entries:
-            args += [e.seq, e.type, e.data, "" if e.ts_ms is None else e.ts_ms]
+            # the data as JSON text (an orjson.Fragment's JSON passes through as is)
+            args += [e.seq, e.type, orjson.dumps(e.data), "" if e.ts_ms is None else e.ts_ms]
         raw = await self._by_name["ingestEntries"](
             [session.epoch, session.log, session.meta, session.runs, session.lease], args
         )

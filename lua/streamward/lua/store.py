@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from redis.asyncio.client import Pipeline
 
+from streamward.lua.entries import Entry as Entry  # re-exported: callers built entries from here
 from streamward.lua.inbox import InboxItem, RunState
 from streamward.lua.keys import SessionKeys
 from streamward.lua.leases import LeaseCalls
@@ -19,16 +20,6 @@ from streamward.lua.loader import execute_pipeline
 from streamward.lua.replies import DuplicateInput, IngestResult, LockClaim
 from streamward.lua.scripts import parse_notified
 from streamward.lua.work import MAIL_MAXLEN
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One transcript entry to ingest; ``data`` is JSON text."""
-
-    seq: int
-    type: str
-    data: str
-    ts_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

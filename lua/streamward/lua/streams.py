@@ -7,49 +7,32 @@ call groups of lua/work.py, lua/inbox.py and lua/indexes.py; the log reads live 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import orjson
 
+from streamward.lua.entries import TERMINAL_TYPES as TERMINAL_TYPES  # re-exported
+from streamward.lua.entries import Entry
 from streamward.lua.inbox import SessionState
 from streamward.lua.indexes import Indexes
 from streamward.lua.keys import SessionKeys
 from streamward.lua.work import WorkQueue
 
-TERMINAL_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
+# a stored transcript entry: the one entry type (lua/entries.py), under its old name
+LogEntry = Entry
 
 
 def _s(x: object) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """A stored transcript entry (``data`` decoded from JSON)."""
-
-    id: str
-    seq: int
-    type: str
-    run_id: str
-    token: int
-    data: Any
-    ts_ms: int
-
-    @property
-    def terminal(self) -> bool:
-        return self.type in TERMINAL_TYPES
-
-
 def parse_log_entry(entry_id: str, fields: dict[str, str]) -> LogEntry:
-    return LogEntry(
-        id=_s(entry_id),
-        seq=int(fields["seq"]),
-        type=fields["type"],
+    return Entry(
+        int(fields["seq"]),
+        fields["type"],
+        orjson.loads(fields.get("data") or "null"),
         run_id=fields.get("run_id", ""),
         token=int(fields.get("token", "0")),
-        data=orjson.loads(fields.get("data") or "null"),
         ts_ms=int(fields.get("ts") or 0),
+        id=_s(entry_id),
     )
 
 

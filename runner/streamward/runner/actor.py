@@ -11,6 +11,7 @@ from typing import Protocol
 from redis.exceptions import RedisError
 
 from streamward.core.backoff import backoff_s
+from streamward.core.contract import TERMINAL_STATUSES
 from streamward.lua.errors import StaleToken
 from streamward.lua.inbox import InboxItem, RunState
 from streamward.lua.leases import Lease
@@ -21,7 +22,7 @@ from streamward.runner.context import Handler, RunContext
 from streamward.runner.handlers import Run, drive, run_outcome
 from streamward.runner.inbox import INBOX_WINDOW, interrupt_waiting, stream_id
 from streamward.runner.metrics import Metrics
-from streamward.runner.owner_death import TERMINAL_STATUSES, OwnerDeath, SessionState
+from streamward.runner.owner_death import OwnerDeath, SessionState
 from streamward.runner.release import mark_cut_run, release_session
 from streamward.runner.shipper import Shipper, ShipRejected, ShipStopped
 

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from streamward.core.contract import TERMINAL_STATUSES
 from streamward.lua.inbox import InboxItem
 from streamward.lua.keys import SessionKeys
 from streamward.lua.streams import Streams
@@ -14,7 +15,6 @@ from streamward.runner.shipper import Shipper
 
 log = logging.getLogger("streamward.runner.actor")
 
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 POLICIES = frozenset({"restart", "queue", "drop"})
 
 

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 
 from streamward.core.backoff import backoff_s
+from streamward.core.contract import (
+    RUN_INTERRUPTED,
+    RUN_STARTED,
+    TERMINAL_TYPES,
+    Entry,
+    IngestEncoder,
+)
 from streamward.lua.keys import SessionKeys
 from streamward.runner.ingest_http import IngestHTTP, IngestHTTPError
 
@@ -27,8 +34,9 @@ log = logging.getLogger("streamward.runner.shipper")
 # a fast handler this many loop turns to add its outputs and terminal entry (an echo run
 # needs ~5), so such a run still ships as one request, and a slow one's start is not delayed
 START_SPINS = 16
-# shipped without lingering: nothing more of their run follows soon
-_FINAL_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
+# shipped without lingering: nothing more of their run follows soon (an interrupted run is
+# re-run by the next owner, not by this one)
+_FINAL_TYPES = TERMINAL_TYPES | {RUN_INTERRUPTED}
 
 
 class ShipStopped(Exception):
@@ -46,14 +54,6 @@ class Fenced(ShipStopped):
 
 class ShipRejected(ShipStopped):
     """The API refused a batch for a reason retrying cannot fix (e.g. ``seq_gap``)."""
-
-
-@dataclass(slots=True)
-class _Item:
-    seq: int
-    type: str
-    run_id: str
-    data: bytes  # JSON text, serialised once at put() time
 
 
 _NO_ANSWER: tuple[type[Exception], ...] = (httpx.HTTPError, IngestHTTPError)
@@ -106,7 +106,9 @@ class Shipper:
         self.buffer_max = buffer_max
         self.entry_max_bytes = entry_max_bytes
         self.timeout_s = timeout_s
-        self._queue: deque[_Item] = deque()
+        # entries whose data is an orjson.Fragment: JSON serialised once, at put() time
+        self._queue: deque[Entry] = deque()
+        self._sizes: dict[int, int] = {}  # seq -> bytes of a queued entry's data
         self._acked_seq = next_seq - 1
         self._error: ShipStopped | None = None
         self._cond = asyncio.Condition()
@@ -115,14 +117,13 @@ class Shipper:
         self._urgent_seq = 0
         self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        head: dict[str, Any] = {
-            "session_id": session.session_id,
-            "project": session.project,
-            "token": token,
-        }
-        if replica_id is not None:  # who writes: recorded in the API's ingest audit
-            head.update(replica_id=replica_id, incarnation=incarnation)
-        self._prefix = orjson.dumps(head)[:-1]
+        self._encoder = IngestEncoder(
+            session_id=session.session_id,
+            project=session.project,
+            token=token,
+            replica_id=replica_id,
+            incarnation=incarnation,
+        )
 
     @property
     def acked_seq(self) -> int:
@@ -167,7 +168,8 @@ class Shipper:
                 raise self._error
         seq = self._next_seq
         self._next_seq += 1
-        self._queue.append(_Item(seq, type, run_id, raw))
+        self._queue.append(Entry(seq, type, orjson.Fragment(raw), run_id=run_id))
+        self._sizes[seq] = len(raw)
         self._has_items.set()
         if type in _FINAL_TYPES:
             self._hurry(seq)
@@ -210,7 +212,7 @@ class Shipper:
                 batch = self._take()
                 await self._send(batch)
                 for _ in batch:
-                    self._queue.popleft()
+                    del self._sizes[self._queue.popleft().seq]
                 self._acked_seq = batch[-1].seq
                 if not self._queue:
                     self._has_items.clear()
@@ -235,7 +237,7 @@ class Shipper:
         """Coalesce: a handler yielding quickly fills one request, not many."""
         if self.linger_s <= 0 or len(self._queue) >= self.batch_max or self._head_urgent():
             return
-        if self._queue[0].type == "run.started":
+        if self._queue[0].type == RUN_STARTED:
             for _ in range(START_SPINS):
                 await asyncio.sleep(0)
                 if self._head_urgent() or len(self._queue) >= self.batch_max:
@@ -248,27 +250,20 @@ class Shipper:
             async with asyncio.timeout(self.linger_s):
                 await self._urgent.wait()
 
-    def _take(self) -> list[_Item]:
+    def _take(self) -> list[Entry]:
         """The head of the queue: consecutive entries of one run within the batch limits."""
         head = self._queue[0]
         batch = [head]
-        size = len(head.data)
+        sizes = self._sizes
+        size = sizes[head.seq]
         for item in itertools.islice(self._queue, 1, self.batch_max):
-            if item.run_id != head.run_id or size + len(item.data) > self.batch_max_bytes:
+            if item.run_id != head.run_id or size + sizes[item.seq] > self.batch_max_bytes:
                 break
             batch.append(item)
-            size += len(item.data)
+            size += sizes[item.seq]
         return batch
 
-    def _body(self, batch: list[_Item]) -> bytes:
-        # the data is JSON already: splice it in rather than parse and re-serialise it
-        entries = b",".join(
-            b'{"seq":%d,"type":%s,"data":%s}' % (i.seq, orjson.dumps(i.type), i.data) for i in batch
-        )
-        run = orjson.dumps(batch[0].run_id)
-        return self._prefix + b',"run_id":' + run + b',"entries":[' + entries + b"]}"
-
-    async def _send(self, batch: list[_Item]) -> None:
+    async def _send(self, batch: list[Entry]) -> None:
         attempt = 0
         while True:
             # checked right before every request: after a SIGSTOP/SIGCONT the loop may run
@@ -278,7 +273,7 @@ class Shipper:
             try:
                 resp = await self.http.post(
                     self.url,
-                    content=self._body(batch),
+                    content=self._encoder.encode(batch[0].run_id, batch),
                     headers=self.headers,
                     timeout=self.timeout_s,
                 )
@@ -300,7 +295,8 @@ class Shipper:
                     del batch[max(1, len(batch) // 2) :]  # halve and retry at once
                     continue
                 if resp.status_code == 413:
-                    batch[0].data = orjson.dumps({"truncated": True, "bytes": len(batch[0].data)})
+                    marker = orjson.dumps({"truncated": True, "bytes": self._sizes[batch[0].seq]})
+                    batch[0] = dataclasses.replace(batch[0], data=orjson.Fragment(marker))
                     continue
                 if resp.status_code not in (401, 403, 408, 429) and resp.status_code < 500:
                     raise ShipRejected(

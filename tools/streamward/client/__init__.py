@@ -30,11 +30,12 @@ from streamward.api.schemas import (
     StreamDetachResult,
     TranscriptPage,
 )
+from streamward.core.contract import TERMINAL_TYPES
 
 RUN_HEADER = "X-Streamward-Run-Id"
 CONNECTION_HEADER = "X-Streamward-Connection"
 AFTER_HEADER = "X-Streamward-After"
-TERMINAL = frozenset({"run.completed", "run.failed", "run.cancelled"})
+TERMINAL = TERMINAL_TYPES
 Multitask = Literal["enqueue", "reject", "interrupt"]
 
 

@@ -45,9 +45,9 @@ from typing import Any
 
 import orjson
 
+from streamward.core.contract import TERMINAL_TYPES as TERMINAL_TYPES  # re-exported
 from streamward.lua.keys import Keys
 
-TERMINAL_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
 # how many messages of one kind ``summary`` prints before "... and N more"
 SUMMARY_LIMIT = 20
 

@@ -40,11 +40,11 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
+from streamward.core.contract import TERMINAL_STATUSES
+from streamward.core.contract import TERMINAL_TYPES as TERMINAL
 from streamward.lua.keys import Keys
 from streamward.tools.chaos_check import InvokeRecord
 
-TERMINAL = frozenset({"run.completed", "run.failed", "run.cancelled"})
-TERMINAL_STATUSES = frozenset(t.removeprefix("run.") for t in TERMINAL)  # a run's state
 RUN_HEADER = "X-Streamward-Run-Id"
 # answers worth asking again (the same key, another instance): the API or Redis is
 # restarting, overloaded, or a proxy gave up; everything else 4xx is the caller's fault

@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from streamward.api import replicas
 from streamward.api.audit import IngestAudit
 from streamward.api.deps import (
     AdminDep,
@@ -23,7 +23,7 @@ from streamward.api.deps import (
 )
 from streamward.api.problems import ProblemError
 from streamward.api.responses import OrjsonResponse
-from streamward.api.routes.common import lock_out, parse_rfc3339_ms, rfc3339_opt
+from streamward.api.routes.common import lock_out, parse_rfc3339_ms
 from streamward.api.schemas import (
     DrainResult,
     ForceReleaseResult,
@@ -37,12 +37,10 @@ from streamward.api.schemas import (
     StreamDetachRequest,
     StreamDetachResult,
 )
+from streamward.core.contract import Entry
 from streamward.lua.errors import NotOwner, SeqGap, StaleToken
-from streamward.lua.indexes import ReplicaInfo
 from streamward.lua.keys import SessionKeys
 from streamward.lua.replies import IngestResult as StoreIngestResult
-from streamward.lua.store import Entry
-from streamward.lua.streams import Streams
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 # the runners' ingest alone in a router of its own, included second (api/main.py, after
@@ -75,9 +73,11 @@ async def ingest(body: IngestRequest, request: Request) -> Response:
     sk = state.keys.session(body.project, body.session_id)
     entries = [
         Entry(
-            seq=e.seq,
-            type=e.type,
-            data=orjson.dumps(e.data).decode(),
+            e.seq,
+            e.type,
+            e.data,
+            run_id=body.run_id,
+            token=body.token,
             ts_ms=None if e.ts is None else parse_rfc3339_ms(e.ts, f"entries.{i}.ts"),
         )
         for i, e in enumerate(body.entries)
@@ -95,7 +95,7 @@ async def ingest(body: IngestRequest, request: Request) -> Response:
     else:
         res = await _audited_ingest(state.audit, body, sk, entries, stored)
     # a detached invoke in this process waiting for this run's start learns it here
-    state.starts.ingested(sk.ref, body.run_id, body.token, body.entries)
+    state.starts.ingested(sk.ref, body.run_id, entries)
     if state.metrics is not None:
         state.metrics.observe_ingest(res.accepted, res.duplicates)
     return OrjsonResponse(
@@ -241,34 +241,10 @@ async def force_release(
     return ForceReleaseResult(session_id=session_id, before=before, after=after)
 
 
-def _replica_out(info: ReplicaInfo) -> ReplicaOut:
-    fields = info.fields
-    draining = fields.get("draining") == "1"
-    return ReplicaOut(
-        replica_id=info.replica_id,
-        incarnation=fields.get("incarnation"),
-        started_at=rfc3339_opt(fields.get("started_ms")),
-        last_heartbeat=rfc3339_opt(fields.get("heartbeat_ms") or info.last_heartbeat_ms or None),
-        leases=int(fields.get("leases") or info.leases),
-        in_flight=int(fields.get("inflight") or 0),
-        draining=draining,
-        state="dead" if not info.alive else "draining" if draining else "ready",
-        host=fields.get("host"),
-        version=fields.get("version"),
-    )
-
-
-async def replicas(streams: Streams) -> list[ReplicaOut]:
-    """Replicas seen by heartbeat (the listing below and the metrics' fleet gauges)."""
-    ids = await streams.replica_ids()
-    infos = await asyncio.gather(*[streams.replica_info(r, hb) for r, hb in ids])
-    return [_replica_out(i) for i in infos]
-
-
 @router.get("/replicas", response_model=list[ReplicaOut], responses=_AUTH_RESPONSES)
 async def list_replicas(streams: StreamsDep) -> list[ReplicaOut]:
     """Replicas seen by heartbeat: alive ones and dead ones the watchdog has not forgotten."""
-    return await replicas(streams)
+    return await replicas.list_replicas(streams)
 
 
 @router.post(

@@ -8,15 +8,10 @@ from typing import Literal
 from streamward.api.problems import ProblemError
 from streamward.api.schemas import LockOut, LogEntryOut, OwnerDetail
 from streamward.core.timefmt import rfc3339
+from streamward.core.timefmt import rfc3339_opt as rfc3339_opt  # re-exported for the routers
+from streamward.lua.entries import Entry
 from streamward.lua.keys import SessionKeys
 from streamward.lua.leases import Ownership
-from streamward.lua.streams import LogEntry
-
-
-def rfc3339_opt(ms: int | str | None) -> str | None:
-    if ms is None or ms == "":
-        return None
-    return rfc3339(int(ms))
 
 
 def parse_rfc3339_ms(value: str, field: str = "ts") -> int:
@@ -34,7 +29,7 @@ def parse_rfc3339_ms(value: str, field: str = "ts") -> int:
     return int(dt.timestamp() * 1000)
 
 
-def entry_out(entry: LogEntry, session_id: str) -> LogEntryOut:
+def entry_out(entry: Entry, session_id: str) -> LogEntryOut:
     return LogEntryOut(
         id=entry.id,
         seq=entry.seq,
@@ -43,11 +38,11 @@ def entry_out(entry: LogEntry, session_id: str) -> LogEntryOut:
         session_id=session_id,
         token=entry.token,
         data=entry.data,
-        ts=rfc3339(entry.ts_ms),
+        ts=rfc3339(entry.ts_ms or 0),
     )
 
 
-def entry_dict(entry: LogEntry, session_id: str) -> dict[str, object]:
+def entry_dict(entry: Entry, session_id: str) -> dict[str, object]:
     """The same shape as ``LogEntryOut`` without a model round trip (hot streaming path)."""
     return {
         "id": entry.id,
@@ -57,7 +52,7 @@ def entry_dict(entry: LogEntry, session_id: str) -> dict[str, object]:
         "session_id": session_id,
         "token": entry.token,
         "data": entry.data,
-        "ts": rfc3339(entry.ts_ms),
+        "ts": rfc3339(entry.ts_ms or 0),
     }
 
 

@@ -15,10 +15,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import Response
 
+from streamward.api import invoke as invocation
 from streamward.api.deps import ID_PATTERN, AdminDep, AppState, ProjectDep, RoutesDep, StateDep
 from streamward.api.problems import ProblemError
 from streamward.api.responses import OrjsonResponse
-from streamward.api.routes.sessions import _wake_owner
 from streamward.api.routing import Match, dumps, evaluate, route_matches, validate_route
 from streamward.api.schemas import (
     EventAction,
@@ -313,7 +313,7 @@ async def _deliver(
             session_id=binding.session_id,
             action="rejected",
         )
-    await _wake_owner(store, streams, sk, enq, cfg.multitask, "event")
+    await invocation.wake_owner(store, streams, sk, enq, cfg.multitask, "event")
     return EventSession(
         route_id=route.route_id,
         session_key=key,

@@ -12,7 +12,7 @@ from starlette.responses import HTMLResponse
 
 from streamward.api.deps import AdminDep, ProjectQuery, SessionIdPath, StateDep
 from streamward.api.problems import ProblemError
-from streamward.api.routes.admin import _replica_out
+from streamward.api.replicas import replica_out
 from streamward.api.routes.common import entry_out, lock_out, rfc3339_opt
 from streamward.api.schemas import LockDetail, PendingInput, ReplicaOut, RunOut
 from streamward.core.timefmt import rfc3339
@@ -52,7 +52,7 @@ async def lock_detail(
         )
     holder: ReplicaOut | None = None
     if own.replica_id is not None:
-        holder = _replica_out(await streams.replica_info(own.replica_id))
+        holder = replica_out(await streams.replica_info(own.replica_id))
     active: RunOut | None = None
     active_id = meta.get("active_run_id") or None
     if active_id:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Body, Header, Query
 from starlette.responses import Response
 
+from streamward.api import invoke as invocation
 from streamward.api.config import Settings
 from streamward.api.deps import (
-    AppState,
     ProjectDep,
     SessionDep,
     SettingsDep,
@@ -43,16 +41,13 @@ from streamward.api.schemas import (
     InvokeAccepted,
     InvokeRequest,
     Liveness,
-    Owner,
     SessionOut,
     SessionPage,
     TranscriptPage,
 )
-from streamward.api.starts import LOCAL_WAIT_S, Started
-from streamward.lua.inbox import RunState
+from streamward.core.contract import TERMINAL_STATUSES
 from streamward.lua.keys import SessionKeys
-from streamward.lua.leases import Ownership
-from streamward.lua.store import Enqueued, LeaseStore
+from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
@@ -65,7 +60,6 @@ RUN_HEADER = "X-Streamward-Run-Id"
 AFTER_HEADER = "X-Streamward-After"  # the log position the tail starts after (for resuming)
 LOG_ID = re.compile(r"^(0|[0-9]{1,20}(-[0-9]{1,20})?)$")
 LOG_ID_PATTERN = LOG_ID.pattern
-FINISHED = {"completed", "failed", "cancelled"}
 
 _COMMON: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing_token"},
@@ -86,169 +80,11 @@ def _log_id(value: str) -> str:
     return value if "-" in value else f"{value}-0"
 
 
-def _before(entry_id: str) -> str:
-    """The id just before a log entry (entry ids are ``<seq>-0``)."""
-    seq = int(entry_id.split("-", 1)[0])
-    return f"{seq - 1}-0" if seq > 0 else "0-0"
-
-
 async def _meta_or_404(streams: Streams, sk: SessionKeys) -> dict[str, str]:
     meta = await streams.meta(sk)
     if not meta:
         raise ProblemError(404, "session_not_found", f"no session {sk.session_id!r}")
     return meta
-
-
-async def _notify_owner(streams: Streams, sk: SessionKeys, own: Ownership, reason: str) -> None:
-    """Mail the live owner, else ask the fleet for one (the inbox append came first)."""
-    if own.alive and own.replica_id is not None:
-        await streams.send_mail(own.replica_id, "input", sk.ref)
-    else:
-        await streams.publish_work(sk.ref, reason)
-
-
-async def _cancel_run(streams: Streams, sk: SessionKeys, own: Ownership, run_id: str) -> None:
-    # the cancels set covers a run its owner has not reached yet; the mail is the fast path
-    await streams.request_cancel(sk, run_id)
-    if own.alive and own.replica_id is not None:
-        await streams.send_mail(own.replica_id, "cancel", sk.ref, run_id)
-
-
-def _accepted_from_state(sk: SessionKeys, rs: RunState) -> InvokeAccepted | None:
-    if rs.status == "started" and rs.replica_id and rs.token is not None:
-        owner = Owner(replica_id=rs.replica_id, token=rs.token)
-        return InvokeAccepted(
-            run_id=rs.run_id, session_id=sk.session_id, status="running", owner=owner
-        )
-    if rs.status in FINISHED:
-        return InvokeAccepted(
-            run_id=rs.run_id,
-            session_id=sk.session_id,
-            status=rs.status,  # type: ignore[arg-type]
-            owner=None,
-        )
-    return None  # interrupted: a restart follows, wait for its run.started
-
-
-def _accepted_from_start(sk: SessionKeys, run_id: str, st: Started) -> InvokeAccepted:
-    if st.type == "run.started":
-        owner = Owner(replica_id=st.replica_id, token=st.token)
-        return InvokeAccepted(
-            run_id=run_id, session_id=sk.session_id, status="running", owner=owner
-        )
-    status = st.type.removeprefix("run.")  # ended before it started (e.g. cancelled)
-    return InvokeAccepted(
-        run_id=run_id,
-        session_id=sk.session_id,
-        status=status,  # type: ignore[arg-type]
-        owner=None,
-    )
-
-
-async def _wait_start(
-    state: AppState, sk: SessionKeys, run_id: str, after: str, started: asyncio.Future[Started]
-) -> InvokeAccepted:
-    """Wait until ``run_id`` starts (or ends), or answer queued at the start timeout: in
-    memory when this process ingests the start (see api/starts.py), else (and always in the
-    end) by tailing the log from ``after``, the position read before the append."""
-    settings = state.settings
-    deadline = time.monotonic() + settings.start_timeout_s
-    if state.starts.trusted:
-        # this process ingests (nearly) every start it waits for: no Redis call unless the
-        # start is slow, then the log tail below takes over (it misses nothing: it reads
-        # from the position seen at submit)
-        await asyncio.wait({started}, timeout=min(LOCAL_WAIT_S, settings.start_timeout_s))
-    count = state.metrics.start_wait if state.metrics is not None else None
-    cursor = after
-    while True:
-        if started.done():
-            if count is not None:
-                count["memory"].inc()
-            return _accepted_from_start(sk, run_id, started.result())
-        remaining_ms = int((deadline - time.monotonic()) * 1000)
-        if remaining_ms <= 0:
-            break
-        batch = await state.streams.wait_log(
-            sk, cursor, block_ms=max(1, min(settings.tail_block_ms, remaining_ms)), count=200
-        )
-        for e in batch:
-            cursor = e.id
-            if e.run_id != run_id or not (e.type == "run.started" or e.terminal):
-                continue
-            if count is not None:
-                count["log"].inc()
-            return _accepted_from_start(sk, run_id, Started.of(e.type, e.token, e.data))
-    if count is not None:
-        count["queued"].inc()
-    return InvokeAccepted(run_id=run_id, session_id=sk.session_id, status="queued", owner=None)
-
-
-async def _submit(
-    store: LeaseStore,
-    streams: Streams,
-    settings: Settings,
-    sk: SessionKeys,
-    body: InvokeRequest,
-    run_id: str,
-) -> tuple[str, str, RunState | None]:
-    """Enqueue (or find the idempotent duplicate); return (run_id, tail position, run state).
-
-    A fresh input costs two round trips: the enqueue script (which also reads the log end
-    before the append and the lease holder after it), then the owner's mail (sent only if
-    its replica lease is alive) pipelined with the session index update.
-    """
-    enq = await store.enqueue(
-        sk,
-        run_id,
-        orjson.dumps(body.input).decode(),
-        multitask=body.multitask,
-        idempotency_key=body.idempotency_key,
-        idempotency_ttl_ms=settings.idempotency_ttl_s * 1000,
-    )
-    # the log position the script read before the append (for a duplicate: before the run
-    # state is read below), so the run's first entry is always after it
-    after = enq.log_last_id
-    if enq.duplicate:
-        rs = await streams.run_state(sk, enq.run_id)
-        if rs is not None and rs.started_id:
-            after = _before(rs.started_id)
-        if rs is None or rs.status not in FINISHED:
-            # a retry after a failed call: the append may have landed while asking for an
-            # owner did not (Redis failing over; on Cluster the work queue is another node),
-            # so ask again. A spare notification costs one idle claim, a missing one strands
-            # the input until the session's next invoke.
-            await _notify_owner(streams, sk, await store.ownership(sk), "invoke")
-        return enq.run_id, after, rs
-    await _wake_owner(store, streams, sk, enq, body.multitask, "invoke")
-    return enq.run_id, after, None
-
-
-async def _wake_owner(
-    store: LeaseStore,
-    streams: Streams,
-    sk: SessionKeys,
-    enq: Enqueued,
-    multitask: str,
-    reason: str,
-) -> None:
-    """After a fresh append (invoke or routed event): mail the holder the script saw, pipelined
-    with the session index update (one round trip), else ask the fleet for an owner."""
-    if enq.revived:  # a deleted or expired session invoked again keeps its transcript
-        await streams.revive_session(sk)
-    if multitask == "interrupt" and enq.active_run_id:
-        await _cancel_run(streams, sk, await store.ownership(sk), enq.active_run_id)
-    # the entry id carries Redis time: no TIME round trip for the index score
-    touch = (sk.ref, enq.enqueued_ms or 0)
-    if enq.holder is not None and await store.notify_replica(
-        *enq.holder, "input", sk.ref, touch=touch
-    ):
-        return
-    if enq.holder is None:
-        await asyncio.gather(
-            streams.touch_session(sk, enq.enqueued_ms), streams.publish_work(sk.ref, reason)
-        )
-    else:  # held by a dead replica (the index is scored already): the fleet takes it over
-        await streams.publish_work(sk.ref, reason)
 
 
 @invoke_router.post(
@@ -275,35 +111,14 @@ async def invoke(
     store, streams, settings = state.store, state.streams, state.settings
     run_id = f"run_{uuid.uuid4().hex}"
     if body.mode == "detached":
-        return await _invoke_detached(state, sk, body, run_id)
-    run_id, after, _ = await _submit(store, streams, settings, sk, body, run_id)
+        accepted = await invocation.invoke_detached(state, sk, body, run_id)
+        return OrjsonResponse(
+            accepted.model_dump(), status_code=202, headers={RUN_HEADER: accepted.run_id}
+        )
+    run_id, after, _ = await invocation.submit(store, streams, settings, sk, body, run_id)
     return await _open_tail(
         streams, settings, Tail(sk, after, run_id=run_id), wants_sse(accept), {RUN_HEADER: run_id}
     )
-
-
-async def _invoke_detached(
-    state: AppState, sk: SessionKeys, body: InvokeRequest, run_id: str
-) -> Response:
-    starts = state.starts
-    # registered before the append: the run may start (its start ingested right here)
-    # before the submit's last round trip returns
-    started = starts.register(sk.ref, run_id)
-    waited: InvokeAccepted | None = None
-    try:
-        got_id, after, rs = await _submit(
-            state.store, state.streams, state.settings, sk, body, run_id
-        )
-        if got_id != run_id:  # an idempotent retry of an earlier run
-            starts.done(sk.ref, run_id, waited=False)
-            run_id = got_id
-            started = starts.register(sk.ref, run_id)
-        accepted = _accepted_from_state(sk, rs) if rs is not None else None
-        if accepted is None:
-            accepted = waited = await _wait_start(state, sk, run_id, after, started)
-    finally:
-        starts.done(sk.ref, run_id, waited=waited is not None and waited.status != "queued")
-    return OrjsonResponse(accepted.model_dump(), status_code=202, headers={RUN_HEADER: run_id})
 
 
 async def _open_tail(
@@ -352,7 +167,7 @@ async def events(
     tail = Tail(sk, cursor, run_id=run_id, follow=follow)
     if run_id is not None and follow:
         rs = await streams.run_state(sk, run_id)
-        if rs is not None and rs.status in FINISHED and rs.last_id is not None:
+        if rs is not None and rs.status in TERMINAL_STATUSES and rs.last_id is not None:
             # the run is over: don't wait for a terminal entry that is already behind us
             last = int(rs.last_id.split("-", 1)[0])
             if last <= int(cursor.split("-", 1)[0]):
@@ -391,9 +206,9 @@ async def cancel(
     if not run_id or meta.get("status") == "deleted":
         raise ProblemError(409, "no_active_run", "the session has no active run")
     rs = await streams.run_state(sk, run_id)
-    if rs is not None and rs.status in FINISHED:
+    if rs is not None and rs.status in TERMINAL_STATUSES:
         raise ProblemError(409, "run_finished", f"run {run_id} already {rs.status}")
-    await _cancel_run(streams, sk, await store.ownership(sk), run_id)
+    await invocation.cancel_run(streams, sk, await store.ownership(sk), run_id)
     return CancelResult(session_id=sk.session_id, run_id=run_id, status="cancelling")
 
 
@@ -477,7 +292,7 @@ async def delete_session(
     own = await store.ownership(sk)
     active = meta.get("active_run_id")
     if active:
-        await _cancel_run(streams, sk, own, active)
+        await invocation.cancel_run(streams, sk, own, active)
     if own.held:
         # bumps the epoch: the old owner's next write is refused and it drops the session
         await store.force_release(sk, "deleted")

@@ -1,0 +1,54 @@
+"""``GET /metrics``: the API process's Prometheus metrics, plus fleet gauges read from Redis.
+
+No token, like every Prometheus endpoint: it exposes no session, project or replica names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+from starlette.responses import Response
+
+from streamward.api import replicas
+from streamward.api.deps import AppState
+from streamward.api.metrics import ApiMetrics
+
+log = logging.getLogger("streamward.metrics")
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/metrics",
+    include_in_schema=True,
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus metrics of this API process (plus fleet gauges read from Redis)."""
+    metrics: ApiMetrics = request.app.state.metrics
+    state: AppState | None = getattr(request.app.state, "sw", None)
+    if state is not None:
+        metrics.start_local_share.set(state.starts.local_share)
+        try:
+            backlog, by_state = await asyncio.wait_for(
+                asyncio.gather(state.streams.work_backlog(), _replica_states(state)), timeout=2.0
+            )
+            metrics.work_backlog.set(backlog)
+            for name in ("ready", "draining", "dead"):
+                metrics.replicas.labels(name).set(by_state.get(name, 0))
+            metrics.redis_up.set(1)
+        except (RedisError, TimeoutError) as exc:
+            # a scrape must still answer: the process metrics are valid without Redis
+            log.warning("metrics: fleet gauges unavailable: %s", exc)
+            metrics.redis_up.set(0)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _replica_states(state: AppState) -> collections.Counter[str]:
+    return collections.Counter(r.state for r in await replicas.list_replicas(state.streams))

@@ -1,0 +1,92 @@
+"""The wire contract between runners and the service: transcript ingest, and the entry type.
+
+``IngestRequest`` is the body of ``POST /admin/sessions/transcripts/ingest``: the API validates
+it, and the runner's shipper writes it with ``IngestEncoder`` (the same field names, tested
+against the model; no model per entry on the runner's hot path). The entry type and the
+entry-type constants come from the Redis layer, which stores them, and are re-exported here
+for the service, the runner and the tooling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from streamward.lua.entries import RUN_CANCELLED as RUN_CANCELLED
+from streamward.lua.entries import RUN_COMPLETED as RUN_COMPLETED
+from streamward.lua.entries import RUN_FAILED as RUN_FAILED
+from streamward.lua.entries import RUN_INTERRUPTED as RUN_INTERRUPTED
+from streamward.lua.entries import RUN_OUTPUT as RUN_OUTPUT
+from streamward.lua.entries import RUN_STARTED as RUN_STARTED
+from streamward.lua.entries import TERMINAL_STATUSES as TERMINAL_STATUSES
+from streamward.lua.entries import TERMINAL_TYPES as TERMINAL_TYPES
+from streamward.lua.entries import Entry as Entry
+
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,200}$", min_length=1, max_length=200)]
+EntryType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", max_length=64)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IngestEntry(Model):
+    """One entry on the wire (``Entry`` with an RFC 3339 ``ts`` instead of ``ts_ms``)."""
+
+    seq: Annotated[int, Field(ge=1)]
+    type: EntryType
+    data: Any = None
+    ts: str | None = None  # RFC 3339; the server's clock when absent
+
+
+class IngestRequest(Model):
+    session_id: Id
+    project: Id = "default"
+    run_id: Id
+    token: Annotated[int, Field(ge=1)]
+    entries: Annotated[list[IngestEntry], Field(min_length=1, max_length=10_000)]
+    # who is writing: not used for fencing (the token alone decides), recorded in the ingest
+    # audit so a checker can tell owners apart
+    replica_id: Id | None = None
+    incarnation: Annotated[str | None, Field(max_length=200)] = None
+
+
+class IngestResult(Model):
+    accepted: int
+    duplicates: int
+    last_seq: int
+
+
+class IngestEncoder:
+    """``IngestRequest`` bodies for one session lease, as the runner's shipper sends them.
+
+    The fixed head is serialised once; an entry's ``data`` may be an ``orjson.Fragment`` (JSON
+    serialised at put time), spliced in as is. Entries are sent without ``ts``: the server's
+    clock stamps them.
+    """
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        project: str,
+        token: int,
+        replica_id: str | None = None,
+        incarnation: str | None = None,
+    ) -> None:
+        head: dict[str, Any] = {"session_id": session_id, "project": project, "token": token}
+        if replica_id is not None:  # who writes: recorded in the API's ingest audit
+            head.update(replica_id=replica_id, incarnation=incarnation)
+        self._prefix = orjson.dumps(head)[:-1]  # without the closing brace
+
+    def encode(self, run_id: str, entries: Iterable[Entry]) -> bytes:
+        body = orjson.dumps(
+            {
+                "run_id": run_id,
+                "entries": [{"seq": e.seq, "type": e.type, "data": e.data} for e in entries],
+            }
+        )
+        return self._prefix + b"," + body[1:]

@@ -1,0 +1,55 @@
+"""The transcript entry: one shape for the runner's shipper, the ingest contract and the store.
+
+The store is the lowest layer that writes and reads entries, so the type and the entry-type
+constants live here; ``streamward.core.contract`` re-exports them for the service, the runner
+and the tooling. ``ingestEntries-5.lua`` keeps its own copy of the terminal set (Lua cannot
+import Python): change both together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import KW_ONLY, dataclass
+from typing import Any
+
+RUN_STARTED = "run.started"
+RUN_OUTPUT = "run.output"
+RUN_COMPLETED = "run.completed"
+RUN_FAILED = "run.failed"
+RUN_CANCELLED = "run.cancelled"
+RUN_INTERRUPTED = "run.interrupted"
+
+# a run's last entry: nothing of that run follows (a tail following the run ends there)
+TERMINAL_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
+# the same ends as a run's state (``sw:{S}:runs`` status), e.g. ``completed``
+TERMINAL_STATUSES = frozenset(t.removeprefix("run.") for t in TERMINAL_TYPES)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One transcript entry.
+
+    ``data`` is the decoded JSON value; an ``orjson.Fragment`` (JSON serialised already) is
+    also accepted wherever an entry is written, so the runner serialises a value once. An entry
+    read from the log carries its ``id`` (``<seq>-0``), writer ``token`` and Redis ``ts_ms``;
+    one to write leaves ``ts_ms`` None for the server's clock.
+    """
+
+    seq: int
+    type: str
+    data: Any = None
+    _: KW_ONLY
+    run_id: str = ""
+    token: int = 0
+    ts_ms: int | None = None
+    id: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+    @property
+    def started_by(self) -> str:
+        """The replica a ``run.started`` entry names in its data; "" for any other entry."""
+        if self.type == RUN_STARTED and isinstance(self.data, dict):
+            return str(self.data.get("replica_id", ""))
+        return ""
