@@ -30,6 +30,8 @@ class Settings(RedisSettings, BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024
     # a route's input_expr output, serialised, above this is not enqueued (input_too_large)
     route_input_max_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
+    # one input (invoke input, event payload) as serialised JSON; over it: 413 input_too_large
+    max_input_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
     idempotency_ttl_s: Annotated[int, Field(ge=1)] = 86_400
     # one blocked XREAD per open stream holds a connection: size the pool for many streams
     redis_max_connections: Annotated[int, Field(ge=4)] = 2000

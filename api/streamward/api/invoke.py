@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import orjson
-
 from streamward.api.config import Settings
 from streamward.api.deps import AppState
+from streamward.api.inputs import encode_input
 from streamward.api.schemas import InvokeAccepted, InvokeRequest, Owner
 from streamward.api.starts import LOCAL_WAIT_S, starts_or_ends
 from streamward.core.contract import RUN_STARTED, TERMINAL_STATUSES, Entry
@@ -131,7 +130,7 @@ async def submit(
     enq = await store.enqueue(
         sk,
         run_id,
-        orjson.dumps(body.input).decode(),
+        encode_input(body.input, settings.max_input_bytes),
         multitask=body.multitask,
         idempotency_key=body.idempotency_key,
         idempotency_ttl_ms=settings.idempotency_ttl_s * 1000,

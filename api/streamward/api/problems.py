@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from streamward.core import jsonsafe
 from streamward.lua import errors as E
 
 log = logging.getLogger("streamward.api")
@@ -127,10 +128,14 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
         code = "invalid_id" if _is_id_error(errors) else "validation_error"
         if any(e["type"] == "json_invalid" for e in errors):
             code = "malformed_json"
+        elif any(e["type"] == jsonsafe.ERROR_TYPE for e in errors):
+            code = jsonsafe.ERROR_TYPE  # NaN, a lone surrogate, an integer beyond 64 bits
         return problem_response(422, code, _detail_of(errors), errors=errors)
 
     async def on_http(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if _is_body_parse_error(exc):
+            return problem_response(422, "malformed_json", _BODY_PARSE_DETAIL)
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         detail = exc.detail if isinstance(exc.detail, str) else None
         return problem_response(exc.status_code, code, detail, dict(exc.headers or {}))
@@ -188,6 +193,16 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
     for failover_error in (ClusterDownError, TryAgainError, ReadOnlyError):
         app.add_exception_handler(failover_error, on_redis_down)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+_BODY_PARSE_DETAIL = "the request body is not valid JSON (UTF-8 text, nesting within limits)"
+
+
+def _is_body_parse_error(exc: StarletteHTTPException) -> bool:
+    # FastAPI answers 400 ``from`` the parse error for a JSON body that json.loads rejects
+    # with anything but JSONDecodeError: bytes that are not UTF-8 (UnicodeDecodeError),
+    # an integer of over 4300 digits (ValueError), nesting past the recursion limit
+    return exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError)
 
 
 def _is_id_error(errors: list[dict[str, Any]]) -> bool:

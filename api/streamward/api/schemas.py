@@ -11,8 +11,11 @@ from streamward.core.contract import Id, Model
 from streamward.core.contract import IngestEntry as IngestEntry
 from streamward.core.contract import IngestRequest as IngestRequest
 from streamward.core.contract import IngestResult as IngestResult
+from streamward.core.jsonsafe import SAFE_INT_MAX, JSONValue, Text
 
 # running/queued for a new run; an idempotent repeat reports the run's current state
+# tokens and seqs are Lua numbers in the scripts (IEEE doubles): exact up to 2^53-1 only
+Token = Annotated[int, Field(ge=0, le=SAFE_INT_MAX)]
 RunStatusName = Literal["running", "queued", "completed", "failed", "cancelled"]
 Multitask = Literal["enqueue", "reject", "interrupt"]
 
@@ -21,9 +24,9 @@ Multitask = Literal["enqueue", "reject", "interrupt"]
 
 
 class InvokeRequest(Model):
-    input: Any = None
+    input: JSONValue = None
     mode: Literal["stream", "detached"] = "stream"
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    idempotency_key: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
     multitask: Multitask = "enqueue"
 
 
@@ -76,7 +79,7 @@ class CancelRequest(Model):
 
 
 class DetachRequest(Model):
-    connection_id: str | None = None
+    connection_id: Annotated[Text, Field(max_length=200)] | None = None
 
 
 class DetachResult(Model):
@@ -125,12 +128,12 @@ class TranscriptPage(Model):
 class LeaseRef(Model):
     session_id: Id
     project: Id = "default"
-    token: int
+    token: Token
 
 
 class HeartbeatRequest(Model):
     replica_id: Id
-    incarnation: Annotated[str, Field(min_length=1, max_length=200)]
+    incarnation: Annotated[Text, Field(min_length=1, max_length=200)]
     leases: Annotated[list[LeaseRef], Field(max_length=10_000)] = []
     lease_ttl_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 60_000
     # when set, the replica lease is renewed first (409 replica_lost if it is gone)
@@ -145,10 +148,10 @@ class HeartbeatResult(Model):
 
 class StreamDetachRequest(Model):
     replica_id: Id
-    incarnation: Annotated[str, Field(min_length=1, max_length=200)]
+    incarnation: Annotated[Text, Field(min_length=1, max_length=200)]
     session_id: Id
     project: Id = "default"
-    token: int
+    token: Token
 
 
 class StreamDetachResult(Model):
@@ -253,7 +256,7 @@ OnOwnerDeath = Literal["restart", "queue", "drop"]
 class RouteSession(Model):
     """How a route's events map to sessions, and those sessions' lifecycle."""
 
-    key_expr: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+    key_expr: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
     # instead of key_expr: a built-in key rule for chat payloads (docs/routing.md)
     key_template: Literal["chat"] | None = None
     isolation: Literal["shared", "per_user"] = "shared"
@@ -268,10 +271,10 @@ class Route(Model):
     route_id: Id
     project: Id = "default"
     source: Id
-    on: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(min_length=1)]
-    filter: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+    on: Annotated[list[Annotated[Text, Field(min_length=1, max_length=200)]], Field(min_length=1)]
+    filter: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
     session: RouteSession
-    input_expr: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+    input_expr: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
 
 
 class RoutePage(Model):
@@ -279,8 +282,8 @@ class RoutePage(Model):
 
 
 class EventRequest(Model):
-    type: Annotated[str, Field(min_length=1, max_length=200)]
-    payload: Any = None
+    type: Annotated[Text, Field(min_length=1, max_length=200)]
+    payload: JSONValue = None
 
 
 EventAction = Literal[
@@ -315,4 +318,4 @@ class EventResult(Model):
 
 
 class SessionReset(Model):
-    session_key: Annotated[str, Field(min_length=1, max_length=2000)]
+    session_key: Annotated[Text, Field(min_length=1, max_length=2000)]

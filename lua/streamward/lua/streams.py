@@ -18,6 +18,8 @@ from streamward.lua.work import WorkQueue
 
 # a stored transcript entry: the one entry type (lua/entries.py), under its old name
 LogEntry = Entry
+# the greatest stream entry id (both parts are unsigned 64-bit numbers)
+LAST_STREAM_ID = f"{2**64 - 1}-{2**64 - 1}"
 
 
 def _s(x: object) -> str:
@@ -56,6 +58,8 @@ class Streams(WorkQueue, SessionState, Indexes):
         self, session: SessionKeys, after: str = "0-0", count: int = 100
     ) -> list[LogEntry]:
         """Entries strictly after ``after``, oldest first."""
+        if after == LAST_STREAM_ID:  # nothing can follow it (Redis refuses the exclusive range)
+            return []
         items = await self.client.xrange(session.log, min=f"({after}", count=count)
         return [parse_log_entry(i, f) for i, f in items]
 

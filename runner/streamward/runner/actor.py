@@ -25,6 +25,7 @@ from streamward.runner.metrics import Metrics
 from streamward.runner.owner_death import OwnerDeath, SessionState
 from streamward.runner.release import mark_cut_run, release_session
 from streamward.runner.shipper import Shipper, ShipRejected, ShipStopped
+from streamward.runner.started import started_data
 
 log = logging.getLogger("streamward.runner.actor")
 
@@ -296,7 +297,9 @@ class SessionActor:
         r = self.host
         shipper = self.shipper
         assert shipper is not None
-        started = {"replica_id": r.replica_id, "attempt": attempt, "input": item.input}
+        # never near the entry limit: the shipper would replace the whole entry, owner and all
+        max_copy = min(r.settings.started_input_max_bytes, r.settings.ship_entry_max_bytes // 2)
+        started = started_data(r.replica_id, attempt, item.input, max_copy)
         started_seq = await shipper.put(item.run_id, "run.started", started)
         ctx = RunContext(
             session_id=self.session.session_id,

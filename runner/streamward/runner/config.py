@@ -67,6 +67,9 @@ class RunnerSettings(RedisSettings, BaseSettings):
     ship_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     # entries whose data serialises larger than this are replaced by a truncation marker
     ship_entry_max_bytes: Annotated[int, Field(ge=1024)] = 900 * 1024
+    # run.started copies the run's input up to this size (JSON); a larger one is left out
+    # (the handler still gets it) so the entry that names the run's owner is never truncated
+    started_input_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
     log_level: str = "info"
 
     @field_validator("replica_id")

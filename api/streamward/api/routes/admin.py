@@ -23,7 +23,7 @@ from streamward.api.deps import (
 )
 from streamward.api.problems import ProblemError
 from streamward.api.responses import OrjsonResponse
-from streamward.api.routes.common import lock_out, parse_rfc3339_ms
+from streamward.api.routes.common import lock_out, parse_rfc3339_ms, scan_cursor
 from streamward.api.schemas import (
     DrainResult,
     ForceReleaseResult,
@@ -193,7 +193,7 @@ async def list_locks(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> LockPage:
     """Session locks: the session index (ZSCAN pages), or one replica's lease index."""
-    start = int(cursor or 0)
+    start = scan_cursor(cursor)
     if replica is not None:
         # the replica's index is a set: page it by offset over the sorted refs
         refs = await streams.replica_sessions(replica)

@@ -86,3 +86,20 @@ def lock_out(sk: SessionKeys, own: Ownership, transitions: int = 0) -> LockOut:
         expires_in_ms=own.expires_in_ms,
         state=state,
     )
+
+
+U64_MAX = 2**64 - 1
+
+
+def u64_ok(digits: str) -> bool:
+    """A decimal string Redis takes as an unsigned 64-bit number (stream ids, SCAN cursors)."""
+    return digits.isdigit() and int(digits) <= U64_MAX
+
+
+def scan_cursor(value: str | None) -> int:
+    """A page cursor (``next_cursor``); 422 ``invalid_cursor`` past what Redis can take."""
+    if value is None:
+        return 0
+    if not u64_ok(value):
+        raise ProblemError(422, "invalid_cursor", f"not a page cursor: {value[:64]!r}")
+    return int(value)

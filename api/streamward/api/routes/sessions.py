@@ -23,7 +23,7 @@ from streamward.api.deps import (
 )
 from streamward.api.problems import ProblemError
 from streamward.api.responses import OrjsonResponse
-from streamward.api.routes.common import entry_out, owner_detail, rfc3339_opt
+from streamward.api.routes.common import entry_out, owner_detail, rfc3339_opt, scan_cursor, u64_ok
 from streamward.api.routes.streaming import (
     NDJSON,
     SSE,
@@ -75,7 +75,8 @@ _STREAM_CONTENT = {
 
 
 def _log_id(value: str) -> str:
-    if LOG_ID.fullmatch(value) is None:
+    # each part of a stream id is an unsigned 64-bit number: Redis refuses a larger one
+    if LOG_ID.fullmatch(value) is None or not all(u64_ok(p) for p in value.split("-")):
         raise ProblemError(422, "invalid_log_id", f"not a log entry id: {value[:64]!r}")
     return value if "-" in value else f"{value}-0"
 
@@ -267,7 +268,7 @@ async def list_sessions(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SessionPage:
     """The caller's sessions by ZSCAN page (a page may hold fewer than ``limit`` items)."""
-    nxt, items = await state.streams.scan_sessions(int(cursor or 0), project, count=limit)
+    nxt, items = await state.streams.scan_sessions(scan_cursor(cursor), project, count=limit)
     sks = [state.keys.session_ref(ref) for ref, _ in items]
     outs = await asyncio.gather(*[_session_out(state.store, state.streams, sk) for sk in sks])
     page = [o for o in outs if o is not None and (status is None or o.status == status)]
