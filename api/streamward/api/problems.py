@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from streamward.api.schemas import Problem
 from streamward.core import jsonsafe
 from streamward.lua import errors as E
 
@@ -132,13 +134,16 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
             code = jsonsafe.ERROR_TYPE  # NaN, a lone surrogate, an integer beyond 64 bits
         return problem_response(422, code, _detail_of(errors), errors=errors)
 
-    async def on_http(_: Request, exc: Exception) -> Response:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if _is_body_parse_error(exc):
             return problem_response(422, "malformed_json", _BODY_PARSE_DETAIL)
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         detail = exc.detail if isinstance(exc.detail, str) else None
-        return problem_response(exc.status_code, code, detail, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+        return problem_response(exc.status_code, code, detail, headers)
 
     async def on_invalid_id(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, E.InvalidId)
@@ -193,6 +198,32 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
     for failover_error in (ClusterDownError, TryAgainError, ReadOnlyError):
         app.add_exception_handler(failover_error, on_redis_down)
     app.add_exception_handler(Exception, on_unexpected)
+    _document_problems(app)
+
+
+def _document_problems(app: FastAPI) -> None:
+    """The OpenAPI document says what the handlers above send: every 4xx/5xx response is
+    ``application/problem+json`` (FastAPI documents its own 422 shape as application/json)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = build()
+        ref = {"$ref": "#/components/schemas/Problem"}
+        doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
+            Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
+        for operations in doc.get("paths", {}).values():
+            for op in operations.values():
+                for status, response in op.get("responses", {}).items():
+                    if status[:1] in ("4", "5"):
+                        response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": ref}}
+        app.openapi_schema = doc
+        return doc
+
+    # an instance attribute shadows the method: FastAPI documents overriding it this way
+    setattr(app, "openapi", openapi)  # noqa: B010 (mypy refuses assigning to a method)
 
 
 _BODY_PARSE_DETAIL = "the request body is not valid JSON (UTF-8 text, nesting within limits)"
@@ -203,6 +234,21 @@ def _is_body_parse_error(exc: StarletteHTTPException) -> bool:
     # with anything but JSONDecodeError: bytes that are not UTF-8 (UnicodeDecodeError),
     # an integer of over 4300 digits (ValueError), nesting past the recursion limit
     return exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the OpenAPI document gives the request's path. Starlette's 405 names
+    only the methods of the first route (or included router) whose path matched, so a path
+    served from two routers, or by GET and DELETE, had an ``Allow`` missing some."""
+    methods: set[str] = set()
+    path = request.url.path
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), path):
+            methods |= {m.upper() for m in operations if m.upper() in _HTTP_METHODS}
+    return ", ".join(sorted(methods))
+
+
+_HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"}
 
 
 def _is_id_error(errors: list[dict[str, Any]]) -> bool:

@@ -11,11 +11,11 @@ from streamward.core.contract import Id, Model
 from streamward.core.contract import IngestEntry as IngestEntry
 from streamward.core.contract import IngestRequest as IngestRequest
 from streamward.core.contract import IngestResult as IngestResult
-from streamward.core.jsonsafe import SAFE_INT_MAX, JSONValue, Text
+from streamward.core.jsonsafe import JSON_INT, SAFE_INT_MAX, JSONValue, Text
 
 # running/queued for a new run; an idempotent repeat reports the run's current state
 # tokens and seqs are Lua numbers in the scripts (IEEE doubles): exact up to 2^53-1 only
-Token = Annotated[int, Field(ge=0, le=SAFE_INT_MAX)]
+Token = Annotated[int, Field(ge=0, le=SAFE_INT_MAX), JSON_INT]
 RunStatusName = Literal["running", "queued", "completed", "failed", "cancelled"]
 Multitask = Literal["enqueue", "reject", "interrupt"]
 
@@ -135,9 +135,9 @@ class HeartbeatRequest(Model):
     replica_id: Id
     incarnation: Annotated[Text, Field(min_length=1, max_length=200)]
     leases: Annotated[list[LeaseRef], Field(max_length=10_000)] = []
-    lease_ttl_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 60_000
+    lease_ttl_ms: Annotated[int, Field(ge=1000, le=3_600_000), JSON_INT] = 60_000
     # when set, the replica lease is renewed first (409 replica_lost if it is gone)
-    replica_ttl_ms: Annotated[int, Field(ge=500, le=600_000)] | None = None
+    replica_ttl_ms: Annotated[int, Field(ge=500, le=600_000), JSON_INT] | None = None
 
 
 class HeartbeatResult(Model):
@@ -260,9 +260,9 @@ class RouteSession(Model):
     # instead of key_expr: a built-in key rule for chat payloads (docs/routing.md)
     key_template: Literal["chat"] | None = None
     isolation: Literal["shared", "per_user"] = "shared"
-    idle_timeout_seconds: Annotated[int, Field(ge=30, le=86_400)] = 300
-    session_timeout_seconds: Annotated[int, Field(ge=60, le=604_800)] = 3600
-    daily_reset_hour: Annotated[int, Field(ge=0, le=23)] | None = None
+    idle_timeout_seconds: Annotated[int, Field(ge=30, le=86_400), JSON_INT] = 300
+    session_timeout_seconds: Annotated[int, Field(ge=60, le=604_800), JSON_INT] = 3600
+    daily_reset_hour: Annotated[int, Field(ge=0, le=23), JSON_INT] | None = None
     on_owner_death: OnOwnerDeath = "restart"
     multitask: Multitask = "enqueue"
 

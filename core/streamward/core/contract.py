@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from streamward.core.jsonsafe import SAFE_INT_MAX, JSONValue, Text
+from streamward.core.jsonsafe import JSON_INT, SAFE_INT_MAX, JSONValue, Text
 from streamward.lua.entries import RUN_CANCELLED as RUN_CANCELLED
 from streamward.lua.entries import RUN_COMPLETED as RUN_COMPLETED
 from streamward.lua.entries import RUN_FAILED as RUN_FAILED
@@ -37,7 +37,7 @@ class Model(BaseModel):
 class IngestEntry(Model):
     """One entry on the wire (``Entry`` with an RFC 3339 ``ts`` instead of ``ts_ms``)."""
 
-    seq: Annotated[int, Field(ge=1, le=SAFE_INT_MAX)]
+    seq: Annotated[int, Field(ge=1, le=SAFE_INT_MAX), JSON_INT]
     type: EntryType
     data: JSONValue = None
     ts: Annotated[Text, Field(max_length=64)] | None = None  # RFC 3339; server clock if absent
@@ -47,7 +47,7 @@ class IngestRequest(Model):
     session_id: Id
     project: Id = "default"
     run_id: Id
-    token: Annotated[int, Field(ge=1, le=SAFE_INT_MAX)]
+    token: Annotated[int, Field(ge=1, le=SAFE_INT_MAX), JSON_INT]
     entries: Annotated[list[IngestEntry], Field(min_length=1, max_length=10_000)]
     # who is writing: not used for fencing (the token alone decides), recorded in the ingest
     # audit so a checker can tell owners apart

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
 
 INT_MIN = -(2**63)
@@ -97,3 +97,20 @@ def _pydantic_text(value: str) -> str:
 JSONValue = Annotated[Any, AfterValidator(_pydantic_check)]
 # free-text string fields of a wire schema (no pattern that would keep them ASCII)
 Text = Annotated[str, AfterValidator(_pydantic_text)]
+
+
+def _json_int(value: Any) -> Any:
+    # JSON Schema's integer is a number with no fraction: 3.0 is one, "3" and true are not
+    # (pydantic's lax int would take both; its strict int refuses 3.0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise PydanticCustomError("int_from_float", "Input should be a valid integer")
+        return int(value)
+    return value
+
+
+# an integer field of a wire schema, as JSON Schema means it; after its constraints, so they
+# stay in the JSON schema: ``Annotated[int, Field(ge=1), JSON_INT]``
+JSON_INT = BeforeValidator(_json_int)

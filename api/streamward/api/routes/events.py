@@ -51,6 +51,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing_token"},
     403: {"description": "invalid_token"},
     404: {"description": "route_not_found"},
+    413: {"description": "input_too_large (event over STREAMWARD_MAX_INPUT_BYTES)"},
     422: {"description": "invalid_expression / invalid body"},
     503: {"description": "redis_unavailable"},
 }
