@@ -159,12 +159,17 @@ async def events(
         ),
     ] = None,
     accept: Annotated[str | None, Header()] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    # the pattern documented only: _log_id checks it (and the range) as invalid_log_id
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", json_schema_extra={"pattern": f"^$|{LOG_ID_PATTERN}"}),
+    ] = None,
 ) -> Response:
     """Resume or tail the session log as NDJSON (or SSE, honouring ``Last-Event-ID``)."""
     await _meta_or_404(streams, sk)
-    start = after if after is not None else last_event_id
-    cursor = _log_id(start) if start else "0-0"
+    # a Last-Event-ID is checked even when ``after`` wins; an empty one means none (SSE)
+    resume = _log_id(last_event_id) if last_event_id else None
+    cursor = _log_id(after) if after is not None else resume or "0-0"
     tail = Tail(sk, cursor, run_id=run_id, follow=follow)
     if run_id is not None and follow:
         rs = await streams.run_state(sk, run_id)
