@@ -30,7 +30,7 @@ class Settings(RedisSettings, BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024
     # a route's input_expr output, serialised, above this is not enqueued (input_too_large)
     route_input_max_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
-    # one input (invoke input, event payload) as serialised JSON; over it: 413 input_too_large
+    # an invoke input as serialised JSON; over it: 413 input_too_large (events: per route)
     max_input_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
     idempotency_ttl_s: Annotated[int, Field(ge=1)] = 86_400
     # one blocked XREAD per open stream holds a connection: size the pool for many streams

@@ -17,7 +17,6 @@ from starlette.responses import Response
 
 from streamward.api import invoke as invocation
 from streamward.api.deps import ID_PATTERN, AdminDep, AppState, ProjectDep, RoutesDep, StateDep
-from streamward.api.inputs import encode_input
 from streamward.api.problems import ProblemError
 from streamward.api.responses import OrjsonResponse
 from streamward.api.routing import Match, dumps, evaluate, route_matches, validate_route
@@ -51,7 +50,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing_token"},
     403: {"description": "invalid_token"},
     404: {"description": "route_not_found"},
-    413: {"description": "input_too_large (event over STREAMWARD_MAX_INPUT_BYTES)"},
+    413: {"description": "body_too_large"},
     422: {"description": "invalid_expression / invalid body"},
     503: {"description": "redis_unavailable"},
 }
@@ -164,8 +163,6 @@ async def post_event(
     start the delivered routes twice. Only when nothing was delivered and Redis was
     unreachable is the whole call answered 503 (a retry is then safe).
     """
-    # the whole event (a route's default input) over the input cap: 413 before any route
-    encode_input({"type": body.type, "payload": body.payload}, state.settings.max_input_bytes)
     valid, invalid = await _parsed_routes(routes, project)
     matching = [r for r in valid if route_matches(r, source, body.type)]
     broken = [_invalid_outcome(rid, err) for rid, raw, err in invalid if _may_match(raw, source)]
