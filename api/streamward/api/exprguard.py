@@ -179,7 +179,9 @@ def json_size_over(value: Any, limit_bytes: int) -> bool:
         elif isinstance(cur, (list, tuple)):
             total += 2 + max(0, len(cur) - 1)
             stack.extend(cur)
-        elif cur is None or isinstance(cur, bool):
+        elif cur is False:
+            total += 5
+        elif cur is None or cur is True:
             total += 4
         else:
             total += 1  # a number: at least one digit
