@@ -30,7 +30,7 @@ from streamward.api.schemas import (
     RoutePage,
     SessionReset,
 )
-from streamward.lua.errors import SessionBusy
+from streamward.lua.errors import SessionBusy, write_refusal
 from streamward.lua.routes import RouteStore
 
 log = logging.getLogger("streamward.api.events")
@@ -180,7 +180,7 @@ async def post_event(
         ]
     )
     results = [session for session, _ in outcomes] + broken
-    transient = [exc for _, exc in outcomes if isinstance(exc, _TRANSIENT)]
+    transient = [exc for _, exc in outcomes if exc is not None and _transient(exc)]
     if transient and not any(r.action in ("started", "queued") for r in results):
         raise transient[0]  # 503 redis_unavailable from the app's handler
     return EventResult(
@@ -202,6 +202,12 @@ _TRANSIENT = (
     TryAgainError,
     ReadOnlyError,
 )
+
+
+def _transient(exc: BaseException) -> bool:
+    """Redis unreachable, or refusing writes (full, read-only): a retry of the delivery is safe
+    and may succeed; the app's handler answers 503 redis_unavailable for it."""
+    return isinstance(exc, _TRANSIENT) or write_refusal(exc) is not None
 
 
 def _may_match(raw: Any, source: str) -> bool:
@@ -256,7 +262,7 @@ async def _deliver_one(
     try:
         return await _deliver(state, routes, project, route, match.key, match.input_json), None
     except Exception as exc:  # this route failed; the others' outcomes stand
-        code = "redis_unavailable" if isinstance(exc, _TRANSIENT) else "delivery_error"
+        code = "redis_unavailable" if _transient(exc) else "delivery_error"
         log.warning("route %s/%s: delivery failed: %r", project, route.route_id, exc)
         error = RouteOutcomeError(code=code, detail=f"{type(exc).__name__}: {exc}"[:300])
         failed = EventSession(
