@@ -75,6 +75,13 @@ async def test_a_full_redis_is_503_with_retry_after_and_not_ready(
         assert r.status_code == 202, r.text
         [item] = await runner.wait_inbox("s1")
         token = await runner.claim("s1")
+        route = {
+            "route_id": "gh",
+            "source": "github",
+            "on": ["push"],
+            "session": {"key_expr": "payload.k"},
+        }
+        assert (await c.post("/admin/routes", json=route, headers=ADMIN)).status_code == 201
         assert (await c.get("/readyz")).status_code == 200
 
         assert await fill(full_client) > 0
@@ -83,6 +90,8 @@ async def test_a_full_redis_is_503_with_retry_after_and_not_ready(
             await c.post("/v1/sessions/s2/invoke", json={"mode": "detached", "input": 2}),
             await c.post("/v1/sessions/s1/invoke", json={"mode": "detached", "input": 3}),
             await c.post("/v1/sessions/s1/cancel", json={"run_id": item.run_id}),
+            # a routed event: no route delivered, so the whole delivery is retryable
+            await c.post("/v1/events/github", json={"type": "push", "payload": {"k": "a"}}),
             await c.post(
                 "/admin/sessions/transcripts/ingest",
                 headers=ADMIN,
