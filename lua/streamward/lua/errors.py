@@ -145,6 +145,16 @@ def write_refusal(exc: BaseException) -> str | None:
     return None
 
 
+def is_write_refusal(exc: BaseException) -> bool:
+    """True when Redis *answered* and refused a write (``write_refusal`` names why).
+
+    That is not a partition: Redis is reachable and nobody else can write either (a
+    takeover needs writes too). Connection errors and timeouts are not write refusals.
+    The one test every heartbeat (async loop or thread) classifies its failures with.
+    """
+    return write_refusal(exc) is not None
+
+
 def status_error(script: str, reply: Sequence[object]) -> StreamwardError:
     """Map a non-success reply of ``script`` to its exception (the one place codes are read)."""
     head = reply[0] if reply else None

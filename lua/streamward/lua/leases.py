@@ -12,7 +12,7 @@ from typing import Any
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from streamward.lua import errors as E
 from streamward.lua.client import RedisClient
@@ -113,11 +113,31 @@ class LeaseCalls:
         fields: Mapping[str, str] | None = None,
     ) -> int:
         """Renew the replica lease; return Redis time in ms. Raises ReplicaLost."""
+        return (await self.renew_replica_checked(replica_id, incarnation, ttl_ms, fields))[0]
+
+    async def renew_replica_checked(
+        self,
+        replica_id: str,
+        incarnation: str,
+        ttl_ms: int,
+        fields: Mapping[str, str] | None = None,
+    ) -> tuple[int, bool]:
+        """Renew the replica lease: (Redis time in ms, whether Redis accepts writes).
+
+        The script renews even in a full Redis; the ZADD of the heartbeat index after it
+        is an ordinary (denyoom) write, so its refusal tells that Redis refuses writes
+        without failing the renewal (the index is only a listing: liveness is the lease).
+        """
         now = await self.scripts.renew_replica(
             self.keys.replica(replica_id), incarnation, ttl_ms, fields
         )
-        await self.client.zadd(self.keys.replicas, {replica_id: now})
-        return now
+        try:
+            await self.client.zadd(self.keys.replicas, {replica_id: now})
+        except ResponseError as exc:
+            if not E.is_write_refusal(exc):
+                raise
+            return now, False
+        return now, True
 
     async def replica_alive(self, replica_id: str, incarnation: str | None = None) -> bool:
         """Whether the replica lease exists (and names ``incarnation`` when given)."""

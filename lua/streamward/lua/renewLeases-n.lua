@@ -4,7 +4,8 @@
   which on Redis Cluster the caller groups by slot). Cost is one round trip per
   chunk, not per lease. The common case costs one HGET of the lease's owner
   signature and one PEXPIRE per key (no write of renewed_ms: readLease derives it
-  from the remaining TTL and the ttl_ms stored at acquisition).
+  from the remaining TTL and the ttl_ms stored at acquisition). It writes nothing
+  but PEXPIRE (not denyoom, grows nothing), so it keeps working in a full Redis.
 
   KEYS[1..n] lease keys          sw:{S}:lease, one per session
 

@@ -11,6 +11,11 @@
 
   Returns {1, now_ms}                           renewed
           {-4, current_incarnation}             REPLICA_LOST ("" when the key is gone)
+
+  PEXPIRE comes first, on purpose: it is not a "denyoom" command, and Redis 7 refuses
+  a script under maxmemory only at its first denyoom call made before any write. So a
+  full Redis (noeviction) still renews the lease on 6.2 and 7, and the HSETs after it
+  only overwrite fields that exist (no growth), keeping the whole fleet from fencing.
 ]]
 --- @include "includes/statusCodes"
 --- @include "includes/redisTime"
@@ -23,9 +28,9 @@ if cur ~= ARGV[1] then
   return {REPLICA_LOST, cur}
 end
 local now = redis_now_ms()
+rcall('PEXPIRE', KEYS[1], ARGV[2])
 rcall('HSET', KEYS[1], 'heartbeat_ms', now)
 for i = 3, #ARGV, 2 do
   rcall('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
-rcall('PEXPIRE', KEYS[1], ARGV[2])
 return {OK, now}
