@@ -17,6 +17,7 @@ from streamward.lua.inbox import InboxItem, RunState
 from streamward.lua.leases import Lease
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
+from streamward.runner.admission import IdleSlot
 from streamward.runner.config import RunnerSettings
 from streamward.runner.context import Handler, RunContext
 from streamward.runner.handlers import Run, drive, run_outcome
@@ -47,6 +48,7 @@ class ActorHost(Protocol):
     def incarnation(self) -> str: ...
     def make_shipper(self, actor: SessionActor, next_seq: int) -> Shipper: ...
     def forget_actor(self, actor: SessionActor) -> None: ...
+    async def writable(self) -> None: ...
 
 
 class SessionActor:
@@ -66,6 +68,7 @@ class SessionActor:
         self._state = SessionState()
         self._opened = False
         self._wake = asyncio.Event()
+        self.idle = IdleSlot(self._wake)  # evictable while waiting out close_delay
         self._inbox_empty = False  # the last completeInput left no input: no read needed
         self._draining = False
         self._interrupting = False
@@ -90,11 +93,12 @@ class SessionActor:
         self.task = asyncio.create_task(self._main(), name=f"actor {self.ref}")
 
     def wake(self) -> None:
+        self.idle.keep()
         self._wake.set()
 
     def on_input(self) -> None:
         """New input may be waiting: wake up, and look for an interrupting one if running."""
-        self._wake.set()
+        self.wake()
         if self.current is not None and (
             self._interrupt_check is None or self._interrupt_check.done()
         ):
@@ -167,6 +171,7 @@ class SessionActor:
                 await self.shipper.close()
             self.host.forget_actor(self)
             self.closed.set()
+            self.idle.gone()
 
     async def _serve(self) -> str:
         """Run inputs until there is a reason to leave; returns that reason."""
@@ -189,6 +194,8 @@ class SessionActor:
                     if self._state.dead:
                         return "dead"
                     nxt = await self._next_input()
+                if nxt is not None:
+                    await self.host.writable()  # a full Redis: start nothing until it has room
                 if self._draining:
                     return "drain"  # started draining while reading: start nothing new
                 if nxt is None:
@@ -256,21 +263,24 @@ class SessionActor:
     async def _idle(self) -> bool:
         """Wait for a wake; False when the session has been idle for ``close_delay``."""
         loop = asyncio.get_running_loop()
-        r = self.host
         while True:
             if self._draining:
                 return True
             remaining = self._idle_since + self._close_delay_s - loop.time()
             if remaining <= 0:
-                if await r.streams.attached_count(self.session) > 0:
+                if await self.host.streams.attached_count(self.session) > 0:
                     self._idle_since = loop.time()  # a client is watching: stay
                     continue
                 return False
+            # evictable while it waits: no run, no runnable input (a queue hold has input)
+            self.idle.since = self._idle_since if self._state.hold_until is None else None
             try:
                 await asyncio.wait_for(self._wake.wait(), remaining)
-                return True
             except TimeoutError:
                 continue
+            finally:
+                self.idle.since = None
+            return not self.idle.requested  # evicted for waiting work: passivate (idle)
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -349,12 +359,9 @@ class SessionActor:
         r.metrics.run_duration.labels(outcome).observe(time.monotonic() - run_t0)
 
     async def _complete(self, item: InboxItem, *, last: bool = False) -> None:
-        """Fenced advance of the inbox: raises StaleToken when the session moved.
-
-        ``last``: nothing follows before the next inbox read, so when no input is left the
-        read can be skipped (the wake flag is cleared first: a mail for an input enqueued
-        after the count sets it again).
-        """
+        """Fenced advance of the inbox: raises StaleToken when the session moved. ``last``:
+        nothing follows before the next inbox read, so when no input is left the read can be
+        skipped (the wake flag is cleared first: a later input's mail sets it again)."""
         if last:
             self._wake.clear()
         pending = await self.host.store.complete_input(self.session, self.token, item.id)

@@ -8,7 +8,7 @@ import logging
 from redis.exceptions import RedisError
 
 from streamward.core.backoff import backoff_s
-from streamward.lua.errors import ReplicaLost
+from streamward.lua.errors import ReplicaLost, is_write_refusal
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 from streamward.runner.config import RunnerSettings
@@ -50,6 +50,8 @@ class ReplicaHeartbeat(Loop):
                     failures = 0
                 except (RedisError, OSError, TimeoutError) as exc:
                     failures += 1
+                    if is_write_refusal(exc):
+                        self.lease.note_writes(False, exc)
                     if failures == 1 or failures % 20 == 0:
                         log.warning("re-registration failed (%d times): %r", failures, exc)
                     await asyncio.sleep(min(period, backoff_s(failures)))
@@ -57,16 +59,21 @@ class ReplicaHeartbeat(Loop):
             else:
                 sent = loop.time()
                 try:
-                    await asyncio.wait_for(
+                    accepted = await asyncio.wait_for(
                         self.lease.renew(), timeout=max(0.05, st.deadline - sent)
                     )
                     self.lease.renewed(sent)
+                    self.lease.note_writes(accepted, "heartbeat index write refused")
                     failures = 0
                 except ReplicaLost as exc:
                     self.lease.lose_everything(f"replica lease lost: {exc}")
                     continue  # re-register at once
                 except (RedisError, OSError, TimeoutError) as exc:
+                    # a refusal is an answer, not a partition; the deadline still holds: a
+                    # lease Redis could not extend (MISCONF, READONLY) does run out
                     failures += 1
+                    if is_write_refusal(exc):
+                        self.lease.note_writes(False, exc)
                     if failures == 1 or failures % 20 == 0:
                         log.warning("replica renew failed (%d in a row): %r", failures, exc)
             await asyncio.sleep(max(0.0, tick + period - loop.time()))

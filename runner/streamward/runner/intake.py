@@ -56,8 +56,8 @@ class WorkIntake(Loop):
         failures = 0
         while not st.draining:
             capacity = self.sessions.capacity()
-            if st.fenced or capacity <= 0:
-                await asyncio.sleep(0.1)
+            if st.fenced or capacity <= 0 or st.writes_refused():
+                await asyncio.sleep(0.1)  # entries wait in the group: nothing is lost
                 continue
             read = asyncio.create_task(
                 self.streams.read_work(st.replica_id, min(capacity, READ_COUNT), READ_BLOCK_MS)
@@ -125,7 +125,7 @@ class WorkReclaimer(Loop):
         while not st.draining:
             await asyncio.sleep(ttl_ms / 2000 * random.uniform(0.8, 1.2))
             capacity = self.sessions.capacity()
-            if st.fenced or st.draining or capacity <= 0:
+            if st.fenced or st.draining or capacity <= 0 or st.writes_refused():
                 continue
             try:
                 items = await self.streams.autoclaim_work(

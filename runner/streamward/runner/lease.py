@@ -73,15 +73,31 @@ class ReplicaLease:
             incarnation, reg.previous_incarnation or "-", len(refs),
         )  # fmt: skip
 
-    async def renew(self) -> None:
-        """One ``renewReplica`` call with the current status fields (raises ReplicaLost)."""
+    async def renew(self) -> bool:
+        """One ``renewReplica`` call with the current status fields (raises ReplicaLost);
+        returns whether Redis accepts other writes (a full Redis still renews the lease)."""
         st = self.state
-        await self.store.renew_replica(
+        _, accepted = await self.store.renew_replica_checked(
             st.replica_id,
             st.incarnation,
             self.settings.replica_ttl_ms,
             self.sessions.status_fields(),
         )
+        return accepted
+
+    def note_writes(self, accepted: bool, why: object = "") -> None:
+        """Log and count the turns between "Redis accepts writes" and "refuses writes"."""
+        if not self.state.note_writes(accepted):
+            return
+        self.metrics.writes_refused.set(0 if accepted else 1)
+        if accepted:
+            log.warning("redis accepts writes again: claiming and starting runs again")
+        else:
+            log.error(
+                "redis refuses writes (%s): keeping every session, claiming and starting "
+                "nothing new until it accepts writes again (an answer, not a partition)",
+                why or "write refused",
+            )
 
     def renewed(self, sent: float) -> None:
         """A renew sent at loop time ``sent`` succeeded: push the self-fencing deadline."""

@@ -28,6 +28,16 @@ class Metrics:
             "streamward_runner_fenced", "Times this replica fenced itself or lost its lease.",
             registry=r,
         )  # fmt: skip
+        self.writes_refused = Gauge(
+            "streamward_runner_redis_writes_refused",
+            "1 while Redis answers but refuses writes (OOM, MISCONF, READONLY).",
+            registry=r,
+        )
+        self.evicted = Counter(
+            "streamward_runner_sessions_evicted",
+            "Idle sessions passivated at max_sessions to admit waiting work.",
+            registry=r,
+        )
         self.draining = Gauge("streamward_runner_draining", "1 while draining.", registry=r)
         self.acquires = Counter(
             "streamward_runner_lease_acquires",

@@ -7,11 +7,12 @@ import logging
 from dataclasses import dataclass, field
 
 from streamward.lua.errors import LeaseHeld
-from streamward.lua.keys import Keys
+from streamward.lua.keys import Keys, SessionKeys
 from streamward.lua.leases import Lease
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 from streamward.runner.actor import SessionActor
+from streamward.runner.admission import Evictable, busy_count, make_room
 from streamward.runner.config import RunnerSettings
 from streamward.runner.context import Handler
 from streamward.runner.metrics import Metrics
@@ -52,6 +53,7 @@ class SessionBook:
         self.actors: dict[str, SessionActor] = {}
         self.orphans: set[str] = set()  # sessions dropped by a fence, re-queued on re-register
         self._claim_locks: dict[str, _ClaimSlot] = {}
+        self._admitting = 0  # claims that made room and are acquiring their lease
 
     @property
     def replica_id(self) -> str:
@@ -62,13 +64,29 @@ class SessionBook:
         return self.state.incarnation
 
     def capacity(self) -> int:
-        return self.settings.max_sessions - len(self.actors)
+        """Free slots: idle sessions (waiting out close_delay) count as free, since
+        admitting work when full evicts the longest-idle one (``admission``)."""
+        busy = busy_count(self.actors.values())
+        return self.settings.max_sessions - busy - self._admitting
 
     def hands_back(self) -> bool:
         """The one rule for "hand the work back instead of claiming": draining, fenced or
-        past the self-fencing deadline, or holding ``max_sessions`` already. Checked by
-        ``claim`` once the session is known not to be (still) ours."""
-        return self.state.draining or not self.state.can_write() or self.capacity() <= 0
+        past the self-fencing deadline, Redis refusing writes, or ``max_sessions`` busy
+        sessions already. Checked by ``claim`` once the session is known not to be ours."""
+        st = self.state
+        return st.draining or not st.can_write() or st.writes_refused() or self.capacity() <= 0
+
+    async def writable(self) -> None:
+        """Return once Redis accepts writes (at once normally) or the drain begins."""
+        st = self.state
+        if st.writes_accepted.is_set() or st.draining:
+            return
+        waits = {asyncio.ensure_future(e.wait()) for e in (st.writes_accepted, st.draining_event)}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     def running(self) -> int:
         return sum(1 for a in self.actors.values() if a.running)
@@ -112,7 +130,6 @@ class SessionBook:
                 del self._claim_locks[ref]
 
     async def _claim(self, ref: str, reason: str) -> None:
-        s = self.settings
         sk = self.keys.session_ref(ref)
         actor = self.actors.get(ref)
         if actor is not None:
@@ -120,9 +137,31 @@ class SessionBook:
                 actor.on_input()
                 return
             await actor.closed.wait()  # it re-queues after release if input is left
-        if self.hands_back():
+        if self.hands_back() or not await self._make_room():
             await self.streams.publish_work(ref, reason)
             return
+        self._admitting += 1  # a slot is ours until the actor starts (or the claim ends)
+        try:
+            await self._acquire(sk)
+        finally:
+            self._admitting -= 1
+
+    async def _make_room(self) -> bool:
+        """At max_sessions, passivate the longest-idle sessions; False when all are busy."""
+        return await make_room(
+            self.actors.values,
+            lambda: len(self.actors) + self._admitting,
+            self.settings.max_sessions,
+            self._evicted,
+        )
+
+    def _evicted(self, actor: Evictable) -> None:
+        self.metrics.evicted.inc()
+        log.info("session %s: longest idle, passivated for waiting work", actor.ref)
+
+    async def _acquire(self, sk: SessionKeys) -> None:
+        ref = sk.ref
+        s = self.settings
         replica_id = self.state.replica_id
         incarnation = self.state.incarnation
         try:

@@ -10,6 +10,12 @@ import asyncio
 from dataclasses import dataclass, field
 
 
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class ReplicaState:
     replica_id: str
@@ -18,10 +24,26 @@ class ReplicaState:
     draining: bool = False
     draining_event: asyncio.Event = field(default_factory=asyncio.Event)
     deadline: float = 0.0  # loop time after which this replica must not write
+    # set while Redis accepts writes; cleared while it answers but refuses them (OOM,
+    # MISCONF, READONLY): sessions are kept, but no new work is claimed or started
+    writes_accepted: asyncio.Event = field(default_factory=_set_event)
 
     def can_write(self) -> bool:
         """False once past the self-fencing deadline (checked before every ingest request)."""
         return not self.fenced and asyncio.get_running_loop().time() < self.deadline
+
+    def writes_refused(self) -> bool:
+        return not self.writes_accepted.is_set()
+
+    def note_writes(self, accepted: bool) -> bool:
+        """Record whether Redis accepts writes; True when that changed."""
+        if accepted == self.writes_accepted.is_set():
+            return False
+        if accepted:
+            self.writes_accepted.set()
+        else:
+            self.writes_accepted.clear()
+        return True
 
     def begin_drain(self) -> None:
         self.draining = True
