@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import httpx
@@ -17,6 +18,7 @@ from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 from streamward.runner import intake
 from streamward.runner.actor import SessionActor
+from streamward.runner.admission import IdleSlot
 from streamward.runner.config import RunnerSettings
 from streamward.runner.context import RunContext
 from streamward.runner.inbox import interrupt_waiting
@@ -69,8 +71,14 @@ async def test_work_is_handed_back_when_draining_fenced_late_or_full(
         state.begin_drain()
         assert book.hands_back()
         state.draining = False
-        book.actors["p/s"] = cast(SessionActor, object())  # max_sessions=1 reached
+        state.note_writes(False)  # Redis answers but refuses writes (OOM)
         assert book.hands_back()
+        state.note_writes(True)
+        actor = SimpleNamespace(ref="p/s", closing=False, idle=IdleSlot(asyncio.Event()))
+        book.actors["p/s"] = cast(SessionActor, actor)
+        assert book.hands_back()  # max_sessions=1 busy session reached
+        actor.idle.since = loop.time()  # idle: admitting work evicts it
+        assert not book.hands_back()
 
 
 async def test_a_readonly_work_read_backs_off_like_any_outage(
