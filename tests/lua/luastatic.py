@@ -36,6 +36,7 @@ KEY_ARGS: dict[str, tuple[int, ...] | str] = {
     "SISMEMBER": (1,),
     "ZADD": (1,),
     "ZREM": (1,),
+    "ZSCORE": (1,),
     "XADD": (1,),
     "XDEL": (1,),
     "XLEN": (1,),

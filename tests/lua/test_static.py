@@ -260,6 +260,7 @@ async def _drive_facade(store: LeaseStore, cluster_grouping: bool) -> None:
     taken = await store.takeover(s, ("r1", "inc-1", lease.token), "r2", "inc-1", 60_000)
     await store.release(s, "r2", "inc-1", taken.token)
     await store.force_release(s, "test")
+    await store.scripts.prune_pending(keys.pending, [(s.ref, 0)])
     await store.claim_lock(keys.watchdog, "r1:inc-1", 5_000)
     # many sessions in one renewal: on Cluster they must be grouped by slot
     many = [keys.session("proj", f"m{i}") for i in range(120)]

@@ -12,6 +12,26 @@ from streamward.lua.base import as_text as _s
 from streamward.lua.keys import SessionKeys
 
 
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(slots=True)
+class PendingProbe:
+    """What the liveness sweep reads of one indexed session."""
+
+    pending: int  # inputs in the inbox
+    held_back: bool  # every input waits behind hold_until_id (queue policy)
+    replica_id: str  # lease holder ("" when free)
+    incarnation: str
+    owner_alive: bool = False  # the holder's replica lease names its incarnation
+
+    @property
+    def runnable(self) -> bool:
+        return self.pending > 0 and not self.held_back
+
+
 @dataclass(slots=True)
 class ReplicaInfo:
     replica_id: str
@@ -41,6 +61,52 @@ class Indexes(StreamsBase):
 
     async def forget_session(self, session: SessionKeys) -> None:
         await self.client.zrem(self.keys.sessions, session.ref)
+
+    # -- pending index (sw:pending: sessions that may have input waiting) ----------------------
+
+    async def pending_due(self, before_ms: int, count: int) -> list[tuple[str, int]]:
+        """The oldest ``count`` pending-index entries scored at or before ``before_ms``."""
+        items = await self.client.zrangebyscore(
+            self.keys.pending, "-inf", before_ms, start=0, num=count, withscores=True
+        )
+        return [(_s(m), int(score)) for m, score in items]
+
+    async def pending_size(self) -> int:
+        return int(await self.client.zcard(self.keys.pending))
+
+    async def probe_pending(self, sessions: list[SessionKeys]) -> list[PendingProbe]:
+        """For each session: inputs waiting, whether all are held (queue policy), and the
+        lease holder with whether its replica is alive. Two pipelined round trips."""
+        if not sessions:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for sk in sessions:
+            pipe.xlen(sk.inbox)
+            pipe.xrevrange(sk.inbox, count=1)
+            pipe.hget(sk.meta, "hold_until_id")
+            pipe.hmget(sk.lease, "replica", "incarnation")
+        raw = await pipe.execute()
+        out: list[PendingProbe] = []
+        for i in range(len(sessions)):
+            n, tail, hold, holder = raw[4 * i : 4 * i + 4]
+            last = _s(tail[0][0]) if tail else "0-0"
+            held_back = hold is not None and _stream_id(last) <= _stream_id(_s(hold))
+            replica = _s(holder[0]) if holder and holder[0] is not None else ""
+            inc = _s(holder[1]) if holder and holder[1] is not None else ""
+            out.append(PendingProbe(int(n), held_back, replica, inc))
+        holders = [p for p in out if p.replica_id]
+        if holders:
+            pipe = self.client.pipeline(transaction=False)
+            for p in holders:
+                pipe.hget(self.keys.replica(p.replica_id).lease, "incarnation")
+            for p, cur in zip(holders, await pipe.execute(), strict=True):
+                p.owner_alive = cur is not None and _s(cur) == p.incarnation
+        return out
+
+    async def bump_pending(self, refs: list[str], now_ms: int) -> None:
+        """Re-score entries still in the index (XX: never re-adds a pruned one)."""
+        if refs:
+            await self.client.zadd(self.keys.pending, dict.fromkeys(refs, now_ms), xx=True)
 
     # -- replicas ------------------------------------------------------------------------------
 

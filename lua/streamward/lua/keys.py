@@ -41,6 +41,7 @@ class SessionKeys:
     runs: str
     attached: str
     cancels: str
+    history: str
     tag: str
 
     @property
@@ -74,6 +75,8 @@ class Keys:
         self.sessions = f"{prefix}:sessions"
         self.watchdog = f"{prefix}:watchdog"
         self.routes = f"{prefix}:routes"
+        # sessions that may have pending input: ref -> ms last known to need attention
+        self.pending = f"{prefix}:pending"
         self.work_group = "runners"
 
     def session(self, project: str, session_id: str) -> SessionKeys:
@@ -91,6 +94,7 @@ class Keys:
             runs=f"{tag}:runs",
             attached=f"{tag}:attached",
             cancels=f"{tag}:cancels",
+            history=f"{tag}:history",
             tag=tag,
         )
 

@@ -178,21 +178,34 @@ class LeaseCalls:
         return lease
 
     async def release(
-        self, session: SessionKeys, replica_id: str, incarnation: str, token: int
+        self,
+        session: SessionKeys,
+        replica_id: str,
+        incarnation: str,
+        token: int,
+        reason: str = "release",
     ) -> bool:
-        """Owner-checked release. True if released, False if no lease was held; NotOwner else."""
+        """Owner-checked release. True if released, False if no lease was held; NotOwner else.
+        ``reason`` (passivate, drain, ...) goes to the session's ownership history."""
         index = self.keys.replica(replica_id).leases
         try:
-            released = await self.scripts.release_lease(session, replica_id, incarnation, token)
+            released = await self.scripts.release_lease(
+                session, replica_id, incarnation, token, reason
+            )
         except E.NotOwner:  # not ours either way: the index must not list it
             await self.client.srem(index, session.ref)
             raise
         await self.client.srem(index, session.ref)
         return released
 
-    async def force_release(self, session: SessionKeys, reason: str = "manual") -> ForceReleased:
-        """Break-glass: delete the lease whoever holds it and bump the epoch (fences the owner)."""
-        out = await self.scripts.force_release(session, reason)
+    async def force_release(
+        self, session: SessionKeys, reason: str = "manual", kind: str = "force"
+    ) -> ForceReleased:
+        """Break-glass: delete the lease whoever holds it and bump the epoch (fences the owner).
+
+        Records ``reason`` and ``kind`` (force | deleted) in meta and the ownership history;
+        re-queueing and telling the former owner are the caller's (see api admin routes)."""
+        out = await self.scripts.force_release(session, reason, kind)
         if out.old_replica_id:
             await self.client.srem(self.keys.replica(out.old_replica_id).leases, session.ref)
         return out

@@ -93,7 +93,7 @@ class LeaseRenewals:
 
 @dataclass(frozen=True, slots=True)
 class ForceReleased:
-    """forceRelease-3: who held the lease ("" / 0 when nobody) and the bumped epoch."""
+    """forceRelease-4: who held the lease ("" / 0 when nobody) and the bumped epoch."""
 
     old_replica_id: str
     old_incarnation: str

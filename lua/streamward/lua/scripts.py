@@ -13,13 +13,14 @@ from typing import Literal, get_args
 
 import orjson
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 
 from streamward.lua import errors as E
 from streamward.lua.client import RedisClient
 from streamward.lua.entries import Entry
 from streamward.lua.inbox import parse_inbox, parse_run_state
 from streamward.lua.keys import ReplicaKeys, SessionKeys
-from streamward.lua.loader import ArgT, Script, script_sources
+from streamward.lua.loader import ArgT, Script, execute_pipeline, script_sources
 from streamward.lua.replies import (
     Binding,
     DuplicateInput,
@@ -51,6 +52,7 @@ ScriptName = Literal[
     "ingestEntries",
     "notifyReplica",
     "peekInbox",
+    "prunePending",
     "readLease",
     "registerReplica",
     "releaseLease",
@@ -95,6 +97,22 @@ def parse_renewals(raw: object) -> LeaseRenewals:
     return LeaseRenewals(as_int(r[0]), [_RENEW_OUTCOME.get(as_int(x), "unknown") for x in r[1:]])
 
 
+def parse_enqueued(raw: object) -> Queued | DuplicateInput:
+    """enqueueInput reply; raises SessionBusy for multitask=reject."""
+    r = _ok("enqueueInput", as_list(raw), E.DUPLICATE)
+    if status(r) == E.DUPLICATE:
+        return DuplicateInput(as_str(r[1]), as_str(r[2]))
+    holder = as_str(r[6])
+    return Queued(
+        entry_id=as_str(r[1]),
+        active_run_id=as_str(r[2]),
+        pending=as_int(r[3]),
+        revived=as_int(r[4]) == 1,
+        log_last_id=as_str(r[5]),
+        holder=(holder, as_str(r[7])) if holder else None,
+    )
+
+
 def parse_notified(raw: object) -> bool:
     """notifyReplica reply: delivered or not (the replica lease names another incarnation)."""
     return status(as_list(raw)) == E.OK
@@ -108,6 +126,8 @@ class Scripts:
         if set(sources) != set(SCRIPT_NAMES):
             raise E.ScriptError(f"scripts shipped {sorted(sources)} != typed {SCRIPT_NAMES}")
         self._by_name = {name: Script(sources[name], client) for name in SCRIPT_NAMES}
+        self._client = client
+        self._cluster = isinstance(client, RedisCluster)
 
     def script(self, name: ScriptName) -> Script:
         """The loaded script itself (its SHA, ``queue`` for pipelines, raw calls in tests)."""
@@ -160,7 +180,11 @@ class Scripts:
         session: SessionKeys, replica_id: str, incarnation: str, ttl_ms: int
     ) -> tuple[list[str], list[ArgT]]:
         """(KEYS, ARGV) of acquireLease, for callers that pipeline it (parse with parse_grant)."""
-        return [session.lease, session.epoch, session.meta], [replica_id, incarnation, ttl_ms]
+        return [session.lease, session.epoch, session.meta, session.history], [
+            replica_id,
+            incarnation,
+            ttl_ms,
+        ]
 
     async def takeover_lease(
         self,
@@ -173,7 +197,7 @@ class Scripts:
         """CAS from ``expected`` = (replica, incarnation, token); raises LeaseHeld."""
         old_replica, old_inc, old_token = expected
         raw = await self._by_name["takeoverLease"](
-            [session.lease, session.epoch, session.meta],
+            [session.lease, session.epoch, session.meta, session.history],
             [old_replica, old_inc, old_token, replica_id, incarnation, ttl_ms],
         )
         return parse_grant("takeoverLease", raw)
@@ -198,16 +222,21 @@ class Scripts:
         self._by_name["renewLeases"].queue(pipe, keys, args)
 
     async def release_lease(
-        self, session: SessionKeys, replica_id: str, incarnation: str, token: int
+        self, session: SessionKeys, replica_id: str, incarnation: str, token: int, reason: str
     ) -> bool:
         """True when released, False when no lease was held; raises NotOwner."""
-        raw = await self._by_name["releaseLease"]([session.lease], [replica_id, incarnation, token])
+        raw = await self._by_name["releaseLease"](
+            [session.lease, session.history], [replica_id, incarnation, token, reason]
+        )
         r = _ok("releaseLease", as_list(raw), E.NOT_FOUND)
         return status(r) == E.OK
 
-    async def force_release(self, session: SessionKeys, reason: str) -> ForceReleased:
+    async def force_release(
+        self, session: SessionKeys, reason: str, kind: str = "force"
+    ) -> ForceReleased:
+        """``kind``: force (an operator) or deleted (session deletion); both are recorded."""
         raw = await self._by_name["forceRelease"](
-            [session.lease, session.epoch, session.meta], [reason]
+            [session.lease, session.epoch, session.meta, session.history], [reason, kind]
         )
         r = _ok("forceRelease", as_list(raw))
         return ForceReleased(as_str(r[1]), as_str(r[2]), as_int(r[3]), as_int(r[4]))
@@ -260,6 +289,30 @@ class Scripts:
         _ok("ingestEntries", r)
         return IngestResult(as_int(r[1]), as_int(r[2]), as_int(r[3]))
 
+    @staticmethod
+    def enqueue_input_call(
+        session: SessionKeys,
+        run_id: str,
+        input_json: str,
+        *,
+        multitask: str,
+        idempotency_key: str | None,
+        idempotency_ttl_ms: int,
+        source: str,
+    ) -> tuple[list[str], list[ArgT]]:
+        """(KEYS, ARGV) of enqueueInput (parse with parse_enqueued)."""
+        idem = session.idempotency(idempotency_key or "-")
+        return [session.inbox, session.meta, idem, session.log, session.lease], [
+            run_id,
+            input_json,
+            multitask,
+            "1" if idempotency_key else "0",
+            idempotency_ttl_ms,
+            session.project,
+            session.session_id,
+            source,
+        ]
+
     async def enqueue_input(
         self,
         session: SessionKeys,
@@ -270,34 +323,38 @@ class Scripts:
         idempotency_key: str | None,
         idempotency_ttl_ms: int,
         source: str,
+        pending: tuple[str, int] | None = None,
     ) -> Queued | DuplicateInput:
-        """Raises SessionBusy for multitask=reject."""
-        idem = session.idempotency(idempotency_key or "-")
-        raw = await self._by_name["enqueueInput"](
-            [session.inbox, session.meta, idem, session.log, session.lease],
-            [
-                run_id,
-                input_json,
-                multitask,
-                "1" if idempotency_key else "0",
-                idempotency_ttl_ms,
-                session.project,
-                session.session_id,
-                source,
-            ],
+        """Raises SessionBusy for multitask=reject.
+
+        ``pending`` = (pending index key, score ms): ZADD the session there BEFORE the
+        append, in the same pipeline (one round trip); on Cluster (another slot) the ZADD
+        is awaited first. An entry whose append was refused is pruned by the sweep.
+        """
+        keys, args = self.enqueue_input_call(
+            session,
+            run_id,
+            input_json,
+            multitask=multitask,
+            idempotency_key=idempotency_key,
+            idempotency_ttl_ms=idempotency_ttl_ms,
+            source=source,
         )
-        r = _ok("enqueueInput", as_list(raw), E.DUPLICATE)
-        if status(r) == E.DUPLICATE:
-            return DuplicateInput(as_str(r[1]), as_str(r[2]))
-        holder = as_str(r[6])
-        return Queued(
-            entry_id=as_str(r[1]),
-            active_run_id=as_str(r[2]),
-            pending=as_int(r[3]),
-            revived=as_int(r[4]) == 1,
-            log_last_id=as_str(r[5]),
-            holder=(holder, as_str(r[7])) if holder else None,
-        )
+        script = self._by_name["enqueueInput"]
+        if pending is None:
+            return parse_enqueued(await script(keys, args))
+        index, score_ms = pending
+        ref = session.ref
+        if self._cluster:
+            await self._client.zadd(index, {ref: score_ms})
+            return parse_enqueued(await script(keys, args))
+
+        def build(pipe: Pipeline) -> None:
+            pipe.zadd(index, {ref: score_ms})
+            script.queue(pipe, keys, args)
+
+        # execute raises the first refused command: an error never passes for a reply
+        return parse_enqueued((await execute_pipeline(self._client, script, build))[1])
 
     @staticmethod
     def notify_replica_call(
@@ -350,6 +407,18 @@ class Scripts:
         if status(r) == E.STALE_TOKEN:
             raise E.StaleToken(token, as_int(r[1]))
         return as_int(_ok("completeInput", r)[1])
+
+    # -- pending index -------------------------------------------------------------------
+
+    async def prune_pending(self, pending_key: str, seen: Sequence[tuple[str, int]]) -> int:
+        """Remove each (ref, score read) whose score is still at most that; count removed."""
+        if not seen:
+            return 0
+        args: list[ArgT] = []
+        for ref, score in seen:
+            args += [ref, score]
+        raw = await self._by_name["prunePending"]([pending_key], args)
+        return as_int(_ok("prunePending", as_list(raw))[1])
 
     # -- event routing -------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ every script runs through its typed method in lua/scripts.py.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -72,7 +73,13 @@ class LeaseStore(LeaseCalls):
         idempotency_ttl_ms: int = 24 * 3600 * 1000,
         source: str = "invoke",
     ) -> Enqueued:
-        """Append an invocation to the inbox. Raises SessionBusy for multitask=reject."""
+        """Append an invocation to the inbox. Raises SessionBusy for multitask=reject.
+
+        The session is added to the pending index (``sw:pending``) first, in the same round
+        trip: whatever happens to the wake-up that follows, the watchdog's sweep finds the
+        input. The score is this host's clock (ms): the sweep leaves entries younger than
+        its grace alone, so hosts need clocks within the sweep interval of Redis's.
+        """
         r = await self.scripts.enqueue_input(
             session,
             run_id,
@@ -81,6 +88,7 @@ class LeaseStore(LeaseCalls):
             idempotency_key=idempotency_key,
             idempotency_ttl_ms=idempotency_ttl_ms,
             source=source,
+            pending=(self.keys.pending, int(time.time() * 1000)),
         )
         if isinstance(r, DuplicateInput):
             return Enqueued(r.run_id, None, True, "", 0, log_last_id=r.log_last_id)

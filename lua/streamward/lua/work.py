@@ -11,7 +11,8 @@ from redis.exceptions import ResponseError
 from streamward.lua.base import StreamsBase
 from streamward.lua.base import as_text as _s
 
-WORK_MAXLEN = 100_000
+# sw:work has no MAXLEN: consumers XACK + XDEL, so it only ever holds undelivered or
+# unacked entries, and trimming would drop exactly those (wake-ups nobody read yet)
 MAIL_MAXLEN = 10_000
 
 
@@ -29,7 +30,7 @@ class Mail:
     """A notification in a replica's mailbox."""
 
     id: str
-    kind: str  # input | cancel | drain | wake
+    kind: str  # input | cancel | drain | wake | released (force-released by an operator)
     session_ref: str
     run_id: str
 
@@ -47,12 +48,7 @@ class WorkQueue(StreamsBase):
 
     async def publish_work(self, session_ref: str, reason: str) -> str:
         return _s(
-            await self.client.xadd(
-                self.keys.work,
-                {"session": session_ref, "reason": reason},
-                maxlen=WORK_MAXLEN,
-                approximate=True,
-            )
+            await self.client.xadd(self.keys.work, {"session": session_ref, "reason": reason})
         )
 
     async def publish_work_many(self, session_refs: list[str], reason: str) -> None:
@@ -61,12 +57,7 @@ class WorkQueue(StreamsBase):
             return
         pipe = self.client.pipeline(transaction=False)
         for ref in session_refs:
-            pipe.xadd(
-                self.keys.work,
-                {"session": ref, "reason": reason},
-                maxlen=WORK_MAXLEN,
-                approximate=True,
-            )
+            pipe.xadd(self.keys.work, {"session": ref, "reason": reason})
         await pipe.execute()
 
     async def read_work(self, consumer: str, count: int, block_ms: int) -> list[WorkItem]:
@@ -120,6 +111,20 @@ class WorkQueue(StreamsBase):
                 approximate=True,
             )
         )
+
+    async def send_mail_many(self, mails: list[tuple[str, str, str]]) -> None:
+        """``send_mail`` for many (replica_id, kind, session_ref) in one pipelined round trip."""
+        if not mails:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for replica_id, kind, ref in mails:
+            pipe.xadd(
+                self.keys.replica(replica_id).mail,
+                {"kind": kind, "session": ref, "run_id": ""},
+                maxlen=MAIL_MAXLEN,
+                approximate=True,
+            )
+        await pipe.execute()
 
     async def mail_last_id(self, replica_id: str) -> str:
         tail = await self.client.xrevrange(self.keys.replica(replica_id).mail, count=1)

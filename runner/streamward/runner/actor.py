@@ -229,7 +229,8 @@ class SessionActor:
         self._close_delay_s = r.settings.session_close_delay_s(meta.get("idle_timeout_ms"))
         active = meta.get("active_run_id")
         if active:
-            await self._owner_death().interrupted(active, meta.get("on_owner_death") or "restart")
+            policy = meta.get("on_owner_death") or "restart"
+            await self._owner_death().interrupted(active, policy, meta)
 
     def _owner_death(self) -> OwnerDeath:
         assert self.shipper is not None

@@ -1,4 +1,4 @@
-"""The replica's mailbox (input, wake, cancel, drain) and the inbox sweep safety net."""
+"""The replica's mailbox (input, wake, cancel, drain, released) and the inbox sweep safety net."""
 
 from __future__ import annotations
 
@@ -78,6 +78,14 @@ class Mailbox(Loop):
         if self.state.fenced or not mail.session_ref:
             return
         actor = self.sessions.actors.get(mail.session_ref)
+        if mail.kind == "released":
+            # an operator force-released it: stop the actor at once (nothing more it writes
+            # would be accepted), then claim it again if input waits (the API re-queued it too)
+            if await self.sessions.drop_if_stale(mail.session_ref):
+                sk = self.keys.session_ref(mail.session_ref)
+                if await self.streams.pending(sk) > 0:
+                    await self.sessions.claim(mail.session_ref, "force_release")
+            return
         if mail.kind == "cancel":
             if actor is not None and actor.current_run_id == mail.run_id:
                 await actor.cancel_requested(mail.run_id)

@@ -57,6 +57,16 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.sweep_requeued = Counter(
+            "streamward_runner_sweep_requeued",
+            "Sessions with waiting input and no live owner re-queued by the liveness sweep.",
+            registry=r,
+        )
+        self.pending_index = Gauge(
+            "streamward_runner_pending_index_size",
+            "Entries in the pending index (sw:pending), as seen by the last sweep (watchdog).",
+            registry=r,
+        )
         self.heartbeat_last_success = Gauge(
             "streamward_runner_heartbeat_last_success_timestamp_seconds",
             "Unix time of the last successful replica heartbeat.",

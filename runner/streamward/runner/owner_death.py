@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from streamward.core.contract import TERMINAL_STATUSES
@@ -46,21 +46,35 @@ class OwnerDeath:
         self.state = state
         self.complete = complete
 
-    async def interrupted(self, run_id: str, policy: str) -> None:
+    async def interrupted(
+        self, run_id: str, policy: str, meta: Mapping[str, str] | None = None
+    ) -> None:
+        """Mark the previous owner's run interrupted and apply ``policy``. ``meta`` (the
+        session's) tells a force release (its token is the run's) from an owner death."""
         ref = self.session.ref
         if policy not in POLICIES:
             log.warning("session %s: unknown on_owner_death %r, using restart", ref, policy)
             policy = "restart"
         run = await self.streams.run_state(self.session, run_id)
-        data = {
-            "reason": "owner_death",
-            "previous_replica_id": run.replica_id if run else None,
-            "previous_token": run.token if run else None,
-            "policy": policy,
-        }
+        reason = "owner_death"
+        data: dict[str, object] = {}
+        m = meta or {}
+        forced = m.get("force_released_token")
+        if run is not None and forced and run.token is not None and str(run.token) == forced:
+            reason = "force_release"
+            data["release_reason"] = m.get("last_release_reason", "")
+            data["release_kind"] = m.get("release_kind", "force")
+        data.update(
+            {
+                "reason": reason,
+                "previous_replica_id": run.replica_id if run else None,
+                "previous_token": run.token if run else None,
+                "policy": policy,
+            }
+        )
         await self.shipper.put(run_id, "run.interrupted", data)
         await self.shipper.flush()
-        log.info("session %s: run %s interrupted by owner death (%s)", ref, run_id, policy)
+        log.info("session %s: run %s interrupted (%s, %s)", ref, run_id, reason, policy)
         if policy == "queue":
             last = await self.streams.inbox_last_id(self.session)
             if last != "0-0":

@@ -43,7 +43,7 @@ async def release_session(
             if status in ("", "active", "passivated"):
                 await streams.set_meta(session, status="passivated", reason="idle")
     try:
-        await store.release(session, replica_id, incarnation, token)
+        await store.release(session, replica_id, incarnation, token, mode)
     except NotOwner as exc:
         log.info("session %s: not released, someone else holds it (%s)", ref, exc)
         return

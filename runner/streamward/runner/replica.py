@@ -176,7 +176,9 @@ class Replica:
             WorkIntake(st, streams, sessions),
             WorkReclaimer(st, s, streams, sessions),
             mailbox,
-            Watchdog(st, s.replica_ttl_ms, self.keys, store, streams),
+            Watchdog(
+                st, s.replica_ttl_ms, self.keys, store, streams, s.sweep_interval_s, self.metrics
+            ),
             InboxSweep(st, s, streams, sessions),
         ]
         for loop in self._loops:

@@ -132,6 +132,10 @@ class SessionBook:
     async def _claim(self, ref: str, reason: str) -> None:
         sk = self.keys.session_ref(ref)
         actor = self.actors.get(ref)
+        if actor is not None and reason == "force_release":
+            # the lease was deleted under this actor: stop it now, then claim afresh
+            await self.drop_if_stale(ref)
+            actor = self.actors.get(ref)
         if actor is not None:
             if not actor.closing:
                 actor.on_input()
@@ -196,6 +200,20 @@ class SessionBook:
             await self.streams.publish_work(ref, "owner_death")
             return
         self._start_actor(lease)
+
+    async def drop_if_stale(self, ref: str) -> bool:
+        """Drop ``ref``'s actor when the lease no longer names it (force-released or taken
+        over): it would only find out at its next write or renewal. True when dropped."""
+        actor = self.actors.get(ref)
+        if actor is None:
+            return False
+        own = await self.store.ownership(actor.session)
+        mine = (self.state.replica_id, actor.incarnation, actor.token)
+        if own.held and (own.replica_id, own.incarnation, own.token) == mine:
+            return False
+        actor.drop("lease force-released or taken over")
+        await actor.closed.wait()
+        return True
 
     def _start_actor(self, lease: Lease) -> None:
         actor = SessionActor(self, lease)

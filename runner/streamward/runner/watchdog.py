@@ -1,4 +1,5 @@
-"""Watchdog duty: one replica at a time re-queues the sessions of dead replicas."""
+"""Watchdog duty: one replica at a time re-queues the sessions of dead replicas and, every
+sweep interval, sweeps the pending index (runner/pending_sweep.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from streamward.lua.keys import Keys
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 from streamward.runner.loop import Loop
+from streamward.runner.metrics import Metrics
+from streamward.runner.pending_sweep import PendingSweep
 from streamward.runner.state import ReplicaState
 
 log = logging.getLogger("streamward.runner.watchdog")
@@ -37,6 +40,8 @@ class Watchdog(Loop):
         keys: Keys,
         store: LeaseStore,
         streams: Streams,
+        sweep_interval_s: float = 5.0,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self.state = state
@@ -44,6 +49,10 @@ class Watchdog(Loop):
         self.keys = keys
         self.store = store
         self.streams = streams
+        self.sweep_interval_s = sweep_interval_s
+        self.metrics = metrics
+        self.pending = PendingSweep(keys, store, streams, grace_ms=int(sweep_interval_s * 1000))
+        self._next_sweep = 0.0
 
     async def run(self) -> None:
         st = self.state
@@ -62,8 +71,19 @@ class Watchdog(Loop):
                     holding = held
                 if held:
                     await self.sweep_dead_replicas()
+                    await self.maybe_sweep_pending()
             except RedisError as exc:
                 log.debug("watchdog tick failed: %r", exc)
+
+    async def maybe_sweep_pending(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_sweep:
+            return
+        self._next_sweep = loop.time() + self.sweep_interval_s
+        result = await self.pending.sweep()
+        if self.metrics is not None:
+            self.metrics.sweep_requeued.inc(result.requeued)
+            self.metrics.pending_index.set(await self.streams.pending_size())
 
     async def sweep_dead_replicas(self) -> int:
         """Re-queue every session of each replica whose lease key is gone; forget it."""

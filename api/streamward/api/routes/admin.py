@@ -232,11 +232,15 @@ async def force_release(
     """Break-glass release: deletes the lease and bumps the epoch, fencing the old owner."""
     sk = state.keys.session(project, session_id)
     before = await _lock(state, sk)
-    await store.force_release(sk, reason)
+    out = await store.force_release(sk, reason, "force")
     # read before re-queueing: once the work is published a runner may own it again at once
     after = await _lock(state, sk)
+    if out.old_replica_id:
+        # the former owner would only notice at its next write or renewal: stop it now
+        await streams.send_mail(out.old_replica_id, "released", sk.ref)
     if await streams.pending(sk) > 0:
-        # inputs are waiting and nobody owns the session now: let a runner claim it
+        # inputs are waiting and nobody owns the session now: let a runner claim it (if
+        # this process dies first, the pending-index sweep re-queues it)
         await streams.publish_work(sk.ref, "force_release")
     return ForceReleaseResult(session_id=session_id, before=before, after=after)
 

@@ -301,7 +301,7 @@ async def delete_session(
         await invocation.cancel_run(streams, sk, own, active)
     if own.held:
         # bumps the epoch: the old owner's next write is refused and it drops the session
-        await store.force_release(sk, "deleted")
+        await store.force_release(sk, "deleted", "deleted")
     await streams.delete_session_state(sk)
     await streams.set_meta(sk, active_run_id="")
     # kept readable until retention ends, then every key of the session expires

@@ -1,5 +1,5 @@
 --[[
-  takeoverLease-3.lua
+  takeoverLease-4.lua
   Take over a session lease whose holder's replica lease is dead. Compare-and-set:
   succeeds only if the lease still names the expected (replica, incarnation,
   token), or is already gone. Mints a new token, fencing the old owner.
@@ -7,6 +7,7 @@
   KEYS[1] lease key              sw:{S}:lease
   KEYS[2] epoch key              sw:{S}:epoch
   KEYS[3] meta key               sw:{S}:meta
+  KEYS[4] history key           sw:{S}:history
 
   ARGV[1] expected replica_id
   ARGV[2] expected incarnation
@@ -20,6 +21,7 @@
 ]]
 --- @include "includes/statusCodes"
 --- @include "includes/redisTime"
+--- @include "includes/history"
 local rcall = redis.call
 local now = redis_now_ms()
 local h = rcall('HMGET', KEYS[1], 'replica', 'incarnation', 'token', 'acquired_ms')
@@ -42,4 +44,6 @@ rcall('PEXPIRE', KEYS[1], ARGV[6])
 rcall('HINCRBY', KEYS[3], 'transitions', 1)
 rcall('HINCRBY', KEYS[3], 'takeovers', 1)
 rcall('HSET', KEYS[3], 'owner_changed_ms', now)
+rcall('XADD', KEYS[4], 'MAXLEN', '~', HISTORY_MAXLEN, '*', unpack(history('taken_over', ARGV[4], ARGV[5], token,
+  'from ' .. ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], now)))
 return {OK, token, now, 1}

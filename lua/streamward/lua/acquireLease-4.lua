@@ -1,5 +1,5 @@
 --[[
-  acquireLease-3.lua
+  acquireLease-4.lua
   Acquire a session lease. A free lease is taken with a token minted from the
   session's epoch (INCR: the fencing token). When the same replica and
   incarnation already hold it the call is idempotent and extends it.
@@ -7,6 +7,7 @@
   KEYS[1] lease key              sw:{S}:lease
   KEYS[2] epoch key              sw:{S}:epoch
   KEYS[3] meta key               sw:{S}:meta
+  KEYS[4] history key           sw:{S}:history
 
   ARGV[1] replica_id
   ARGV[2] incarnation
@@ -17,6 +18,7 @@
 ]]
 --- @include "includes/statusCodes"
 --- @include "includes/redisTime"
+--- @include "includes/history"
 local rcall = redis.call
 local now = redis_now_ms()
 local h = rcall('HMGET', KEYS[1], 'replica', 'incarnation', 'token', 'acquired_ms')
@@ -35,4 +37,6 @@ rcall('HSET', KEYS[1], 'replica', ARGV[1], 'incarnation', ARGV[2], 'token', toke
 rcall('PEXPIRE', KEYS[1], ARGV[3])
 rcall('HINCRBY', KEYS[3], 'transitions', 1)
 rcall('HSET', KEYS[3], 'owner_changed_ms', now)
+rcall('XADD', KEYS[4], 'MAXLEN', '~', HISTORY_MAXLEN, '*',
+  unpack(history('acquired', ARGV[1], ARGV[2], token, '', now)))
 return {OK, token, now, 1}
