@@ -178,6 +178,24 @@ class LockPage(Model):
     next_cursor: str | None = None
 
 
+class OwnershipEvent(Model):
+    """One ownership change: acquired, taken_over, released or force_released."""
+
+    id: str
+    event: str
+    replica_id: str | None = None
+    incarnation: str | None = None
+    token: int = 0
+    reason: str = ""
+    at: str | None = None
+
+
+class OwnershipHistory(Model):
+    session_id: str
+    project: str
+    events: list[OwnershipEvent]  # newest first; the last ~200 are kept
+
+
 class ForceReleaseResult(Model):
     session_id: str
     before: LockOut

@@ -108,6 +108,13 @@ class Indexes(StreamsBase):
         if refs:
             await self.client.zadd(self.keys.pending, dict.fromkeys(refs, now_ms), xx=True)
 
+    async def ownership_history(
+        self, session: SessionKeys, count: int = 200
+    ) -> list[tuple[str, dict[str, str]]]:
+        """The session's ownership changes (sw:{S}:history), newest first: (id, fields)."""
+        items = await self.client.xrevrange(session.history, count=count)
+        return [(_s(i), {_s(k): _s(v) for k, v in f.items()}) for i, f in items]
+
     # -- replicas ------------------------------------------------------------------------------
 
     async def replica_ids(self) -> list[tuple[str, int]]:

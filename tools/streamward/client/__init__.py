@@ -24,6 +24,7 @@ from streamward.api.schemas import (
     LockOut,
     LockPage,
     LogEntryOut,
+    OwnershipHistory,
     ReplicaOut,
     SessionOut,
     SessionPage,
@@ -468,6 +469,16 @@ class AsyncStreamwardClient(_Common):
             )
         )
 
+    async def ownership_history(
+        self, session_id: str, project: str = "default", limit: int = 50
+    ) -> OwnershipHistory:
+        params = {"project": project, "limit": str(limit)}
+        return OwnershipHistory.model_validate(
+            await self._call(
+                _Req("GET", f"/admin/sessions/{session_id}/history", params=params), admin=True
+            )
+        )
+
     async def replicas(self) -> list[ReplicaOut]:
         data = await self._call(_Req("GET", "/admin/replicas"), admin=True)
         return [ReplicaOut.model_validate(x) for x in data]
@@ -697,6 +708,16 @@ class StreamwardClient(_Common):
         return ForceReleaseResult.model_validate(
             self._call(
                 _Req("POST", f"/admin/locks/{session_id}/release", params=params), admin=True
+            )
+        )
+
+    def ownership_history(
+        self, session_id: str, project: str = "default", limit: int = 50
+    ) -> OwnershipHistory:
+        params = {"project": project, "limit": str(limit)}
+        return OwnershipHistory.model_validate(
+            self._call(
+                _Req("GET", f"/admin/sessions/{session_id}/history", params=params), admin=True
             )
         )
 

@@ -563,6 +563,34 @@ def locks_show(
         )
 
 
+@locks_app.command("history")
+def locks_history(
+    session: SessionArg,
+    project: ProjectOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="Events to show.")] = 50,
+    output: OutputOpt = Output.table,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    admin_token: AdminToken = None,
+) -> None:
+    """Who owned a session when, newest first (acquired, taken_over, released,
+    force_released with the operator's reason)."""
+    proj, sid = _split_session(session, project)
+    conn = Conn(api_url, admin_token)
+    with _errors(api_url), conn.client() as client:
+        hist = client.ownership_history(sid, proj, limit)
+    if output in (Output.json, Output.yaml):
+        sys.stdout.write(_dump(hist.model_dump(mode="json"), output) + "\n")
+        return
+    out = Console(soft_wrap=True)
+    if not hist.events:
+        out.print(f"{proj}/{sid}: no ownership history")
+        return
+    for e in hist.events:
+        who = f"{e.replica_id}/{e.incarnation}" if e.replica_id else "-"
+        why = f"  reason: {e.reason}" if e.reason else ""
+        out.print(f"{e.at or '-'}  {e.event:<15} {who}  token {e.token}{why}")
+
+
 def _holder_line(lock: LockOut) -> str:
     if lock.holder is None:
         return f"no holder (epoch {lock.epoch}, state {lock.state})"

@@ -33,11 +33,14 @@ from streamward.api.schemas import (
     IngestResult,
     LockOut,
     LockPage,
+    OwnershipEvent,
+    OwnershipHistory,
     ReplicaOut,
     StreamDetachRequest,
     StreamDetachResult,
 )
 from streamward.core.contract import Entry
+from streamward.core.timefmt import rfc3339_opt
 from streamward.lua.errors import NotOwner, SeqGap, StaleToken
 from streamward.lua.keys import SessionKeys
 from streamward.lua.replies import IngestResult as StoreIngestResult
@@ -243,6 +246,34 @@ async def force_release(
         # this process dies first, the pending-index sweep re-queues it)
         await streams.publish_work(sk.ref, "force_release")
     return ForceReleaseResult(session_id=session_id, before=before, after=after)
+
+
+@router.get(
+    "/sessions/{session_id}/history", response_model=OwnershipHistory, responses=_AUTH_RESPONSES
+)
+async def ownership_history(
+    session_id: SessionIdPath,
+    state: StateDep,
+    streams: StreamsDep,
+    project: ProjectQuery = "default",
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> OwnershipHistory:
+    """Who owned the session when, newest first: acquisitions, takeovers, releases and
+    force releases (with the operator's reason)."""
+    sk = state.keys.session(project, session_id)
+    events = [
+        OwnershipEvent(
+            id=entry_id,
+            event=f.get("event", ""),
+            replica_id=f.get("replica") or None,
+            incarnation=f.get("incarnation") or None,
+            token=int(f.get("token") or 0),
+            reason=f.get("reason", ""),
+            at=rfc3339_opt(f.get("ms")),
+        )
+        for entry_id, f in await streams.ownership_history(sk, limit)
+    ]
+    return OwnershipHistory(session_id=session_id, project=project, events=events)
 
 
 @router.get("/replicas", response_model=list[ReplicaOut], responses=_AUTH_RESPONSES)
