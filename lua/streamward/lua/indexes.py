@@ -228,6 +228,7 @@ class Indexes(StreamsBase):
             session.attached,
             session.cancels,
             session.epoch,
+            session.history,
         ):
             pipe.pexpire(key, retention_ms)
         await pipe.execute()
@@ -236,6 +237,13 @@ class Indexes(StreamsBase):
     async def revive_session(self, session: SessionKeys) -> None:
         """Keep a retired session's keys after all (enqueueInput revived its inbox and meta)."""
         pipe = self.client.pipeline(transaction=False)
-        for key in (session.log, session.runs, session.epoch, session.attached, session.cancels):
+        for key in (
+            session.log,
+            session.runs,
+            session.epoch,
+            session.attached,
+            session.cancels,
+            session.history,
+        ):
             pipe.persist(key)
         await pipe.execute()

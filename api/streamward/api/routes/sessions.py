@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Header, Query
 from starlette.responses import Response
 
@@ -46,8 +48,9 @@ from streamward.api.schemas import (
     TranscriptPage,
 )
 from streamward.core.contract import TERMINAL_STATUSES
+from streamward.lua.errors import SeqGap, StaleToken
 from streamward.lua.keys import SessionKeys
-from streamward.lua.store import LeaseStore
+from streamward.lua.store import Entry, LeaseStore
 from streamward.lua.streams import Streams
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
@@ -289,6 +292,24 @@ async def get_session(sk: SessionDep, store: StoreDep, streams: StreamsDep) -> S
     return out
 
 
+async def _end_deleted_run(
+    store: LeaseStore, streams: Streams, sk: SessionKeys, run_id: str, epoch: int
+) -> None:
+    """Write the deleted session's running run its terminal ``run.cancelled``.
+
+    The fenced owner can no longer write it. The force release's new epoch is a token no
+    runner ever holds (the next acquisition increments it again), so this one write is
+    fenced like any other: it is refused if anyone acquired the session meanwhile.
+    """
+    rs = await streams.run_state(sk, run_id)  # read after the fence: nobody writes now
+    if rs is not None and rs.status in TERMINAL_STATUSES:
+        return  # its owner ended it before the release (e.g. on the cancel mail)
+    seq = await streams.last_seq(sk) + 1
+    entry = Entry(seq, "run.cancelled", orjson.dumps({"reason": "deleted"}).decode())
+    with contextlib.suppress(StaleToken, SeqGap):
+        await store.ingest(sk, run_id, epoch, [entry])
+
+
 @router.delete("/sessions/{session_id}", response_model=SessionOut, responses=_COMMON)
 async def delete_session(
     sk: SessionDep, store: StoreDep, streams: StreamsDep, settings: SettingsDep
@@ -299,9 +320,13 @@ async def delete_session(
     active = meta.get("active_run_id")
     if active:
         await invocation.cancel_run(streams, sk, own, active)
-    if own.held:
+    if own.held or active:
         # bumps the epoch: the old owner's next write is refused and it drops the session
-        await store.force_release(sk, "deleted", "deleted")
+        released = await store.force_release(sk, "deleted", "deleted")
+        if released.old_replica_id:
+            await streams.send_mail(released.old_replica_id, "released", sk.ref)
+        if active:
+            await _end_deleted_run(store, streams, sk, active, released.new_epoch)
     await streams.delete_session_state(sk)
     await streams.set_meta(sk, active_run_id="")
     # kept readable until retention ends, then every key of the session expires
