@@ -136,7 +136,10 @@ async def test_delete_cancels_fences_and_keeps_the_log(
     # the epoch never goes back, the log stays readable, the index forgets the session
     assert int(await streams.client.get(sk.epoch)) == old_token + 1
     tr = (await client.get("/v1/sessions/s1/transcript")).json()
-    assert [x["type"] for x in tr["items"]] == ["run.started"]
+    # the fenced owner cannot end its run: the deletion writes its terminal (new epoch)
+    assert [x["type"] for x in tr["items"]] == ["run.started", "run.cancelled"]
+    assert tr["items"][1]["data"] == {"reason": "deleted"}
+    assert tr["items"][1]["run_id"] == run_id
     assert (await client.get("/v1/sessions")).json()["items"] == []
     assert (await client.get("/v1/sessions/s1")).json()["status"] == "deleted"
     assert_problem(await client.delete("/v1/sessions/nope"), 404, "session_not_found")

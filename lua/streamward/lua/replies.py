@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from streamward.lua import errors as E
 from streamward.lua.errors import ScriptError
 from streamward.lua.inbox import InboxItem, RunState
 
@@ -157,3 +158,50 @@ class Binding:
     action: Literal["started", "queued"]
     previous_session_id: str
     reason: str  # why the previous generation ended: timeout | daily | manual | dead | ""
+
+
+_RENEW_OUTCOME: dict[int, RenewOutcome] = {
+    E.OK: "renewed",
+    0: "expired",
+    E.NOT_OWNER: "not_owner",
+    E.STALE_TOKEN: "stale_token",
+}
+
+
+def ok_reply(script: str, reply: Sequence[object], *codes: int) -> Sequence[object]:
+    """``reply`` when its status is OK (or one of ``codes``); its exception otherwise."""
+    if status(reply) not in (E.OK, *codes):
+        raise E.status_error(script, reply)
+    return reply
+
+
+def parse_grant(script: str, raw: object) -> Grant:
+    """acquireLease / takeoverLease reply; raises LeaseHeld."""
+    r = ok_reply(script, as_list(raw))
+    return Grant(as_int(r[1]), as_int(r[2]), as_int(r[3]) == 1)
+
+
+def parse_renewals(raw: object) -> LeaseRenewals:
+    r = as_list(raw)
+    return LeaseRenewals(as_int(r[0]), [_RENEW_OUTCOME.get(as_int(x), "unknown") for x in r[1:]])
+
+
+def parse_enqueued(raw: object) -> Queued | DuplicateInput:
+    """enqueueInput reply; raises SessionBusy for multitask=reject."""
+    r = ok_reply("enqueueInput", as_list(raw), E.DUPLICATE)
+    if status(r) == E.DUPLICATE:
+        return DuplicateInput(as_str(r[1]), as_str(r[2]))
+    holder = as_str(r[6])
+    return Queued(
+        entry_id=as_str(r[1]),
+        active_run_id=as_str(r[2]),
+        pending=as_int(r[3]),
+        revived=as_int(r[4]) == 1,
+        log_last_id=as_str(r[5]),
+        holder=(holder, as_str(r[7])) if holder else None,
+    )
+
+
+def parse_notified(raw: object) -> bool:
+    """notifyReplica reply: delivered or not (the replica lease names another incarnation)."""
+    return status(as_list(raw)) == E.OK

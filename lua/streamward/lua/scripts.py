@@ -29,17 +29,28 @@ from streamward.lua.replies import (
     InboxPeek,
     IngestResult,
     LeaseRecord,
-    LeaseRenewals,
     LockClaim,
     NoLease,
     Queued,
     Registration,
-    RenewOutcome,
     as_int,
     as_list,
     as_str,
     pairs,
     status,
+)
+from streamward.lua.replies import ok_reply as _ok
+from streamward.lua.replies import (  # re-exported: pipelined callers parse with these
+    parse_enqueued as parse_enqueued,
+)
+from streamward.lua.replies import (
+    parse_grant as parse_grant,
+)
+from streamward.lua.replies import (
+    parse_notified as parse_notified,
+)
+from streamward.lua.replies import (
+    parse_renewals as parse_renewals,
 )
 
 ScriptName = Literal[
@@ -62,13 +73,6 @@ ScriptName = Literal[
 ]
 SCRIPT_NAMES: tuple[ScriptName, ...] = get_args(ScriptName)
 
-_RENEW_OUTCOME: dict[int, RenewOutcome] = {
-    E.OK: "renewed",
-    0: "expired",
-    E.NOT_OWNER: "not_owner",
-    E.STALE_TOKEN: "stale_token",
-}
-
 _BIND_ACTIONS: dict[str, Literal["started", "queued"]] = {"started": "started", "queued": "queued"}
 
 
@@ -77,45 +81,6 @@ def _field_args(incarnation: str, ttl_ms: int, fields: Mapping[str, str] | None)
     for k, v in (fields or {}).items():
         args += [k, v]
     return args
-
-
-def _ok(script: str, reply: Sequence[object], *codes: int) -> Sequence[object]:
-    """``reply`` when its status is OK (or one of ``codes``); its exception otherwise."""
-    if status(reply) not in (E.OK, *codes):
-        raise E.status_error(script, reply)
-    return reply
-
-
-def parse_grant(script: str, raw: object) -> Grant:
-    """acquireLease / takeoverLease reply; raises LeaseHeld."""
-    r = _ok(script, as_list(raw))
-    return Grant(as_int(r[1]), as_int(r[2]), as_int(r[3]) == 1)
-
-
-def parse_renewals(raw: object) -> LeaseRenewals:
-    r = as_list(raw)
-    return LeaseRenewals(as_int(r[0]), [_RENEW_OUTCOME.get(as_int(x), "unknown") for x in r[1:]])
-
-
-def parse_enqueued(raw: object) -> Queued | DuplicateInput:
-    """enqueueInput reply; raises SessionBusy for multitask=reject."""
-    r = _ok("enqueueInput", as_list(raw), E.DUPLICATE)
-    if status(r) == E.DUPLICATE:
-        return DuplicateInput(as_str(r[1]), as_str(r[2]))
-    holder = as_str(r[6])
-    return Queued(
-        entry_id=as_str(r[1]),
-        active_run_id=as_str(r[2]),
-        pending=as_int(r[3]),
-        revived=as_int(r[4]) == 1,
-        log_last_id=as_str(r[5]),
-        holder=(holder, as_str(r[7])) if holder else None,
-    )
-
-
-def parse_notified(raw: object) -> bool:
-    """notifyReplica reply: delivered or not (the replica lease names another incarnation)."""
-    return status(as_list(raw)) == E.OK
 
 
 class Scripts:
@@ -289,30 +254,6 @@ class Scripts:
         _ok("ingestEntries", r)
         return IngestResult(as_int(r[1]), as_int(r[2]), as_int(r[3]))
 
-    @staticmethod
-    def enqueue_input_call(
-        session: SessionKeys,
-        run_id: str,
-        input_json: str,
-        *,
-        multitask: str,
-        idempotency_key: str | None,
-        idempotency_ttl_ms: int,
-        source: str,
-    ) -> tuple[list[str], list[ArgT]]:
-        """(KEYS, ARGV) of enqueueInput (parse with parse_enqueued)."""
-        idem = session.idempotency(idempotency_key or "-")
-        return [session.inbox, session.meta, idem, session.log, session.lease], [
-            run_id,
-            input_json,
-            multitask,
-            "1" if idempotency_key else "0",
-            idempotency_ttl_ms,
-            session.project,
-            session.session_id,
-            source,
-        ]
-
     async def enqueue_input(
         self,
         session: SessionKeys,
@@ -331,15 +272,11 @@ class Scripts:
         append, in the same pipeline (one round trip); on Cluster (another slot) the ZADD
         is awaited first. An entry whose append was refused is pruned by the sweep.
         """
-        keys, args = self.enqueue_input_call(
-            session,
-            run_id,
-            input_json,
-            multitask=multitask,
-            idempotency_key=idempotency_key,
-            idempotency_ttl_ms=idempotency_ttl_ms,
-            source=source,
-        )
+        idem = session.idempotency(idempotency_key or "-")
+        keys = [session.inbox, session.meta, idem, session.log, session.lease]
+        use_idem = "1" if idempotency_key else "0"
+        args: list[ArgT] = [run_id, input_json, multitask, use_idem, idempotency_ttl_ms]
+        args += [session.project, session.session_id, source]
         script = self._by_name["enqueueInput"]
         if pending is None:
             return parse_enqueued(await script(keys, args))

@@ -8,7 +8,6 @@ import re
 import uuid
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Body, Header, Query
 from starlette.responses import Response
 
@@ -305,7 +304,7 @@ async def _end_deleted_run(
     if rs is not None and rs.status in TERMINAL_STATUSES:
         return  # its owner ended it before the release (e.g. on the cancel mail)
     seq = await streams.last_seq(sk) + 1
-    entry = Entry(seq, "run.cancelled", orjson.dumps({"reason": "deleted"}).decode())
+    entry = Entry(seq, "run.cancelled", {"reason": "deleted"})
     with contextlib.suppress(StaleToken, SeqGap):
         await store.ingest(sk, run_id, epoch, [entry])
 
