@@ -1,4 +1,4 @@
-"""acquireLease-3, takeoverLease-3, renewLeases-n, releaseLease-1, forceRelease-3, readLease-2
+"""acquireLease-4, takeoverLease-4, renewLeases-n, releaseLease-2, forceRelease-4, readLease-2
 and claimLock-1 through the LeaseStore facade."""
 
 from __future__ import annotations
