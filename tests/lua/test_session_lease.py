@@ -12,7 +12,7 @@ from streamward.lua.replies import LeaseRecord, NoLease
 from streamward.lua.store import LeaseStore
 from tests.lua.helpers import LEASE_TTL_MS, REPLICA_TTL_MS, epoch
 
-# -- acquireLease-3 ---------------------------------------------------------------------
+# -- acquireLease-4 ---------------------------------------------------------------------
 
 
 async def test_acquire_free_lease_mints_token_from_epoch(
@@ -88,7 +88,7 @@ async def test_acquire_after_expiry_mints_next_token(
     assert second.fresh and second.token == first.token + 1
 
 
-# -- takeoverLease-3 --------------------------------------------------------------------
+# -- takeoverLease-4 --------------------------------------------------------------------
 
 
 async def test_takeover_cas_on_expected_holder_mints_new_token(
@@ -243,7 +243,7 @@ async def test_renew_many_never_extends_another_incarnations_lease(
     assert await redis_client.pttl(session.lease) <= 1_000
 
 
-# -- releaseLease-1 ----------------------------------------------------------------------
+# -- releaseLease-2 ----------------------------------------------------------------------
 
 
 async def test_release_by_owner_deletes_lease_but_keeps_epoch(
@@ -278,7 +278,7 @@ async def test_release_is_owner_checked(
     assert await redis_client.hget(session.lease, "replica") == "r1"
 
 
-# -- forceRelease-3 ----------------------------------------------------------------------
+# -- forceRelease-4 ----------------------------------------------------------------------
 
 
 async def test_force_release_deletes_and_bumps_epoch(

@@ -105,7 +105,9 @@ async def test_every_facade_call_stays_in_one_slot(
     a, b = keys.session("proj", "a"), keys.session("proj", "b")
     assert key_slot(a.lease.encode()) != key_slot(b.lease.encode())
     with pytest.raises(RedisClusterException, match="all keys must map to the same key slot"):
-        await store.scripts.script("acquireLease")([a.lease, b.epoch, a.meta], ["r1", "i", 1000])
+        await store.scripts.script("acquireLease")(
+            [a.lease, b.epoch, a.meta, a.history], ["r1", "i", 1000]
+        )
     with (
         sync_client({"STREAMWARD_REDIS_URL": cluster.master_for_key(a.lease).url}) as node,
         pytest.raises(ResponseError, match="don't hash to the same slot"),
