@@ -201,3 +201,44 @@ def test_delete_and_drain_under_a_running_run_strand_nothing(api_fleet: Fleet, r
     for run_id in [slow["run_id"], *[r.json()["run_id"] for r in later]]:
         wait_until(_run_done(rc, "dr", run_id), 30, f"run {run_id}")
     assert rc.xlen(KEYS.session("default", "dr").inbox) == 0
+
+
+def test_reset_while_running_loses_no_accepted_input(api_fleet: Fleet, rc: Any) -> None:
+    api_fleet.start_runner("r1", env={"STREAMWARD_SWEEP_INTERVAL_S": str(SWEEP_S)})
+    route = {
+        "route_id": "chat",
+        "source": "slack",
+        "on": ["message"],
+        "session": {"key_template": "chat"},
+        "input_expr": "{text: payload.text, chunks: `20`, delay_ms: `100`}",
+    }
+    admin = _admin(api_fleet)
+    with httpx.Client(base_url=api_fleet.api_url, timeout=30.0) as http:
+        assert http.post("/admin/routes", json=route, headers=admin).status_code == 201
+
+        def event(text: str) -> dict[str, Any]:
+            r = http.post(
+                "/v1/events/slack",
+                json={"type": "message", "payload": {"chat_id": "C1", "text": text}},
+            )
+            assert r.status_code < 300, r.text
+            out: dict[str, Any] = r.json()["sessions"][0]
+            return out
+
+        first, second = event("one"), event("two")  # the second waits behind the first
+        old = first["session_id"]
+        assert old, first
+        assert second["session_id"] == old
+        wait_until(lambda: any(e.type == "run.output" for e in transcript(rc, old)), 10, "output")
+        r = http.post(
+            "/admin/routes/chat/reset", json={"session_key": first["session_key"]}, headers=admin
+        )
+        assert r.status_code == 200, r.text
+        third = event("three")
+        assert third["session_id"] != old  # a new generation
+        for sid, run_id in ((old, first["run_id"]), (old, second["run_id"])):
+            done = wait_until(_run_done(rc, sid, run_id), 30, f"{run_id} of the old generation")
+            assert done.type == "run.completed"
+        done = wait_until(_run_done(rc, third["session_id"], third["run_id"]), 30, "the new one")
+        assert done.type == "run.completed"
+        assert rc.xlen(KEYS.session("default", old).inbox) == 0
