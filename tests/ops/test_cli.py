@@ -226,6 +226,18 @@ def test_locks_release_json(system: System) -> None:
     assert doc["after"]["holder"] is None
 
 
+def test_locks_history_shows_the_force_release_and_its_reason(system: System) -> None:
+    owner = system.start_long_run("rel-hist")
+    ok(system, "locks", "release", "rel-hist", "--yes", "--reason", "stuck in a loop")
+    lines = ok(system, "locks", "history", "rel-hist").splitlines()
+    forced = [ln for ln in lines if "force_released" in ln]
+    assert len(forced) == 1 and owner in forced[0] and "reason: stuck in a loop" in forced[0]
+    assert any("acquired" in ln for ln in lines[lines.index(forced[0]) + 1 :])
+    doc = orjson.loads(ok(system, "locks", "history", "rel-hist", "-o", "json"))
+    events = [e["event"] for e in doc["events"]]
+    assert "force_released" in events and events[-1] == "acquired"  # newest first
+
+
 # -- replicas ---------------------------------------------------------------------------------
 
 
