@@ -360,9 +360,8 @@ class SessionActor:
         r.metrics.run_duration.labels(outcome).observe(time.monotonic() - run_t0)
 
     async def _complete(self, item: InboxItem, *, last: bool = False) -> None:
-        """Fenced advance of the inbox: raises StaleToken when the session moved. ``last``:
-        nothing follows before the next inbox read, so when no input is left the read can be
-        skipped (the wake flag is cleared first: a later input's mail sets it again)."""
+        """Fenced inbox advance (StaleToken: the session moved). ``last``: with no input left the
+        next read is skipped (the wake flag is cleared first: a later mail sets it again)."""
         if last:
             self._wake.clear()
         pending = await self.host.store.complete_input(self.session, self.token, item.id)
