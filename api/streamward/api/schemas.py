@@ -16,7 +16,7 @@ from streamward.core.jsonsafe import JSON_INT, SAFE_INT_MAX, JSONValue, Text
 # running/queued for a new run; an idempotent repeat reports the run's current state
 # tokens and seqs are Lua numbers in the scripts (IEEE doubles): exact up to 2^53-1 only
 Token = Annotated[int, Field(ge=0, le=SAFE_INT_MAX), JSON_INT]
-RunStatusName = Literal["running", "queued", "completed", "failed", "cancelled"]
+RunStatusName = Literal["running", "queued", "completed", "failed", "cancelled", "merged"]
 Multitask = Literal["enqueue", "reject", "interrupt"]
 
 
@@ -120,6 +120,16 @@ class SessionPage(Model):
 class TranscriptPage(Model):
     items: list[LogEntryOut]
     next_after: str | None = None
+
+
+class SessionStateOut(Model):
+    """A session host's last saved snapshot (``GET /v1/sessions/{id}/state``)."""
+
+    session_id: str
+    state: Any
+    token: int  # the fencing token of the owner that saved it
+    replica_id: str | None = None
+    saved_at: str  # RFC 3339, Redis clock
 
 
 # -- admin -------------------------------------------------------------------------------

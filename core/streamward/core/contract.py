@@ -20,6 +20,7 @@ from streamward.lua.entries import RUN_CANCELLED as RUN_CANCELLED
 from streamward.lua.entries import RUN_COMPLETED as RUN_COMPLETED
 from streamward.lua.entries import RUN_FAILED as RUN_FAILED
 from streamward.lua.entries import RUN_INTERRUPTED as RUN_INTERRUPTED
+from streamward.lua.entries import RUN_MERGED as RUN_MERGED
 from streamward.lua.entries import RUN_OUTPUT as RUN_OUTPUT
 from streamward.lua.entries import RUN_STARTED as RUN_STARTED
 from streamward.lua.entries import TERMINAL_STATUSES as TERMINAL_STATUSES

@@ -17,9 +17,11 @@ RUN_COMPLETED = "run.completed"
 RUN_FAILED = "run.failed"
 RUN_CANCELLED = "run.cancelled"
 RUN_INTERRUPTED = "run.interrupted"
+# an input a running run absorbed through ``ctx.pending_inputs()``: its own terminal entry
+RUN_MERGED = "run.merged"
 
 # a run's last entry: nothing of that run follows (a tail following the run ends there)
-TERMINAL_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
+TERMINAL_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED, RUN_MERGED})
 # the same ends as a run's state (``sw:{S}:runs`` status), e.g. ``completed``
 TERMINAL_STATUSES = frozenset(t.removeprefix("run.") for t in TERMINAL_TYPES)
 

@@ -39,6 +39,19 @@ class RunState:
     updated_ms: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SavedState:
+    """``sw:{S}:state``: a session host's last snapshot (written by ``saveState-3``)."""
+
+    data: str  # JSON text
+    token: int
+    replica_id: str
+    saved_ms: int
+
+    def value(self) -> Any:
+        return orjson.loads(self.data)
+
+
 def parse_inbox(entry_id: str, fields: dict[str, str]) -> InboxItem:
     return InboxItem(
         id=_s(entry_id),
@@ -103,6 +116,19 @@ class SessionState(StreamsBase):
 
     async def set_meta(self, session: SessionKeys, **fields: str | int) -> None:
         await self.client.hset(session.meta, mapping=fields)
+
+    async def read_state(self, session: SessionKeys) -> SavedState | None:
+        """The session host's last saved snapshot, or None when none was saved."""
+        raw = await self.client.hgetall(session.state)
+        if not raw:
+            return None
+        f = {_s(k): _s(v) for k, v in raw.items()}
+        return SavedState(
+            data=f.get("data", "null"),
+            token=int(f.get("token") or 0),
+            replica_id=f.get("replica_id", ""),
+            saved_ms=int(f.get("saved_ms") or 0),
+        )
 
     async def run_state(self, session: SessionKeys, run_id: str) -> RunState | None:
         raw = await self.client.hget(session.runs, run_id)

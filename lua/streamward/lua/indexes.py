@@ -227,6 +227,7 @@ class Indexes(StreamsBase):
             session.runs,
             session.attached,
             session.cancels,
+            session.state,
             session.epoch,
             session.history,
         ):
@@ -244,6 +245,7 @@ class Indexes(StreamsBase):
             session.attached,
             session.cancels,
             session.history,
+            session.state,
         ):
             pipe.persist(key)
         await pipe.execute()

@@ -61,7 +61,8 @@ for i = 0, n - 1 do
 end
 
 local run_id = ARGV[2]
-local terminal = {['run.completed'] = 1, ['run.failed'] = 1, ['run.cancelled'] = 1}
+-- keep in step with TERMINAL_TYPES (lua/streams.py): run.merged ends an input another run absorbed
+local terminal = {['run.completed'] = 1, ['run.failed'] = 1, ['run.cancelled'] = 1, ['run.merged'] = 1}
 local accepted, dups = 0, 0
 for i = 0, n - 1 do
   local b = 5 + i * 4

@@ -42,6 +42,7 @@ class SessionKeys:
     attached: str
     cancels: str
     history: str
+    state: str  # a session host's saved snapshot (saveState-3)
     tag: str
 
     @property
@@ -95,6 +96,7 @@ class Keys:
             attached=f"{tag}:attached",
             cancels=f"{tag}:cancels",
             history=f"{tag}:history",
+            state=f"{tag}:state",
             tag=tag,
         )
 

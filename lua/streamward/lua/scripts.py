@@ -69,6 +69,7 @@ ScriptName = Literal[
     "releaseLease",
     "renewLeases",
     "renewReplica",
+    "saveState",
     "takeoverLease",
 ]
 SCRIPT_NAMES: tuple[ScriptName, ...] = get_args(ScriptName)
@@ -344,6 +345,12 @@ class Scripts:
         if status(r) == E.STALE_TOKEN:
             raise E.StaleToken(token, as_int(r[1]))
         return as_int(_ok("completeInput", r)[1])
+
+    async def save_state(self, sk: SessionKeys, token: int, owner: str, data: str) -> int:
+        """Fenced snapshot write (saveState-3): the saved time, Redis ms. Raises StaleToken or
+        NotOwner (nothing written then). ``owner`` is ``replica|incarnation|token``."""
+        raw = await self._by_name["saveState"]([sk.epoch, sk.state, sk.lease], [token, owner, data])
+        return as_int(_ok("saveState", as_list(raw))[1])
 
     # -- pending index -------------------------------------------------------------------
 

@@ -151,6 +151,13 @@ class LeaseStore(LeaseCalls):
         """Fenced: mark an inbox entry consumed. Returns pending count. Raises StaleToken."""
         return await self.scripts.complete_input(session, token, entry_id)
 
+    async def save_state(self, session: SessionKeys, owner: tuple[str, str, int], data: str) -> int:
+        """Fenced: store a session host's snapshot as ``owner`` (replica id, incarnation,
+        token); returns the saved time (Redis ms). Raises StaleToken or NotOwner."""
+        replica_id, incarnation, token = owner
+        signature = f"{replica_id}|{incarnation}|{token}"
+        return await self.scripts.save_state(session, token, signature, data)
+
     async def claim_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
         """Take or extend a named lock (watchdog election)."""
         claim: LockClaim = await self.scripts.claim_lock(key, owner, ttl_ms)

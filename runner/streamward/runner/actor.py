@@ -19,9 +19,10 @@ from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 from streamward.runner.admission import IdleSlot
 from streamward.runner.config import RunnerSettings
-from streamward.runner.context import Handler, RunContext
+from streamward.runner.context import RunContext
 from streamward.runner.handlers import Run, drive, run_outcome
 from streamward.runner.inbox import INBOX_WINDOW, interrupt_waiting, stream_id
+from streamward.runner.lifecycle import PASSIVATE_REASON, Activation, PassivateReason
 from streamward.runner.metrics import Metrics
 from streamward.runner.owner_death import OwnerDeath, SessionState
 from streamward.runner.release import mark_cut_run, release_session
@@ -40,7 +41,6 @@ class ActorHost(Protocol):
     store: LeaseStore
     streams: Streams
     metrics: Metrics
-    handler: Handler
 
     @property
     def replica_id(self) -> str: ...
@@ -54,8 +54,8 @@ class ActorHost(Protocol):
 class SessionActor:
     """Owns one session lease: consumes its inbox, one run at a time, ships the transcript."""
 
-    def __init__(self, host: ActorHost, lease: Lease) -> None:
-        self.host = host
+    def __init__(self, host: ActorHost, lease: Lease, life: Activation) -> None:
+        self.host, self.life = host, life  # life: the session host's activation (lifecycle.py)
         self.session = lease.session
         self.ref = lease.session.ref
         self.token = lease.token
@@ -78,6 +78,8 @@ class SessionActor:
         self._idle_since = float("-inf")
         # a route's idle_timeout (meta idle_timeout_ms) overrides the replica's close_delay
         self._close_delay_s = host.settings.close_delay_s
+        self._meta: dict[str, str] = {}  # read at open: the host's activation history
+        self._dropping = False
 
     # -- control (called by the replica) ---------------------------------------------------
 
@@ -111,7 +113,8 @@ class SessionActor:
 
     def drop(self, why: str) -> None:
         """Stop at once without writing anything (the session is no longer ours to write)."""
-        if self.task is not None and not self.task.done():
+        if self.task is not None and not self.task.done() and not self._dropping:
+            self._dropping = True  # once: a second cancel would cut passivate(lost) short
             log.warning("dropping session %s (token %d): %s", self.ref, self.token, why)
             self.task.cancel()
 
@@ -158,6 +161,7 @@ class SessionActor:
                 mode = "error"
             self.closing = True
             if mode != "drop":
+                await self.passivate(await self.life.end_reason(PASSIVATE_REASON.get(mode, "idle")))
                 await self._leave(mode)
         except asyncio.CancelledError:
             pass  # dropped (possibly while leaving): nothing more may be written
@@ -167,6 +171,9 @@ class SessionActor:
             self.closing = True
             if self._interrupt_check is not None:
                 self._interrupt_check.cancel()
+            # dropped, or failed while leaving: passivate(lost), a no-op when done already
+            with contextlib.suppress(Exception):
+                await self.passivate(await self.life.end_reason("lost"))
             if self.shipper is not None:
                 await self.shipper.close()
             self.host.forget_actor(self)
@@ -202,6 +209,8 @@ class SessionActor:
                     if not await self._idle():
                         return "passivate"
                     continue
+                if not self.life.active and not await self.life.start(self._meta, self._complete):
+                    return "activation_failed"
                 await self._process(*nxt)
                 self._idle_since = loop.time()
                 attempt = 0
@@ -219,11 +228,11 @@ class SessionActor:
         if self.shipper is None:
             # the owner is the only writer: read the last seq once and count from there
             last_seq = await r.streams.last_seq(self.session)
-            self.shipper = r.make_shipper(self, last_seq + 1)
+            self.shipper = self.life.shipper = r.make_shipper(self, last_seq + 1)
         if self._state.drop_until is not None:
             await self._owner_death().drop_inputs()  # resumed after a Redis error
             return
-        meta = await r.streams.meta(self.session)
+        meta = self._meta = await r.streams.meta(self.session)
         self._state.meta_exists = bool(meta)
         self._state.hold_until = meta.get("hold_until_id") or None
         self._close_delay_s = r.settings.session_close_delay_s(meta.get("idle_timeout_ms"))
@@ -231,6 +240,10 @@ class SessionActor:
         if active:
             policy = meta.get("on_owner_death") or "restart"
             await self._owner_death().interrupted(active, policy, meta)
+
+    async def passivate(self, reason: PassivateReason) -> None:
+        """Every way out of the ownership calls this; the hook runs once per activate."""
+        await self.life.passivate(reason)
 
     def _owner_death(self) -> OwnerDeath:
         assert self.shipper is not None
@@ -322,6 +335,7 @@ class SessionActor:
             started_seq=started_seq,
             session=self.session,
             streams=r.streams,
+            link=self.life,
         )
         run = Run(item, ctx)
         self.current = run
@@ -329,7 +343,7 @@ class SessionActor:
         run_t0 = time.monotonic()
         try:
             run.task = asyncio.create_task(
-                drive(r.handler, ctx, item.input, shipper.put), name=f"run {item.run_id}"
+                drive(self.life.run, ctx, item.input, shipper.put), name=f"run {item.run_id}"
             )
             try:
                 await asyncio.wait({run.task})

@@ -72,6 +72,12 @@ class RunnerSettings(RedisSettings, BaseSettings):
     started_input_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
     log_level: str = "info"
 
+    # session hosts (docs/runner.md, "Writing a session host")
+    passivate_timeout_s: Annotated[float, Field(gt=0)] = 10.0  # past it the hook is cancelled
+    state_max_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 1024 * 1024
+    # failed activations in a row before the waiting inputs end run.failed (activation_failed)
+    activation_max_failures: Annotated[int, Field(ge=1)] = 3
+
     @field_validator("replica_id")
     @classmethod
     def _valid_replica_id(cls, v: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from streamward.lua.inbox import InboxItem
 from streamward.runner.context import Handler, RunContext
+from streamward.runner.lifecycle import HandlerSpec, Session
 
 # Shipper.put: (run_id, entry type, data) -> seq
 Put = Callable[[str, str, Any], Awaitable[int]]
@@ -38,8 +39,9 @@ class EchoFailed(RuntimeError):
     """Raised by ``echo`` after its last chunk when the input asks for ``fail: true``."""
 
 
-def load_handler(spec: str) -> Handler:
-    """Import ``module:callable`` (the attribute may be dotted: ``module:Class.method``)."""
+def load_handler(spec: str) -> HandlerSpec:
+    """Import ``module:callable`` (the attribute may be dotted: ``module:Class.method``): a
+    function handler, or a ``Session`` subclass (one instance per session activation)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise HandlerLoadError(f"handler {spec!r}: expected 'module:callable'")
@@ -60,6 +62,8 @@ def load_handler(spec: str) -> Handler:
         raise HandlerLoadError(
             f"handler {spec!r}: {attr!r} is a {type(obj).__name__}, not callable"
         )
+    if isinstance(obj, type) and issubclass(obj, Session):
+        return obj
     return cast(Handler, obj)
 
 

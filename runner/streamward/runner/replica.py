@@ -20,11 +20,11 @@ from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 from streamward.runner.actor import SessionActor
 from streamward.runner.config import RunnerSettings
-from streamward.runner.context import Handler
 from streamward.runner.heartbeat import LeaseRenewer, ReplicaHeartbeat
 from streamward.runner.ingest_http import IngestHTTP
 from streamward.runner.intake import WorkIntake, WorkReclaimer
 from streamward.runner.lease import ReplicaLease
+from streamward.runner.lifecycle import HandlerSpec
 from streamward.runner.loop import Loop
 from streamward.runner.mailbox import InboxSweep, Mailbox
 from streamward.runner.metrics import Metrics
@@ -57,7 +57,7 @@ class Replica:
     and the loops. No other runner module imports this one.
     """
 
-    def __init__(self, settings: RunnerSettings, handler: Handler) -> None:
+    def __init__(self, settings: RunnerSettings, handler: HandlerSpec) -> None:
         self.settings = settings
         self.handler = handler
         self.replica_id = settings.replica_id

@@ -14,7 +14,7 @@ from streamward.lua.streams import Streams
 from streamward.runner.actor import SessionActor
 from streamward.runner.admission import Evictable, busy_count, make_room
 from streamward.runner.config import RunnerSettings
-from streamward.runner.context import Handler
+from streamward.runner.lifecycle import Activation, HandlerSpec, host_factory
 from streamward.runner.metrics import Metrics
 from streamward.runner.shipper import HttpPoster, Shipper, ShipRejected, ShipStopped
 from streamward.runner.state import ReplicaState
@@ -40,7 +40,7 @@ class SessionBook:
         streams: Streams,
         http: HttpPoster,
         metrics: Metrics,
-        handler: Handler,
+        handler: HandlerSpec,
     ) -> None:
         self.state = state
         self.settings = settings
@@ -50,6 +50,7 @@ class SessionBook:
         self.http = http
         self.metrics = metrics
         self.handler = handler
+        self.host_factory = host_factory(handler)  # one Session per activation
         self.actors: dict[str, SessionActor] = {}
         self.orphans: set[str] = set()  # sessions dropped by a fence, re-queued on re-register
         self._claim_locks: dict[str, _ClaimSlot] = {}
@@ -168,6 +169,7 @@ class SessionBook:
         s = self.settings
         replica_id = self.state.replica_id
         incarnation = self.state.incarnation
+        taken_over = False
         try:
             lease = await self.store.acquire(sk, replica_id, incarnation, s.lease_ttl_ms)
             self.metrics.acquires.labels("acquired").inc()
@@ -189,6 +191,7 @@ class SessionBook:
                 if await self.store.replica_alive(won.replica_id, won.incarnation):
                     await self.streams.send_mail(won.replica_id, "wake", ref)
                 return
+            taken_over = True
             self.metrics.takeovers.inc()
             self.metrics.acquires.labels("takeover").inc()
             log.info(
@@ -199,7 +202,7 @@ class SessionBook:
             # fenced or re-registered while acquiring: that lease names a dead incarnation
             await self.streams.publish_work(ref, "owner_death")
             return
-        self._start_actor(lease)
+        self._start_actor(lease, taken_over)
 
     async def drop_if_stale(self, ref: str) -> bool:
         """Drop ``ref``'s actor when the lease no longer names it (force-released or taken
@@ -215,8 +218,22 @@ class SessionBook:
         await actor.closed.wait()
         return True
 
-    def _start_actor(self, lease: Lease) -> None:
-        actor = SessionActor(self, lease)
+    def _start_actor(self, lease: Lease, taken_over: bool = False) -> None:
+        s = self.settings
+        life = Activation(
+            self.host_factory,
+            store=self.store,
+            streams=self.streams,
+            session=lease.session,
+            owner=(self.state.replica_id, lease.incarnation, lease.token),
+            replica_can_write=self.state.can_write,
+            state_max_bytes=s.state_max_bytes,
+            passivate_timeout_s=s.passivate_timeout_s,
+            activation_max_failures=s.activation_max_failures,
+            input_max_bytes=min(s.started_input_max_bytes, s.ship_entry_max_bytes // 2),
+            taken_over=taken_over,
+        )
+        actor = SessionActor(self, lease, life)
         self.actors[actor.ref] = actor
         self.metrics.sessions.set(len(self.actors))
         actor.start()
