@@ -169,7 +169,10 @@ def test_the_installed_console_script_runs_api_and_runner(
     assert module_run.returncode == 0, module_run.stderr
     # the public handler API (docs/runner.md), and the whole app, import from the installed
     # wheel (not from this source tree) with the user's packages first on sys.path
-    handler_api = python("from streamward.runner import Handler, RunContext; print(RunContext)")
+    handler_api = python(
+        "from streamward.runner import Handler, RunContext, Session, SessionContext, "
+        "SessionLost, StateTooLarge; print(Session, SessionContext)"
+    )
     assert handler_api.returncode == 0, handler_api.stderr
     app = python(
         "import streamward.api.main as m, streamward.runner.replica, streamward.tools.topology; "
