@@ -58,9 +58,10 @@ def test_the_encoder_leaves_out_an_unnamed_writer() -> None:
 
 
 def test_terminal_types_are_one_set_with_their_run_states() -> None:
-    assert {"run.completed", "run.failed", "run.cancelled"} == TERMINAL_TYPES
+    # run.merged: an input a running run absorbed (ctx.pending_inputs) ends there
+    assert {"run.completed", "run.failed", "run.cancelled", "run.merged"} == TERMINAL_TYPES
     assert RUN_INTERRUPTED not in TERMINAL_TYPES  # the next owner re-runs an interrupted run
-    assert {"completed", "failed", "cancelled"} == TERMINAL_STATUSES
+    assert {"completed", "failed", "cancelled", "merged"} == TERMINAL_STATUSES
     assert Entry(1, "run.failed").terminal and not Entry(1, "run.interrupted").terminal
 
 

@@ -78,8 +78,6 @@ class SessionActor:
         self._idle_since = float("-inf")
         # a route's idle_timeout (meta idle_timeout_ms) overrides the replica's close_delay
         self._close_delay_s = host.settings.close_delay_s
-        self._meta: dict[str, str] = {}  # read at open: the host's activation history
-        self._dropping = False
 
     # -- control (called by the replica) ---------------------------------------------------
 
@@ -113,8 +111,8 @@ class SessionActor:
 
     def drop(self, why: str) -> None:
         """Stop at once without writing anything (the session is no longer ours to write)."""
-        if self.task is not None and not self.task.done() and not self._dropping:
-            self._dropping = True  # once: a second cancel would cut passivate(lost) short
+        # once: a second cancel would cut the host's passivate(lost) short
+        if self.task is not None and not self.task.done() and not self.task.cancelling():
             log.warning("dropping session %s (token %d): %s", self.ref, self.token, why)
             self.task.cancel()
 
@@ -171,9 +169,7 @@ class SessionActor:
             self.closing = True
             if self._interrupt_check is not None:
                 self._interrupt_check.cancel()
-            # dropped, or failed while leaving: passivate(lost), a no-op when done already
-            with contextlib.suppress(Exception):
-                await self.passivate(await self.life.end_reason("lost"))
+            await self.life.passivate_lost()  # dropped, or failed while leaving
             if self.shipper is not None:
                 await self.shipper.close()
             self.host.forget_actor(self)
@@ -209,7 +205,7 @@ class SessionActor:
                     if not await self._idle():
                         return "passivate"
                     continue
-                if not self.life.active and not await self.life.start(self._meta, self._complete):
+                if not self.life.active and not await self.life.start(self._complete):
                     return "activation_failed"
                 await self._process(*nxt)
                 self._idle_since = loop.time()
@@ -232,7 +228,7 @@ class SessionActor:
         if self._state.drop_until is not None:
             await self._owner_death().drop_inputs()  # resumed after a Redis error
             return
-        meta = self._meta = await r.streams.meta(self.session)
+        meta = self.life.meta = await r.streams.meta(self.session)
         self._state.meta_exists = bool(meta)
         self._state.hold_until = meta.get("hold_until_id") or None
         self._close_delay_s = r.settings.session_close_delay_s(meta.get("idle_timeout_ms"))

@@ -186,6 +186,7 @@ class Activation:
         self.taken_over = taken_over
         self.host: Session | None = None
         self.ctx: SessionContext | None = None
+        self.meta: dict[str, str] = {}  # read by the actor at open: the activation history
         self.active = False
         self.lost = False
         self._passivated = False
@@ -204,19 +205,17 @@ class Activation:
 
     # -- activate ---------------------------------------------------------------------------
 
-    async def start(
-        self, meta: dict[str, str], complete: Callable[[InboxItem], Awaitable[None]]
-    ) -> bool:
+    async def start(self, complete: Callable[[InboxItem], Awaitable[None]]) -> bool:
         """Activate before the first run (the shipper is set); False when ``activate``
         raised: recorded, backed off, the actor then releases the session."""
         assert self.shipper is not None, "activate before the session is open"
         self.complete = complete
         try:
-            await self.activate(meta)
+            await self.activate(self.meta)
             return True
         except ActivationError as exc:
             await activation_failed(
-                self, exc, meta, self.shipper, complete, self.activation_max_failures
+                self, exc, self.meta, self.shipper, complete, self.activation_max_failures
             )
             return False
 
@@ -321,6 +320,13 @@ class Activation:
         if status == "expired":
             return "reset"
         return default
+
+    async def passivate_lost(self) -> None:
+        """The actor ends without having passivated (dropped, or failed while leaving)."""
+        try:
+            await self.passivate(await self.end_reason("lost"))
+        except Exception:
+            log.exception("session %s: passivate(lost) failed", self.session.ref)
 
     async def passivate(self, reason: PassivateReason) -> None:
         """Call the host's ``passivate`` once per successful ``activate``, under the
