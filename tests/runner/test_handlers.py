@@ -227,3 +227,38 @@ def test_check_does_not_touch_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     hb.touch()
     result = CliRunner().invoke(app, ["check", "--heartbeat-file", str(hb)])
     assert result.exit_code == 0
+
+
+# -- session hosts (lifecycle.py) ----------------------------------------------------------
+
+
+def test_load_handler_accepts_a_session_host_class() -> None:
+    from streamward.runner.lifecycle import FunctionHost, host_factory
+    from tests.runner.hosts import Counter
+
+    loaded = load_handler("tests.runner.hosts:Counter")
+    assert loaded is Counter
+    make = host_factory(loaded)
+    first, second = make(), make()
+    assert isinstance(first, Counter) and first is not second  # one per activation
+    wrapped = host_factory(echo)()
+    assert isinstance(wrapped, FunctionHost) and wrapped.fn is echo and not wrapped.hosted
+
+
+@pytest.mark.parametrize(
+    ("taken_over", "meta", "reason"),
+    [
+        (False, {}, "new"),
+        (False, {"status": "active"}, "new"),  # never hosted
+        (False, {"hosted_by": "r1|i|1", "released_by": "idle"}, "rehydrate"),
+        (False, {"hosted_by": "r1|i|1", "released_by": "failed"}, "rehydrate"),
+        (False, {"hosted_by": "r1|i|1", "released_by": "drain"}, "handoff"),
+        (False, {"hosted_by": "r1|i|1", "released_by": ""}, "takeover"),  # never released
+        (True, {"hosted_by": "r1|i|1", "released_by": "drain"}, "takeover"),
+        (True, {}, "takeover"),
+    ],
+)
+def test_activation_reason(taken_over: bool, meta: dict[str, str], reason: str) -> None:
+    from streamward.runner.lifecycle import activation_reason
+
+    assert activation_reason(taken_over, meta) == reason

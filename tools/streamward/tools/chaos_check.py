@@ -21,8 +21,9 @@ readers):
    ranges never interleave, and no log entry is covered by an accepted audit record of
    another token.
 3. ``lost_invoke``: every acknowledged invoke (202, or a stream whose first line arrived) has
-   a terminal entry (``run.completed`` / ``run.failed`` / ``run.cancelled``) of its run in
-   its session's log. ``run.interrupted`` is not terminal: the next owner re-runs the run.
+   a terminal entry (``run.completed`` / ``run.failed`` / ``run.cancelled`` /
+   ``run.merged``) of its run in its session's log. ``run.interrupted`` is not terminal:
+   the next owner re-runs the run.
 4. ``seq``: each session's log has seq 1..n, no gap, no duplicate; ``lost_entry``: every seq
    the audit says was accepted is in the log.
 
