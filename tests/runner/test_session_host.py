@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -338,3 +339,44 @@ async def test_stuck_hooks_never_stall_renewals_or_other_sessions(
     await asyncio.sleep(4.5)
     own = await store.ownership(stuck)
     assert own.held and own.token == first and own.replica_id == s.replica_id
+
+
+async def test_a_streamed_invoke_absorbed_by_a_running_run_ends_with_run_merged(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    api = fleet.start_api()
+    events: Events = []
+    gate = asyncio.Event()
+    s = settings_for(redis_server.url, api.url, fleet, tmp_path)
+    await _start(replicas, s, recording_host(events, gate=gate))
+    streams, sk = Streams(redis_client), keys.session("default", "streamed")
+    await _submit(store, streams, sk, "run_1", '{"text": "a", "wait": true}')
+    await wait_for(lambda: bool(_kinds(events, "run")), 10, "the run to start")
+
+    async def follow() -> list[dict[str, Any]]:
+        async with (
+            httpx.AsyncClient(base_url=api.url, timeout=30) as http,
+            http.stream(
+                "POST", "/v1/sessions/streamed/invoke", json={"input": {"text": "b"}}
+            ) as resp,
+        ):
+            assert resp.status_code == 200
+            return [orjson.loads(line) async for line in resp.aiter_lines() if line]
+
+    streamed = asyncio.create_task(follow())
+    await wait_for(lambda: _pending_is(streams, sk, 2), 10, "the second input queued")
+    gate.set()
+    lines = await asyncio.wait_for(streamed, 30)
+    assert [line["type"] for line in lines] == ["run.merged"]
+    assert lines[0]["data"]["into_run_id"] == "run_1"
+    assert lines[0]["data"]["input"] == {"text": "b"}
+
+
+async def _pending_is(streams: Streams, sk: SessionKeys, n: int) -> bool:
+    return await streams.pending(sk) == n
