@@ -118,7 +118,7 @@ class SessionActor:
 
     async def interrupt(self) -> None:
         """Drain timeout: cut the running run short, mark it interrupted, release, re-queue."""
-        if self.task is not None and not self.task.done():
+        if self.task is not None and not self.task.done() and not self.closing:  # else leaving
             self._interrupting = True
             self.task.cancel()
         await self.closed.wait()

@@ -53,8 +53,7 @@ PASSIVATE_REASON: dict[str, PassivateReason] = {
 # run_id of the transcript entries about the session rather than one run
 SESSION_RUN_ID = "session"
 PASSIVATE_STOP_WAIT_S = 1.0
-ACTIVATION_BACKOFF_BASE_S = 0.5
-ACTIVATION_BACKOFF_CAP_S = 10.0
+ACTIVATION_BACKOFF_BASE_S, ACTIVATION_BACKOFF_CAP_S = 0.5, 10.0
 
 
 class Session:
@@ -220,10 +219,8 @@ class Activation:
             return False
 
     async def activate(self, meta: dict[str, str]) -> None:
-        """Build the host and call its ``activate``; raises ActivationError when it raises.
-
-        Redis errors of our own reads and writes propagate as they are (the actor retries).
-        """
+        """Build the host and call its ``activate``; raises ActivationError when it raises
+        (Redis errors of our own reads and writes propagate as they are: the actor retries)."""
         host = self.host = self.factory()
         reason = activation_reason(self.taken_over, meta)
         state: Any = None
@@ -339,7 +336,11 @@ class Activation:
         hook = asyncio.create_task(
             self.host.passivate(self.ctx, reason), name=f"passivate {self.session.ref}"
         )
-        done, _ = await asyncio.wait({hook}, timeout=self.passivate_timeout_s)
+        try:
+            done, _ = await asyncio.wait({hook}, timeout=self.passivate_timeout_s)
+        except asyncio.CancelledError:
+            hook.cancel()  # the actor itself is cut short: the hook must not outlive it
+            raise
         if not done:
             hook.cancel()
             log.warning(
