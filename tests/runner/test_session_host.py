@@ -213,6 +213,28 @@ async def test_deleted_session_passivates_deleted(
     assert [e[:2] for e in _kinds(events, "passivate")] == [("passivate", "deleted")]
 
 
+async def test_a_session_reset_by_its_route_passivates_reset(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    api = fleet.start_api()
+    events: Events = []
+    s = settings_for(redis_server.url, api.url, fleet, tmp_path, close_delay_s=0.5)
+    await _start(replicas, s, recording_host(events))
+    streams, sk = Streams(redis_client), keys.session("default", "gen-1")
+    await _submit(store, streams, sk, "run_1", '{"text": "a"}')
+    await wait_for(_done(streams, sk, "run_1"), 10, "the run")
+    # what a route's reset does to the previous generation (api/routes/events.py)
+    await streams.retire_session(sk, "expired", "daily_reset", 60_000)
+    await wait_for(lambda: bool(_kinds(events, "passivate")), 10, "passivation")
+    assert [e[:2] for e in _kinds(events, "passivate")] == [("passivate", "reset")]
+
+
 async def test_pending_inputs_end_run_merged_into_the_running_run(
     replicas: list[Replica],
     fleet: Fleet,
