@@ -22,7 +22,7 @@ from streamward.runner.config import RunnerSettings
 from streamward.runner.context import RunContext
 from streamward.runner.handlers import Run, drive, run_outcome
 from streamward.runner.inbox import INBOX_WINDOW, interrupt_waiting, stream_id
-from streamward.runner.lifecycle import PASSIVATE_REASON, Activation, PassivateReason
+from streamward.runner.lifecycle import Activation
 from streamward.runner.metrics import Metrics
 from streamward.runner.owner_death import OwnerDeath, SessionState
 from streamward.runner.release import mark_cut_run, release_session
@@ -56,10 +56,8 @@ class SessionActor:
 
     def __init__(self, host: ActorHost, lease: Lease, life: Activation) -> None:
         self.host, self.life = host, life  # life: the session host's activation (lifecycle.py)
-        self.session = lease.session
-        self.ref = lease.session.ref
-        self.token = lease.token
-        self.incarnation = lease.incarnation
+        self.session, self.ref = lease.session, lease.session.ref
+        self.token, self.incarnation = lease.token, lease.incarnation
         self.shipper: Shipper | None = None
         self.current: Run | None = None
         self.closing = False
@@ -70,8 +68,7 @@ class SessionActor:
         self._wake = asyncio.Event()
         self.idle = IdleSlot(self._wake)  # evictable while waiting out close_delay
         self._inbox_empty = False  # the last completeInput left no input: no read needed
-        self._draining = False
-        self._interrupting = False
+        self._draining = self._interrupting = False
         self._cut_run: Run | None = None  # the run a drain timeout cut short
         self._interrupt_check: asyncio.Task[None] | None = None
         # a freshly claimed session with nothing to do is released at once (no close_delay)
@@ -111,7 +108,6 @@ class SessionActor:
 
     def drop(self, why: str) -> None:
         """Stop at once without writing anything (the session is no longer ours to write)."""
-        # once: a second cancel would cut the host's passivate(lost) short
         if self.task is not None and not self.task.done() and not self.task.cancelling():
             log.warning("dropping session %s (token %d): %s", self.ref, self.token, why)
             self.task.cancel()
@@ -159,7 +155,7 @@ class SessionActor:
                 mode = "error"
             self.closing = True
             if mode != "drop":
-                await self.passivate(await self.life.end_reason(PASSIVATE_REASON.get(mode, "idle")))
+                await self.life.leave(mode)  # the host's passivate, before the release
                 await self._leave(mode)
         except asyncio.CancelledError:
             pass  # dropped (possibly while leaving): nothing more may be written
@@ -169,7 +165,7 @@ class SessionActor:
             self.closing = True
             if self._interrupt_check is not None:
                 self._interrupt_check.cancel()
-            await self.life.passivate_lost()  # dropped, or failed while leaving
+            await self.life.leave("drop")  # dropped, or failed while leaving: lost
             if self.shipper is not None:
                 await self.shipper.close()
             self.host.forget_actor(self)
@@ -236,10 +232,6 @@ class SessionActor:
         if active:
             policy = meta.get("on_owner_death") or "restart"
             await self._owner_death().interrupted(active, policy, meta)
-
-    async def passivate(self, reason: PassivateReason) -> None:
-        """Every way out of the ownership calls this; the hook runs once per activate."""
-        await self.life.passivate(reason)
 
     def _owner_death(self) -> OwnerDeath:
         assert self.shipper is not None
@@ -380,10 +372,8 @@ class SessionActor:
 
     async def _check_interrupt(self) -> None:
         run = self.current
-        if run is None:
-            return
         with contextlib.suppress(RedisError):
-            if await self._interrupt_waiting(run):
+            if run is not None and await self._interrupt_waiting(run):
                 self.request_cancel(run.run_id, "interrupt")
 
     async def cancel_requested(self, run_id: str) -> None:

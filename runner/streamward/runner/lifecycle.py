@@ -18,13 +18,13 @@ from typing import Any, Literal, cast
 import orjson
 from redis.exceptions import RedisError
 
-from streamward.core.backoff import backoff_s
 from streamward.core.contract import RUN_MERGED, TERMINAL_STATUSES
 from streamward.lua.errors import NotOwner, StaleToken
 from streamward.lua.inbox import InboxItem
 from streamward.lua.keys import SessionKeys
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import LogEntry, Streams
+from streamward.runner.activation import record_failure
 from streamward.runner.context import (
     Handler,
     RunContext,
@@ -50,10 +50,7 @@ PASSIVATE_REASON: dict[str, PassivateReason] = {
     "error": "lost",
     "drop": "lost",
 }
-# run_id of the transcript entries about the session rather than one run
-SESSION_RUN_ID = "session"
 PASSIVATE_STOP_WAIT_S = 1.0
-ACTIVATION_BACKOFF_BASE_S, ACTIVATION_BACKOFF_CAP_S = 0.5, 10.0
 
 
 class Session:
@@ -213,7 +210,7 @@ class Activation:
             await self.activate(self.meta)
             return True
         except ActivationError as exc:
-            await activation_failed(
+            await record_failure(
                 self, exc, self.meta, self.shipper, complete, self.activation_max_failures
             )
             return False
@@ -318,11 +315,15 @@ class Activation:
             return "reset"
         return default
 
-    async def passivate_lost(self) -> None:
-        """The actor ends without having passivated (dropped, or failed while leaving)."""
+    async def leave(self, mode: str) -> None:
+        """The one way out of an ownership: the actor calls it with how it leaves (its
+        ``_serve`` result, or ``drop``) before releasing; an eviction leaves as ``passivate``
+        (idle). Passivates once per activate; later calls are no-ops."""
         try:
-            await self.passivate(await self.end_reason("lost"))
+            await self.passivate(await self.end_reason(PASSIVATE_REASON.get(mode, "idle")))
         except Exception:
+            if mode != "drop":
+                raise  # the actor logs it ("leaving failed") and still passivates(lost)
             log.exception("session %s: passivate(lost) failed", self.session.ref)
 
     async def passivate(self, reason: PassivateReason) -> None:
@@ -356,44 +357,3 @@ class Activation:
         if reason in ("idle", "drain") and self.hosted and self.can_write:
             # the next activation tells a handoff from a rehydrate by this
             await self.streams.set_meta(self.session, released_by=reason)
-
-
-async def activation_failed(
-    act: Activation,
-    exc: ActivationError,
-    meta: dict[str, str],
-    shipper: Shipper,
-    complete: Callable[[InboxItem], Awaitable[None]],
-    max_failures: int,
-) -> None:
-    """Record a failed ``activate`` and back off (holding the lease: no hot loop). After
-    ``max_failures`` in a row, end every waiting input ``run.failed`` (activation_failed)."""
-    streams, session = act.streams, act.session
-    failures = int(meta.get("activation_failures") or 0) + 1
-    cause = exc.__cause__ or exc
-    data = {
-        "error": str(exc),
-        "error_type": type(cause).__name__,
-        "failures": failures,
-        "replica_id": act.owner[0],
-    }
-    log.warning("session %s: activate failed (%d in a row): %s", session.ref, failures, exc)
-    await shipper.put(SESSION_RUN_ID, "session.activation_failed", data)
-    await shipper.flush()
-    if failures < max_failures:
-        await streams.set_meta(session, activation_failures=failures, released_by="failed")
-        await asyncio.sleep(
-            backoff_s(failures, ACTIVATION_BACKOFF_BASE_S, ACTIVATION_BACKOFF_CAP_S)
-        )
-        return
-    failed = {
-        "error": f"session activation failed {failures} times: {exc}",
-        "error_type": "activation_failed",
-    }
-    items = await streams.read_inbox(session, count=INBOX_WINDOW)
-    for item in items:
-        await shipper.put(item.run_id, "run.failed", failed)
-    await shipper.flush()
-    for item in items:
-        await complete(item)
-    await streams.set_meta(session, activation_failures=0, released_by="failed")
