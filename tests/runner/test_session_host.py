@@ -213,6 +213,29 @@ async def test_deleted_session_passivates_deleted(
     assert [e[:2] for e in _kinds(events, "passivate")] == [("passivate", "deleted")]
 
 
+async def test_an_idle_session_evicted_at_max_sessions_passivates_idle(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    api = fleet.start_api()
+    events: Events = []
+    s = settings_for(redis_server.url, api.url, fleet, tmp_path, max_sessions=1, close_delay_s=60)
+    await _start(replicas, s, recording_host(events))
+    streams = Streams(redis_client)
+    first, second = keys.session("default", "first"), keys.session("default", "second")
+    await _submit(store, streams, first, "run_1", '{"text": "a"}')
+    await wait_for(_done(streams, first, "run_1"), 10, "the first session's run")
+    await _submit(store, streams, second, "run_2", '{"text": "b"}')  # no room: evict "first"
+    await wait_for(_done(streams, second, "run_2"), 20, "the second session's run")
+    assert _kinds(events, "passivate") == [("passivate", "idle", True)]
+    assert [e[3] for e in _kinds(events, "activate")] == ["first", "second"]
+
+
 async def test_a_session_reset_by_its_route_passivates_reset(
     replicas: list[Replica],
     fleet: Fleet,
