@@ -551,7 +551,7 @@ class _Bench:
         names += [f"lock:{n}" for n in self.prl_names]
         names += [f"lock-signal:{n}" for n in self.prl_names]
         for s in self.sessions:
-            names += [s.lease, s.epoch, s.meta]
+            names += [s.lease, s.epoch, s.meta, s.history]
         for i in range(0, len(names), 1000):
             await self.client.unlink(*names[i : i + 1000])
 
