@@ -30,6 +30,7 @@ KNOWN_ERROR_CODES = {
     E.SEQ_GAP,
     E.BUSY,
     E.NOT_FOUND,
+    E.TYPE_MISMATCH,
 }
 
 

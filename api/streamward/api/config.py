@@ -33,6 +33,8 @@ class Settings(RedisSettings, BaseSettings):
     # an invoke input as serialised JSON; over it: 413 input_too_large (events: per route)
     max_input_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
     idempotency_ttl_s: Annotated[int, Field(ge=1)] = 86_400
+    # the type of a new session whose first input (and route) names none
+    default_type: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "default"
     # one blocked XREAD per open stream holds a connection: size the pool for many streams
     redis_max_connections: Annotated[int, Field(ge=4)] = 2000
     redis_pool_timeout_s: Annotated[float, Field(gt=0)] = 5.0

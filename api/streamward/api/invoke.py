@@ -134,6 +134,8 @@ async def submit(
         multitask=body.multitask,
         idempotency_key=body.idempotency_key,
         idempotency_ttl_ms=settings.idempotency_ttl_s * 1000,
+        session_type=body.type or "",
+        default_type=settings.default_type,
     )
     # the log position the script read before the append (for a duplicate: before the run
     # state is read below), so the run's first entry is always after it
@@ -173,12 +175,15 @@ async def wake_owner(
         *enq.holder, "input", sk.ref, touch=touch
     ):
         return
+    # the script read the session's type: publish to its work stream with no extra read
+    work_type = enq.session_type or None
     if enq.holder is None:
         await asyncio.gather(
-            streams.touch_session(sk, enq.enqueued_ms), streams.publish_work(sk.ref, reason)
+            streams.touch_session(sk, enq.enqueued_ms),
+            streams.publish_work(sk.ref, reason, work_type),
         )
     else:  # held by a dead replica (the index is scored already): the fleet takes it over
-        await streams.publish_work(sk.ref, reason)
+        await streams.publish_work(sk.ref, reason, work_type)
 
 
 async def invoke_detached(

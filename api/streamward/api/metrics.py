@@ -81,7 +81,13 @@ class ApiMetrics:
         self.script_duration = script_histogram(r)
         self.work_backlog = Gauge(
             "streamward_work_backlog",
-            "Sessions waiting for an owner on the work stream (read at scrape time).",
+            "Sessions waiting for an owner on the work streams, every type (read at scrape time).",
+            registry=r,
+        )
+        self.work_backlog_by_type = Gauge(
+            "streamward_work_backlog_by_type",
+            "Sessions waiting for an owner, per session type (its work stream; scrape time).",
+            ["type"],
             registry=r,
         )
         self.replicas = Gauge(

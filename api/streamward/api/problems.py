@@ -167,6 +167,12 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
             pending=exc.pending,
         )
 
+    async def on_type_mismatch(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, E.TypeMismatch)
+        return problem_response(
+            409, "type_mismatch", str(exc), session_type=exc.session_type, requested=exc.requested
+        )
+
     async def on_lease(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, E.StreamwardError)
         return problem_response(409, exc.code, str(exc))
@@ -191,6 +197,7 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
     app.add_exception_handler(E.StaleToken, on_stale)
     app.add_exception_handler(E.SeqGap, on_seq_gap)
     app.add_exception_handler(E.SessionBusy, on_busy)
+    app.add_exception_handler(E.TypeMismatch, on_type_mismatch)
     app.add_exception_handler(E.LeaseError, on_lease)
     app.add_exception_handler(RedisConnectionError, on_redis_down)
     app.add_exception_handler(RedisTimeoutError, on_redis_down)

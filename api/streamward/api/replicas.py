@@ -8,6 +8,7 @@ import asyncio
 from streamward.api.schemas import ReplicaOut
 from streamward.core.timefmt import rfc3339_opt
 from streamward.lua.indexes import ReplicaInfo
+from streamward.lua.keys import DEFAULT_TYPE
 from streamward.lua.streams import Streams
 
 
@@ -25,6 +26,8 @@ def replica_out(info: ReplicaInfo) -> ReplicaOut:
         state="dead" if not info.alive else "draining" if draining else "ready",
         host=fields.get("host"),
         version=fields.get("version"),
+        # a replica from before session types reads sw:work: it serves the default type
+        types=[t for t in fields.get("types", DEFAULT_TYPE).split(",") if t],
     )
 
 
@@ -33,3 +36,8 @@ async def list_replicas(streams: Streams) -> list[ReplicaOut]:
     ids = await streams.replica_ids()
     infos = await asyncio.gather(*[streams.replica_info(r, hb) for r, hb in ids])
     return [replica_out(i) for i in infos]
+
+
+async def served_types(streams: Streams) -> set[str]:
+    """The session types some live (not draining) replica serves."""
+    return await streams.served_types()

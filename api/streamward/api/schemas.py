@@ -23,11 +23,18 @@ Multitask = Literal["enqueue", "reject", "interrupt"]
 # -- public ------------------------------------------------------------------------------
 
 
+# a session type: names a work stream (lua/keys.py TYPE_PATTERN)
+SessionType = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+
 class InvokeRequest(Model):
     input: JSONValue = None
     mode: Literal["stream", "detached"] = "stream"
     idempotency_key: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
     multitask: Multitask = "enqueue"
+    # the session's type: set by the first input (else the route's or the default type);
+    # naming another type later is 409 type_mismatch
+    type: SessionType | None = None
 
 
 class Owner(Model):
@@ -72,6 +79,9 @@ class Liveness(Model):
     pending: int
     attached: int
     active_run_id: str | None = None
+    type: str | None = None  # the session's type
+    # input waits and no live runner serves the session's type (status no_runner_for_type)
+    waiting_for_type: str | None = None
 
 
 class CancelRequest(Model):
@@ -223,6 +233,7 @@ class ReplicaOut(Model):
     state: Literal["ready", "draining", "dead"]
     host: str | None = None
     version: str | None = None
+    types: list[str] = []  # the session types it serves
 
 
 class DrainResult(Model):
@@ -293,6 +304,8 @@ class RouteSession(Model):
     daily_reset_hour: Annotated[int, Field(ge=0, le=23), JSON_INT] | None = None
     on_owner_death: OnOwnerDeath = "restart"
     multitask: Multitask = "enqueue"
+    # the type of the sessions this route creates (None: the default type)
+    type: SessionType | None = None
 
 
 class Route(Model):

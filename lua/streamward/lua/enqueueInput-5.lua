@@ -22,17 +22,25 @@
   ARGV[6] project
   ARGV[7] session_id
   ARGV[8] source                 who sent it (invoke, event:<route>)
+  ARGV[9] session type named     by the invoke or its route ("" = none named)
+  ARGV[10] default session type  used when a new session names none
+
+  The session type (meta `type`) is set once, when the script creates the session (or
+  revives a retired one); a later input naming another type is refused before anything
+  is written. A session created before types existed has type "default".
 
   A session retired by deletion or expiry (meta delete_after_ms set) is revived:
   its inbox and meta lose their expiry and revived = 1 tells the caller to keep
   the session's other keys too.
 
-  Returns {1, entry_id, active_run_id, pending, revived, log_last_id, replica, incarnation}
-                                                queued ("" when no active run; log_last_id
+  Returns {1, entry_id, active_run_id, pending, revived, log_last_id, replica, incarnation,
+           type}                                queued ("" when no active run; log_last_id
                                                 "0-0" for an empty log; replica and
-                                                incarnation "" when no lease is held)
+                                                incarnation "" when no lease is held;
+                                                type: the session's type)
           {2, run_id, log_last_id}                  DUPLICATE: the idempotency key names run_id
           {-6, active_run_id, pending}              BUSY: multitask=reject and a run is active
+          {-8, session_type, named_type}            TYPE_MISMATCH: nothing appended
 ]]
 --- @include "includes/statusCodes"
 --- @include "includes/redisTime"
@@ -49,6 +57,19 @@ if ARGV[4] == '1' then
   if existing then
     return {DUPLICATE, existing, log_last()}
   end
+end
+local info = rcall('HMGET', KEYS[2], 'type', 'created_ms', 'delete_after_ms')
+local stype = info[1]
+if not info[2] or info[3] then
+  stype = false -- new or retired: this input names its type
+elseif not stype then
+  stype = 'default' -- created before session types: what sw:work served then
+end
+if stype and ARGV[9] ~= '' and ARGV[9] ~= stype then
+  return {TYPE_MISMATCH, stype, ARGV[9]}
+end
+if not stype then
+  stype = ARGV[9] ~= '' and ARGV[9] or ARGV[10]
 end
 local active = rcall('HGET', KEYS[2], 'active_run_id') or ''
 local pending = rcall('XLEN', KEYS[1])
@@ -71,6 +92,6 @@ if rcall('HEXISTS', KEYS[2], 'delete_after_ms') == 1 then
   rcall('PERSIST', KEYS[2])
   rcall('PERSIST', KEYS[1])
 end
-rcall('HSET', KEYS[2], 'status', 'active', 'updated_ms', now)
+rcall('HSET', KEYS[2], 'status', 'active', 'updated_ms', now, 'type', stype)
 local holder = rcall('HMGET', KEYS[5], 'replica', 'incarnation')
-return {OK, id, active, pending + 1, revived, log_last(), holder[1] or '', holder[2] or ''}
+return {OK, id, active, pending + 1, revived, log_last(), holder[1] or '', holder[2] or '', stype}

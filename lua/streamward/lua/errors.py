@@ -16,6 +16,7 @@ REPLICA_LOST = -4
 SEQ_GAP = -5
 BUSY = -6
 NOT_FOUND = -7
+TYPE_MISMATCH = -8
 
 
 class StreamwardError(Exception):
@@ -112,6 +113,17 @@ class SessionBusy(StreamwardError):
         super().__init__(f"session busy: active run {active_run_id or '-'}, {pending} pending")
 
 
+class TypeMismatch(StreamwardError):
+    """An invoke named a session type other than the one the session was created with."""
+
+    code = "type_mismatch"
+
+    def __init__(self, session_type: str, requested: str) -> None:
+        self.session_type = session_type
+        self.requested = requested
+        super().__init__(f"session has type {session_type!r}, the invoke named {requested!r}")
+
+
 # Redis answering but refusing writes, by error code: maxmemory reached under noeviction,
 # a replica or demoted master, failing RDB saves (stop-writes-on-bgsave-error),
 # min-replicas-to-write not met, a replica cut from its master. Transient from a caller's
@@ -177,6 +189,8 @@ def status_error(script: str, reply: Sequence[object]) -> StreamwardError:
         return SessionBusy(rest[0], int(rest[1]))
     if code == NOT_FOUND:
         return NotOwner("no lease is held")
+    if code == TYPE_MISMATCH:
+        return TypeMismatch(rest[0], rest[1])
     return ScriptError(f"{script} returned unknown status {code}: {reply!r}")
 
 

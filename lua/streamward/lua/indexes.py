@@ -122,6 +122,22 @@ class Indexes(StreamsBase):
         items = await self.client.zrange(self.keys.replicas, 0, -1, withscores=True)
         return [(_s(m), int(s)) for m, s in items]
 
+    async def served_types(self) -> set[str]:
+        """Session types some live, not draining replica serves (its hash's ``types``; one
+        from before session types serves ``default``)."""
+        ids = [r for r, _ in await self.replica_ids()]
+        if not ids:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hmget(self.keys.replica(rid).lease, "incarnation", "draining", "types")
+        served: set[str] = set()
+        for incarnation, draining, types in await pipe.execute():
+            if incarnation and draining != "1":
+                served.update(t for t in (types if types is not None else "default").split(","))
+        served.discard("")
+        return served
+
     async def replica_info(self, replica_id: str, last_heartbeat_ms: int = 0) -> ReplicaInfo:
         rk = self.keys.replica(replica_id)
         pipe = self.client.pipeline(transaction=False)

@@ -9,6 +9,9 @@ from streamward.lua.errors import InvalidId
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 DEFAULT_PREFIX = "sw"
+# session types name work streams (sw:work:<type>): short, no ':' (a type is one key segment)
+TYPE_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+DEFAULT_TYPE = "default"
 
 
 def validate_id(field: str, value: object) -> str:
@@ -24,6 +27,13 @@ def validate_id(field: str, value: object) -> str:
         raise InvalidId(
             field, value, f"character {bad!r} not allowed; use letters, digits and . _ : -"
         )
+    return value
+
+
+def validate_type(value: object, field: str = "type") -> str:
+    """Return ``value`` if it is a valid session type name, else raise InvalidId."""
+    if not isinstance(value, str) or TYPE_PATTERN.fullmatch(value) is None:
+        raise InvalidId(field, value, "must be 1-64 characters of letters, digits and . _ -")
     return value
 
 
@@ -79,6 +89,14 @@ class Keys:
         # sessions that may have pending input: ref -> ms last known to need attention
         self.pending = f"{prefix}:pending"
         self.work_group = "runners"
+        # every session type whose work stream was ever published to (metrics, admin)
+        self.work_types = f"{prefix}:work:types"
+
+    def work_for(self, session_type: str) -> str:
+        """The work stream of one session type; the default type keeps ``sw:work``."""
+        if session_type == DEFAULT_TYPE:
+            return self.work
+        return f"{self.work}:{validate_type(session_type)}"
 
     def session(self, project: str, session_id: str) -> SessionKeys:
         validate_id("project", project)

@@ -121,6 +121,7 @@ class Queued:
     revived: bool
     log_last_id: str
     holder: tuple[str, str] | None  # (replica_id, incarnation) of the session lease
+    session_type: str  # the session's type (meta ``type``), set when it was created
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +188,7 @@ def parse_renewals(raw: object) -> LeaseRenewals:
 
 
 def parse_enqueued(raw: object) -> Queued | DuplicateInput:
-    """enqueueInput reply; raises SessionBusy for multitask=reject."""
+    """enqueueInput reply; raises SessionBusy (multitask=reject) or TypeMismatch."""
     r = ok_reply("enqueueInput", as_list(raw), E.DUPLICATE)
     if status(r) == E.DUPLICATE:
         return DuplicateInput(as_str(r[1]), as_str(r[2]))
@@ -199,6 +200,7 @@ def parse_enqueued(raw: object) -> Queued | DuplicateInput:
         revived=as_int(r[4]) == 1,
         log_last_id=as_str(r[5]),
         holder=(holder, as_str(r[7])) if holder else None,
+        session_type=as_str(r[8]),
     )
 
 

@@ -19,7 +19,7 @@ from streamward.lua import errors as E
 from streamward.lua.client import RedisClient
 from streamward.lua.entries import Entry
 from streamward.lua.inbox import parse_inbox, parse_run_state
-from streamward.lua.keys import ReplicaKeys, SessionKeys
+from streamward.lua.keys import DEFAULT_TYPE, ReplicaKeys, SessionKeys
 from streamward.lua.loader import ArgT, Script, execute_pipeline, script_sources
 from streamward.lua.replies import (
     Binding,
@@ -266,8 +266,11 @@ class Scripts:
         idempotency_ttl_ms: int,
         source: str,
         pending: tuple[str, int] | None = None,
+        session_type: str = "",
+        default_type: str = DEFAULT_TYPE,
     ) -> Queued | DuplicateInput:
-        """Raises SessionBusy for multitask=reject.
+        """Raises SessionBusy for multitask=reject, TypeMismatch when ``session_type`` names
+        another type than the session's (a new session gets it, else ``default_type``).
 
         ``pending`` = (pending index key, score ms): ZADD the session there BEFORE the
         append, in the same pipeline (one round trip); on Cluster (another slot) the ZADD
@@ -277,7 +280,7 @@ class Scripts:
         keys = [session.inbox, session.meta, idem, session.log, session.lease]
         use_idem = "1" if idempotency_key else "0"
         args: list[ArgT] = [run_id, input_json, multitask, use_idem, idempotency_ttl_ms]
-        args += [session.project, session.session_id, source]
+        args += [session.project, session.session_id, source, session_type, default_type]
         script = self._by_name["enqueueInput"]
         if pending is None:
             return parse_enqueued(await script(keys, args))

@@ -15,7 +15,7 @@ from redis.asyncio.client import Pipeline
 
 from streamward.lua.entries import Entry as Entry  # re-exported: callers built entries from here
 from streamward.lua.inbox import InboxItem, RunState
-from streamward.lua.keys import SessionKeys
+from streamward.lua.keys import DEFAULT_TYPE, SessionKeys
 from streamward.lua.leases import LeaseCalls
 from streamward.lua.loader import execute_pipeline
 from streamward.lua.replies import DuplicateInput, IngestResult, LockClaim
@@ -35,6 +35,7 @@ class Enqueued:
     # empty), and the session lease holder after it (None when no lease is held)
     log_last_id: str = "0-0"
     holder: tuple[str, str] | None = None  # (replica_id, incarnation)
+    session_type: str = DEFAULT_TYPE  # the session's type ("" for a duplicate: not read)
 
     @property
     def enqueued_ms(self) -> int | None:
@@ -72,8 +73,12 @@ class LeaseStore(LeaseCalls):
         idempotency_key: str | None = None,
         idempotency_ttl_ms: int = 24 * 3600 * 1000,
         source: str = "invoke",
+        session_type: str = "",
+        default_type: str = DEFAULT_TYPE,
     ) -> Enqueued:
-        """Append an invocation to the inbox. Raises SessionBusy for multitask=reject.
+        """Append an invocation to the inbox. Raises SessionBusy for multitask=reject, and
+        TypeMismatch when ``session_type`` (the type the caller names; "" = none) is not the
+        session's. A new session gets ``session_type``, else ``default_type``.
 
         The session is added to the pending index (``sw:pending``) first, in the same round
         trip: whatever happens to the wake-up that follows, the watchdog's sweep finds the
@@ -89,9 +94,11 @@ class LeaseStore(LeaseCalls):
             idempotency_ttl_ms=idempotency_ttl_ms,
             source=source,
             pending=(self.keys.pending, int(time.time() * 1000)),
+            session_type=session_type,
+            default_type=default_type,
         )
         if isinstance(r, DuplicateInput):
-            return Enqueued(r.run_id, None, True, "", 0, log_last_id=r.log_last_id)
+            return Enqueued(r.run_id, None, True, "", 0, log_last_id=r.log_last_id, session_type="")
         return Enqueued(
             run_id,
             r.entry_id,
@@ -101,6 +108,7 @@ class LeaseStore(LeaseCalls):
             revived=r.revived,
             log_last_id=r.log_last_id,
             holder=r.holder,
+            session_type=r.session_type,
         )
 
     async def notify_replica(

@@ -43,7 +43,10 @@ class RunnerSettings(RedisSettings, BaseSettings):
     api_url: str = "http://127.0.0.1:8700"
 
     replica_id: str = Field(default_factory=default_replica_id)
+    # [type=]module:callable, comma-separated (parsed by handlers.parse_handler_specs at start,
+    # for a one-line error); a spec without type= serves default_type
     handler: str = "streamward.runner.handlers:echo"
+    default_type: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "default"
     max_sessions: Annotated[int, Field(ge=1)] = 1000
     replica_ttl_ms: Annotated[int, Field(ge=500, le=600_000)] = 5000
     lease_ttl_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 60_000
@@ -82,14 +85,6 @@ class RunnerSettings(RedisSettings, BaseSettings):
     @classmethod
     def _valid_replica_id(cls, v: str) -> str:
         return validate_id("replica_id", v)
-
-    @field_validator("handler")
-    @classmethod
-    def _handler_spec(cls, v: str) -> str:
-        module, sep, attr = v.partition(":")
-        if not sep or not module or not attr:
-            raise ValueError(f"expected module:callable, got {v!r}")
-        return v
 
     @model_validator(mode="after")
     def _renew_before_expiry(self) -> Self:

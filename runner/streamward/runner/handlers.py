@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from streamward.lua.errors import InvalidId
 from streamward.lua.inbox import InboxItem
+from streamward.lua.keys import DEFAULT_TYPE, validate_type
 from streamward.runner.context import Handler, RunContext
 from streamward.runner.lifecycle import HandlerSpec, Session
 
@@ -39,12 +43,71 @@ class EchoFailed(RuntimeError):
     """Raised by ``echo`` after its last chunk when the input asks for ``fail: true``."""
 
 
+def parse_handler_specs(text: str, default_type: str = DEFAULT_TYPE) -> dict[str, str]:
+    """``[type=]module:callable`` specs, comma-separated (``STREAMWARD_HANDLER``, or several
+    ``--handler``), as type -> spec; a spec without ``type=`` serves ``default_type``."""
+    specs: dict[str, str] = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, eq, spec = item.partition("=")
+        if not eq:
+            name, spec = default_type, item
+        try:
+            validate_type(name.strip(), "handler type")
+        except InvalidId as exc:
+            raise HandlerLoadError(f"handler {item!r}: {exc}") from None
+        if name.strip() in specs:
+            raise HandlerLoadError(f"handler {item!r}: type {name.strip()!r} named twice")
+        specs[name.strip()] = spec.strip()
+    if not specs:
+        raise HandlerLoadError("no handler given: expected [type=]module:callable")
+    return specs
+
+
+def load_handlers(text: str, default_type: str = DEFAULT_TYPE) -> dict[str, HandlerSpec]:
+    """Load every handler of a ``parse_handler_specs`` list: type -> handler."""
+    return {t: load_handler(spec) for t, spec in parse_handler_specs(text, default_type).items()}
+
+
+def _check_host(spec: str, obj: Any) -> None:
+    """Refuse, with one line, what cannot be driven: a function handler must be an async
+    generator function; a host class needs ``run`` an async generator function and its
+    hooks (``activate``, ``passivate``) coroutine functions."""
+    if isinstance(obj, type):
+        run = getattr(obj, "run", None)
+        if run is None or not inspect.isasyncgenfunction(run):
+            raise HandlerLoadError(
+                f"handler {spec!r}: {obj.__name__}.run must be an async generator "
+                "(async def run(self, ctx, input): ... yield x)"
+            )
+        for hook in ("activate", "passivate"):
+            fn = getattr(obj, hook, None)
+            if fn is not None and not inspect.iscoroutinefunction(fn):
+                raise HandlerLoadError(
+                    f"handler {spec!r}: {obj.__name__}.{hook} must be a coroutine "
+                    f"function (async def {hook}(self, ctx, ...))"
+                )
+        return
+    if not inspect.isasyncgenfunction(obj):
+        name = getattr(obj, "__name__", type(obj).__name__)
+        raise HandlerLoadError(
+            f"handler {spec!r}: {name} is not an async generator function "
+            f"(write it as: async def {name}(ctx, input): ... yield x)"
+        )
+
+
 def load_handler(spec: str) -> HandlerSpec:
     """Import ``module:callable`` (the attribute may be dotted: ``module:Class.method``): a
-    function handler, or a ``Session`` subclass (one instance per session activation)."""
+    function handler, or a ``Session`` subclass (one instance per session activation).
+    Modules resolve from the working directory first (as uvicorn and celery do)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise HandlerLoadError(f"handler {spec!r}: expected 'module:callable'")
+    cwd = os.getcwd()
+    if cwd not in sys.path:  # `streamward runner --handler app:run` run from the project
+        sys.path.insert(0, cwd)
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # a broken module fails the same way as a missing one
@@ -62,6 +125,7 @@ def load_handler(spec: str) -> HandlerSpec:
         raise HandlerLoadError(
             f"handler {spec!r}: {attr!r} is a {type(obj).__name__}, not callable"
         )
+    _check_host(spec, obj)
     if isinstance(obj, type) and issubclass(obj, Session):
         return obj
     return cast(Handler, obj)

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from streamward.core.backoff import backoff_s
 from streamward.lua.errors import InvalidId
+from streamward.lua.keys import DEFAULT_TYPE
 from streamward.lua.streams import Streams
 from streamward.lua.work import WorkItem
 from streamward.runner.config import RunnerSettings
@@ -35,21 +36,31 @@ async def take_work(sessions: SessionBook, streams: Streams, item: WorkItem) -> 
         log.warning("claim of %s failed: %r", item.session_ref, exc)
         return
     try:
-        await streams.ack_work(item.id)
+        await streams.ack_work(item.id, session_type=item.session_type)
     except RedisError as exc:
         log.warning("ack of work entry %s failed: %r", item.id, exc)
 
 
 class WorkIntake(Loop):
-    """XREADGROUP on ``sw:work`` while under ``max_sessions``; stops when draining starts."""
+    """XREADGROUP on one session type's work stream (``sw:work`` for the default type) while
+    under ``max_sessions``; stops when draining starts. One per type the replica serves
+    (separate blocking reads: the streams may sit on different Cluster nodes)."""
 
     name = "work_intake"
 
-    def __init__(self, state: ReplicaState, streams: Streams, sessions: SessionBook) -> None:
+    def __init__(
+        self,
+        state: ReplicaState,
+        streams: Streams,
+        sessions: SessionBook,
+        session_type: str = DEFAULT_TYPE,
+    ) -> None:
         super().__init__()
         self.state = state
         self.streams = streams
         self.sessions = sessions
+        self.session_type = session_type
+        self.name = f"work_intake:{session_type}"
 
     async def run(self) -> None:
         st = self.state
@@ -60,7 +71,9 @@ class WorkIntake(Loop):
                 await asyncio.sleep(0.1)  # entries wait in the group: nothing is lost
                 continue
             read = asyncio.create_task(
-                self.streams.read_work(st.replica_id, min(capacity, READ_COUNT), READ_BLOCK_MS)
+                self.streams.read_work(
+                    st.replica_id, min(capacity, READ_COUNT), READ_BLOCK_MS, self.session_type
+                )
             )
             stop = asyncio.create_task(st.draining_event.wait())
             try:
@@ -79,7 +92,7 @@ class WorkIntake(Loop):
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis lost the group (restart without persistence)
                     with contextlib.suppress(RedisError):
-                        await self.streams.ensure_work_group()
+                        await self.streams.ensure_work_group(self.session_type)
                     continue
                 # any other error reply (e.g. READONLY during a Sentinel failover) is an
                 # outage like a lost connection: back off, warn now and then
@@ -112,12 +125,15 @@ class WorkReclaimer(Loop):
         settings: RunnerSettings,
         streams: Streams,
         sessions: SessionBook,
+        session_type: str = DEFAULT_TYPE,
     ) -> None:
         super().__init__()
         self.state = state
         self.settings = settings
         self.streams = streams
         self.sessions = sessions
+        self.session_type = session_type
+        self.name = f"work_autoclaim:{session_type}"
 
     async def run(self) -> None:
         st = self.state
@@ -129,7 +145,7 @@ class WorkReclaimer(Loop):
                 continue
             try:
                 items = await self.streams.autoclaim_work(
-                    st.replica_id, ttl_ms, min(capacity, READ_COUNT)
+                    st.replica_id, ttl_ms, min(capacity, READ_COUNT), self.session_type
                 )
             except RedisError as exc:
                 log.debug("autoclaim failed: %r", exc)

@@ -159,4 +159,5 @@ class ReplicaLease:
             "version": version(),
             "capacity": str(self.settings.max_sessions),
             "handler": self.settings.handler,
+            "types": ",".join(self.sessions.types),  # /admin/replicas, liveness, the sweep
         }

@@ -29,6 +29,7 @@ class SweepResult:
     pruned: int = 0
     requeued: int = 0
     woken: int = 0
+    unserved: int = 0  # runnable, ownerless, and no live runner serves the session's type
 
 
 class PendingSweep:
@@ -85,7 +86,15 @@ class PendingSweep:
         out.pruned += await self.store.scripts.prune_pending(self.keys.pending, prune)
         await self.streams.bump_pending(bump, now)
         # the claimer takes a dead holder's lease over (and marks its run per on_owner_death)
-        await self.streams.publish_work_many(requeue, "sweep")
+        if requeue:
+            # a type nobody serves keeps its first entry on its own stream (read from id 0
+            # when a runner of it starts); re-publishing every sweep would only pile up
+            types = await self.streams.session_types(requeue)
+            served = await self.streams.served_types()
+            unserved = [r for r in requeue if types[r] not in served]
+            requeue = [r for r in requeue if types[r] in served]
+            out.unserved += len(unserved)
+            await self.streams.publish_work_many(requeue, "sweep", types)
         out.requeued += len(requeue)
         await self.streams.send_mail_many(wake)
         out.woken += len(wake)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from redis.asyncio.retry import Retry
@@ -57,7 +57,9 @@ class Replica:
     and the loops. No other runner module imports this one.
     """
 
-    def __init__(self, settings: RunnerSettings, handler: HandlerSpec) -> None:
+    def __init__(
+        self, settings: RunnerSettings, handler: HandlerSpec | Mapping[str, HandlerSpec]
+    ) -> None:
         self.settings = settings
         self.handler = handler
         self.replica_id = settings.replica_id
@@ -159,7 +161,8 @@ class Replica:
         while not self.shutdown.is_set():
             try:
                 await lease.register()
-                await streams.ensure_work_group()
+                for session_type in sessions.types:
+                    await streams.ensure_work_group(session_type)
                 break
             except (RedisError, OSError) as exc:
                 failures += 1
@@ -173,8 +176,8 @@ class Replica:
         self._loops = [
             ReplicaHeartbeat(st, s, lease),
             LeaseRenewer(st, s, store, streams, m, sessions),
-            WorkIntake(st, streams, sessions),
-            WorkReclaimer(st, s, streams, sessions),
+            *(WorkIntake(st, streams, sessions, t) for t in sessions.types),
+            *(WorkReclaimer(st, s, streams, sessions, t) for t in sessions.types),
             mailbox,
             Watchdog(
                 st, s.replica_ttl_ms, self.keys, store, streams, s.sweep_interval_s, self.metrics
@@ -184,8 +187,9 @@ class Replica:
         for loop in self._loops:
             loop.start()
         log.info(
-            "replica %s up: handler %s, max %d sessions, replica ttl %d ms, api %s",
-            self.replica_id, s.handler, s.max_sessions, s.replica_ttl_ms, s.api_url,
+            "replica %s up: types %s, handler %s, max %d sessions, replica ttl %d ms, api %s",
+            self.replica_id, ",".join(sessions.types), s.handler, s.max_sessions,
+            s.replica_ttl_ms, s.api_url,
         )  # fmt: skip
 
     async def stop(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from streamward.lua.errors import LeaseHeld
@@ -14,7 +15,7 @@ from streamward.lua.streams import Streams
 from streamward.runner.actor import SessionActor
 from streamward.runner.admission import Evictable, busy_count, make_room
 from streamward.runner.config import RunnerSettings
-from streamward.runner.lifecycle import Activation, HandlerSpec, host_factory
+from streamward.runner.lifecycle import Activation, HandlerSpec, HostFactory, host_factory
 from streamward.runner.metrics import Metrics
 from streamward.runner.shipper import HttpPoster, Shipper, ShipRejected, ShipStopped
 from streamward.runner.state import ReplicaState
@@ -40,7 +41,7 @@ class SessionBook:
         streams: Streams,
         http: HttpPoster,
         metrics: Metrics,
-        handler: HandlerSpec,
+        handler: HandlerSpec | Mapping[str, HandlerSpec],
     ) -> None:
         self.state = state
         self.settings = settings
@@ -49,8 +50,11 @@ class SessionBook:
         self.streams = streams
         self.http = http
         self.metrics = metrics
-        self.handler = handler
-        self.host_factory = host_factory(handler)  # one Session per activation
+        # session type -> host factory: the types this replica serves (one handler = the
+        # default type); each activation makes a host of its session's type's factory
+        specs = handler if isinstance(handler, Mapping) else {settings.default_type: handler}
+        self.factories = {t: host_factory(spec) for t, spec in specs.items()}
+        self.types = tuple(sorted(self.factories))
         self.actors: dict[str, SessionActor] = {}
         self.orphans: set[str] = set()  # sessions dropped by a fence, re-queued on re-register
         self._claim_locks: dict[str, _ClaimSlot] = {}
@@ -142,12 +146,18 @@ class SessionBook:
                 actor.on_input()
                 return
             await actor.closed.wait()  # it re-queues after release if input is left
+        # never claim a session of a type this replica does not serve: hand it to its
+        # type's stream (work read from a stale stream, mail, a takeover)
+        session_type = (await self.streams.session_types([ref]))[ref]
+        if session_type not in self.factories:
+            await self.streams.publish_work(ref, reason, session_type)
+            return
         if self.hands_back() or not await self._make_room():
-            await self.streams.publish_work(ref, reason)
+            await self.streams.publish_work(ref, reason, session_type)
             return
         self._admitting += 1  # a slot is ours until the actor starts (or the claim ends)
         try:
-            await self._acquire(sk)
+            await self._acquire(sk, session_type)
         finally:
             self._admitting -= 1
 
@@ -164,7 +174,7 @@ class SessionBook:
         self.metrics.evicted.inc()
         log.info("session %s: longest idle, passivated for waiting work", actor.ref)
 
-    async def _acquire(self, sk: SessionKeys) -> None:
+    async def _acquire(self, sk: SessionKeys, session_type: str) -> None:
         ref = sk.ref
         s = self.settings
         replica_id = self.state.replica_id
@@ -200,9 +210,9 @@ class SessionBook:
             )  # fmt: skip
         if incarnation != self.state.incarnation or self.state.fenced:
             # fenced or re-registered while acquiring: that lease names a dead incarnation
-            await self.streams.publish_work(ref, "owner_death")
+            await self.streams.publish_work(ref, "owner_death", session_type)
             return
-        self._start_actor(lease, taken_over)
+        self._start_actor(lease, self.factories[session_type], taken_over)
 
     async def drop_if_stale(self, ref: str) -> bool:
         """Drop ``ref``'s actor when the lease no longer names it (force-released or taken
@@ -218,10 +228,10 @@ class SessionBook:
         await actor.closed.wait()
         return True
 
-    def _start_actor(self, lease: Lease, taken_over: bool = False) -> None:
+    def _start_actor(self, lease: Lease, factory: HostFactory, taken_over: bool = False) -> None:
         s = self.settings
         life = Activation(
-            self.host_factory,
+            factory,
             store=self.store,
             streams=self.streams,
             session=lease.session,

@@ -72,6 +72,13 @@ def dev_command(
     exit_after_demo: Annotated[
         bool, typer.Option("--exit-after-demo", help="Stop once the demo has run.")
     ] = False,
+    handler: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="[type=]module:callable, repeatable, as for `streamward runner` (default: "
+            "echo; with a handler of your own the echo demo is skipped)."
+        ),
+    ] = None,
 ) -> None:
     """Run the whole system locally: embedded Redis, the API and runners, and a demo."""
     from streamward.tools.dev import main as dev
@@ -83,6 +90,7 @@ def dev_command(
             redis_url=redis_url,
             demo=not no_demo,
             exit_after_demo=exit_after_demo,
+            handlers=handler or [],
         )
     )
 

@@ -37,7 +37,22 @@ def main(
     exit_after_demo: bool = False,
     replica_ttl_ms: int = 3000,
     drain_timeout_s: float = 3.0,
+    handlers: list[str] | None = None,
 ) -> int:
+    from streamward.runner.handlers import HandlerLoadError, load_handlers, parse_handler_specs
+
+    spec_text = ",".join(handlers or [])
+    if spec_text:
+        try:  # refuse a bad handler here, in one line, before starting anything
+            load_handlers(spec_text)
+            specs = parse_handler_specs(spec_text)
+        except HandlerLoadError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return 2
+        demo = False  # the demo speaks echo's input format
+    else:
+        specs = {"default": "streamward.runner.handlers:echo"}
+    runner_args = [a for t, spec in specs.items() for a in ("--handler", f"{t}={spec}")]
     if not port_free(port):
         console.print(
             f"[red]error:[/] port {port} is in use. Pick another with "
@@ -73,8 +88,8 @@ def main(
             api = fleet.start_api(port=port)
             for i in range(runners):
                 status.update(f"starting runner {i + 1}/{runners}...")
-                fleet.start_runner(f"dev-runner-{i + 1}")
-        _banner(fleet, api, runners)
+                fleet.start_runner(f"dev-runner-{i + 1}", args=runner_args)
+        _banner(fleet, api, runners, specs)
         if demo:
             _demo(fleet, api)
         if exit_after_demo:
@@ -115,10 +130,12 @@ def _shutdown(fleet: Fleet) -> None:
     fleet.stop()
 
 
-def _banner(fleet: Fleet, api: Proc, runners: int) -> None:
+def _banner(fleet: Fleet, api: Proc, runners: int, specs: dict[str, str]) -> None:
     url = api.url
     console.print(f"api       {url}   docs {url}/docs   openapi {url}/openapi.json")
-    console.print(f"runners   {runners} (echo handler), logs in {fleet.workdir}")
+    console.print(f"runners   {runners}, logs in {fleet.workdir}")
+    for session_type, spec in specs.items():  # what the runners were really started with
+        console.print(f"handler   type {session_type}: {spec}")
     print(f"admin token: {fleet.admin_token}", flush=True)
     console.print("\n[bold]try:[/]")
     tok = fleet.admin_token

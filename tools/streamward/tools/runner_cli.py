@@ -30,9 +30,11 @@ def run(
         typer.Option(help="Replica id (env STREAMWARD_REPLICA_ID, else $POD_NAME, else host-pid)."),
     ] = None,
     handler: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            help="Handler module:callable (env STREAMWARD_HANDLER; default: the echo handler)."
+            help="[type=]module:callable, repeatable: the session types served and their "
+            "handlers; no type= means the default type (env STREAMWARD_HANDLER, "
+            "comma-separated; default: the echo handler)."
         ),
     ] = None,
     max_sessions: Annotated[
@@ -57,7 +59,7 @@ def run(
         return
     overrides: dict[str, Any] = {
         "replica_id": replica_id,
-        "handler": handler,
+        "handler": ",".join(handler) if handler else None,
         "max_sessions": max_sessions,
         "redis_url": redis_url,
         "api_url": api_url,
@@ -72,7 +74,7 @@ def _run(overrides: dict[str, Any]) -> int:
 
     from streamward.core.logs import setup_logging
     from streamward.runner.config import RunnerSettings
-    from streamward.runner.handlers import HandlerLoadError, load_handler
+    from streamward.runner.handlers import HandlerLoadError, load_handlers
     from streamward.runner.replica import Replica
 
     try:
@@ -81,7 +83,7 @@ def _run(overrides: dict[str, Any]) -> int:
         typer.echo(f"error: invalid runner settings:\n{exc}", err=True)
         return 2
     try:
-        handler = load_handler(settings.handler)
+        handler = load_handlers(settings.handler, settings.default_type)
     except HandlerLoadError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2

@@ -30,7 +30,7 @@ from streamward.api.schemas import (
     RoutePage,
     SessionReset,
 )
-from streamward.lua.errors import SessionBusy, write_refusal
+from streamward.lua.errors import SessionBusy, TypeMismatch, write_refusal
 from streamward.lua.routes import RouteStore
 
 log = logging.getLogger("streamward.api.events")
@@ -312,6 +312,8 @@ async def _deliver(
             input_json,
             multitask=cfg.multitask,
             source=f"event:{route.route_id}",
+            session_type=cfg.type or "",
+            default_type=settings.default_type,
         )
     except SessionBusy:
         return EventSession(
@@ -319,6 +321,14 @@ async def _deliver(
             session_key=key,
             session_id=binding.session_id,
             action="rejected",
+        )
+    except TypeMismatch as exc:  # the route's type changed under a live session
+        return EventSession(
+            route_id=route.route_id,
+            session_key=key,
+            session_id=binding.session_id,
+            action="rejected",
+            error=RouteOutcomeError(code="type_mismatch", detail=str(exc)),
         )
     await invocation.wake_owner(store, streams, sk, enq, cfg.multitask, "event")
     return EventSession(

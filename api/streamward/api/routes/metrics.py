@@ -37,9 +37,12 @@ async def metrics_endpoint(request: Request) -> Response:
         metrics.start_local_share.set(state.starts.local_share)
         try:
             backlog, by_state = await asyncio.wait_for(
-                asyncio.gather(state.streams.work_backlog(), _replica_states(state)), timeout=2.0
+                asyncio.gather(state.streams.work_backlog_by_type(), _replica_states(state)),
+                timeout=2.0,
             )
-            metrics.work_backlog.set(backlog)
+            metrics.work_backlog.set(sum(backlog.values()))
+            for session_type, n in backlog.items():
+                metrics.work_backlog_by_type.labels(session_type).set(n)
             for name in ("ready", "draining", "dead"):
                 metrics.replicas.labels(name).set(by_state.get(name, 0))
             metrics.redis_up.set(1)

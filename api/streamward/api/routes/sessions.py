@@ -23,6 +23,7 @@ from streamward.api.deps import (
     StreamsDep,
 )
 from streamward.api.problems import ProblemError
+from streamward.api.replicas import served_types
 from streamward.api.responses import OrjsonResponse
 from streamward.api.routes.common import entry_out, owner_detail, rfc3339_opt, scan_cursor, u64_ok
 from streamward.api.routes.streaming import (
@@ -48,7 +49,7 @@ from streamward.api.schemas import (
 )
 from streamward.core.contract import TERMINAL_STATUSES
 from streamward.lua.errors import SeqGap, StaleToken
-from streamward.lua.keys import SessionKeys
+from streamward.lua.keys import DEFAULT_TYPE, SessionKeys
 from streamward.lua.store import Entry, LeaseStore
 from streamward.lua.streams import Streams
 
@@ -228,14 +229,21 @@ async def liveness(sk: SessionDep, store: StoreDep, streams: StreamsDep) -> Live
     )
     if not meta:
         raise ProblemError(404, "session_not_found", f"no session {sk.session_id!r}")
+    session_type = meta.get("type") or DEFAULT_TYPE
+    waiting_for = None
+    # input waits, nobody owns it: does any live runner serve its type at all?
+    if pending and not own.alive and session_type not in await served_types(streams):
+        waiting_for = session_type
     return Liveness(
         session_id=sk.session_id,
         alive=own.alive,
-        status=meta.get("status") or "unknown",
+        status="no_runner_for_type" if waiting_for else meta.get("status") or "unknown",
         owner=owner_detail(own),
         pending=pending,
         attached=attached,
         active_run_id=meta.get("active_run_id") or None,
+        type=session_type,
+        waiting_for_type=waiting_for,
     )
 
 

@@ -9,3 +9,4 @@ local REPLICA_LOST = -4
 local SEQ_GAP = -5
 local BUSY = -6
 local NOT_FOUND = -7
+local TYPE_MISMATCH = -8
