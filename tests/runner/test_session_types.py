@@ -15,7 +15,7 @@ import pytest
 
 from streamward.runner.handlers import HandlerLoadError, load_handlers, parse_handler_specs
 from streamward.tools.fleet import Fleet
-from tests.runner.helpers import KEYS, invoke, terminal, transcript, wait_until
+from tests.runner.helpers import KEYS, invoke, run_done, terminal, transcript, wait_until
 
 HANDLERS = {"alpha": "tests.runner.typed_hosts:alpha", "beta": "tests.runner.typed_hosts:beta"}
 ENV = {"STREAMWARD_SWEEP_INTERVAL_S": "0.5"}
@@ -46,7 +46,7 @@ def test_two_types_under_load_and_a_kill_9_run_only_on_their_type(
             ra.kill()  # kill -9 mid-load: alpha's sessions wait for an alpha runner
             _runner(api_fleet, "ra2", "alpha")
     for (sid, run_id), _t in runs.items():
-        done = wait_until(lambda s=sid, r=run_id: terminal(transcript(rc, s), r), 40, run_id)
+        done = wait_until(run_done(rc, sid, run_id), 40, run_id)
         assert done.type == "run.completed", done
     for sid in {s for s, _ in runs}:
         t = sid.split("-")[0]
