@@ -7,6 +7,7 @@ Rooms (docs/architecture.md, "Rooms"), lowest first::
     streamward.core                     shared pieces
     streamward.api | streamward.runner  the service | the runner (peers, never each other)
     streamward.tools, streamward.client operator tooling
+    streamward.testing                  the host authors' test kit (tooling)
 
 An import may point into its own room or a lower one. The checker is a plain AST walk (no
 extra dependency): every ``import``/``from ... import`` anywhere in a module counts, inside
@@ -33,7 +34,7 @@ FOLDERS: dict[str, tuple[str, ...]] = {
     "core": ("core",),
     "api": ("api",),
     "runner": ("runner",),
-    "tools": ("tools", "client"),
+    "tools": ("tools", "client", "testing"),
 }
 # streamward.<package> -> room, and each room's level: imports only point to the same room or
 # to a lower level; api and runner share a level, so neither may import the other
@@ -44,6 +45,7 @@ ROOM_OF = {
     "runner": "runner",
     "tools": "tooling",
     "client": "tooling",
+    "testing": "tooling",
 }
 LEVEL = {"lua": 0, "core": 1, "api": 2, "runner": 2, "tooling": 3}
 # the folders were once importable as top-level packages (`api`, `runner`, `lua`); from the
