@@ -147,6 +147,9 @@ class SessionHarness:
             "api_url": API_URL,
             "admin_token": ADMIN_TOKEN,
             "close_delay_s": 3600.0,  # passivation happens when the test asks for it
+            # no renewal loop runs here: a lease must outlive any test (fakeredis expires
+            # keys by the wall clock like Redis does)
+            "lease_ttl_ms": REPLICA_TTL_MS,
             "drain_timeout_s": 1.0,
             "ship_linger_ms": 0,
             "state_max_bytes": state_max_bytes,
