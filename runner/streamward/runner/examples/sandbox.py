@@ -32,7 +32,7 @@ STDOUT_MAX_CHARS = 64 * 1024
 
 # the child: reads one JSON request per line, answers one JSON line; exits at EOF
 REPL = r"""
-import contextlib, ctypes, io, json, os, signal, sys
+import ast, contextlib, ctypes, io, json, os, signal, sys
 parent = int(sys.argv[1])  # the runner's pid
 if sys.platform.startswith("linux"):
     with contextlib.suppress(Exception):
@@ -46,10 +46,12 @@ for line in sys.stdin:
     out, value, error = io.StringIO(), None, None
     try:
         with contextlib.redirect_stdout(out):
-            try:
-                value = repr(eval(compile(code, "<run>", "eval"), ns))
-            except SyntaxError:
-                exec(compile(code, "<run>", "exec"), ns)
+            # like a notebook cell: the statements run, the last expression is the value
+            tree = ast.parse(code, "<run>", "exec")
+            last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+            exec(compile(tree, "<run>", "exec"), ns)
+            if last is not None:
+                value = repr(eval(compile(ast.Expression(last.value), "<run>", "eval"), ns))
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
     reply = {"ok": error is None, "stdout": out.getvalue()[:STDOUT_MAX], "value": value,
