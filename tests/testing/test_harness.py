@@ -147,3 +147,21 @@ async def test_function_handlers_run_as_stateless_hosts() -> None:
         res = await h.invoke({"text": "hi", "chunks": 2})
         assert await h.saved_state() is None
     assert res.outputs == [{"text": "hi", "i": 0}, {"text": "hi", "i": 1}]
+
+
+async def test_a_failing_activate_is_recorded_retried_and_ends_the_inputs() -> None:
+    host, events = recorder()
+    async with SessionHarness(host, activation_max_failures=2) as h:
+        # a state that makes activate raise (the recorder's switch)
+        await h.client.hset(h.session.state, mapping={"data": '{"fail_activate": true}',
+                            "token": "0", "replica_id": "x", "saved_ms": "0"})  # fmt: skip
+        run_id = await h.submit({"text": "a"})
+        await h.wait_for(lambda: h.instance.actor is None, 10, "release after the failure")
+        await h.claim()  # the re-queued work, claimed again: the second failure
+        res = await h.result(run_id)
+        failed = [e for e in await h.transcript() if e.type == "session.activation_failed"]
+    assert res.status == "failed" and res.terminal.data["error_type"] == "activation_failed"
+    assert [e.data["failures"] for e in failed] == [1, 2]
+    assert failed[0].data["error"] == "sandbox image missing"
+    assert kinds(events, "passivate") == []  # never for an activate that raised
+    assert kinds(events, "run") == []

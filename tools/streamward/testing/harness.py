@@ -278,6 +278,15 @@ class SessionHarness:
         await self.instance.book.claim(self.session.ref, "invoke")
         return queued.run_id
 
+    async def claim(self) -> None:
+        """The current replica claims the session again: what work intake does with work
+        the runner re-queued (after a failed ``activate``, a released session with input
+        left). ``submit`` claims by itself."""
+        actor = self.instance.actor
+        if actor is not None and actor.closing:
+            await actor.closed.wait()
+        await self.instance.book.claim(self.session.ref, "invoke")
+
     async def result(self, run_id: str, timeout_s: float | None = None) -> RunResult:
         """Wait for the run's terminal entry (the actor runs in the background)."""
         await self.wait_for(
