@@ -21,10 +21,17 @@ async def test_turns_accumulate_and_survive_idle_passivation() -> None:
         c = await h.invoke({"text": "still there?"})
         assert h.host is not h.hosts[0]  # a new instance, rebuilt from the snapshot
     assert a.outputs == [
-        {"reply": "message 1: 'hello'", "turn": 1, "previous": None, "turns": ["hello"]}
+        {
+            "reply": "message 1: 'hello'",
+            "turn": 1,
+            "previous": None,
+            "turns": ["hello"],
+            "activation": "new",
+        }
     ]
     assert b.outputs[0]["turn"] == 2 and b.outputs[0]["previous"] == "hello"
     assert c.outputs[0]["turns"] == ["hello", "how are you", "still there?"]
+    assert c.outputs[0]["activation"] == "rehydrate"
 
 
 async def test_takeover_answers_with_the_whole_conversation() -> None:
@@ -92,6 +99,6 @@ def test_kill_9_of_the_owner_keeps_the_conversation(api_fleet: Fleet, rc: Any) -
     run = invoke(api_fleet.api_url, "thread-1", {"text": "what is my name?"})
     out = _reply(rc, "thread-1", run["run_id"])
     assert out["turns"] == ["hi", "my name is Ada", "what is my name?"]
-    assert out["previous"] == "my name is Ada"
+    assert out["previous"] == "my name is Ada" and out["activation"] == "takeover"
     own = owner(rc, "thread-1")
     assert own is not None and own[0] == "c2"

@@ -2,8 +2,9 @@
 so the next owner (after an idle passivation, a drain or a kill -9 of this one) answers
 with the whole conversation.
 
-Input: ``{"text": str}``. Output: ``{"reply", "turn", "previous", "turns"}``: the reply names
-how many messages the conversation has and what came before, so a lost turn shows. Follow-up
+Input: ``{"text": str}``. Output: ``{"reply", "turn", "previous", "turns", "activation"}``:
+the reply names how many messages the conversation has and what came before, so a lost turn
+shows; ``activation`` is how this instance began (``ctx.reason``). Follow-up
 messages queued while a turn runs are folded into it (``ctx.pending_inputs()``; each ends
 ``run.merged``).
 """
@@ -50,6 +51,7 @@ class Chat(Session):
             "turn": len(self.turns),
             "previous": previous,
             "turns": [t["text"] for t in self.turns],
+            "activation": self.activated_as,  # how this instance began (new, takeover, ...)
         }
 
     async def passivate(self, ctx: SessionContext, reason: str) -> None:
