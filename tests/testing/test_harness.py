@@ -165,3 +165,14 @@ async def test_a_failing_activate_is_recorded_retried_and_ends_the_inputs() -> N
     assert failed[0].data["error"] == "sandbox image missing"
     assert kinds(events, "passivate") == []  # never for an activate that raised
     assert kinds(events, "run") == []
+
+
+async def test_closing_with_a_run_still_going_cuts_it_after_the_drain_timeout() -> None:
+    gate = asyncio.Event()  # never set: the run would wait forever
+    host, events = recorder(gate=gate)
+    async with SessionHarness(host, drain_timeout_s=0.2) as h:
+        run_id = await h.submit({"text": "a", "wait": True})
+        await h.wait_for(lambda: kinds(events, "run"), 5, "the run to start")
+    rs = await h.streams.run_state(h.session, run_id)
+    assert rs is not None and rs.status == "interrupted"  # re-run by the next owner
+    assert kinds(events, "passivate") == [("passivate", "drain", True)]

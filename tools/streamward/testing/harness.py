@@ -103,11 +103,15 @@ class Instance:
         actor = self.actor
         if actor is None:
             return
-        if graceful:
-            actor.drain()
-        else:
+        if not graceful:
             actor.drop("harness closed")
-        await actor.closed.wait()
+            await actor.closed.wait()
+            return
+        actor.drain()
+        try:  # as the replica's stop: a run still going after the drain timeout is cut
+            await asyncio.wait_for(actor.closed.wait(), self.book.settings.drain_timeout_s)
+        except TimeoutError:
+            await actor.interrupt()
 
 
 class SessionHarness:
