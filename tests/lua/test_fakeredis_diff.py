@@ -189,8 +189,8 @@ async def case_ingest(call: Call) -> list[Any]:
 
 
 async def case_inbox(call: Call) -> list[Any]:
-    base = ["enqueue", "0", 60_000, "proj", "diff", "invoke"]
-    idem = ["enqueue", "1", 60_000, "proj", "diff", "invoke"]
+    base = ["enqueue", "0", 60_000, "proj", "diff", "invoke", "", "default"]
+    idem = ["enqueue", "1", 60_000, "proj", "diff", "invoke", "", "default"]
     peek = [SK.inbox, SK.runs, SK.cancels]
     complete = [SK.epoch, SK.inbox, SK.meta]
     first = await call("enqueueInput", ENQUEUE5, ["run_1", '{"text": "a"}', *idem])

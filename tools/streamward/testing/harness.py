@@ -34,7 +34,7 @@ from streamward.lua.store import LeaseStore
 from streamward.lua.streams import LogEntry, Streams
 from streamward.runner.actor import SessionActor
 from streamward.runner.config import RunnerSettings
-from streamward.runner.lifecycle import HandlerSpec, Session, SessionContext
+from streamward.runner.lifecycle import HandlerSpec, HostFactory, Session, SessionContext
 from streamward.runner.metrics import Metrics
 from streamward.runner.sessions import SessionBook
 from streamward.runner.state import ReplicaState
@@ -216,14 +216,17 @@ class SessionHarness:
             self.handler,
         )  # fmt: skip
         inst = Instance(replica_id, book, self.session)
-        factory = book.host_factory
 
-        def recording() -> Session:
-            host = factory()
-            inst.hosts.append(host)
-            return host
+        def recording(factory: HostFactory) -> HostFactory:
+            def make() -> Session:
+                host = factory()
+                inst.hosts.append(host)
+                return host
 
-        book.host_factory = recording
+            return make
+
+        # record every host instance the book makes, whatever the session's type
+        book.factories = {t: recording(f) for t, f in book.factories.items()}
         self.instances.append(inst)
         return inst
 
