@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	# a peer of `streamward bench invoke`: its metadata caps redis<6, streamward runs on redis 8
+	$(BIN)/pip install -q --no-deps 'arq==0.28.0'
 	touch $(STAMP)
 
 install: $(STAMP)

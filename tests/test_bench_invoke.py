@@ -1,10 +1,14 @@
-"""``streamward bench invoke`` end to end at a small size: real API, runners and Redis."""
+"""``streamward bench invoke`` end to end at a small size: real API, runners and Redis, and
+the peer job queues (saq, arq, Celery) on their own real redis-servers and worker processes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+
+from streamward.tools.bench import peers
 
 
 def test_bench_invoke_runs_and_reports_every_figure() -> None:
@@ -32,3 +36,24 @@ def test_bench_invoke_runs_and_reports_every_figure() -> None:
     assert res["ingest_entries_per_s"] > 0 and res["ingest_ratio"] > 0
     cpu = res["cpu_ms_per_invoke"]
     assert cpu["total"] > 0 and cpu["api"] > 0 and cpu["runners"] > 0
+    # every installed peer ran the handshake (the dev extra installs them all; arq comes
+    # from the Makefile, so a bare `pip install -e .[dev]` reports it skipped instead)
+    installed = {p.name for p in peers.PEERS if importlib.util.find_spec(p.module) is not None}
+    assert installed >= {"saq", "celery"}
+    assert res["peers_failed"] == {}
+    assert {p["name"] for p in res["peers"]} == installed
+    assert set(res["peers_skipped"]) == set(peers.NAMES) - installed
+    for p in res["peers"]:
+        assert p["workers"] == 2 and p["version"]
+        assert p["warm"]["samples"] == 40 - 4 and p["cold"]["samples"] == 4
+        assert p["burst"]["samples"] == 4 and p["started_per_s"] > 0
+        assert set(p["ratios"]) == {"warm_p50", "warm_p99", "cold_p50", "cold_p99", "started_per_s"}
+    versus = res["versus_best_peer"]
+    assert set(versus) == {
+        "warm_p50",
+        "warm_p99",
+        "started_per_s",
+        "cold_p50",
+        "cold_over_warm_p50",
+    }
+    assert versus["warm_p50"]["peer"] in installed and versus["warm_p50"]["ratio"] > 0

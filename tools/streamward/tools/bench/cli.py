@@ -49,11 +49,18 @@ def invoke(
     concurrency: Annotated[int, typer.Option(help="Concurrent callers.")] = 50,
     requests: Annotated[int, typer.Option(help="Detached invokes in all.")] = 5000,
     output: Output = "table",
+    peers: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Peer job queues to measure beside it (repeatable or comma-separated): saq, "
+            "arq-tuned, arq, celery, or none. Default: every installed one."
+        ),
+    ] = None,
 ) -> None:
-    """Detached invoke latency and admin ingest throughput vs raw Redis."""
+    """Detached invoke latency and ingest throughput vs raw Redis and Redis job queues."""
     from streamward.tools.bench.invoke import main as run
 
-    raise typer.Exit(run(concurrency=concurrency, requests=requests, output=output))
+    raise typer.Exit(run(concurrency=concurrency, requests=requests, output=output, peers=peers))
 
 
 @app.command(

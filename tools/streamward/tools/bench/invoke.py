@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -100,6 +100,11 @@ class Results:
     cores: int = 0
     # concurrency x total CPU per invoke / cores: the p50 a closed loop cannot beat here
     closed_loop_floor_ms: float = 0.0
+    # the Redis job queues measured in the same run (bench/peers.py), and the ratios
+    peers: list[Any] = field(default_factory=list)  # peers.PeerResult
+    peers_skipped: dict[str, str] = field(default_factory=dict)
+    peers_failed: dict[str, str] = field(default_factory=dict)
+    versus_best_peer: dict[str, Any] = field(default_factory=dict)
 
     @property
     def invoke_ratio_p50(self) -> float:
@@ -511,13 +516,67 @@ def render(res: Results, console: Console) -> None:
         )
 
 
-def main(concurrency: int = 50, requests: int = 5000, output: str = "table") -> int:
-    """Run the bench; print a table (or JSON with ``output="json"``); 0 when it ran."""
+def render_peers(res: Results, console: Console) -> None:
+    """The side-by-side table: every peer, then streamward, and its ratio to the best peer."""
+    if not (res.peers or res.peers_skipped or res.peers_failed):
+        return
+    t = Table(title=f"detached invoke vs Redis job queues, {res.concurrency} callers, same run")
+    for col in ("system", "warm p50 ms", "warm p99 ms", "started/s", "cold p50 ms", "cold p99 ms"):
+        t.add_column(col)
+    for p in res.peers:
+        t.add_row(
+            f"{p.label} {p.version}",
+            f"{p.warm.p50_ms:.2f}",
+            f"{p.warm.p99_ms:.2f}",
+            f"{p.started_per_s:,.0f}",
+            f"{p.cold.p50_ms:.2f}",
+            f"{p.cold.p99_ms:.2f}",
+        )
+    t.add_row(
+        "[bold]streamward detached invoke[/bold]",
+        f"{res.invoke.p50_ms:.2f}",
+        f"{res.invoke.p99_ms:.2f}",
+        f"{res.invokes_per_s:,.0f}",
+        f"{res.invoke_cold.p50_ms:.2f}",
+        f"{res.invoke_cold.p99_ms:.2f}",
+    )
+    console.print(t)
+    for name, v in res.versus_best_peer.items():
+        against = f" vs {v['peer']} ({v['peer_value']:,.2f})" if "peer" in v else ""
+        console.print(
+            f"{name}: streamward {v['streamward']:,.2f}{against}: ratio "
+            f"{v.get('ratio', v['streamward']):.2f}x, target {v['target']}"
+            + ("" if v["met"] is None else f" {_yes(v['met'])}")
+        )
+    for name, why in res.peers_skipped.items():
+        console.print(f"[yellow]peer {name} skipped: {why}[/yellow]")
+    for name, why in res.peers_failed.items():
+        console.print(f"[red]peer {name} failed: {why}[/red]")
+
+
+def main(
+    concurrency: int = 50,
+    requests: int = 5000,
+    output: str = "table",
+    peers: Sequence[str] | None = None,
+) -> int:
+    """Run the bench; print a table (or JSON with ``output="json"``); 0 when it ran.
+
+    ``peers``: which Redis job queues to measure beside streamward (bench/peers.py; names,
+    comma-separated allowed); None = every installed one, ``["none"]`` = none.
+    """
+    from streamward.tools.bench import peers as peerbench
+
     if output not in ("table", "json"):
         print(f"unknown output {output!r}: table or json", file=sys.stderr)
         return 2
     if concurrency < 1 or requests < concurrency:
         print("need concurrency >= 1 and requests >= concurrency", file=sys.stderr)
+        return 2
+    try:
+        to_run, skipped = peerbench.select(peers)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
     console = Console(stderr=output == "json")
     with RedisServer() as server, Fleet(server.url) as fleet:
@@ -543,6 +602,17 @@ def main(concurrency: int = 50, requests: int = 5000, output: str = "table") -> 
                     pids=pids,
                 )
             )
+    # after streamward's API and runners are gone: each peer has the machine to itself too
+    res.peers_skipped = skipped
+    for peer in to_run:
+        with console.status(f"peer {peer.name}: {requests} handshakes, {concurrency} callers..."):
+            try:
+                res.peers.append(peerbench.run_peer(peer, concurrency, requests, _run_loop))
+            except Exception as exc:  # one broken peer is news, not the end of the bench
+                res.peers_failed[peer.name] = f"{type(exc).__name__}: {exc}"[:2000]
+    res.versus_best_peer = peerbench.compare(
+        res.invoke, res.invoke_cold, res.invokes_per_s, res.peers
+    )
     if output == "json":
         out = asdict(res) | {
             "invoke_ratio_p50": res.invoke_ratio_p50,
@@ -556,4 +626,5 @@ def main(concurrency: int = 50, requests: int = 5000, output: str = "table") -> 
         print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     else:
         render(res, console)
+        render_peers(res, console)
     return 0
