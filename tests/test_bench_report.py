@@ -17,7 +17,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from streamward.tools.bench import failover, invoke
+from streamward.tools.bench import failover, invoke, peers
 from streamward.tools.bench.cli import _extra_kwargs, app
 from streamward.tools.bench.report import (
     BENCHES,
@@ -83,7 +83,15 @@ def _results(quick_run: Path) -> dict[str, Any]:
         p50_met=True,
         p99_met=True,
         ingest_met=True,
+        invokes_per_s=570.0,
     )
+    # the peer job queues, one faster and one slower than the made-up streamward
+    res.peers = [
+        peers.PeerResult(name, f"{name} 1.0", "1.0", 2, 25, w, w, None, per_s)
+        for name, w, per_s in (("saq", raw, 2000.0), ("arq", lat, 100.0))
+    ]
+    res.peers_skipped = {"celery": "celery is not installed"}
+    res.versus_best_peer = peers.compare(lat, lat, 570.0, res.peers)
     inv = asdict(res) | {
         "invoke_ratio_p50": res.invoke_ratio_p50,
         "ingest_ratio": res.ingest_ratio,
@@ -194,7 +202,11 @@ def test_every_section_renders_with_numbers(quick_run: Path, tmp_path: Path) -> 
     assert any("history" in r[0] and r[5] == "**NOT met**" for r in rows)
     assert "(exit status 1;" in md
     assert "one caller alone p50 (no queueing)" in md and "closed-loop floor" in md
-    for name in ("heartbeat.png", "failover.png"):
+    assert "### Against the Redis job queues" in md and "| **streamward detached invoke** |" in md
+    assert "peer celery skipped: celery is not installed" in md
+    assert any(r[0].startswith("detached invoke p50 vs the best Redis job queue") for r in rows)
+    assert any("(saq 1.0)" in r[2] and r[5] == "**NOT met**" for r in rows)
+    for name in ("heartbeat.png", "failover.png", "invoke_peers.png"):
         _check_png(tmp_path / "docs" / "bench" / name)
         assert f"](bench/{name})" in md
     assert orjson.loads((tmp_path / "docs" / "bench" / "results.json").read_bytes())["benches"]

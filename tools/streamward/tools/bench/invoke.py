@@ -525,7 +525,7 @@ def render_peers(res: Results, console: Console) -> None:
         t.add_column(col)
     for p in res.peers:
         t.add_row(
-            f"{p.label} {p.version}",
+            p.label,
             f"{p.warm.p50_ms:.2f}",
             f"{p.warm.p99_ms:.2f}",
             f"{p.started_per_s:,.0f}",

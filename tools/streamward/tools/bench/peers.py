@@ -49,16 +49,16 @@ READY_TIMEOUT_S = 60.0
 @dataclass(frozen=True)
 class Peer:
     name: str  # what --peers takes
-    label: str
+    label: str  # {v}: the installed version
     dist: str  # the distribution whose import name is ``module``
     module: str
 
 
 PEERS: tuple[Peer, ...] = (
-    Peer("saq", "saq", "saq", "saq"),
-    Peer("arq-tuned", "arq, poll_delay 0.01", "arq", "arq"),
-    Peer("arq", "arq, default poll_delay", "arq", "arq"),
-    Peer("celery", "Celery (Redis broker, thread pool)", "celery", "celery"),
+    Peer("saq", "saq {v}", "saq", "saq"),
+    Peer("arq-tuned", "arq {v}, poll_delay 0.01", "arq", "arq"),
+    Peer("arq", "arq {v}, default poll_delay", "arq", "arq"),
+    Peer("celery", "Celery {v} (Redis broker, thread pool)", "celery", "celery"),
 )
 NAMES = tuple(p.name for p in PEERS)
 
@@ -249,10 +249,11 @@ def run_peer(
             )
         finally:
             _stop(procs)
+    version = importlib.metadata.version(peer.dist)
     return PeerResult(
         name=peer.name,
-        label=peer.label,
-        version=importlib.metadata.version(peer.dist),
+        label=peer.label.format(v=version),
+        version=version,
         workers=WORKERS,
         slots_per_worker=slots,
         warm=warm,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from rich.console import Console
 
+from streamward.tools.bench import report_peers
 from streamward.tools.server import find_redis_server
 
 if TYPE_CHECKING:
@@ -222,7 +223,16 @@ def describe_machine() -> dict[str, Any]:
         "redis_server": _redis_version(binary) | {"binary": binary, "from": _redis_origin(binary)},
         "libraries": {
             name: _version(name)
-            for name in ("streamward", "redis", "hiredis", "python-redis-lock", "matplotlib")
+            for name in (
+                "streamward",
+                "redis",
+                "hiredis",
+                "python-redis-lock",
+                "matplotlib",
+                "saq",
+                "arq",
+                "celery",
+            )
         },
         "git": _git(),
         "load_average_start": _loadavg(),
@@ -327,10 +337,11 @@ def write_plots(results: dict[str, Any], out_dir: Path, console: Console) -> dic
     makers: list[tuple[str, str, Callable[[Any, dict[str, Any]], None]]] = [
         ("heartbeat", "heartbeat.png", _plot_heartbeat),
         ("failover", "failover.png", _plot_failover),
+        ("invoke", "invoke_peers.png", report_peers.plot),
     ]
     for name, filename, make in makers:
         res = benches.get(name, {}).get("result")
-        if not res:
+        if not res or (name == "invoke" and not res.get("peers")):
             continue
         # constrained layout keeps the legends placed under the axes inside the image
         fig = plt.figure(figsize=(15, 5.2), dpi=110, layout="constrained")
@@ -536,7 +547,7 @@ def render(
     if "failover" in res:
         _failover_section(doc, res["failover"], plots.get("failover"), benches["failover"])
     if "invoke" in res:
-        _invoke_sections(doc, res["invoke"], benches["invoke"])
+        _invoke_sections(doc, res["invoke"], benches["invoke"], plots.get("invoke"))
     if "rollout" in res:
         _rollout_section(doc, res["rollout"], benches["rollout"])
     _reproduce(doc)
@@ -713,6 +724,7 @@ def _summary(res: dict[str, Any]) -> str:
                 _met(inv["ingest_met"]),
             ]
         )
+        rows += report_peers.summary_rows(inv)
     if ro := res.get("rollout"):
         # a result shape this report does not know gets no summary rows, only its section
         with contextlib.suppress(KeyError, TypeError, ZeroDivisionError):
@@ -973,7 +985,9 @@ def _failover_section(
         doc.add(f"![takeover-time distribution, kill -9 and SIGTERM]({plot})")
 
 
-def _invoke_sections(doc: _Doc, inv: dict[str, Any], bench: dict[str, Any]) -> None:
+def _invoke_sections(
+    doc: _Doc, inv: dict[str, Any], bench: dict[str, Any], plot: str | None = None
+) -> None:
     t = inv["targets"]
     w, raw, cold = inv["invoke"], inv["invoke_raw"], inv["invoke_cold"]
     rows = [
@@ -1028,6 +1042,15 @@ def _invoke_sections(doc: _Doc, inv: dict[str, Any], bench: dict[str, Any]) -> N
             "cannot fall below the closed-loop floor above; the bench's own load generator "
             "runs on the same machine.",
         )
+    if inv.get("peers") or inv.get("peers_skipped") or inv.get("peers_failed"):
+        doc.add(
+            "### Against the Redis job queues",
+            report_peers.TEXT.format(n=inv["concurrency"]),
+            _table(report_peers.TABLE_HEADER, report_peers.table_rows(inv), "lrrrrrrr"),
+            *report_peers.notes(inv),
+        )
+        if plot:
+            doc.add(f"![warm round trip and started/s: Redis job queues and streamward]({plot})")
     doc.add(
         "## Ingest throughput",
         f"{inv['ingest_entries']:,} transcript entries through "
@@ -1212,13 +1235,15 @@ def _reproduce(doc: _Doc) -> None:
     doc.add(
         "## Reproduce",
         "```sh\n"
-        "pip install -e '.[bench]'          # matplotlib for the plots (the dev extra has it)\n"
+        "pip install -e '.[bench]'          # plots, baselines, saq and Celery (dev has them)\n"
+        "pip install --no-deps 'arq==0.28.0'   # arq caps redis<6; it runs on redis 8\n"
         "streamward bench all               # every bench, full sizes: this file, docs/bench/*\n"
         "streamward bench all --quick       # smoke run with small counts\n"
         "streamward bench all --from-results docs/bench/results.json   # re-render only\n"
         "streamward bench heartbeat --leases 100000   # one bench, table output\n"
         "streamward bench failover --trials 20\n"
-        "streamward bench invoke --concurrency 50 --requests 5000\n"
+        "streamward bench invoke --concurrency 50 --requests 5000   # + saq, arq, Celery\n"
+        "streamward bench invoke --peers saq,celery   # a subset of the peers (or: none)\n"
         "```",
         "Each bench starts its own throwaway `redis-server` (never port 6379) and, for failover "
         "and invoke, its own API and runner processes. `--only NAME` runs a subset, "

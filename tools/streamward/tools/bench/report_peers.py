@@ -1,0 +1,148 @@
+"""The peer job queues of the invoke bench in docs/BENCHMARKS.md: summary rows, the
+side-by-side table and its plot (bench/peers.py measures them; report.py calls these).
+
+Every function reads the invoke bench's JSON and returns nothing to add when it has no
+peers (results from before the peers were measured render as they did).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FIGURES = (
+    ("warm_p50", "detached invoke p50 vs the best Redis job queue"),
+    ("warm_p99", "detached invoke p99 vs the best Redis job queue"),
+    ("started_per_s", "started/s vs the best Redis job queue"),
+)
+
+
+def _unit(key: str, v: float) -> str:
+    return f"{v:,.0f} /s" if key == "started_per_s" else f"{v:,.2f} ms"
+
+
+def _met(ok: bool | None) -> str:
+    return "-" if ok is None else ("met" if ok else "**NOT met**")
+
+
+def summary_rows(inv: dict[str, Any]) -> list[list[str]]:
+    """Rows of the report's summary table (figure, streamward, baseline, ratio, target, met)."""
+    versus = inv.get("versus_best_peer") or {}
+    labels = {p["name"]: p["label"] for p in inv.get("peers") or []}
+    rows = []
+    for key, title in FIGURES:
+        if v := versus.get(key):
+            rows.append(
+                [
+                    f"{title}, concurrency {inv['concurrency']}",
+                    _unit(key, v["streamward"]),
+                    f"{_unit(key, v['peer_value'])} ({labels.get(v['peer'], v['peer'])})",
+                    f"{v['ratio']:.2f}x",
+                    v["target"],
+                    _met(v["met"]),
+                ]
+            )
+    if v := versus.get("cold_over_warm_p50"):
+        rows.append(
+            [
+                "detached invoke: cold p50 ÷ warm p50 (lease acquisition included)",
+                f"{inv['invoke_cold']['p50_ms']:.2f} ms",
+                f"{inv['invoke']['p50_ms']:.2f} ms (warm, same run)",
+                f"{v['streamward']:.2f}x",
+                v["target"],
+                _met(v["met"]),
+            ]
+        )
+    return rows
+
+
+def table_rows(inv: dict[str, Any]) -> list[list[str]]:
+    """system, warm p50, warm p99, started/s, cold p50, cold p99, ratios (warm p50, started/s)."""
+    rows = []
+    for p in inv.get("peers") or []:
+        r = p.get("ratios") or {}
+        rows.append(
+            [
+                p["label"],
+                f"{p['warm']['p50_ms']:.2f}",
+                f"{p['warm']['p99_ms']:.2f}",
+                f"{p['started_per_s']:,.0f}",
+                f"{p['cold']['p50_ms']:.2f}",
+                f"{p['cold']['p99_ms']:.2f}",
+                f"{r.get('warm_p50', 0):.2f}x",
+                f"{r.get('started_per_s', 0):.2f}x",
+            ]
+        )
+    rows.append(
+        [
+            "**streamward detached invoke**",
+            f"**{inv['invoke']['p50_ms']:.2f}**",
+            f"**{inv['invoke']['p99_ms']:.2f}**",
+            f"**{inv.get('invokes_per_s', 0):,.0f}**",
+            f"**{inv['invoke_cold']['p50_ms']:.2f}**",
+            f"**{inv['invoke_cold']['p99_ms']:.2f}**",
+            "",
+            "",
+        ]
+    )
+    return rows
+
+
+TABLE_HEADER = (
+    "system",
+    "warm p50 ms",
+    "warm p99 ms",
+    "started/s",
+    "cold p50 ms",
+    "cold p99 ms",
+    "streamward p50 ÷ this",
+    "streamward started/s ÷ this",
+)
+
+TEXT = (
+    "The Redis job queues a service could put the job on instead, measured in the same run by "
+    "the same {n} callers (`streamward.tools.bench.peers`): each on its own throwaway "
+    "redis-server, with 2 worker processes; each job does `LPUSH started:<id>` as its first "
+    "act while its caller waits in `BLPOP`. Callers and sizes as above: cold = each caller's "
+    "first round trip, all sent at once (for streamward the first invoke of a new session, "
+    "lease acquisition included; a peer has no lease, so its cold is the first jobs of fresh "
+    "workers on a new queue), warm = every round trip after each caller's second. started/s "
+    "= round trips over the warm phase's wall time. The peers run after streamward's API and "
+    "runners have stopped, one after the other."
+)
+
+
+def notes(inv: dict[str, Any]) -> list[str]:
+    out = []
+    for name, why in (inv.get("peers_skipped") or {}).items():
+        out.append(f"peer {name} skipped: {why}")
+    for name, why in (inv.get("peers_failed") or {}).items():
+        out.append(f"peer {name} **failed**: {why}")
+    return out
+
+
+def plot(fig: Any, inv: dict[str, Any]) -> None:
+    """Warm p50/p99 (log scale: arq's default poll_delay is 100x the others) and started/s
+    of every system, streamward last and highlighted."""
+    systems = [(p["label"], p["warm"], p["started_per_s"]) for p in inv["peers"]]
+    systems.append(("streamward", inv["invoke"], inv.get("invokes_per_s") or 0.0))
+    names = [s[0].replace(" (", "\n(").replace(", ", ",\n") for s in systems]
+    colors = ["C0"] * (len(systems) - 1) + ["C3"]
+    ax1, ax2 = fig.subplots(1, 2)
+    xs = range(len(systems))
+    width = 0.4
+    ax1.bar([x - width / 2 for x in xs], [s[1]["p50_ms"] for s in systems], width, color=colors)
+    ax1.bar(
+        [x + width / 2 for x in xs],
+        [s[1]["p99_ms"] for s in systems],
+        width,
+        color=colors,
+        alpha=0.45,
+    )
+    ax1.set_yscale("log")
+    ax1.set_xticks(list(xs), names, fontsize=8)
+    ax1.set_ylabel("warm round trip, ms (log)")
+    ax1.set_title(f"p50 (solid) and p99 (light), {inv['concurrency']} callers")
+    ax2.bar(list(xs), [s[2] for s in systems], color=colors)
+    ax2.set_xticks(list(xs), names, fontsize=8)
+    ax2.set_ylabel("started / s")
+    ax2.set_title("throughput of the warm phase")
