@@ -137,7 +137,9 @@ def test_burst_beyond_any_trim_reaches_a_terminal_for_every_session(
                         for s in chunk
                     ]
                 )
-                await streams.publish_work_many(chunk, "invoke")
+                await streams.publish_work_many(
+                    [KEYS.session("default", s).ref for s in chunk], "invoke"
+                )
         finally:
             await client.aclose()
 
