@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from streamward.lua.errors import NotOwner, SeqGap, SessionBusy, StaleToken
 from streamward.lua.keys import SessionKeys
+from streamward.lua.replies import InboxPeek
 from streamward.lua.store import Entry, LeaseStore
 from streamward.lua.streams import Streams
 from tests.lua.helpers import LEASE_TTL_MS, entries, log_entries, log_ids, snapshot
@@ -378,21 +379,50 @@ async def test_notify_replica_mails_only_a_live_incarnation(
 async def test_peek_inbox_reads_inputs_head_state_and_cancel_in_one_call(
     store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
 ) -> None:
-    assert await store.peek_inbox(session, 10) == ([], None, False)
+    assert await store.peek_inbox(session, 10) == InboxPeek([], None, None, False)
     a = await store.enqueue(session, "run_1", '{"q": 1}', source="event:gh")
     await store.enqueue(session, "run_2", "{}", multitask="interrupt")
-    items, state, cancel = await store.peek_inbox(session, 10)
-    assert [(i.id, i.run_id, i.input, i.source) for i in items[:1]] == [
-        (a.entry_id, "run_1", {"q": 1}, "event:gh")
+    peek = await store.peek_inbox(session, 10)
+    assert peek.head is not None
+    head = peek.head.parse()
+    assert (head.id, head.run_id, head.input, head.source) == (
+        a.entry_id,
+        "run_1",
+        {"q": 1},
+        "event:gh",
+    )
+    assert head.input_json == '{"q": 1}' and peek.head.input_bytes == len('{"q": 1}')
+    assert [(m.run_id, m.multitask) for m in peek.metas] == [
+        ("run_1", "enqueue"),
+        ("run_2", "interrupt"),
     ]
-    assert [i.multitask for i in items] == ["enqueue", "interrupt"]
-    assert (state, cancel) == (None, False)
-    assert [i.run_id for i in (await store.peek_inbox(session, 1))[0]] == ["run_1"]
+    assert (peek.state, peek.cancel_requested) == (None, False)
+    assert [m.run_id for m in (await store.peek_inbox(session, 1)).metas] == ["run_1"]
     lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
     await store.ingest(session, "run_1", lease.token, [Entry(1, "run.started", {"attempt": 2})])
     await Streams(redis_client, store.keys).request_cancel(session, "run_1")
-    _, state, cancel = await store.peek_inbox(session, 10)
-    assert state is not None and (state.status, state.attempt, cancel) == ("started", 2, True)
+    peek = await store.peek_inbox(session, 10)
+    assert peek.state is not None
+    assert (peek.state.status, peek.state.attempt, peek.cancel_requested) == ("started", 2, True)
+
+
+async def test_peek_inbox_returns_only_the_head_input_in_full(
+    store: LeaseStore, session: SessionKeys
+) -> None:
+    """The lookahead reads ids and modes only: large inputs behind the head never travel."""
+    big = '"' + "x" * 200_000 + '"'
+    ids = [(await store.enqueue(session, f"run_{i}", big)).entry_id for i in range(20)]
+    await store.enqueue(session, "run_last", "{}", multitask="interrupt")
+    peek = await store.peek_inbox(session, 100)  # more than one chunk of the script's reads
+    assert [m.id for m in peek.metas[:20]] == ids
+    assert [m.run_id for m in peek.metas] == [f"run_{i}" for i in range(20)] + ["run_last"]
+    assert peek.metas[-1].multitask == "interrupt"
+    assert peek.head is not None and peek.head.id == ids[0]
+    assert peek.head.input_bytes == len(big)
+    window = await store.peek_inbox(session, 17)
+    assert [m.run_id for m in window.metas] == [f"run_{i}" for i in range(17)]
+    bare = await store.peek_inbox(session, 100, with_head=False)
+    assert bare.head is None and len(bare.metas) == 21
 
 
 # -- completeInput-3 ---------------------------------------------------------------------

@@ -14,15 +14,38 @@ from streamward.lua.keys import SessionKeys
 
 
 @dataclass(frozen=True, slots=True)
-class InboxItem:
-    """A pending invocation in a session inbox."""
+class InboxMeta:
+    """What the lookahead needs of a pending input: never its (possibly large) input."""
 
     id: str
     run_id: str
-    input: Any
     multitask: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem(InboxMeta):
+    """A pending invocation in a session inbox, its input parsed (``input_json``: as stored)."""
+
+    input: Any
     source: str
     enqueued_ms: int
+    input_json: str = "null"
+
+
+@dataclass(frozen=True, slots=True)
+class RawInboxEntry:
+    """An inbox entry whose input is still JSON text: ``parse()`` it (off the event loop
+    when ``input_bytes`` is large)."""
+
+    id: str
+    fields: dict[str, str]
+
+    @property
+    def input_bytes(self) -> int:
+        return len(self.fields.get("input") or "")
+
+    def parse(self) -> InboxItem:
+        return parse_inbox(self.id, self.fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +76,12 @@ class SavedState:
 
 
 def parse_inbox(entry_id: str, fields: dict[str, str]) -> InboxItem:
+    text = fields.get("input") or "null"
     return InboxItem(
         id=_s(entry_id),
         run_id=fields["run_id"],
-        input=orjson.loads(fields.get("input") or "null"),
+        input=orjson.loads(text),
+        input_json=text,
         multitask=fields.get("multitask", "enqueue"),
         source=fields.get("source", "invoke"),
         enqueued_ms=int(fields.get("enqueued_ms") or 0),
@@ -129,6 +154,13 @@ class SessionState(StreamsBase):
             replica_id=f.get("replica_id", ""),
             saved_ms=int(f.get("saved_ms") or 0),
         )
+
+    async def mark_poison(self, session: SessionKeys, run_id: str) -> None:
+        """Meta ``poison_runs`` += 1 and ``last_poison_run_id``: what operators see."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(session.meta, "poison_runs", 1)
+        pipe.hset(session.meta, "last_poison_run_id", run_id)
+        await pipe.execute()
 
     async def run_state(self, session: SessionKeys, run_id: str) -> RunState | None:
         raw = await self.client.hget(session.runs, run_id)

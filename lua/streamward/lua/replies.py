@@ -12,7 +12,7 @@ from typing import Literal
 
 from streamward.lua import errors as E
 from streamward.lua.errors import ScriptError
-from streamward.lua.inbox import InboxItem, RunState
+from streamward.lua.inbox import InboxMeta, RawInboxEntry, RunState
 
 # renewLeases-n: per key, what happened (0 = gone, then the status codes)
 RenewOutcome = Literal["renewed", "expired", "not_owner", "stale_token", "unknown"]
@@ -134,9 +134,11 @@ class DuplicateInput:
 
 @dataclass(frozen=True, slots=True)
 class InboxPeek:
-    """peekInbox-3: oldest pending inputs, the first one's run state and cancel request."""
+    """peekInbox-3: the oldest pending inputs' metadata (oldest first), the first one's
+    input in full when asked (``head``), its run state and cancel request."""
 
-    items: list[InboxItem]
+    metas: list[InboxMeta]
+    head: RawInboxEntry | None
     state: RunState | None
     cancel_requested: bool
 

@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from streamward.lua import errors as E
 from streamward.lua.client import RedisClient
 from streamward.lua.entries import Entry
-from streamward.lua.inbox import parse_inbox, parse_run_state
+from streamward.lua.inbox import InboxMeta, RawInboxEntry, parse_run_state
 from streamward.lua.keys import DEFAULT_TYPE, ReplicaKeys, SessionKeys
 from streamward.lua.loader import ArgT, Script, execute_pipeline, script_sources
 from streamward.lua.replies import (
@@ -324,20 +324,22 @@ class Scripts:
         )
         return parse_notified(await self._by_name["notifyReplica"](keys, args))
 
-    async def peek_inbox(self, session: SessionKeys, count: int) -> InboxPeek:
+    async def peek_inbox(
+        self, session: SessionKeys, count: int, *, with_head: bool = True
+    ) -> InboxPeek:
         raw = await self._by_name["peekInbox"](
-            [session.inbox, session.runs, session.cancels], [count]
+            [session.inbox, session.runs, session.cancels], [count, 1 if with_head else 0]
         )
         r = _ok("peekInbox", as_list(raw))
-        items = [
-            parse_inbox(as_str(entry[0]), pairs(entry[1]))
-            for entry in (as_list(x) for x in as_list(r[1]))
-        ]
-        if not items:
-            return InboxPeek(items, None, False)
-        state_json = as_str(r[2])
-        state = parse_run_state(items[0].run_id, state_json) if state_json else None
-        return InboxPeek(items, state, as_int(r[3]) == 1)
+        flat = [as_str(x) for x in as_list(r[1])]
+        metas = [InboxMeta(*flat[i : i + 3]) for i in range(0, len(flat), 3)]
+        if not metas:
+            return InboxPeek([], None, None, False)
+        head_fields = as_list(r[2])
+        head = RawInboxEntry(metas[0].id, pairs(head_fields)) if head_fields else None
+        state_json = as_str(r[3])
+        state = parse_run_state(metas[0].run_id, state_json) if state_json else None
+        return InboxPeek(metas, head, state, as_int(r[4]) == 1)
 
     async def complete_input(self, session: SessionKeys, token: int, entry_id: str) -> int:
         """Pending count after the fenced XDEL; raises StaleToken."""

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from redis.asyncio.client import Pipeline
 
 from streamward.lua.entries import Entry as Entry  # re-exported: callers built entries from here
-from streamward.lua.inbox import InboxItem, RunState
 from streamward.lua.keys import DEFAULT_TYPE, SessionKeys
 from streamward.lua.leases import LeaseCalls
 from streamward.lua.loader import execute_pipeline
-from streamward.lua.replies import DuplicateInput, IngestResult, LockClaim
+from streamward.lua.replies import DuplicateInput, InboxPeek, IngestResult, LockClaim
 from streamward.lua.scripts import parse_notified
 from streamward.lua.work import MAIL_MAXLEN
 
@@ -148,12 +147,12 @@ class LeaseStore(LeaseCalls):
         return parse_notified((await execute_pipeline(self.client, script, build))[0])
 
     async def peek_inbox(
-        self, session: SessionKeys, count: int
-    ) -> tuple[list[InboxItem], RunState | None, bool]:
-        """The oldest ``count`` pending inputs, the first one's run state and whether its
+        self, session: SessionKeys, count: int, *, with_head: bool = True
+    ) -> InboxPeek:
+        """The oldest ``count`` pending inputs' ids, run ids and multitask modes, the first
+        one's input (unparsed; only ``with_head``), its run state and whether its
         cancellation was requested: one round trip (read-only)."""
-        peek = await self.scripts.peek_inbox(session, count)
-        return peek.items, peek.state, peek.cancel_requested
+        return await self.scripts.peek_inbox(session, count, with_head=with_head)
 
     async def complete_input(self, session: SessionKeys, token: int, entry_id: str) -> int:
         """Fenced: mark an inbox entry consumed. Returns pending count. Raises StaleToken."""

@@ -8,12 +8,13 @@ import logging
 import time
 from typing import Protocol
 
+from orjson import Fragment
 from redis.exceptions import RedisError
 
 from streamward.core.backoff import backoff_s
 from streamward.core.contract import TERMINAL_STATUSES
 from streamward.lua.errors import StaleToken
-from streamward.lua.inbox import InboxItem, RunState
+from streamward.lua.inbox import InboxItem, InboxMeta, RawInboxEntry, RunState
 from streamward.lua.leases import Lease
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
@@ -21,10 +22,12 @@ from streamward.runner.admission import IdleSlot
 from streamward.runner.config import RunnerSettings
 from streamward.runner.context import RunContext
 from streamward.runner.handlers import Run, drive, run_outcome
-from streamward.runner.inbox import INBOX_WINDOW, interrupt_waiting, stream_id
+from streamward.runner.inbox import INBOX_WINDOW, interrupt_waiting, next_input
 from streamward.runner.lifecycle import Activation
 from streamward.runner.metrics import Metrics
+from streamward.runner.offloop import parse_input
 from streamward.runner.owner_death import OwnerDeath, SessionState
+from streamward.runner.poison import end_if_poison
 from streamward.runner.release import mark_cut_run, release_session
 from streamward.runner.shipper import Shipper, ShipRejected, ShipStopped
 from streamward.runner.started import started_data
@@ -192,7 +195,9 @@ class SessionActor:
                         self._opened = True
                     if self._state.dead:
                         return "dead"
-                    nxt = await self._next_input()
+                    nxt = await next_input(
+                        self.host.store, self.host.streams, self.session, self._state
+                    )
                 if nxt is not None:
                     await self.host.writable()  # a full Redis: start nothing until it has room
                 if self._draining:
@@ -231,36 +236,20 @@ class SessionActor:
         active = meta.get("active_run_id")
         if active:
             policy = meta.get("on_owner_death") or "restart"
-            await self._owner_death().interrupted(active, policy, meta)
+            if policy == "drop" or not await self._ended_as_poison(active):
+                await self._owner_death().interrupted(active, policy, meta)
+
+    async def _ended_as_poison(self, run_id: str) -> bool:
+        assert self.shipper is not None
+        r = self.host
+        args = (r.store, r.streams, r.metrics, self.session, self.shipper, self._complete)
+        return await end_if_poison(*args, run_id, r.settings.poison_after_owners)
 
     def _owner_death(self) -> OwnerDeath:
         assert self.shipper is not None
         return OwnerDeath(
             self.host.streams, self.session, self.shipper, self._state, self._complete
         )
-
-    async def _next_input(self) -> tuple[InboxItem, str | None, RunState | None] | None:
-        """The next input, the reason it is cancelled instead of run (None: run it), and
-        its run state (None: never started)."""
-        r = self.host
-        items, state, cancel = await r.store.peek_inbox(self.session, INBOX_WINDOW)
-        if not items:
-            return None
-        hold = self._state.hold_until
-        if hold is not None:
-            last = (
-                items[-1].id
-                if len(items) < INBOX_WINDOW
-                else await r.streams.inbox_last_id(self.session)
-            )
-            if stream_id(last) <= stream_id(hold):
-                return None  # queue policy: wait for the next input to arrive
-            self._state.hold_until = None
-            await r.streams.set_meta(self.session, hold_until_id="")
-        # multitask=interrupt: an interrupting input cancels everything queued before it
-        if interrupt_waiting(items, items[0].id):
-            return items[0], "interrupt", state
-        return items[0], "cancel" if cancel else None, state
 
     async def _idle(self) -> bool:
         """Wait for a wake; False when the session has been idle for ``close_delay``."""
@@ -287,21 +276,27 @@ class SessionActor:
     # -- runs ------------------------------------------------------------------------------
 
     async def _process(
-        self, item: InboxItem, cancel_reason: str | None, state: RunState | None
+        self,
+        meta: InboxMeta,
+        raw: RawInboxEntry | None,
+        cancel_reason: str | None,
+        state: RunState | None,
     ) -> None:
         r = self.host
         assert self.shipper is not None
         if state is not None and state.status in TERMINAL_STATUSES:
             # the previous owner ended it but died before advancing the inbox
-            await self._complete(item, last=True)
+            await self._complete(meta, last=True)
             return
         if cancel_reason is not None:
-            await self.shipper.put(item.run_id, "run.cancelled", {"reason": cancel_reason})
+            await self.shipper.put(meta.run_id, "run.cancelled", {"reason": cancel_reason})
             await self.shipper.flush()
-            await self._complete(item, last=True)
-            await r.streams.clear_cancel(self.session, item.run_id)
+            await self._complete(meta, last=True)
+            await r.streams.clear_cancel(self.session, meta.run_id)
             r.metrics.runs.labels("cancelled").inc()
             return
+        assert raw is not None, "peekInbox returns the head input in full"
+        item = await parse_input(raw)  # only now, and off the loop when large
         attempt = (state.attempt or 1) + 1 if state is not None else 1
         await self._execute(item, attempt)
 
@@ -311,7 +306,8 @@ class SessionActor:
         assert shipper is not None
         # never near the entry limit: the shipper would replace the whole entry, owner and all
         max_copy = min(r.settings.started_input_max_bytes, r.settings.ship_entry_max_bytes // 2)
-        started = started_data(r.replica_id, attempt, item.input, max_copy)
+        # the input as stored (JSON text): measured and copied, not serialised again
+        started = started_data(r.replica_id, attempt, Fragment(item.input_json), max_copy)
         started_seq = await shipper.put(item.run_id, "run.started", started)
         ctx = RunContext(
             session_id=self.session.session_id,
@@ -361,7 +357,7 @@ class SessionActor:
         r.metrics.runs.labels(outcome).inc()
         r.metrics.run_duration.labels(outcome).observe(time.monotonic() - run_t0)
 
-    async def _complete(self, item: InboxItem, *, last: bool = False) -> None:
+    async def _complete(self, item: InboxMeta, *, last: bool = False) -> None:
         """Fenced inbox advance (StaleToken: the session moved). ``last``: with no input left the
         next read is skipped (the wake flag is cleared first: a later mail sets it again)."""
         if last:
@@ -385,8 +381,8 @@ class SessionActor:
         self.request_cancel(run_id, "interrupt" if interrupted else "cancel")
 
     async def _interrupt_waiting(self, run: Run) -> bool:
-        items = await self.host.streams.read_inbox(self.session, count=INBOX_WINDOW)
-        return interrupt_waiting(items, run.item.id)
+        peek = await self.host.store.peek_inbox(self.session, INBOX_WINDOW, with_head=False)
+        return interrupt_waiting(peek.metas, run.item.id)
 
     # -- leaving -----------------------------------------------------------------------------
 

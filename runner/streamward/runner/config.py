@@ -73,6 +73,11 @@ class RunnerSettings(RedisSettings, BaseSettings):
     # run.started copies the run's input up to this size (JSON); a larger one is left out
     # (the handler still gets it) so the entry that names the run's owner is never truncated
     started_input_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
+    # a run that took down this many owners in a row ends run.failed (poison); 0 = never
+    poison_after_owners: Annotated[int, Field(ge=0)] = 3
+    # the heartbeat thread renews only while the event loop ticked within this bound
+    # (None = 3 replica TTLs); a loop wedged longer lets its replica lease expire
+    max_loop_stall_ms: Annotated[int, Field(ge=100)] | None = None
     log_level: str = "info"
 
     # session hosts (docs/runner.md, "Writing a session host")
@@ -105,6 +110,12 @@ class RunnerSettings(RedisSettings, BaseSettings):
     def replica_renew_ms(self) -> int:
         """Replica lease renew period: a quarter of its TTL, so three renewals may fail."""
         return max(50, self.replica_ttl_ms // 4)
+
+    @property
+    def loop_stall_ms(self) -> int:
+        """The stall bound, never below two ticks of the heartbeat loop."""
+        bound = self.max_loop_stall_ms or 3 * self.replica_ttl_ms
+        return max(bound, 2 * self.replica_renew_ms)
 
     @property
     def fence_margin_ms(self) -> int:

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from streamward.lua.inbox import InboxItem
+from streamward.lua.inbox import InboxMeta, RawInboxEntry, RunState
+from streamward.lua.keys import SessionKeys
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
+
+if TYPE_CHECKING:  # owner_death imports this module
+    from streamward.runner.owner_death import SessionState
+
+# the next input: its metadata, its fields unparsed, the reason it is cancelled instead of
+# run (None: run it) and its run state (None: never started)
+NextInput = tuple[InboxMeta, RawInboxEntry | None, str | None, RunState | None]
 
 INBOX_WINDOW = 100  # inputs read at once when looking at an inbox
 
@@ -15,7 +26,7 @@ def stream_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def interrupt_waiting(items: Iterable[InboxItem], head_id: str) -> bool:
+def interrupt_waiting(items: Iterable[InboxMeta], head_id: str) -> bool:
     """The one rule for "is an interrupting input waiting?".
 
     ``items`` are the oldest inputs of an inbox and ``head_id`` the input that runs (or is
@@ -23,3 +34,28 @@ def interrupt_waiting(items: Iterable[InboxItem], head_id: str) -> bool:
     ``multitask=interrupt``; it cancels the head's run and everything queued before it.
     """
     return any(i.multitask == "interrupt" and i.id != head_id for i in items)
+
+
+async def next_input(
+    store: LeaseStore, streams: Streams, session: SessionKeys, state: SessionState
+) -> NextInput | None:
+    """The session's next input, or None (empty, or held by the ``queue`` policy).
+
+    One ``peekInbox`` round trip: only the head input is read in full, the lookahead
+    (interrupting inputs, the queue policy's hold) needs ids and modes only.
+    """
+    peek = await store.peek_inbox(session, INBOX_WINDOW)
+    metas = peek.metas
+    if not metas:
+        return None
+    hold = state.hold_until
+    if hold is not None:
+        last = metas[-1].id if len(metas) < INBOX_WINDOW else await streams.inbox_last_id(session)
+        if stream_id(last) <= stream_id(hold):
+            return None  # queue policy: wait for the next input to arrive
+        state.hold_until = None
+        await streams.set_meta(session, hold_until_id="")
+    # multitask=interrupt: an interrupting input cancels everything queued before it
+    if interrupt_waiting(metas, metas[0].id):
+        return metas[0], peek.head, "interrupt", peek.state
+    return metas[0], peek.head, "cancel" if peek.cancel_requested else None, peek.state

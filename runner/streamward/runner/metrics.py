@@ -38,6 +38,11 @@ class Metrics:
             "Idle sessions passivated at max_sessions to admit waiting work.",
             registry=r,
         )
+        self.poison_inputs = Counter(
+            "streamward_runner_poison_inputs_total",
+            "Runs ended run.failed (error_type poison): they took down N owners in a row.",
+            registry=r,
+        )
         self.draining = Gauge("streamward_runner_draining", "1 while draining.", registry=r)
         self.acquires = Counter(
             "streamward_runner_lease_acquires",

@@ -57,7 +57,7 @@ async def release_session(
 
 
 async def has_runnable_input(streams: Streams, session: SessionKeys, hold: str | None) -> bool:
-    if not await streams.read_inbox(session, count=1):
+    if not await streams.pending(session):
         return False
     if hold is None:
         return True

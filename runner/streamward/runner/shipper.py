@@ -24,6 +24,7 @@ from streamward.core.contract import (
 )
 from streamward.lua.keys import SessionKeys
 from streamward.runner.ingest_http import IngestHTTP, IngestHTTPError
+from streamward.runner.offloop import dumps
 
 # the replica's aiohttp client, or httpx (some tests): the same post() signature
 HttpPoster = httpx.AsyncClient | IngestHTTP
@@ -150,7 +151,7 @@ class Shipper:
 
         Raises TypeError when ``data`` is not JSON-serialisable, ShipStopped when stopped.
         """
-        raw = orjson.dumps(data)  # raises (a TypeError) for data that is not JSON
+        raw = await dumps(data)  # raises (a TypeError) for data that is not JSON
         if len(raw) > self.entry_max_bytes:
             log.warning(
                 "session %s run %s: %s entry of %d bytes replaced by a truncation marker",
