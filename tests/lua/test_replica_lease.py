@@ -7,9 +7,13 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
+from streamward.lua.client import connect_sync
+from streamward.lua.config import RedisConfig
 from streamward.lua.errors import ReplicaLost
 from streamward.lua.keys import Keys
 from streamward.lua.store import LeaseStore
+from streamward.lua.syncrenew import SyncReplicaRenewal
+from streamward.tools.server import RedisServer
 from tests.lua.helpers import REPLICA_TTL_MS
 
 
@@ -110,3 +114,25 @@ async def test_re_register_after_loss_uses_new_incarnation(store: LeaseStore) ->
     reg = await store.register_replica("r1", "inc-2", REPLICA_TTL_MS)
     assert reg.previous_incarnation == ""
     assert await store.renew_replica("r1", "inc-2", REPLICA_TTL_MS) >= reg.now_ms
+
+
+async def test_sync_renewal_renews_like_the_async_one_and_reports_a_lost_lease(
+    store: LeaseStore, redis_client: aioredis.Redis, keys: Keys, redis_server: RedisServer
+) -> None:
+    """The heartbeat thread's renewal: same script, same index score, its own sync client."""
+    await store.register_replica("r1", "inc-1", REPLICA_TTL_MS, {})
+    renewal = SyncReplicaRenewal(connect_sync(RedisConfig(url=redis_server.url)), keys)
+    try:
+        now, accepted = await asyncio.to_thread(
+            renewal.renew, "r1", "inc-1", REPLICA_TTL_MS, {"leases": "7"}
+        )
+        assert accepted
+        rk = keys.replica("r1")
+        assert await redis_client.hget(rk.lease, "leases") == "7"
+        assert int(await redis_client.hget(rk.lease, "heartbeat_ms") or 0) == now
+        assert await redis_client.zscore(keys.replicas, "r1") == now
+        with pytest.raises(ReplicaLost) as lost:
+            await asyncio.to_thread(renewal.renew, "r1", "inc-0", REPLICA_TTL_MS, None)
+        assert lost.value.current_incarnation == "inc-1"
+    finally:
+        renewal.close()

@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 
 from redis.exceptions import RedisError
@@ -51,16 +52,16 @@ class ReplicaLease:
 
     async def register(self) -> None:
         """Register a fresh incarnation; re-queue what earlier incarnations held."""
-        loop = asyncio.get_running_loop()
         s, st = self.settings, self.state
         refs = set(self.sessions.orphans) | set(await self.streams.replica_sessions(st.replica_id))
         incarnation = secrets.token_hex(8)
-        sent = loop.time()
+        sent = time.monotonic()
         reg = await self.store.register_replica(
             st.replica_id, incarnation, s.replica_ttl_ms, self.register_fields()
         )
         st.incarnation = incarnation
         self.renewed(sent)
+        self._arm_fence_timer()
         # the old incarnation is dead now: its leases are open to takeover by anyone
         await self.streams.publish_work_many(sorted(refs), "owner_death")
         await self.streams.forget_replica(st.replica_id)  # old index and old mail
@@ -100,27 +101,34 @@ class ReplicaLease:
             )
 
     def renewed(self, sent: float) -> None:
-        """A renew sent at loop time ``sent`` succeeded: push the self-fencing deadline."""
-        loop = asyncio.get_running_loop()
+        """A renew sent at monotonic time ``sent`` succeeded: push the self-fencing deadline.
+
+        Called from the heartbeat thread too: it only assigns the deadline (one float); the
+        timer on the loop reads it when it fires.
+        """
         self.metrics.heartbeat_last_success.set_to_current_time()
         s = self.settings
         # the lease expires ttl after Redis got the call, which is after we sent it
         self.state.deadline = sent + (s.replica_ttl_ms - s.fence_margin_ms) / 1000
-        if self._fence_timer is not None:
-            self._fence_timer.cancel()
-        self._fence_timer = loop.call_at(self.state.deadline, self._deadline_passed)
         with contextlib.suppress(OSError):
             s.heartbeat_file_path.touch()
 
-    def _deadline_passed(self) -> None:
-        if self.state.fenced:
-            return
+    def _arm_fence_timer(self) -> None:
         loop = asyncio.get_running_loop()
-        if loop.time() >= self.state.deadline:
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
+        delay = max(0.0, self.state.deadline - time.monotonic())
+        self._fence_timer = loop.call_later(delay, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._fence_timer = None
+        if self.state.fenced:
+            return  # the next registration arms it again
+        if time.monotonic() >= self.state.deadline:
             self.fence("replica lease not renewed before its deadline")
         else:
-            # a timer may fire a hair early (uvloop rounds its clock to the ms): look again
-            self._fence_timer = loop.call_at(self.state.deadline, self._deadline_passed)
+            # renewed meanwhile (or the timer fired a hair early): wait for the new deadline
+            self._arm_fence_timer()
 
     def fence(self, why: str) -> None:
         """Stop every run at once; nothing is written until a new incarnation registers."""

@@ -12,12 +12,14 @@ from typing import Any
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry as SyncRetry
 
 from streamward.core.backoff import backoff_s
-from streamward.lua.client import RedisClient, connect_from_config
+from streamward.lua.client import RedisClient, connect_from_config, connect_sync
 from streamward.lua.keys import Keys
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
+from streamward.lua.syncrenew import SyncReplicaRenewal
 from streamward.runner.actor import SessionActor
 from streamward.runner.config import RunnerSettings
 from streamward.runner.heartbeat import LeaseRenewer, ReplicaHeartbeat
@@ -174,7 +176,7 @@ class Replica:
         else:
             return
         self._loops = [
-            ReplicaHeartbeat(st, s, lease),
+            ReplicaHeartbeat(st, s, lease, self._sync_renewal()),
             LeaseRenewer(st, s, store, streams, m, sessions),
             *(WorkIntake(st, streams, sessions, t) for t in sessions.types),
             *(WorkReclaimer(st, s, streams, sessions, t) for t in sessions.types),
@@ -191,6 +193,17 @@ class Replica:
             self.replica_id, ",".join(sessions.types), s.handler, s.max_sessions,
             s.replica_ttl_ms, s.api_url,
         )  # fmt: skip
+
+    def _sync_renewal(self) -> SyncReplicaRenewal:
+        """The heartbeat thread's own connection, built like the async client."""
+        s = self.settings
+        client = connect_sync(
+            s.redis_config(),
+            socket_connect_timeout=1.0,
+            socket_timeout=max(0.1, s.replica_ttl_ms / 2000),  # a dead socket fails the tick
+            retry=SyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        )
+        return SyncReplicaRenewal(client, self.keys)
 
     async def stop(self) -> None:
         """Drain and shut down; safe to call more than once (later calls wait for the first)."""

@@ -7,6 +7,7 @@ data, written by the replica lease (incarnation, fenced, deadline) and the drain
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 
@@ -23,14 +24,15 @@ class ReplicaState:
     fenced: bool = True  # until registered: nothing may be claimed or written
     draining: bool = False
     draining_event: asyncio.Event = field(default_factory=asyncio.Event)
-    deadline: float = 0.0  # loop time after which this replica must not write
+    # time.monotonic() after which this replica must not write (set by the heartbeat thread)
+    deadline: float = 0.0
     # set while Redis accepts writes; cleared while it answers but refuses them (OOM,
     # MISCONF, READONLY): sessions are kept, but no new work is claimed or started
     writes_accepted: asyncio.Event = field(default_factory=_set_event)
 
     def can_write(self) -> bool:
         """False once past the self-fencing deadline (checked before every ingest request)."""
-        return not self.fenced and asyncio.get_running_loop().time() < self.deadline
+        return not self.fenced and time.monotonic() < self.deadline
 
     def writes_refused(self) -> bool:
         return not self.writes_accepted.is_set()
