@@ -191,6 +191,9 @@ class LockOut(Model):
     renewed_at: str | None = None
     expires_in_ms: int | None = None
     state: Literal["held", "orphaned", "free"]
+    # runs of this session ended run.failed poison (they took down N owners in a row)
+    poison_runs: int = 0
+    last_poison_run_id: str | None = None
 
 
 class LockPage(Model):

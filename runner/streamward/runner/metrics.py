@@ -39,7 +39,7 @@ class Metrics:
             registry=r,
         )
         self.poison_inputs = Counter(
-            "streamward_runner_poison_inputs_total",
+            "streamward_runner_poison_inputs",
             "Runs ended run.failed (error_type poison): they took down N owners in a row.",
             registry=r,
         )

@@ -178,7 +178,7 @@ async def stream_detach(
 
 async def _lock(state: StateDep, sk: SessionKeys) -> LockOut:
     own, meta = await asyncio.gather(state.store.ownership(sk), state.streams.meta(sk))
-    return lock_out(sk, own, int(meta.get("transitions") or 0))
+    return lock_out(sk, own, int(meta.get("transitions") or 0), meta)
 
 
 @router.get("/locks", response_model=LockPage, responses=_AUTH_RESPONSES)

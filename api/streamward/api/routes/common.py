@@ -69,7 +69,10 @@ def owner_detail(own: Ownership) -> OwnerDetail | None:
     )
 
 
-def lock_out(sk: SessionKeys, own: Ownership, transitions: int = 0) -> LockOut:
+def lock_out(
+    sk: SessionKeys, own: Ownership, transitions: int = 0, meta: dict[str, str] | None = None
+) -> LockOut:
+    """``meta``: the session meta, for its poison counters (docs/operations.md)."""
     state: Literal["held", "orphaned", "free"] = (
         "held" if own.alive else "orphaned" if own.held else "free"
     )
@@ -85,6 +88,8 @@ def lock_out(sk: SessionKeys, own: Ownership, transitions: int = 0) -> LockOut:
         renewed_at=rfc3339_opt(own.renewed_ms),
         expires_in_ms=own.expires_in_ms,
         state=state,
+        poison_runs=int((meta or {}).get("poison_runs") or 0),
+        last_poison_run_id=(meta or {}).get("last_poison_run_id") or None,
     )
 
 

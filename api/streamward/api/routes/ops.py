@@ -66,7 +66,7 @@ async def lock_detail(
             updated_at=rfc3339_opt(rs.updated_ms) if rs else None,
         )
     return LockDetail(
-        lock=lock_out(sk, own, int(meta.get("transitions") or 0)),
+        lock=lock_out(sk, own, int(meta.get("transitions") or 0), meta),
         status=meta.get("status") or None,
         holder_replica=holder,
         pending=pending,

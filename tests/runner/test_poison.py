@@ -1,0 +1,136 @@
+"""Poison inputs against real processes: a runner survives large inputs queued behind a slow
+run, and an input that takes its owners down ends ``run.failed`` poison after N owners
+without touching the other sessions' runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamward.tools.fleet import Fleet, Proc
+from streamward.tools.server import free_port
+from tests.runner.helpers import KEYS, LogItem, invoke, owner, run_done, transcript, wait_until
+
+HANDLER = ["--handler", "tests.runner.poison_handler:handle"]
+
+
+def _runner(fleet: Fleet, replica_id: str) -> tuple[Proc, int]:
+    port = free_port()
+    proc = fleet.start_runner(replica_id, args=[*HANDLER, "--metrics-port", str(port)])
+    return proc, port
+
+
+def _metric(port: int, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name
+    )
+
+
+def _started(rc: Any, attempt: int) -> Callable[[], list[LogItem]]:
+    """A ``wait_until`` predicate: the poison session's run.started entries of ``attempt``."""
+
+    def pred() -> list[LogItem]:
+        entries = transcript(rc, "poison")
+        return [e for e in entries if e.type == "run.started" and e.data["attempt"] == attempt]
+
+    return pred
+
+
+def test_large_inputs_behind_a_slow_run_do_not_starve_the_heartbeat(
+    api_fleet: Fleet, rc: Any
+) -> None:
+    """60 inputs of ~900 KB wait behind a 5 s run: no self-fence, no takeover, all run."""
+    proc, port = _runner(api_fleet, "big1")
+    api = api_fleet.api_url
+    slow = invoke(api, "big", {"sleep_s": 5})
+    blob = "x" * 900_000
+    with httpx.Client(timeout=60) as client:
+        run_ids = []
+        for _ in range(60):
+            resp = client.post(
+                f"{api}/v1/sessions/big/invoke", json={"input": {"blob": blob}, "mode": "detached"}
+            )
+            assert resp.status_code == 202, resp.text
+            run_ids.append(resp.json()["run_id"])
+    wait_until(run_done(rc, "big", run_ids[-1]), 120, "the last large input's run")
+    entries = transcript(rc, "big")
+    done = [e for e in entries if e.type == "run.completed"]
+    assert [e.run_id for e in done] == [slow["run_id"], *run_ids]
+    assert all(e.data == {"outputs": 1} for e in done)
+    outputs = [e.data for e in entries if e.type == "run.output"]
+    assert outputs[1:] == [{"bytes": len(blob)}] * 60
+    assert not [e for e in entries if e.type == "run.interrupted"]
+    # one owner, one token the whole time: the replica never fenced itself
+    assert {e.token for e in entries} == {entries[0].token}
+    assert owner(rc, "big") == ("big1", entries[0].token)
+    assert _metric(port, "streamward_runner_fenced_total") == 0
+    assert proc.alive()
+
+
+def test_a_poison_input_ends_after_three_owners_and_other_sessions_are_not_interrupted(
+    api_fleet: Fleet, rc: Any, tmp_path: Path
+) -> None:
+    api = api_fleet.api_url
+    runners = {rid: _runner(api_fleet, rid) for rid in ("p1", "p2")}
+    healthy = [f"healthy-{i}" for i in range(8)]
+
+    def healthy_round() -> None:
+        accs = [invoke(api, sid, {"text": sid}) for sid in healthy]
+        for sid, acc in zip(healthy, accs, strict=True):
+            done = wait_until(run_done(rc, sid, acc["run_id"]), 30, f"{sid} done")
+            assert done.type == "run.completed"
+
+    healthy_round()
+    poison = invoke(api, "poison", {"poison": True, "gate_dir": str(tmp_path)})
+    run_id = poison["run_id"]
+    for attempt in (1, 2, 3):
+        started = wait_until(_started(rc, attempt), 30, f"attempt {attempt} started")
+        victim = started[-1].data["replica_id"]
+        # the healthy sessions run while the poison run is in progress, spread over both
+        # runners, and are idle when its owner goes down
+        healthy_round()
+        (tmp_path / f"kill-{attempt}").touch()
+        assert runners[victim][0].popen.wait(15) == -9
+        runners[victim] = _runner(api_fleet, victim)  # a new incarnation of that replica
+    failed = wait_until(run_done(rc, "poison", run_id), 30, "the poison run's end")
+    assert failed.type == "run.failed"
+    assert failed.data["error_type"] == "poison"
+    assert failed.data["attempts"] == 3
+    healthy_round()
+    # never delivered again: its inbox entry is completed, no fourth start
+    wait_until(lambda: rc.xlen(KEYS.session("default", "poison").inbox) == 0, 10, "inbox empty")
+    time.sleep(1.0)
+    kinds = [e.type for e in transcript(rc, "poison") if e.run_id == run_id]
+    assert kinds.count("run.started") == 3
+    assert kinds.count("run.interrupted") == 2  # owners 1 and 2; the third ends it
+    assert kinds[-1] == "run.failed"
+    # the other sessions' runs were never interrupted
+    interrupted = {
+        sid: sum(e.type == "run.interrupted" for e in transcript(rc, sid)) for sid in healthy
+    }
+    assert interrupted == dict.fromkeys(healthy, 0)
+    # operators see it: the metric on the runner that ended it, the lock in the admin API
+    assert (
+        sum(_metric(port, "streamward_runner_poison_inputs_total") for _, port in runners.values())
+        == 1
+    )
+    lock = httpx.get(
+        f"{api}/admin/locks/poison",
+        headers={"authorization": f"Bearer {api_fleet.admin_token}"},
+        timeout=5,
+    ).json()
+    assert lock["poison_runs"] == 1 and lock["last_poison_run_id"] == run_id
+    # the session itself is fine: the next input runs
+    after = invoke(api, "poison", {"text": "after"})
+    assert wait_until(run_done(rc, "poison", after["run_id"]), 30, "next run").type == (
+        "run.completed"
+    )
