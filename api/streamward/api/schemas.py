@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from streamward.core.contract import Id, Model
 from streamward.core.contract import IngestEntry as IngestEntry
@@ -120,6 +120,9 @@ class SessionOut(Model):
     route_id: str | None = None
     session_key: str | None = None
     generation: int | None = None
+    # a routed generation opened by a reset: the one before it and why it ended
+    previous_session_id: str | None = None
+    reset_reason: str | None = None  # idle | daily | timeout | manual | dead
 
 
 class SessionPage(Model):
@@ -293,19 +296,39 @@ OnOwnerDeath = Literal["restart", "queue", "drop"]
 
 
 class RouteSession(Model):
-    """How a route's events map to sessions, and those sessions' lifecycle."""
+    """How a route's events map to sessions, and those sessions' lifecycle (docs/routing.md)."""
 
     key_expr: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
-    # instead of key_expr: a built-in key rule for chat payloads (docs/routing.md)
+    # instead of key_expr: a built-in key rule for chat payloads (Hermes' rules)
     key_template: Literal["chat"] | None = None
-    isolation: Literal["shared", "per_user"] = "shared"
-    idle_timeout_seconds: Annotated[int, Field(ge=30, le=86_400), JSON_INT] = 300
-    session_timeout_seconds: Annotated[int, Field(ge=60, le=604_800), JSON_INT] = 3600
+    group_sessions_per_user: bool = True
+    thread_sessions_per_user: bool = False
+    # legacy chat rule of routes stored before Hermes keying: kept so their keys stay stable
+    isolation: Literal["shared", "per_user"] | None = None
+    # [name] text and a sender field in the run input of shared chat sessions
+    sender_attribution: bool = False
+    # without an event or run this long, the key's next event opens a new generation (idle)
+    idle_timeout_seconds: Annotated[int, Field(ge=30, le=2_592_000), JSON_INT] | None = None
+    # a generation's hard age limit; null: none
+    session_timeout_seconds: Annotated[int, Field(ge=60, le=2_592_000), JSON_INT] | None = 3600
     daily_reset_hour: Annotated[int, Field(ge=0, le=23), JSON_INT] | None = None
+    # how long an idle session stays loaded in its runner (the runner's close_delay otherwise)
+    close_delay_seconds: Annotated[int, Field(ge=0, le=86_400), JSON_INT] | None = None
     on_owner_death: OnOwnerDeath = "restart"
     multitask: Multitask = "enqueue"
     # the type of the sessions this route creates (None: the default type)
     type: SessionType | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_names(cls, data: Any) -> Any:
+        # OpenHands' automation examples name on_owner_death on_sandbox_death
+        if isinstance(data, dict) and "on_sandbox_death" in data:
+            data = dict(data)
+            alias = data.pop("on_sandbox_death")
+            if data.setdefault("on_owner_death", alias) != alias:
+                raise ValueError("on_sandbox_death and on_owner_death disagree")
+        return data
 
 
 class Route(Model):
@@ -316,6 +339,9 @@ class Route(Model):
     filter: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
     session: RouteSession
     input_expr: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
+    # what expressions see as their root: the payload (new routes) or {"type", "payload"}
+    # (routes stored before payload-rooted expressions; see routing.load_route)
+    expr_root: Literal["payload", "envelope"] = "payload"
 
 
 class RoutePage(Model):

@@ -269,6 +269,8 @@ async def _session_out(store: LeaseStore, streams: Streams, sk: SessionKeys) -> 
         route_id=meta.get("route_id") or None,
         session_key=meta.get("session_key") or None,
         generation=int(meta["generation"]) if meta.get("generation") else None,
+        previous_session_id=meta.get("previous_session_id") or None,
+        reset_reason=meta.get("reset_reason") or None,
     )
 
 
