@@ -3,8 +3,10 @@ from ``streamward.core.contract`` and re-exported here."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import ConfigDict, Field, model_validator
 
 from streamward.core.contract import Id, Model
@@ -123,6 +125,8 @@ class SessionOut(Model):
     # a routed generation opened by a reset: the one before it and why it ended
     previous_session_id: str | None = None
     reset_reason: str | None = None  # idle | daily | timeout | manual | dead
+    # not routed, after a reset: the transcript's entries after this seq are the new generation
+    reset_after_seq: int | None = None
 
 
 class SessionPage(Model):
@@ -343,6 +347,24 @@ class Route(Model):
     # (routes stored before payload-rooted expressions; see routing.load_route)
     expr_root: Literal["payload", "envelope"] = "payload"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_id(cls, data: Any) -> Any:
+        # the seeds' examples name no route_id: derive a stable one from the document, so
+        # posting the same route again replaces it instead of adding a twin
+        if (
+            isinstance(data, dict)
+            and "route_id" not in data
+            and isinstance(data.get("source"), str)
+        ):
+            try:
+                doc = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+            except TypeError:  # e.g. an integer past 64 bits: left to the field checks
+                return data
+            digest = hashlib.sha256(doc).hexdigest()
+            data = {**data, "route_id": f"{data['source'][:150]}-{digest[:12]}"}
+        return data
+
 
 class RoutePage(Model):
     items: list[Route]
@@ -382,6 +404,15 @@ class EventResult(Model):
     # routes answered input_too_large or failed: the others still delivered
     routes_failed: int = 0
     sessions: list[EventSession]
+
+
+class SessionResetResult(Model):
+    """``POST /v1/sessions/{id}/reset``: reset_pending (routed, taken once quiet) or reset."""
+
+    session_id: str
+    status: Literal["reset_pending", "reset"]
+    reason: Literal["manual"] = "manual"
+    generation: int | None = None  # the new generation of a session that is not routed
 
 
 class SessionReset(Model):
