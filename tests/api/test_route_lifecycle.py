@@ -199,6 +199,8 @@ async def test_session_reset_endpoint_routed_and_not(
     assert inv.status_code == 202, inv.text
     assert_problem(await client.post("/v1/sessions/fixed/reset"), 409, "session_busy")
     await drain(redis_client, "fixed")
+    state_key = Keys().session("default", "fixed").state
+    await redis_client.hset(state_key, "data", "{}")  # a host's snapshot (saveState-3)
     r = await client.post("/v1/sessions/fixed/reset")
     assert r.status_code == 202 and r.json() == {
         "session_id": "fixed",
@@ -208,6 +210,7 @@ async def test_session_reset_endpoint_routed_and_not(
     }
     got = (await client.get("/v1/sessions/fixed")).json()
     assert (got["generation"], got["reset_reason"], got["reset_after_seq"]) == (2, "manual", 0)
+    assert not await redis_client.exists(state_key)  # the next activation starts fresh
     assert_problem(await client.post("/v1/sessions/nobody/reset"), 404, "session_not_found")
 
 

@@ -300,20 +300,18 @@ OnOwnerDeath = Literal["restart", "queue", "drop"]
 
 
 class RouteSession(Model):
-    """How a route's events map to sessions, and those sessions' lifecycle (docs/routing.md)."""
+    """How a route's events map to sessions, and those sessions' lifecycle (docs/routing.md);
+    ``key_template: chat`` (Hermes' rules) instead of ``key_expr``, with the chat options."""
 
     key_expr: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
-    # instead of key_expr: a built-in key rule for chat payloads (Hermes' rules)
     key_template: Literal["chat"] | None = None
     group_sessions_per_user: bool = True
     thread_sessions_per_user: bool = False
     # legacy chat rule of routes stored before Hermes keying: kept so their keys stay stable
     isolation: Literal["shared", "per_user"] | None = None
-    # [name] text and a sender field in the run input of shared chat sessions
     sender_attribution: bool = False
     # without an event or run this long, the key's next event opens a new generation (idle)
     idle_timeout_seconds: Annotated[int, Field(ge=30, le=2_592_000), JSON_INT] | None = None
-    # a generation's hard age limit; null: none
     session_timeout_seconds: Annotated[int, Field(ge=60, le=2_592_000), JSON_INT] | None = 3600
     daily_reset_hour: Annotated[int, Field(ge=0, le=23), JSON_INT] | None = None
     # how long an idle session stays loaded in its runner (the runner's close_delay otherwise)
@@ -343,8 +341,7 @@ class Route(Model):
     filter: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
     session: RouteSession
     input_expr: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
-    # what expressions see as their root: the payload (new routes) or {"type", "payload"}
-    # (routes stored before payload-rooted expressions; see routing.load_route)
+    # the payload, or {"type", "payload"} for routes stored before (routing.load_route)
     expr_root: Literal["payload", "envelope"] = "payload"
 
     @model_validator(mode="before")
@@ -352,17 +349,14 @@ class Route(Model):
     def _derived_id(cls, data: Any) -> Any:
         # the seeds' examples name no route_id: derive a stable one from the document, so
         # posting the same route again replaces it instead of adding a twin
-        if (
-            isinstance(data, dict)
-            and "route_id" not in data
-            and isinstance(data.get("source"), str)
-        ):
+        source = data.get("source") if isinstance(data, dict) else None
+        if isinstance(source, str) and "route_id" not in data:
             try:
                 doc = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
             except TypeError:  # e.g. an integer past 64 bits: left to the field checks
                 return data
             digest = hashlib.sha256(doc).hexdigest()
-            data = {**data, "route_id": f"{data['source'][:150]}-{digest[:12]}"}
+            data = {**data, "route_id": f"{source[:150]}-{digest[:12]}"}
         return data
 
 

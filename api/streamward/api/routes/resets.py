@@ -3,7 +3,8 @@
 Routed: the key's generation gets a pending manual reset, taken by its first event once
 the generation is quiet (the same rule as every reset: never under a running run).
 Not routed (a fixed id the caller keeps invoking): the id stays, its generation number
-goes up with ``reset_reason: manual`` so the next activation starts fresh; refused with
+goes up with ``reset_reason: manual``, its host snapshot is dropped and its owner fenced,
+so the next activation starts fresh; refused with
 409 ``session_busy`` while it has a run or pending inputs. docs/routing.md, "Resets".
 """
 
@@ -57,6 +58,8 @@ async def reset_session(
         released = await store.force_release(sk, "reset", "force")
         if released.old_replica_id:
             await streams.send_mail(released.old_replica_id, "released", sk.ref)
+    # the session host's snapshot belongs to the old generation (saveState is fenced above)
+    await streams.client.delete(sk.state)
     generation = int(meta.get("generation") or "1") + 1
     last_seq = await streams.last_seq(sk)
     await streams.set_meta(
