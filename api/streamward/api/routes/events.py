@@ -288,7 +288,7 @@ async def _deliver(
             multitask=cfg.multitask,
             source=f"event:{route.route_id}",
             session_type=cfg.type or "",
-            default_type=settings.default_type,
+            default_type=state.settings.default_type,
         )
     except SessionBusy:
         return EventSession(
