@@ -138,7 +138,7 @@ def _route(**fields: Any) -> Route:
         "route_id": "r",
         "source": "s",
         "on": ["*"],
-        "session": {"key_expr": "payload.k"},
+        "session": {"key_expr": "k"},
     }
     return Route.model_validate({**base, **fields})
 
@@ -159,7 +159,7 @@ def test_evaluate_turns_every_failure_into_this_routes_outcome(
     m = evaluate(_route(input_expr="[@,@]|" * 10 + "@"), "t", {"k": 1})
     assert (m.action, m.key, m.code) == ("failed", "1", "expression_error")
     # 62 characters, 122 bytes: the cap counts bytes
-    m = evaluate(_route(input_expr="payload.s"), "t", {"k": 1, "s": "é" * 60}, 100)
+    m = evaluate(_route(input_expr="s"), "t", {"k": 1, "s": "é" * 60}, 100)
     assert (m.action, m.code) == ("input_too_large", "input_too_large")
-    m = evaluate(_route(input_expr="payload.s"), "t", {"k": 1, "s": "é" * 30}, 100)
+    m = evaluate(_route(input_expr="s"), "t", {"k": 1, "s": "é" * 30}, 100)
     assert m.action == "deliver" and m.input_json == orjson.dumps("é" * 30).decode()

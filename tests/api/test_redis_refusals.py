@@ -79,7 +79,7 @@ async def test_a_full_redis_is_503_with_retry_after_and_not_ready(
             "route_id": "gh",
             "source": "github",
             "on": ["push"],
-            "session": {"key_expr": "payload.k"},
+            "session": {"key_expr": "k"},
         }
         assert (await c.post("/admin/routes", json=route, headers=ADMIN)).status_code == 201
         assert (await c.get("/readyz")).status_code == 200

@@ -18,9 +18,9 @@ PR_ROUTE: dict[str, Any] = {
     "route_id": "gh-pr",
     "source": "github",
     "on": ["issue_comment", "pull_request_review_comment"],
-    "filter": "payload.action == 'created'",
-    "session": {"key_expr": "payload.issue.pull_request.html_url", "idle_timeout_seconds": 300},
-    "input_expr": "{text: payload.comment.body, author: payload.comment.user.login}",
+    "filter": "action == 'created'",
+    "session": {"key_expr": "issue.pull_request.html_url", "idle_timeout_seconds": 300},
+    "input_expr": "{text: comment.body, author: comment.user.login}",
 }
 CHAT_ROUTE: dict[str, Any] = {
     "route_id": "slack",
@@ -57,6 +57,11 @@ def chat_msg(
     return {"type": "message", "payload": payload}
 
 
+async def drain(redis_client: aioredis.Redis, session_id: str, project: str = "default") -> None:
+    """What a runner does when the session's runs end: its inbox empties (completeInput)."""
+    await redis_client.delete(Keys().session(project, session_id).inbox)
+
+
 async def add_route(client: httpx.AsyncClient, route: dict[str, Any]) -> None:
     r = await client.post("/admin/routes", json=route, headers=ADMIN)
     assert r.status_code in (200, 201), r.text
@@ -82,8 +87,10 @@ async def test_invalid_expressions_are_refused_at_save_naming_the_field(
     client: httpx.AsyncClient,
 ) -> None:
     for field, route in [
-        ("filter", {**PR_ROUTE, "filter": "payload.action =="}),
-        ("session.key_expr", {**PR_ROUTE, "session": {"key_expr": "payload.[[["}}),
+        ("filter", {**PR_ROUTE, "filter": "action =="}),
+        ("session.key_expr", {**PR_ROUTE, "session": {"key_expr": "issue.[[["}}),
+        ("filter", {**PR_ROUTE, "filter": "contains_ci(comment.body, 'x')"}),
+        ("filter", {**PR_ROUTE, "filter": "matches(comment.body, '(a+)+$')"}),
         ("input_expr", {**PR_ROUTE, "input_expr": "{text: }"}),
     ]:
         body = assert_problem(
@@ -166,14 +173,14 @@ async def test_chat_key_template(client: httpx.AsyncClient) -> None:
 
     a = await keys_of(chat_msg("C1", "ann", thread="T1"))
     b = await keys_of(chat_msg("C1", "bob", thread="T1"))
-    assert a["slack"] == b["slack"] == "chat:C1:thread:T1"  # a thread is shared
+    assert a["slack"] == b["slack"] == "group:C1:T1"  # a thread is shared (Hermes' default)
+    # per user in the group itself (group_sessions_per_user defaults to true)
+    assert (await keys_of(chat_msg("C1", "ann")))["slack"] == "group:C1:ann"
+    # a route stored with the legacy isolation keeps the legacy keys
     assert a["slack-iso"] == "chat:C1:thread:T1:user:ann" != b["slack-iso"]
-    assert (await keys_of(chat_msg("C1", "ann")))["slack"] == "chat:C1"
     dm = await keys_of(chat_msg("D9", "ann", kind="dm"))
     assert dm == {"slack": "dm:D9", "slack-iso": "dm:D9"}
-    assert (await keys_of(chat_msg("D9", "ann", thread="T2", kind="dm")))[
-        "slack"
-    ] == "dm:D9:thread:T2"
+    assert (await keys_of(chat_msg("D9", "ann", thread="T2", kind="dm")))["slack"] == "dm:D9:T2"
 
 
 async def test_burst_for_a_new_key_makes_one_session_in_arrival_order(
@@ -209,6 +216,7 @@ async def test_session_timeout_and_manual_reset_open_new_generations(
         async with asgi_client(now) as c:
             await add_route(c, route)
         g1 = await post(now, pr_comment(1))
+        await drain(redis_client, g1["session_id"])  # no runner here: as if its run ended
         g2 = await post(later, pr_comment(1))
         assert g2["action"] == "started" and g2["session_id"] != g1["session_id"]
         async with asgi_client(now) as c:
@@ -226,6 +234,8 @@ async def test_session_timeout_and_manual_reset_open_new_generations(
                 headers=ADMIN,
             )
             assert r.status_code == 200 and r.json()["session_id"] == g2["session_id"]
+            assert r.json()["status"] == "reset_pending"
+        await drain(redis_client, g2["session_id"])
         g3 = await post(now, pr_comment(1))
         assert g3["action"] == "started" and g3["session_id"] not in (
             g1["session_id"],

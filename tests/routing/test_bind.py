@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -61,15 +62,18 @@ async def test_session_timeout_opens_a_new_generation(redis_client: aioredis.Red
         clock_offset_ms=HOUR_MS - 60_000,
     )
     assert still.action == "queued"
-    g2 = await routes.bind(
-        "p",
-        "r",
-        "k",
-        session_timeout_ms=HOUR_MS,
-        daily_reset_hour=None,
-        clock_offset_ms=HOUR_MS + 1,
-    )
+    late: dict[str, Any] = {"session_timeout_ms": HOUR_MS, "daily_reset_hour": None}
+    late["clock_offset_ms"] = HOUR_MS + 1
+    due = await routes.bind("p", "r", "k", **late)
+    # due, not rotated: the caller checks the generation is quiet first
+    assert (due.action, due.session_id, due.reason) == ("due", g1.session_id, "timeout")
+    g2 = await routes.bind("p", "r", "k", mode="rotate", expected_session_id=g1.session_id, **late)
     assert (g2.action, g2.generation, g2.reason) == ("started", 2, "timeout")
+    # a second rotation naming the old generation lost the race: it queues to the new one
+    again = await routes.bind(
+        "p", "r", "k", mode="rotate", expected_session_id=g1.session_id, **late
+    )
+    assert (again.action, again.session_id) == ("queued", g2.session_id)
     assert g2.previous_session_id == g1.session_id and g2.session_id != g1.session_id
     binding = await routes.binding("p", "r", "k")
     assert binding["reason:1"] == "timeout" and binding["generation"] == "2"
@@ -94,13 +98,42 @@ async def test_daily_reset_hour_opens_a_new_generation(redis_client: aioredis.Re
         daily_reset_hour=hour,
         clock_offset_ms=3 * HOUR_MS,
     )
-    assert (after.action, after.reason) == ("started", "daily")
+    assert (after.action, after.reason) == ("due", "daily")
+    # pending: every later event sees the same due reset until it is rotated
+    pending = await routes.bind("p", "r", "k", session_timeout_ms=7 * DAY_MS, daily_reset_hour=hour)
+    assert (pending.action, pending.reason) == ("due", "daily")
 
 
 async def test_manual_reset_forces_a_new_generation(redis_client: aioredis.Redis) -> None:
     routes = RouteStore(redis_client, Keys())
     g1 = await routes.bind("p", "r", "k", session_timeout_ms=HOUR_MS, daily_reset_hour=None)
-    g2 = await routes.bind(
-        "p", "r", "k", session_timeout_ms=HOUR_MS, daily_reset_hour=None, reset_reason="manual"
-    )
+    args: dict[str, Any] = {"session_timeout_ms": HOUR_MS, "daily_reset_hour": None}
+    await routes.mark_reset("p", "r", "k", "manual")
+    due = await routes.bind("p", "r", "k", **args)
+    assert (due.action, due.reason) == ("due", "manual")
+    g2 = await routes.bind("p", "r", "k", mode="rotate", expected_session_id=g1.session_id, **args)
     assert (g2.generation, g2.reason, g2.previous_session_id) == (2, "manual", g1.session_id)
+    assert (await routes.bind("p", "r", "k", **args)).action == "queued"  # the reset was taken
+
+
+async def test_idle_falls_due_and_activity_clears_it(redis_client: aioredis.Redis) -> None:
+    routes = RouteStore(redis_client, Keys())
+    args: dict[str, Any] = {"session_timeout_ms": 0, "daily_reset_hour": None}
+    args["idle_timeout_ms"] = 600_000
+    g1 = await routes.bind("p", "r", "k", **args)
+    # no session timeout (0): a day later only idle is due
+    assert (await routes.bind("p", "r", "k", clock_offset_ms=599_000, **args)).action == "queued"
+    due = await routes.bind("p", "r", "k", clock_offset_ms=599_000 + 600_000, **args)
+    assert (due.action, due.reason) == ("due", "idle")
+    # the session's own activity disproved it: cleared, the event queues
+    cleared = await routes.bind(
+        "p",
+        "r",
+        "k",
+        mode="clear",
+        expected_session_id=g1.session_id,
+        clock_offset_ms=599_000 + 600_000,
+        **args,
+    )
+    assert (cleared.action, cleared.session_id) == ("queued", g1.session_id)
+    assert "reset_pending" not in await routes.binding("p", "r", "k")

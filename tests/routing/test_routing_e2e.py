@@ -13,8 +13,9 @@ ROUTE: dict[str, Any] = {
     "route_id": "chat",
     "source": "slack",
     "on": ["message"],
-    "session": {"key_template": "chat", "idle_timeout_seconds": 30},
-    "input_expr": "{text: payload.text}",
+    # unloading from memory is close_delay_seconds; idle_timeout_seconds would end the generation
+    "session": {"key_template": "chat", "close_delay_seconds": 30, "idle_timeout_seconds": 600},
+    "input_expr": "{text: text}",
 }
 
 
@@ -26,7 +27,7 @@ def _event(text: str) -> dict[str, Any]:
 
 
 def test_burst_runs_in_arrival_order_then_passivates_and_rehydrates(fleet: Fleet) -> None:
-    # the runners cap every idle timeout at 1 s so passivation is seen without waiting 30 s
+    # the runners cap every close delay at 1 s so passivation is seen without waiting 30 s
     fleet.env.update({"STREAMWARD_CLOSE_DELAY_MAX_S": "1", "STREAMWARD_REPLICA_TTL_MS": "2000"})
     api = fleet.start_api()
     fleet.start_runner("route-r1")

@@ -212,7 +212,7 @@ def test_reset_while_running_loses_no_accepted_input(api_fleet: Fleet, rc: Any) 
         "source": "slack",
         "on": ["message"],
         "session": {"key_template": "chat"},
-        "input_expr": "{text: payload.text, chunks: `20`, delay_ms: `100`}",
+        "input_expr": "{text: text, chunks: `20`, delay_ms: `100`}",
     }
     admin = _admin(api_fleet)
     with httpx.Client(base_url=api_fleet.api_url, timeout=30.0) as http:
@@ -236,11 +236,19 @@ def test_reset_while_running_loses_no_accepted_input(api_fleet: Fleet, rc: Any) 
             "/admin/routes/chat/reset", json={"session_key": first["session_key"]}, headers=admin
         )
         assert r.status_code == 200, r.text
+        # a reset never happens under a running run: this event joins the old generation
         third = event("three")
-        assert third["session_id"] != old  # a new generation
-        for sid, run_id in ((old, first["run_id"]), (old, second["run_id"])):
-            done = wait_until(_run_done(rc, sid, run_id), 30, f"{run_id} of the old generation")
+        assert third["session_id"] == old
+        for run_id in (first["run_id"], second["run_id"], third["run_id"]):
+            done = wait_until(_run_done(rc, old, run_id), 30, f"{run_id} of the old generation")
             assert done.type == "run.completed"
-        done = wait_until(_run_done(rc, third["session_id"], third["run_id"]), 30, "the new one")
+        # quiet now: the pending reset is taken by the next event
+        fourth = event("four")
+        assert fourth["session_id"] != old  # a new generation
+        done = wait_until(_run_done(rc, fourth["session_id"], fourth["run_id"]), 30, "the new one")
         assert done.type == "run.completed"
+        meta = rc.hgetall(KEYS.session("default", fourth["session_id"]).meta)
+        assert {k.decode() if isinstance(k, bytes) else k: v for k, v in meta.items()}.get(
+            "reset_reason"
+        ) in ("manual", b"manual")
         assert rc.xlen(KEYS.session("default", old).inbox) == 0

@@ -17,7 +17,15 @@ from typing import Any
 import jmespath
 from jmespath.lexer import Lexer
 from jmespath.parser import ParsedResult
-from jmespath.visitor import TreeInterpreter
+from jmespath.visitor import Options, TreeInterpreter
+
+from streamward.api.exprfuncs import (
+    RegexRejected,
+    RouteFunctions,
+    compile_regex,
+    literal_patterns,
+    unknown_functions,
+)
 
 MAX_EXPR_CHARS = 2000
 # nesting of brackets and of the parsed tree: the parser and the interpreter both recurse
@@ -124,6 +132,14 @@ def check(expr: str) -> ParsedResult:
         raise ExpressionRejected(f"nested deeper than {MAX_EXPR_DEPTH} levels ({depth})")
     if nodes > MAX_EXPR_NODES:
         raise ExpressionRejected(f"more than {MAX_EXPR_NODES} parts ({nodes})")
+    unknown = unknown_functions(parsed.parsed)
+    if unknown:
+        raise ExpressionRejected(f"unknown function {unknown[0]}()")
+    for pattern in literal_patterns(parsed.parsed):
+        try:
+            compile_regex(pattern)
+        except RegexRejected as exc:
+            raise ExpressionRejected(str(exc)) from None
     factor = fanout(parsed.parsed)
     if factor > MAX_EXPR_FANOUT:
         raise ExpressionRejected(
@@ -139,8 +155,8 @@ def compile_checked(expr: str) -> ParsedResult:
 
 
 class _Budgeted(TreeInterpreter):
-    def __init__(self, max_steps: int) -> None:
-        super().__init__()
+    def __init__(self, max_steps: int, funcs: RouteFunctions) -> None:
+        super().__init__(Options(custom_functions=funcs))
         self.steps_left = max_steps
 
     def visit(self, node: Any, *args: Any, **kwargs: Any) -> Any:
@@ -150,9 +166,18 @@ class _Budgeted(TreeInterpreter):
         return super().visit(node, *args, **kwargs)
 
 
-def search(expr: str, doc: Any, max_steps: int = MAX_EVAL_STEPS) -> Any:
-    """Evaluate a checked expression with a step budget (raises what evaluation raises)."""
-    return _Budgeted(max_steps).visit(compile_checked(expr).parsed, doc)
+def search(
+    expr: str,
+    doc: Any,
+    max_steps: int = MAX_EVAL_STEPS,
+    *,
+    event_type: str = "",
+    event_source: str = "",
+) -> Any:
+    """Evaluate a checked expression with a step budget (raises what evaluation raises);
+    ``event_type()`` / ``event_source()`` answer the given envelope."""
+    funcs = RouteFunctions(event_type, event_source)
+    return _Budgeted(max_steps, funcs).visit(compile_checked(expr).parsed, doc)
 
 
 def json_size_over(value: Any, limit_bytes: int) -> bool:

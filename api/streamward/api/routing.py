@@ -1,4 +1,10 @@
-"""Route evaluation: bounded JMESPath (``exprguard``), chat key templates, event → (key, input)."""
+"""Route evaluation: bounded JMESPath (``exprguard``), chat key templates, event → (key, input).
+
+Expressions see the payload as their root (``expr_root: payload``); the envelope is reached
+through ``event_type()`` / ``event_source()``. A route stored before that carries no
+``expr_root`` and is loaded as ``envelope`` by ``load_route`` (its expressions keep
+``payload.``), so an upgrade changes no stored route's meaning.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any, Literal
 import orjson
 from jmespath.exceptions import JMESPathError
 
+from streamward.api import chatkeys
 from streamward.api.exprguard import (
     BudgetExceeded,
     ExpressionRejected,
@@ -33,6 +40,19 @@ def route_exprs(route: Route) -> dict[str, str]:
     return {field: expr for field, expr in exprs.items() if expr is not None}
 
 
+def load_route(doc_json: str | bytes) -> Route:
+    """A stored route, migrated: a document without ``expr_root`` predates payload-rooted
+    expressions and sees the envelope; its ``idle_timeout_seconds`` then meant "unload from
+    memory" and becomes ``close_delay_seconds`` (idle no longer only unloads, it resets)."""
+    raw = orjson.loads(doc_json)
+    if isinstance(raw, dict) and "expr_root" not in raw:
+        raw["expr_root"] = "envelope"
+        session = raw.get("session")
+        if isinstance(session, dict) and "idle_timeout_seconds" in session:
+            session.setdefault("close_delay_seconds", session.pop("idle_timeout_seconds"))
+    return Route.model_validate(raw)
+
+
 def validate_route(route: Route) -> None:
     """Compile every expression within the limits of ``exprguard``; 422 ``invalid_expression``
     naming the field and what is wrong (syntax, length, depth, size or fan-out)."""
@@ -55,44 +75,6 @@ def validate_route(route: Route) -> None:
             "session: set exactly one of key_expr and key_template",
             field="session.key_expr",
         )
-
-
-def _text(value: Any) -> str | None:
-    """A key part as text; None/empty/containers are not usable keys."""
-    if value is None or isinstance(value, (dict, list)):
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = str(value)
-    return text or None
-
-
-def _dig(payload: Any, *paths: str) -> Any:
-    for path in paths:
-        cur = payload
-        for part in path.split("."):
-            cur = cur.get(part) if isinstance(cur, dict) else None
-        if cur is not None:
-            return cur
-    return None
-
-
-def chat_key(payload: Any, isolation: str) -> str | None:
-    """The built-in chat key rule (the table in docs/routing.md)."""
-    chat = _text(_dig(payload, "chat.id", "chat_id", "channel.id", "channel"))
-    if chat is None:
-        return None
-    kind = _text(_dig(payload, "chat.type", "chat_type", "channel_type")) or "group"
-    thread = _text(_dig(payload, "thread.id", "thread_id", "thread_ts"))
-    user = _text(_dig(payload, "user.id", "user_id", "user", "from.id"))
-    if kind in ("dm", "direct", "private", "im"):
-        return f"dm:{chat}:thread:{thread}" if thread else f"dm:{chat}"
-    key = f"chat:{chat}:thread:{thread}" if thread else f"chat:{chat}"
-    if isolation == "per_user":
-        if user is None:
-            return None
-        key += f":user:{user}"
-    return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,18 +113,64 @@ def _log_once(project: str, route_id: str, field: str, expr: str, kind: str, msg
     )
 
 
-def _search(route: Route, field: str, expr: str, doc: Any) -> tuple[Any, str | None]:
+def _search(route: Route, field: str, expr: str, ev: _Event) -> tuple[Any, str | None]:
     """(result, None) or (None, error text): any exception is this route's problem only."""
     try:
-        return search(expr, doc), None
+        return ev.search(expr), None
     except Exception as exc:  # RecursionError, MemoryError, TypeError, JMESPathError, ...
         msg = str(exc).replace("\n", " ")[:300]
         _log_once(route.project, route.route_id, field, expr, type(exc).__name__, msg)
         return None, f"{type(exc).__name__}: {msg}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Event:
+    root: Any  # what expressions see
+    event_type: str
+    source: str
+
+    def search(self, expr: str) -> Any:
+        return search(expr, self.root, event_type=self.event_type, event_source=self.source)
+
+
+def _key(route: Route, payload: Any, ev: _Event) -> Match | str | None:
+    s = route.session
+    if s.key_template == "chat":
+        if s.isolation is not None:
+            return chatkeys.legacy_chat_key(payload, s.isolation)
+        return chatkeys.chat_key(
+            payload,
+            group_sessions_per_user=s.group_sessions_per_user,
+            thread_sessions_per_user=s.thread_sessions_per_user,
+        )
+    if s.key_expr is None:
+        msg = "route has no key rule"
+        return Match("no_key", field="session.key_expr", error=msg, code="expression_error")
+    raw_key, err = _search(route, "session.key_expr", s.key_expr, ev)
+    if err is not None:
+        return Match("no_key", field="session.key_expr", error=err, code="expression_error")
+    return chatkeys.text(raw_key)
+
+
+def _attributed(route: Route, payload: Any, run_input: Any) -> Any:
+    s = route.session
+    who = chatkeys.sender(payload) if s.sender_attribution else None
+    if who is None:
+        return run_input
+    shared = s.key_template != "chat" or chatkeys.shared_session(
+        payload,
+        group_sessions_per_user=s.group_sessions_per_user,
+        thread_sessions_per_user=s.thread_sessions_per_user,
+    )
+    return chatkeys.attribute(run_input, who, shared)
+
+
 def evaluate(
-    route: Route, event_type: str, payload: Any, max_input_bytes: int = 256 * 1024
+    route: Route,
+    event_type: str,
+    payload: Any,
+    max_input_bytes: int = 256 * 1024,
+    source: str | None = None,
 ) -> Match:
     """Filter, key and input of ``route`` for an event; no expression makes it raise
     (serialising an event orjson refuses can: the caller counts that for the route).
@@ -151,34 +179,31 @@ def evaluate(
     were checked at save time, but a route written to Redis directly is checked here too
     (``compile_checked`` raises, and that counts like any evaluation error).
     """
-    doc = {"type": event_type, "payload": payload}
+    envelope = {"type": event_type, "payload": payload}
+    root = payload if route.expr_root == "payload" else envelope
+    ev = _Event(root, event_type, route.source if source is None else source)
     if route.filter is not None:
-        passed, err = _search(route, "filter", route.filter, doc)
+        passed, err = _search(route, "filter", route.filter, ev)
         if err is not None:
             return Match("filtered", field="filter", error=err, code="expression_error")
         if not passed:
             return Match("filtered")
-    if route.session.key_template == "chat":
-        key = chat_key(payload, route.session.isolation)
-    elif route.session.key_expr is None:
-        err = "route has no key rule"
-        return Match("no_key", field="session.key_expr", error=err, code="expression_error")
-    else:
-        raw_key, err = _search(route, "session.key_expr", route.session.key_expr, doc)
-        if err is not None:
-            return Match("no_key", field="session.key_expr", error=err, code="expression_error")
-        key = _text(raw_key)
+    key = _key(route, payload, ev)
+    if isinstance(key, Match):
+        return key
     if key is None:
         return Match("no_key")
     key = key[:2000]
     if route.input_expr is None:
         # the whole event, as before: its size is already bounded by MAX_BODY_BYTES
-        return Match("deliver", key=key, input_json=orjson.dumps(doc).decode())
+        whole = _attributed(route, payload, envelope)
+        return Match("deliver", key=key, input_json=orjson.dumps(whole).decode())
     try:
-        run_input = search(route.input_expr, doc)
+        run_input = _attributed(route, payload, ev.search(route.input_expr))
     except JMESPathError:
         # a function given the wrong type by some payload: the run gets the whole event
-        return Match("deliver", key=key, input_json=orjson.dumps(doc).decode())
+        whole = _attributed(route, payload, envelope)
+        return Match("deliver", key=key, input_json=orjson.dumps(whole).decode())
     except BudgetExceeded as exc:
         return Match(
             "input_too_large", key=key, field="input_expr", error=str(exc), code="input_too_large"

@@ -7,6 +7,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
+# routes and events (event routing) live in routeschemas.py, re-exported here
+from streamward.api.routeschemas import EventAction as EventAction
+from streamward.api.routeschemas import EventRequest as EventRequest
+from streamward.api.routeschemas import EventResult as EventResult
+from streamward.api.routeschemas import EventSession as EventSession
+from streamward.api.routeschemas import Multitask as Multitask
+from streamward.api.routeschemas import OnOwnerDeath as OnOwnerDeath
+from streamward.api.routeschemas import Route as Route
+from streamward.api.routeschemas import RouteOutcomeError as RouteOutcomeError
+from streamward.api.routeschemas import RoutePage as RoutePage
+from streamward.api.routeschemas import RouteSession as RouteSession
+from streamward.api.routeschemas import SessionReset as SessionReset
+from streamward.api.routeschemas import SessionResetResult as SessionResetResult
+from streamward.api.routeschemas import SessionType as SessionType
 from streamward.core.contract import Id, Model
 from streamward.core.contract import IngestEntry as IngestEntry
 from streamward.core.contract import IngestRequest as IngestRequest
@@ -17,14 +31,9 @@ from streamward.core.jsonsafe import JSON_INT, SAFE_INT_MAX, JSONValue, Text
 # tokens and seqs are Lua numbers in the scripts (IEEE doubles): exact up to 2^53-1 only
 Token = Annotated[int, Field(ge=0, le=SAFE_INT_MAX), JSON_INT]
 RunStatusName = Literal["running", "queued", "completed", "failed", "cancelled", "merged"]
-Multitask = Literal["enqueue", "reject", "interrupt"]
 
 
 # -- public ------------------------------------------------------------------------------
-
-
-# a session type: names a work stream (lua/keys.py TYPE_PATTERN)
-SessionType = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 
 
 class InvokeRequest(Model):
@@ -120,6 +129,11 @@ class SessionOut(Model):
     route_id: str | None = None
     session_key: str | None = None
     generation: int | None = None
+    # a routed generation opened by a reset: the one before it and why it ended
+    previous_session_id: str | None = None
+    reset_reason: str | None = None  # idle | daily | timeout | manual | dead
+    # not routed, after a reset: the transcript's entries after this seq are the new generation
+    reset_after_seq: int | None = None
 
 
 class SessionPage(Model):
@@ -288,78 +302,3 @@ class Problem(Model):
     status: int
     code: str
     detail: str | None = None
-
-
-# -- routes and events (event routing) -----------------------------------------------------
-
-OnOwnerDeath = Literal["restart", "queue", "drop"]
-
-
-class RouteSession(Model):
-    """How a route's events map to sessions, and those sessions' lifecycle."""
-
-    key_expr: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
-    # instead of key_expr: a built-in key rule for chat payloads (docs/routing.md)
-    key_template: Literal["chat"] | None = None
-    isolation: Literal["shared", "per_user"] = "shared"
-    idle_timeout_seconds: Annotated[int, Field(ge=30, le=86_400), JSON_INT] = 300
-    session_timeout_seconds: Annotated[int, Field(ge=60, le=604_800), JSON_INT] = 3600
-    daily_reset_hour: Annotated[int, Field(ge=0, le=23), JSON_INT] | None = None
-    on_owner_death: OnOwnerDeath = "restart"
-    multitask: Multitask = "enqueue"
-    # the type of the sessions this route creates (None: the default type)
-    type: SessionType | None = None
-
-
-class Route(Model):
-    route_id: Id
-    project: Id = "default"
-    source: Id
-    on: Annotated[list[Annotated[Text, Field(min_length=1, max_length=200)]], Field(min_length=1)]
-    filter: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
-    session: RouteSession
-    input_expr: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
-
-
-class RoutePage(Model):
-    items: list[Route]
-
-
-class EventRequest(Model):
-    type: Annotated[Text, Field(min_length=1, max_length=200)]
-    payload: JSONValue = None
-
-
-EventAction = Literal[
-    "started", "queued", "filtered", "no_key", "rejected", "input_too_large", "failed"
-]
-
-
-class RouteOutcomeError(Model):
-    """Why one route of a delivery did not deliver normally (docs/routing.md)."""
-
-    code: str  # expression_error | input_too_large | redis_unavailable | delivery_error
-    field: str | None = None  # the expression concerned, when one is
-    detail: str
-
-
-class EventSession(Model):
-    route_id: str
-    session_key: str | None = None
-    session_id: str | None = None
-    run_id: str | None = None
-    action: EventAction
-    error: RouteOutcomeError | None = None
-
-
-class EventResult(Model):
-    matched: int
-    runs_started: int
-    events_queued: int
-    # routes answered input_too_large or failed: the others still delivered
-    routes_failed: int = 0
-    sessions: list[EventSession]
-
-
-class SessionReset(Model):
-    session_key: Annotated[Text, Field(min_length=1, max_length=2000)]

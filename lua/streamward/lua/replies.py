@@ -158,9 +158,12 @@ class Binding:
 
     session_id: str
     generation: int
-    action: Literal["started", "queued"]
+    # due: a reset fell due; the caller decides busy (join) or quiet (rotate), see the script
+    action: Literal["started", "queued", "due"]
     previous_session_id: str
-    reason: str  # why the previous generation ended: timeout | daily | manual | dead | ""
+    reason: (
+        str  # why the previous generation ended (or is due): timeout | daily | idle | manual | dead
+    )
 
 
 _RENEW_OUTCOME: dict[int, RenewOutcome] = {

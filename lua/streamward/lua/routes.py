@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 from streamward.lua.client import RedisClient
-from streamward.lua.keys import Keys, binding_key, validate_id
+from streamward.lua.keys import Keys, SessionKeys, binding_key, validate_id
 from streamward.lua.replies import Binding
 from streamward.lua.scripts import Scripts
 
@@ -63,8 +64,12 @@ class RouteStore:
         daily_reset_hour: int | None,
         clock_offset_ms: int = 0,
         reset_reason: str = "",
+        idle_timeout_ms: int = 0,
+        mode: Literal["event", "rotate", "clear"] = "event",
+        expected_session_id: str = "",
     ) -> Binding:
-        """Atomically pick (or open) the session generation for an event key."""
+        """Atomically pick (or open) the session generation for an event key; ``due`` when
+        a reset fell due (the caller checks ``generation_state`` and rotates or joins)."""
         h = key_hash(key)
         return await self.scripts.bind_session(
             binding_key(self.keys, project, route_id, h),
@@ -74,10 +79,33 @@ class RouteStore:
             clock_offset_ms=clock_offset_ms,
             key=key,
             reset_reason=reset_reason,
+            idle_timeout_ms=idle_timeout_ms,
+            mode=mode,
+            expected_session_id=expected_session_id,
         )
 
+    async def generation_state(
+        self, sk: SessionKeys, idle_timeout_ms: int = 0, clock_offset_ms: int = 0
+    ) -> Literal["busy", "recent", "quiet"]:
+        """Whether a generation may be reset now. ``busy``: inputs in its inbox (a running
+        input stays there until its run ends, so XLEN 0 alone means no run and nothing
+        pending) or an active run; ``recent``: a run wrote within ``idle_timeout_ms`` (an
+        idle reset is disproved); else ``quiet``."""
+        if int(await self.client.xlen(sk.inbox)) > 0:
+            return "busy"
+        active, updated = await self.client.hmget(sk.meta, ["active_run_id", "updated_ms"])
+        if active:
+            return "busy"
+        if idle_timeout_ms > 0 and updated:
+            secs, micros = await self.client.time()
+            now_ms = int(secs) * 1000 + int(micros) // 1000 + clock_offset_ms
+            if now_ms - int(updated) < idle_timeout_ms:
+                return "recent"
+        return "quiet"
+
     async def mark_reset(self, project: str, route_id: str, key: str, reason: str) -> str | None:
-        """Expire the key's current generation: its next event opens a new one.
+        """Mark a manual reset: the key's next event after its generation is quiet opens a
+        new one (a reset never happens under a running run).
 
         Returns the session id of the generation that ends, or None when the key has none.
         """

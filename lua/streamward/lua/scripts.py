@@ -74,7 +74,11 @@ ScriptName = Literal[
 ]
 SCRIPT_NAMES: tuple[ScriptName, ...] = get_args(ScriptName)
 
-_BIND_ACTIONS: dict[str, Literal["started", "queued"]] = {"started": "started", "queued": "queued"}
+_BIND_ACTIONS: dict[str, Literal["started", "queued", "due"]] = {
+    "started": "started",
+    "queued": "queued",
+    "due": "due",
+}
 
 
 def _field_args(incarnation: str, ttl_ms: int, fields: Mapping[str, str] | None) -> list[ArgT]:
@@ -381,19 +385,14 @@ class Scripts:
         clock_offset_ms: int,
         key: str,
         reset_reason: str,
+        idle_timeout_ms: int = 0,
+        mode: Literal["event", "rotate", "clear"] = "event",
+        expected_session_id: str = "",
     ) -> Binding:
-        raw = await self._by_name["bindSession"](
-            [binding_key],
-            [
-                session_prefix,
-                session_timeout_ms,
-                -1 if daily_reset_hour is None else daily_reset_hour,
-                clock_offset_ms,
-                key,
-                reset_reason,
-            ],
-        )
-        r = _ok("bindSession", as_list(raw))
+        hour = -1 if daily_reset_hour is None else daily_reset_hour
+        args: list[ArgT] = [session_prefix, session_timeout_ms, hour, clock_offset_ms, key]
+        args += [reset_reason, idle_timeout_ms, mode, expected_session_id]
+        r = _ok("bindSession", as_list(await self._by_name["bindSession"]([binding_key], args)))
         action = _BIND_ACTIONS.get(as_str(r[3]))
         if action is None:
             raise E.ScriptError(f"bindSession returned action {r[3]!r}")

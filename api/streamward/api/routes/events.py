@@ -17,9 +17,17 @@ from starlette.responses import Response
 
 from streamward.api import invoke as invocation
 from streamward.api.deps import ID_PATTERN, AdminDep, AppState, ProjectDep, RoutesDep, StateDep
+from streamward.api.lifecycle import bind_event, session_meta
 from streamward.api.problems import ProblemError
 from streamward.api.responses import OrjsonResponse
-from streamward.api.routing import Match, dumps, evaluate, route_matches, validate_route
+from streamward.api.routing import (
+    Match,
+    dumps,
+    evaluate,
+    load_route,
+    route_matches,
+    validate_route,
+)
 from streamward.api.schemas import (
     EventAction,
     EventRequest,
@@ -54,7 +62,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "invalid_expression / invalid body"},
     503: {"description": "redis_unavailable"},
 }
-RETIRED = {"dead": "dead", "deleted": "manual", "expired": "manual"}
 
 
 async def _routes(store: RouteStore, project: str | None) -> list[Route]:
@@ -72,7 +79,7 @@ async def _parsed_routes(
     valid, invalid = [], []
     for _, route_id, doc in await store.all(project):
         try:
-            valid.append(Route.model_validate_json(doc))
+            valid.append(load_route(doc))
         except ValueError as exc:  # pydantic's ValidationError
             try:
                 raw = orjson.loads(doc)
@@ -112,7 +119,7 @@ async def get_route(
     raw = await routes.get(project, route_id)
     if raw is None:
         raise ProblemError(404, "route_not_found", f"no route {route_id!r} in project {project!r}")
-    return Route.model_validate_json(raw)
+    return load_route(raw)
 
 
 @admin_router.delete("/routes/{route_id}", response_model=Route, responses=_ERRORS)
@@ -138,15 +145,8 @@ async def reset_session(
     sid = await routes.mark_reset(project, route_id, body.session_key, "manual")
     if sid is None:
         raise ProblemError(404, "session_not_found", "no session exists for that key yet")
-    retention_ms = state.settings.retention_s * 1000
-    sk = state.keys.session(project, sid)
-    delete_after = await state.streams.retire_session(sk, "expired", "manual", retention_ms)
-    return {
-        "session_id": sid,
-        "status": "expired",
-        "reason": "manual",
-        "delete_after_ms": delete_after,
-    }
+    # deferred: the key's first event once the generation is quiet opens the next one
+    return {"session_id": sid, "status": "reset_pending", "reason": "manual"}
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ async def post_event(
     if matching:
         # JMESPath is CPU work on caller-controlled data: bounded (exprguard) and off the loop
         matches = await asyncio.get_running_loop().run_in_executor(
-            _EVAL_POOL, _evaluate_all, matching, body.type, body.payload, max_bytes
+            _EVAL_POOL, _evaluate_all, matching, body.type, body.payload, max_bytes, source
         )
     outcomes = await asyncio.gather(
         *[
@@ -226,12 +226,12 @@ def _invalid_outcome(route_id: str, error: str) -> EventSession:
 
 
 def _evaluate_all(
-    matching: list[Route], event_type: str, payload: Any, max_bytes: int
+    matching: list[Route], event_type: str, payload: Any, max_bytes: int, source: str
 ) -> list[Match]:
     out = []
     for route in matching:
         try:
-            out.append(evaluate(route, event_type, payload, max_bytes))
+            out.append(evaluate(route, event_type, payload, max_bytes, source))
         except Exception as exc:  # e.g. the whole event not serialisable: this route only
             log.warning("route %s/%s: evaluation failed: %r", route.project, route.route_id, exc)
             err = f"{type(exc).__name__}: {exc}"[:300]
@@ -274,36 +274,11 @@ async def _deliver_one(
 async def _deliver(
     state: AppState, routes: RouteStore, project: str, route: Route, key: str, input_json: str
 ) -> EventSession:
-    settings, streams, store = state.settings, state.streams, state.store
+    streams, store = state.streams, state.store
     cfg = route.session
-    bind_args: dict[str, Any] = {
-        "session_timeout_ms": cfg.session_timeout_seconds * 1000,
-        "daily_reset_hour": cfg.daily_reset_hour,
-        "clock_offset_ms": settings.clock_offset_ms,
-    }
-    binding = await routes.bind(project, route.route_id, key, **bind_args)
+    binding = await bind_event(state, routes, project, route, key)
     sk = state.keys.session(project, binding.session_id)
-    if binding.action == "queued":
-        status = (await streams.meta(sk)).get("status", "")
-        if status in RETIRED:  # dead (drop policy) or deleted: the key starts over
-            binding = await routes.bind(
-                project, route.route_id, key, reset_reason=RETIRED[status], **bind_args
-            )
-            sk = state.keys.session(project, binding.session_id)
-    retention_ms = settings.retention_s * 1000
-    if binding.action == "started" and binding.previous_session_id:
-        prev = state.keys.session(project, binding.previous_session_id)
-        prev_status = (await streams.meta(prev)).get("status", "")
-        if prev_status not in ("expired", "deleted"):
-            await streams.retire_session(prev, "expired", binding.reason, retention_ms)
-    await streams.set_meta(
-        sk,
-        route_id=route.route_id,
-        session_key=key,
-        generation=binding.generation,
-        on_owner_death=cfg.on_owner_death,
-        idle_timeout_ms=cfg.idle_timeout_seconds * 1000,
-    )
+    await streams.set_meta(sk, **session_meta(route, key, binding))
     run_id = f"run_{uuid.uuid4().hex}"
     try:
         enq = await store.enqueue(
@@ -313,7 +288,7 @@ async def _deliver(
             multitask=cfg.multitask,
             source=f"event:{route.route_id}",
             session_type=cfg.type or "",
-            default_type=settings.default_type,
+            default_type=state.settings.default_type,
         )
     except SessionBusy:
         return EventSession(
@@ -336,5 +311,5 @@ async def _deliver(
         session_key=key,
         session_id=binding.session_id,
         run_id=run_id,
-        action=binding.action,
+        action="started" if binding.action == "started" else "queued",
     )

@@ -269,6 +269,9 @@ async def _session_out(store: LeaseStore, streams: Streams, sk: SessionKeys) -> 
         route_id=meta.get("route_id") or None,
         session_key=meta.get("session_key") or None,
         generation=int(meta["generation"]) if meta.get("generation") else None,
+        previous_session_id=meta.get("previous_session_id") or None,
+        reset_reason=meta.get("reset_reason") or None,
+        reset_after_seq=int(meta["reset_after_seq"]) if meta.get("reset_after_seq") else None,
     )
 
 
