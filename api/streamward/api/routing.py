@@ -27,7 +27,7 @@ def route_exprs(route: Route) -> dict[str, str]:
     """A route's JMESPath expressions by field name (the names problems and outcomes use)."""
     exprs = {
         "filter": route.filter,
-        "session.key_expr": route.session.key_expr,
+        "session.key_expr": route.session.key_expr if route.session else None,
         "input_expr": route.input_expr,
     }
     return {field: expr for field, expr in exprs.items() if expr is not None}
@@ -48,7 +48,7 @@ def validate_route(route: Route) -> None:
                 expression=expr,
             ) from None
     s = route.session
-    if (s.key_expr is None) == (s.key_template is None):
+    if s is not None and (s.key_expr is None) == (s.key_template is None):
         raise ProblemError(
             422,
             "invalid_route",
@@ -158,7 +158,10 @@ def evaluate(
             return Match("filtered", field="filter", error=err, code="expression_error")
         if not passed:
             return Match("filtered")
-    if route.session.key_template == "chat":
+    key: str | None
+    if route.session is None:
+        key = ""  # no session key: every event starts its own session (deliveries.py)
+    elif route.session.key_template == "chat":
         key = chat_key(payload, route.session.isolation)
     elif route.session.key_expr is None:
         err = "route has no key rule"
