@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -20,6 +21,7 @@ from starlette.datastructures import Headers
 
 from streamward.api.problems import ProblemError
 from streamward.api.schemas import EventRequest
+from streamward.core import jsonsafe
 from streamward.core.contract import Id, Model
 from streamward.lua.sources import SourceStore
 
@@ -134,10 +136,20 @@ def _invalid(loc: tuple[str, ...], msg: str, kind: str = "value_error") -> Reque
 
 
 def _json(body: bytes) -> Any:
+    """Parse a body; what orjson refuses is parsed again as FastAPI would, so NaN, lone
+    surrogates and huge integers answer ``invalid_json_value`` as on every other body."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise _invalid((), f"the body is not JSON: {exc}", "json_invalid") from None
+        error = str(exc)
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _invalid((), f"Invalid JSON: {error}", "json_invalid") from None
+    try:
+        return jsonsafe.check(value)
+    except jsonsafe.UnsafeJSON as exc:
+        raise _invalid((), str(exc), jsonsafe.ERROR_TYPE) from None
 
 
 def _header_id(headers: Headers, name: str) -> str | None:
@@ -174,7 +186,7 @@ def _slack(body: bytes) -> Delivery:
 
 def _generic(headers: Headers, body: bytes) -> Delivery:
     try:
-        req = EventRequest.model_validate_json(body)
+        req = EventRequest.model_validate(_json(body))
     except ValidationError as exc:
         errs = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errs) from None

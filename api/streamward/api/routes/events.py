@@ -23,6 +23,7 @@ from streamward.api.responses import OrjsonResponse
 from streamward.api.routing import Match, dumps, evaluate, route_matches, validate_route
 from streamward.api.schemas import (
     EventAction,
+    EventRequest,
     EventResult,
     EventSession,
     Route,
@@ -87,7 +88,12 @@ async def _parsed_routes(
 # -- admin CRUD ------------------------------------------------------------------------------
 
 
-@admin_router.post("/routes", response_model=Route, status_code=201, responses=_ERRORS)
+@admin_router.post(
+    "/routes",
+    response_model=Route,
+    status_code=201,
+    responses={**_ERRORS, 200: {"description": "replaced", "model": Route}},
+)
 async def save_route(route: Route, routes: RoutesDep) -> Response:
     """Create (201) or replace (200) a route; every expression is compiled first."""
     validate_route(route)
@@ -159,7 +165,8 @@ _EVENT_BODY: dict[str, Any] = {
         "required": True,
         "description": "As the source sends it: GitHub's raw payload (github), Slack's Events "
         "API envelope (slack), or {type, payload} (generic, and any source not configured).",
-        "content": {"application/json": {"schema": {"type": "object"}}},
+        # the generic envelope: what a source nobody configured takes
+        "content": {"application/json": {"schema": EventRequest.model_json_schema()}},
     }
 }
 

@@ -46,7 +46,12 @@ async def _stored(sources: SourceStore, project: str, source: str) -> SourceStor
     return SourceStored.model_validate_json(raw)
 
 
-@router.put("/sources/{source}", response_model=SourceOut, status_code=201, responses=_ERRORS)
+@router.put(
+    "/sources/{source}",
+    response_model=SourceOut,
+    status_code=201,
+    responses={**_ERRORS, 200: {"description": "replaced", "model": SourceOut}},
+)
 async def put_source(
     source: SourcePath, body: SourceIn, sources: SourcesDep, project: ProjectParam = "default"
 ) -> Response:
