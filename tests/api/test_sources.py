@@ -161,6 +161,14 @@ async def test_github_type_is_event_dot_action_and_bodies_are_raw(
         headers={"X-GitHub-Event": "issue_comment"},
     )
     assert other.status_code == 202 and other.json()["matched"] == 0  # issue_comment.deleted
+    # `on` may name the event alone: every action of it matches
+    await add_route(client, {**GH_ROUTE, "route_id": "any", "on": ["issue_comment"]})
+    deleted = await client.post(
+        "/v1/events/gh",
+        content=orjson.dumps({"action": "deleted", "issue": {"number": 1}}),
+        headers={"X-GitHub-Event": "issue_comment"},
+    )
+    assert [s["route_id"] for s in deleted.json()["sessions"]] == ["any"]
     assert_problem(await client.post("/v1/events/gh", content=push), 422, "missing_event_type")
     assert_problem(
         await client.post("/v1/events/gh", content=b"{", headers={"X-GitHub-Event": "push"}),

@@ -3,8 +3,12 @@ redelivered webhooks (docs/routing.md#deliveries)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 from streamward.api import invoke as invocation
 from streamward.api.deps import AppState
@@ -13,6 +17,7 @@ from streamward.api.schemas import EventResult, EventSession, Route
 from streamward.lua.errors import SessionBusy
 from streamward.lua.sources import IN_FLIGHT, SourceStore
 
+log = logging.getLogger("streamward.api.deliveries")
 RETRY_IN_FLIGHT_S = 1
 
 
@@ -66,3 +71,32 @@ async def replay_or_claim(
         )
     first = EventResult.model_validate_json(stored)
     return first.model_copy(update={"duplicate": True})
+
+
+async def route_claimed(
+    sources: SourceStore,
+    project: str,
+    source: str,
+    delivery_id: str,
+    routing: Coroutine[Any, Any, EventResult],
+) -> EventResult:
+    """Route a claimed delivery and store its answer for the redeliveries."""
+    try:
+        result = await routing
+    except Exception:
+        # nothing was delivered (503, or routes unreadable): the sender's retry may run.
+        # A cancelled request keeps its claim (it may have delivered): it lapses on its own.
+        with contextlib.suppress(Exception):
+            await sources.release(project, source, delivery_id)
+        raise
+    try:
+        await sources.answer(project, source, delivery_id, result.model_dump_json())
+    except Exception as exc:  # delivered all the same: answer it; the claim lapses
+        log.warning(
+            "source %s/%s: delivery %r answered but not stored: %r",
+            project,
+            source,
+            delivery_id,
+            exc,
+        )
+    return result

@@ -204,7 +204,11 @@ def evaluate(
 
 
 def route_matches(route: Route, source: str, event_type: str) -> bool:
-    return route.source == source and ("*" in route.on or event_type in route.on)
+    """``on`` holds the type, ``*``, or the type's event name before its first ``.``
+    (``issue_comment`` takes every ``issue_comment.<action>`` of a github source)."""
+    if route.source != source:
+        return False
+    return "*" in route.on or event_type in route.on or event_type.split(".", 1)[0] in route.on
 
 
 def dumps(route: Route) -> str:

@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import Response
 
 from streamward.api import invoke as invocation
-from streamward.api.deliveries import replay_or_claim, start_once
+from streamward.api.deliveries import replay_or_claim, route_claimed, start_once
 from streamward.api.deps import ID_PATTERN, AdminDep, AppState, ProjectDep, RoutesDep, StateDep
 from streamward.api.problems import ProblemError
 from streamward.api.responses import OrjsonResponse
@@ -200,18 +200,15 @@ async def post_event(
     if delivery.challenge is not None:
         return OrjsonResponse({"challenge": delivery.challenge}, status_code=200)
     did = delivery.delivery_id
-    if did is not None:
-        first = await replay_or_claim(sources, project, source, did)
-        if first is not None:
-            return OrjsonResponse(first.model_dump(), status_code=200)
-    try:
+    if did is None:
         result = await _route_event(state, routes, project, source, delivery)
-    except BaseException:
-        if did is not None:  # nothing was delivered (or Redis is gone): a retry may run
-            await asyncio.shield(sources.release(project, source, did))
-        raise
-    if did is not None:
-        await sources.answer(project, source, did, result.model_dump_json())
+        return OrjsonResponse(result.model_dump(), status_code=202)
+    first = await replay_or_claim(sources, project, source, did)
+    if first is not None:
+        return OrjsonResponse(first.model_dump(), status_code=200)
+    result = await route_claimed(
+        sources, project, source, did, _route_event(state, routes, project, source, delivery)
+    )
     return OrjsonResponse(result.model_dump(), status_code=202)
 
 
