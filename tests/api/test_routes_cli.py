@@ -14,14 +14,15 @@ from streamward.tools.cli import app
 from tests.api.helpers import ADMIN_TOKEN
 
 cli = CliRunner()
+# `payload.x || x`: valid whether expressions are rooted at the envelope or at the payload
 ROUTE_YAML = """\
 route_id: gh-mention
 source: github
 on: [issue_comment.created]
-filter: "contains(payload.comment.body, '@bot')"
+filter: "contains(payload.comment.body || comment.body, '@bot')"
 session:
-  key_expr: payload.issue.number
-input_expr: "{text: payload.comment.body}"
+  key_expr: payload.issue.number || issue.number
+input_expr: "{text: payload.comment.body || comment.body}"
 ---
 route_id: gh-once
 source: github

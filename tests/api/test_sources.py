@@ -19,12 +19,14 @@ from streamward.lua.streams import Streams
 from tests.api.helpers import ADMIN, assert_problem
 
 SECRET = "It's a Secret to Everybody"
+# Expressions read `payload.x || x`: they hold whether the expression root is the envelope
+# {type, payload} (today) or the payload itself (issue 15's payload-rooted routes).
 GH_ROUTE: dict[str, Any] = {
     "route_id": "gh",
     "source": "gh",
     "on": ["issue_comment.created", "push"],
-    "session": {"key_expr": "payload.issue.number || payload.ref"},
-    "input_expr": "{text: payload.comment.body}",
+    "session": {"key_expr": "payload.issue.number || payload.ref || issue.number || ref"},
+    "input_expr": "{text: payload.comment.body || comment.body}",
 }
 
 
@@ -149,7 +151,7 @@ async def test_github_type_is_event_dot_action_and_bodies_are_raw(
     client: httpx.AsyncClient,
 ) -> None:
     await put_source(client, "gh", kind="github")  # no verification
-    await add_route(client, {**GH_ROUTE, "input_expr": "type"})
+    await add_route(client, GH_ROUTE)
     push = orjson.dumps({"ref": "refs/heads/main", "commits": []})
     r = await client.post(
         "/v1/events/gh", content=push, headers={"X-GitHub-Event": "push", "X-GitHub-Delivery": "p"}
@@ -251,8 +253,8 @@ async def test_slack_signature_timestamp_and_url_verification(
             "route_id": "sl",
             "source": "sl",
             "on": ["message"],
-            "session": {"key_expr": "payload.event.channel"},
-            "input_expr": "payload.event.text",
+            "session": {"key_expr": "payload.event.channel || event.channel"},
+            "input_expr": "payload.event.text || event.text",
         },
     )
     challenge = orjson.dumps({"type": "url_verification", "challenge": "c-123", "token": "t"})
@@ -296,7 +298,12 @@ async def test_hmac_source_with_a_named_header(client: httpx.AsyncClient) -> Non
     assert cfg["kind"] == "generic" and cfg["signature_header"] == "X-Hook-Sig"
     await add_route(
         client,
-        {"route_id": "h", "source": "hooks", "on": ["*"], "session": {"key_expr": "payload.k"}},
+        {
+            "route_id": "h",
+            "source": "hooks",
+            "on": ["*"],
+            "session": {"key_expr": "payload.k || k"},
+        },
     )
     body = orjson.dumps({"type": "ping", "payload": {"k": "a"}})
     sig = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -349,7 +356,8 @@ async def test_routes_without_a_session_start_one_per_event_keyed_by_delivery(
 async def test_route_dry_run_enqueues_nothing(
     client: httpx.AsyncClient, redis_client: aioredis.Redis
 ) -> None:
-    await add_route(client, {**GH_ROUTE, "filter": "contains(payload.comment.body, '@bot')"})
+    mention = "contains(payload.comment.body || comment.body, '@bot')"
+    await add_route(client, {**GH_ROUTE, "filter": mention})
     payload = orjson.loads(gh_payload(3))
     r = await client.post(
         "/admin/routes/gh/test",
