@@ -43,7 +43,12 @@ async def start_once(
     await state.streams.set_meta(sk, route_id=route.route_id, source=source)
     try:
         enq = await state.store.enqueue(
-            sk, run_id, input_json, idempotency_key=run_id, source=f"event:{route.route_id}"
+            sk,
+            run_id,
+            input_json,
+            idempotency_key=run_id,
+            source=f"event:{route.route_id}",
+            default_type=state.settings.default_type,  # no session config: the default type
         )
     except SessionBusy:  # not reachable with multitask enqueue; kept for the type's sake
         return EventSession(route_id=route.route_id, session_id=session_id, action="rejected")

@@ -72,6 +72,16 @@ def public(stored: SourceStored) -> SourceOut:
 
 DEFAULT = SourceStored(source="unknown")  # what an unconfigured source is
 
+EVENT_BODY_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "As the source sends it: GitHub's raw payload (github), Slack's Events "
+        "API envelope (slack), or {type, payload} (generic, and any source not configured).",
+        # the generic envelope: what a source nobody configured takes
+        "content": {"application/json": {"schema": EventRequest.model_json_schema()}},
+    }
+}
+
 
 # -- verification ------------------------------------------------------------------------------
 

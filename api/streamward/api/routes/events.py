@@ -23,7 +23,6 @@ from streamward.api.responses import OrjsonResponse
 from streamward.api.routing import Match, dumps, evaluate, route_matches, validate_route
 from streamward.api.schemas import (
     EventAction,
-    EventRequest,
     EventResult,
     EventSession,
     Route,
@@ -31,7 +30,7 @@ from streamward.api.schemas import (
     RoutePage,
     SessionReset,
 )
-from streamward.api.sources import Delivery, load_source, normalise, verify
+from streamward.api.sources import EVENT_BODY_OPENAPI, Delivery, load_source, normalise, verify
 from streamward.lua.errors import SessionBusy, TypeMismatch, write_refusal
 from streamward.lua.routes import RouteStore
 from streamward.lua.sources import SourceStore
@@ -160,23 +159,12 @@ async def reset_session(
 # -- events ------------------------------------------------------------------------------------
 
 
-_EVENT_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "As the source sends it: GitHub's raw payload (github), Slack's Events "
-        "API envelope (slack), or {type, payload} (generic, and any source not configured).",
-        # the generic envelope: what a source nobody configured takes
-        "content": {"application/json": {"schema": EventRequest.model_json_schema()}},
-    }
-}
-
-
 @router.post(
     "/v1/events/{source}",
     response_model=EventResult,
     status_code=202,
     responses={**_ERRORS, 200: {"description": "duplicate delivery / url_verification"}},
-    openapi_extra=_EVENT_BODY,
+    openapi_extra=EVENT_BODY_OPENAPI,
 )
 async def post_event(
     source: SourcePath, request: Request, project: ProjectDep, state: StateDep, routes: RoutesDep
