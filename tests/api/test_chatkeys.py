@@ -96,3 +96,30 @@ def test_sender_attribution_prefixes_only_shared_sessions() -> None:
     m = evaluate(plain, "message", thread)  # the whole event: its payload's text
     assert m.input_json is not None and '"text":"[name-U7] hi"' in m.input_json
     assert '"sender":{"name":"name-U7","id":"U7"}' in m.input_json
+
+
+def test_slack_envelope_is_keyed_by_its_event() -> None:
+    # a `slack` source delivers the Events API envelope as the payload: the chat rules
+    # read its `event` (channel, channel_type, thread_ts, user), not the envelope
+    route = Route.model_validate(
+        {
+            "route_id": "r",
+            "source": "slack",
+            "on": ["message"],
+            "session": {"key_template": "chat", "sender_attribution": True},
+            "input_expr": "{text: event.text}",
+        }
+    )
+    event = {"type": "message", "channel": "C1", "channel_type": "channel", "user": "U7"}
+    envelope = {"type": "event_callback", "team_id": "T0", "event_id": "Ev1", "event": event}
+    m = evaluate(route, "message", {**envelope, "event": {**event, "text": "hi"}})
+    assert (m.action, m.key) == ("deliver", "channel:C1:U7")
+    assert m.input_json == '{"text":"hi","sender":{"name":"U7","id":"U7"}}'
+    threaded = {**event, "text": "hi", "thread_ts": "1.2"}  # a thread: shared, prefixed
+    m = evaluate(route, "message", {**envelope, "event": threaded})
+    assert (m.key, m.input_json) == (
+        "channel:C1:1.2",
+        '{"text":"[U7] hi","sender":{"name":"U7","id":"U7"}}',
+    )
+    dm = {**event, "channel": "D9", "channel_type": "im", "text": "hi"}
+    assert evaluate(route, "message", {**envelope, "event": dm}).key == "dm:D9"

@@ -84,6 +84,8 @@ def _keep_finite(case: Any) -> None:
 SEMANTIC_422 = {
     "invalid_expression",
     "invalid_route",
+    "invalid_source",  # a verified source without a secret (none stored either)
+    "missing_event_type",  # a github source without X-GitHub-Event
     "invalid_timestamp",
     "seq_gap",
     "invalid_json_value",

@@ -77,6 +77,7 @@ def test_stored_route_without_expr_root_keeps_its_meaning() -> None:
     }
     r = load_route(orjson.dumps(legacy))
     assert r.expr_root == "envelope"
+    assert r.session is not None
     # idle used to mean "unload from memory": it stays that, not a reset
     assert (r.session.close_delay_seconds, r.session.idle_timeout_seconds) == (300, None)
     m = evaluate(r, "issue_comment", {"action": "created", "issue": {"number": 4}})
@@ -91,6 +92,7 @@ def test_seed_field_names() -> None:
     r = route(
         session={"key_expr": "a", "on_sandbox_death": "drop", "session_timeout_seconds": None}
     )
+    assert r.session is not None
     assert r.session.on_owner_death == "drop" and r.session.session_timeout_seconds is None
     with pytest.raises(ValueError, match="disagree"):
         route(session={"key_expr": "a", "on_sandbox_death": "drop", "on_owner_death": "queue"})

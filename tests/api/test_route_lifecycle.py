@@ -8,15 +8,18 @@ import asyncio
 from typing import Any
 
 import httpx
+import orjson
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from streamward.lua.keys import Keys
+from streamward.lua.routes import key_hash
 from streamward.lua.streams import Streams
 from tests.api.conftest import SettingsFactory, asgi_client, running_app
 from tests.api.helpers import ADMIN, assert_problem
 from tests.api.test_chatkeys import HERMES_CASES, chat_payload
 from tests.api.test_routing_events import add_route, drain
+from tests.api.test_sources import SECRET, gh_headers, put_source
 
 # the OpenHands automation example from issue 15, verbatim
 SEED_ROUTE = {
@@ -55,28 +58,56 @@ def github_issue_comment(number: int, body: str) -> dict[str, Any]:
     }
 
 
-async def test_seed_route_works_as_written(client: httpx.AsyncClient) -> None:
+async def test_seed_route_works_as_written(
+    client: httpx.AsyncClient, streams: Streams, keys: Keys
+) -> None:
+    # the Check of issue 15: the seed's route posted verbatim, GitHub's raw signed deliveries
+    await put_source(client, "github", kind="github", verification="github", secret=SECRET)
     r = await client.post("/admin/routes", json=SEED_ROUTE, headers=ADMIN)
     assert r.status_code == 201, r.text
     saved = r.json()
     assert saved["session"]["on_owner_death"] == "restart" and saved["expr_root"] == "payload"
     assert (await client.post("/admin/routes", json=SEED_ROUTE, headers=ADMIN)).status_code == 200
 
-    async def post(event_type: str, payload: dict[str, Any]) -> dict[str, Any]:
-        body = {"type": event_type, "payload": payload}
-        res = await client.post("/v1/events/github", json=body)
+    async def deliver(event: str, payload: dict[str, Any], delivery: str) -> httpx.Response:
+        # as GitHub sends it: the raw payload, X-GitHub-Event, X-GitHub-Delivery, signed
+        body = orjson.dumps(payload)
+        return await client.post(
+            "/v1/events/github", content=body, headers=gh_headers(body, delivery, event)
+        )
+
+    async def post(event: str, payload: dict[str, Any], delivery: str) -> dict[str, Any]:
+        res = await deliver(event, payload, delivery)
         assert res.status_code == 202, res.text
         out: dict[str, Any] = res.json()["sessions"][0]
         return out
 
-    first = await post("issue_comment.created", github_issue_comment(42, "@OpenHands fix it"))
+    comment_42 = github_issue_comment(42, "@OpenHands fix it")
+    first_res = await deliver("issue_comment", comment_42, "gh-d-1")
+    assert first_res.status_code == 202, first_res.text
+    first = first_res.json()["sessions"][0]
+    # issue_comment.created from the header + action; keyed by issue.number (no pull_request)
     assert (first["action"], first["session_key"]) == ("started", "42")
-    ignored = await post("issue_comment.created", github_issue_comment(42, "thanks"))
+    assert first["session_id"] == f"{saved['route_id']}.{key_hash('42')}.1"
+    sk = keys.session("default", first["session_id"])
+    inbox = await streams.read_inbox(sk)
+    assert [(i.run_id, i.input["type"]) for i in inbox] == [
+        (first["run_id"], "issue_comment.created")
+    ]
+    assert inbox[0].input["payload"] == comment_42  # the run gets the event, payload as sent
+
+    # GitHub's "Redeliver": the same X-GitHub-Delivery starts nothing, answers the first answer
+    again_res = await deliver("issue_comment", comment_42, "gh-d-1")
+    assert again_res.status_code == 200, again_res.text
+    assert again_res.json() == {**first_res.json(), "duplicate": True}
+    assert len(await streams.read_inbox(sk)) == 1
+
+    ignored = await post("issue_comment", github_issue_comment(42, "thanks"), "gh-d-2")
     assert ignored["action"] == "filtered"
     sync = {"action": "synchronize", "number": 42, "pull_request": {"number": 42}}
     # a synchronize has no comment: icontains(null, ...) is false, as the seed intends
-    assert (await post("pull_request.synchronize", sync))["action"] == "filtered"
-    again = await post("issue_comment.created", github_issue_comment(42, "@openhands again"))
+    assert (await post("pull_request", sync, "gh-d-3"))["action"] == "filtered"
+    again = await post("issue_comment", github_issue_comment(42, "@openhands again"), "gh-d-4")
     assert (again["action"], again["session_id"]) == ("queued", first["session_id"])
 
 

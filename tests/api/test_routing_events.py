@@ -153,6 +153,7 @@ async def test_filtered_no_key_and_unmatched_events(client: httpx.AsyncClient) -
         "runs_started": 0,
         "events_queued": 0,
         "routes_failed": 0,
+        "duplicate": False,
         "sessions": [],
     }
     assert_problem(await client.post("/v1/events/git%20hub", json=pr_comment(1)), 422, "invalid_id")

@@ -32,6 +32,16 @@ def dig(payload: Any, *paths: str) -> Any:
     return None
 
 
+def message(payload: Any) -> Any:
+    """The chat message of a payload: a Slack Events API envelope (what a ``slack`` source
+    delivers) carries it in ``event``; any other payload is the message itself."""
+    if isinstance(payload, dict) and payload.get("type") == "event_callback":
+        event = payload.get("event")
+        if isinstance(event, dict):
+            return event
+    return payload
+
+
 def _chat(payload: Any) -> str | None:
     return text(dig(payload, "chat.id", "chat_id", "channel.id", "channel"))
 

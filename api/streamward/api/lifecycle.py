@@ -24,6 +24,7 @@ async def bind_event(
 ) -> Binding:
     """The generation this event goes to (``started`` or ``queued``, never ``due``)."""
     cfg, streams = route.session, state.streams
+    assert cfg is not None  # sessionless routes never bind (deliveries.start_once)
     idle_ms = (cfg.idle_timeout_seconds or 0) * 1000
     args: dict[str, Any] = {
         "session_timeout_ms": (cfg.session_timeout_seconds or 0) * 1000,
@@ -69,6 +70,7 @@ async def bind_event(
 def session_meta(route: Route, key: str, binding: Binding) -> dict[str, Any]:
     """Meta fields a routed event writes: the session host reads the reset ones at activate."""
     cfg = route.session
+    assert cfg is not None  # only routes with a session write this meta
     fields: dict[str, Any] = {
         "route_id": route.route_id,
         "session_key": key,

@@ -59,7 +59,8 @@ class Route(Model):
     source: Id
     on: Annotated[list[Annotated[Text, Field(min_length=1, max_length=200)]], Field(min_length=1)]
     filter: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
-    session: RouteSession
+    # without one, every event starts a fresh session and run (docs/routing.md)
+    session: RouteSession | None = None
     input_expr: Annotated[Text, Field(min_length=1, max_length=2000)] | None = None
     # the payload, or {"type", "payload"} for routes stored before (routing.load_route)
     expr_root: Literal["payload", "envelope"] = "payload"
@@ -118,6 +119,27 @@ class EventResult(Model):
     # routes answered input_too_large or failed: the others still delivered
     routes_failed: int = 0
     sessions: list[EventSession]
+    # a redelivery (same delivery id within 24 h): the first answer, nothing delivered again
+    duplicate: bool = False
+
+
+class RouteTest(Model):
+    """``POST /admin/routes/{route_id}/test``: an event to evaluate without delivering it."""
+
+    type: Annotated[Text, Field(min_length=1, max_length=200)]
+    payload: JSONValue = None
+    delivery_id: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
+
+
+class RouteTestResult(Model):
+    route_id: str
+    type_matches: bool  # the route's source is not checked: the test names the route
+    action: EventAction | Literal["deliver", "not_on"]
+    filter_passed: bool | None = None  # None when the route has no filter
+    session_key: str | None = None
+    session_id: str | None = None  # the generation an event would reach now
+    input: JSONValue = None
+    error: RouteOutcomeError | None = None
 
 
 class SessionResetResult(Model):

@@ -34,7 +34,7 @@ def route_exprs(route: Route) -> dict[str, str]:
     """A route's JMESPath expressions by field name (the names problems and outcomes use)."""
     exprs = {
         "filter": route.filter,
-        "session.key_expr": route.session.key_expr,
+        "session.key_expr": route.session.key_expr if route.session else None,
         "input_expr": route.input_expr,
     }
     return {field: expr for field, expr in exprs.items() if expr is not None}
@@ -68,7 +68,7 @@ def validate_route(route: Route) -> None:
                 expression=expr,
             ) from None
     s = route.session
-    if (s.key_expr is None) == (s.key_template is None):
+    if s is not None and (s.key_expr is None) == (s.key_template is None):
         raise ProblemError(
             422,
             "invalid_route",
@@ -135,11 +135,14 @@ class _Event:
 
 def _key(route: Route, payload: Any, ev: _Event) -> Match | str | None:
     s = route.session
+    if s is None:
+        return ""  # no session key: every event starts its own session (deliveries.py)
     if s.key_template == "chat":
+        msg = chatkeys.message(payload)
         if s.isolation is not None:
-            return chatkeys.legacy_chat_key(payload, s.isolation)
+            return chatkeys.legacy_chat_key(msg, s.isolation)
         return chatkeys.chat_key(
-            payload,
+            msg,
             group_sessions_per_user=s.group_sessions_per_user,
             thread_sessions_per_user=s.thread_sessions_per_user,
         )
@@ -154,11 +157,14 @@ def _key(route: Route, payload: Any, ev: _Event) -> Match | str | None:
 
 def _attributed(route: Route, payload: Any, run_input: Any) -> Any:
     s = route.session
-    who = chatkeys.sender(payload) if s.sender_attribution else None
+    if s is None:  # a sessionless route: nobody shares the session, nothing to attribute
+        return run_input
+    msg = chatkeys.message(payload)
+    who = chatkeys.sender(msg) if s.sender_attribution else None
     if who is None:
         return run_input
     shared = s.key_template != "chat" or chatkeys.shared_session(
-        payload,
+        msg,
         group_sessions_per_user=s.group_sessions_per_user,
         thread_sessions_per_user=s.thread_sessions_per_user,
     )
@@ -226,7 +232,11 @@ def evaluate(
 
 
 def route_matches(route: Route, source: str, event_type: str) -> bool:
-    return route.source == source and ("*" in route.on or event_type in route.on)
+    """``on`` holds the type, ``*``, or the type's event name before its first ``.``
+    (``issue_comment`` takes every ``issue_comment.<action>`` of a github source)."""
+    if route.source != source:
+        return False
+    return "*" in route.on or event_type in route.on or event_type.split(".", 1)[0] in route.on
 
 
 def dumps(route: Route) -> str:

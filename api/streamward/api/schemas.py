@@ -18,6 +18,8 @@ from streamward.api.routeschemas import Route as Route
 from streamward.api.routeschemas import RouteOutcomeError as RouteOutcomeError
 from streamward.api.routeschemas import RoutePage as RoutePage
 from streamward.api.routeschemas import RouteSession as RouteSession
+from streamward.api.routeschemas import RouteTest as RouteTest
+from streamward.api.routeschemas import RouteTestResult as RouteTestResult
 from streamward.api.routeschemas import SessionReset as SessionReset
 from streamward.api.routeschemas import SessionResetResult as SessionResetResult
 from streamward.api.routeschemas import SessionType as SessionType

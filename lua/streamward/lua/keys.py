@@ -86,6 +86,7 @@ class Keys:
         self.sessions = f"{prefix}:sessions"
         self.watchdog = f"{prefix}:watchdog"
         self.routes = f"{prefix}:routes"
+        self.sources = f"{prefix}:sources"
         # sessions that may have pending input: ref -> ms last known to need attention
         self.pending = f"{prefix}:pending"
         self.work_group = "runners"
@@ -138,6 +139,13 @@ def binding_key(keys: Keys, project: str, route_id: str, key_hash: str) -> str:
     validate_id("project", project)
     validate_id("route_id", route_id)
     return f"{keys.prefix}:{{{project}/{route_id}/{key_hash}}}:binding"
+
+
+def delivery_key(keys: Keys, project: str, source: str, delivery_hash: str) -> str:
+    """The claim (then the stored answer) of one webhook delivery, for its dedupe window."""
+    validate_id("project", project)
+    validate_id("source", source)
+    return f"{keys.prefix}:{{{project}/{source}}}:delivery:{delivery_hash}"
 
 
 def hash_tag(key: str) -> str:

@@ -9,13 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import Response
 
 from streamward.api import invoke as invocation
+from streamward.api.deliveries import replay_or_claim, route_claimed, start_once
 from streamward.api.deps import ID_PATTERN, AdminDep, AppState, ProjectDep, RoutesDep, StateDep
 from streamward.api.lifecycle import bind_event, session_meta
 from streamward.api.problems import ProblemError
@@ -30,7 +31,6 @@ from streamward.api.routing import (
 )
 from streamward.api.schemas import (
     EventAction,
-    EventRequest,
     EventResult,
     EventSession,
     Route,
@@ -38,8 +38,10 @@ from streamward.api.schemas import (
     RoutePage,
     SessionReset,
 )
+from streamward.api.sources import EVENT_BODY_OPENAPI, Delivery, load_source, normalise, verify
 from streamward.lua.errors import SessionBusy, TypeMismatch, write_refusal
 from streamward.lua.routes import RouteStore
+from streamward.lua.sources import SourceStore
 
 log = logging.getLogger("streamward.api.events")
 router = APIRouter(tags=["events"])
@@ -92,7 +94,12 @@ async def _parsed_routes(
 # -- admin CRUD ------------------------------------------------------------------------------
 
 
-@admin_router.post("/routes", response_model=Route, status_code=201, responses=_ERRORS)
+@admin_router.post(
+    "/routes",
+    response_model=Route,
+    status_code=201,
+    responses={**_ERRORS, 200: {"description": "replaced", "model": Route}},
+)
 async def save_route(route: Route, routes: RoutesDep) -> Response:
     """Create (201) or replace (200) a route; every expression is compiled first."""
     validate_route(route)
@@ -140,7 +147,7 @@ async def reset_session(
     state: StateDep,
     project: ProjectParam = "default",
 ) -> dict[str, Any]:
-    """Manual reset: the key's current generation expires; its next event starts a new one."""
+    """Manual reset of a key: pending until its generation is quiet (docs/routing.md)."""
     await get_route(route_id, routes, project)
     sid = await routes.mark_reset(project, route_id, body.session_key, "manual")
     if sid is None:
@@ -152,30 +159,63 @@ async def reset_session(
 # -- events ------------------------------------------------------------------------------------
 
 
-@router.post("/v1/events/{source}", response_model=EventResult, status_code=202, responses=_ERRORS)
+@router.post(
+    "/v1/events/{source}",
+    response_model=EventResult,
+    status_code=202,
+    responses={**_ERRORS, 200: {"description": "duplicate delivery / url_verification"}},
+    openapi_extra=EVENT_BODY_OPENAPI,
+)
 async def post_event(
-    source: SourcePath, body: EventRequest, project: ProjectDep, state: StateDep, routes: RoutesDep
-) -> EventResult:
-    """Route an event to the one session of its key, with one outcome per matching route.
+    source: SourcePath, request: Request, project: ProjectDep, state: StateDep, routes: RoutesDep
+) -> Response:
+    """Route a delivery to the one session of its key, with one outcome per matching route.
+
+    The raw body is read once: its signature is checked on those bytes (401, nothing
+    enqueued), then it is parsed as its source's kind sends it. A delivery id seen in the
+    last 24 h answers the first answer with ``duplicate: true`` (200).
 
     A route that fails (its expressions, its input's size, Redis while enqueueing) fails
     alone: the others deliver and the answer is still 202, so a source's retry does not
     start the delivered routes twice. Only when nothing was delivered and Redis was
     unreachable is the whole call answered 503 (a retry is then safe).
     """
+    body = await request.body()
+    sources = SourceStore(state.client, state.keys)
+    src = await load_source(sources, project, source)
+    verify(src, request.headers, body)
+    delivery = normalise(src.kind, request.headers, body)
+    if delivery.challenge is not None:
+        return OrjsonResponse({"challenge": delivery.challenge}, status_code=200)
+    did = delivery.delivery_id
+    if did is None:
+        result = await _route_event(state, routes, project, source, delivery)
+        return OrjsonResponse(result.model_dump(), status_code=202)
+    first = await replay_or_claim(sources, project, source, did)
+    if first is not None:
+        return OrjsonResponse(first.model_dump(), status_code=200)
+    result = await route_claimed(
+        sources, project, source, did, _route_event(state, routes, project, source, delivery)
+    )
+    return OrjsonResponse(result.model_dump(), status_code=202)
+
+
+async def _route_event(
+    state: AppState, routes: RouteStore, project: str, source: str, delivery: Delivery
+) -> EventResult:
     valid, invalid = await _parsed_routes(routes, project)
-    matching = [r for r in valid if route_matches(r, source, body.type)]
+    matching = [r for r in valid if route_matches(r, source, delivery.type)]
     broken = [_invalid_outcome(rid, err) for rid, raw, err in invalid if _may_match(raw, source)]
     max_bytes = state.settings.route_input_max_bytes
     matches: list[Match] = []
     if matching:
         # JMESPath is CPU work on caller-controlled data: bounded (exprguard) and off the loop
         matches = await asyncio.get_running_loop().run_in_executor(
-            _EVAL_POOL, _evaluate_all, matching, body.type, body.payload, max_bytes, source
+            _EVAL_POOL, _evaluate_all, matching, delivery.type, delivery.payload, max_bytes, source
         )
     outcomes = await asyncio.gather(
         *[
-            _deliver_one(state, routes, project, r, m)
+            _deliver_one(state, routes, project, r, m, source, delivery.delivery_id)
             for r, m in zip(matching, matches, strict=True)
         ]
     )
@@ -248,25 +288,34 @@ def _outcome(route: Route, match: Match) -> EventSession:
     action: EventAction = "failed" if match.action == "deliver" else match.action
     return EventSession(
         route_id=route.route_id,
-        session_key=match.key if action in ("input_too_large", "failed") else None,
+        session_key=(match.key or None) if action in ("input_too_large", "failed") else None,
         action=action,
         error=error,
     )
 
 
 async def _deliver_one(
-    state: AppState, routes: RouteStore, project: str, route: Route, match: Match
+    state: AppState,
+    routes: RouteStore,
+    project: str,
+    route: Route,
+    match: Match,
+    source: str,
+    delivery_id: str | None,
 ) -> tuple[EventSession, Exception | None]:
     if match.action != "deliver" or match.key is None or match.input_json is None:
         return _outcome(route, match), None
     try:
+        if route.session is None:
+            once = await start_once(state, route, source, delivery_id, match.input_json)
+            return once, None
         return await _deliver(state, routes, project, route, match.key, match.input_json), None
     except Exception as exc:  # this route failed; the others' outcomes stand
         code = "redis_unavailable" if _transient(exc) else "delivery_error"
         log.warning("route %s/%s: delivery failed: %r", project, route.route_id, exc)
         error = RouteOutcomeError(code=code, detail=f"{type(exc).__name__}: {exc}"[:300])
         failed = EventSession(
-            route_id=route.route_id, session_key=match.key, action="failed", error=error
+            route_id=route.route_id, session_key=match.key or None, action="failed", error=error
         )
         return failed, exc
 
@@ -276,6 +325,7 @@ async def _deliver(
 ) -> EventSession:
     streams, store = state.streams, state.store
     cfg = route.session
+    assert cfg is not None  # sessionless routes start in deliveries.start_once
     binding = await bind_event(state, routes, project, route, key)
     sk = state.keys.session(project, binding.session_id)
     await streams.set_meta(sk, **session_meta(route, key, binding))
