@@ -44,6 +44,8 @@ def norm(value: Any) -> Any:
         return "<pttl>"  # a PTTL read right after a PEXPIRE of TTL_MS
     if isinstance(value, str) and _STREAM_ID.match(value):
         return "<id>"
+    if isinstance(value, str) and _STREAM_ID.match(value.split("|", 1)[0]):
+        return "<id>|" + value.split("|", 1)[1]  # meta head_taken: "<entry id>|token|owners"
     if isinstance(value, str) and _MS.match(value):
         return "<ms>"
     return value
@@ -191,7 +193,7 @@ async def case_ingest(call: Call) -> list[Any]:
 async def case_inbox(call: Call) -> list[Any]:
     base = ["enqueue", "0", 60_000, "proj", "diff", "invoke", "", "default"]
     idem = ["enqueue", "1", 60_000, "proj", "diff", "invoke", "", "default"]
-    peek = [SK.inbox, SK.runs, SK.cancels]
+    peek = [SK.inbox, SK.runs, SK.cancels, SK.meta, SK.epoch]
     complete = [SK.epoch, SK.inbox, SK.meta]
     first = await call("enqueueInput", ENQUEUE5, ["run_1", '{"text": "a"}', *idem])
     replies = [
@@ -200,13 +202,13 @@ async def case_inbox(call: Call) -> list[Any]:
         await call("enqueueInput", ENQUEUE5, ["run_2", '{"text": "b"}', *base]),
         await call("enqueueInput", ENQUEUE5, ["run_3", "{}", "reject", *base[1:]]),  # busy
         await call("acquireLease", LEASE4, ["r1", "i1", TTL_MS]),
-        await call("peekInbox", peek, [10]),
+        await call("peekInbox", peek, [10, 1, 1]),  # the owner (token 1) takes the head
     ]
     entry_id = replies[-1][1][0][0]
     replies += [
         await call("completeInput", complete, [0, entry_id]),  # stale token
         await call("completeInput", complete, [1, entry_id]),
-        await call("peekInbox", peek, [10]),
+        await call("peekInbox", peek, [10, 1, 1]),  # the owner (token 1) takes the head
     ]
     return replies
 

@@ -446,3 +446,24 @@ async def test_complete_input_is_fenced(
     assert await redis_client.xlen(session.inbox) == 1
     assert (await redis_client.hgetall(session.meta))["inbox_cursor"] == a.entry_id
     assert await store.complete_input(session, new.token, b.entry_id) == 0
+
+
+async def test_peek_inbox_counts_each_owner_that_takes_the_head_fenced(
+    store: LeaseStore, session: SessionKeys
+) -> None:
+    """The poison count: each new owner token taking the head counts once, a stale one never,
+    and a new head starts again at one."""
+    await store.enqueue(session, "run_1", "{}")
+    await store.enqueue(session, "run_2", "{}")
+    assert (await store.peek_inbox(session, 10)).owners == 0  # no token: nothing recorded
+    first = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    assert (await store.peek_inbox(session, 10, token=first.token)).owners == 1
+    assert (await store.peek_inbox(session, 10, token=first.token)).owners == 1  # same owner
+    await store.force_release(session, "test")  # the owner died with the head taken
+    second = await store.acquire(session, "r2", "inc-2", LEASE_TTL_MS)
+    assert (await store.peek_inbox(session, 10, token=second.token)).owners == 2
+    assert (await store.peek_inbox(session, 10, token=first.token)).owners == 0  # stale: refused
+    assert (await store.peek_inbox(session, 10, token=second.token)).owners == 2
+    head = (await store.peek_inbox(session, 1)).metas[0]
+    await store.complete_input(session, second.token, head.id)
+    assert (await store.peek_inbox(session, 10, token=second.token)).owners == 1  # run_2 now

@@ -3,6 +3,8 @@
 
 - ``{"poison": true, "gate_dir": D}``: waits until the file ``D/kill-<attempt>`` exists,
   then kills its own process with SIGKILL (the test decides when each owner goes down);
+- ``{"poison_now": true}``: kills its own process at once, before its ``run.started`` can
+  reach the log (the owner dies with nothing of the run written);
 - ``{"gate": F}``: a slow run that ends when the file ``F`` exists;
 - ``{"sleep_s": s}``: a slow run (sleeps on the loop, without blocking it);
 - ``{"blob": "..."}``: a large input; yields its size only;
@@ -28,6 +30,8 @@ def _exists(path: str | Path) -> bool:
 
 
 async def handle(ctx: RunContext, input: Any) -> AsyncIterator[Any]:
+    if isinstance(input, dict) and input.get("poison_now"):
+        os.kill(os.getpid(), signal.SIGKILL)
     if isinstance(input, dict) and input.get("poison"):
         gate = Path(input["gate_dir"]) / f"kill-{ctx.attempt}"
         for _ in range(2400):  # polled: the file is made by another process; 2 min at most

@@ -162,3 +162,29 @@ def test_a_poison_input_ends_after_three_owners_and_other_sessions_are_not_inter
     assert wait_until(run_done(rc, "poison", after["run_id"]), 30, "next run").type == (
         "run.completed"
     )
+
+
+def test_a_poison_input_that_kills_before_anything_is_written_still_ends(
+    api_fleet: Fleet, rc: Any
+) -> None:
+    """The owner dies before its run.started reaches the log, every time: the transcript
+    knows nothing, yet peekInbox counted the owners that took the input, and the fourth
+    ends it (before this count, it went round the fleet for good)."""
+    api = api_fleet.api_url
+    runners = {rid: _runner(api_fleet, rid) for rid in ("q1", "q2")}
+    poison = invoke(api, "instant", {"poison_now": True})
+    run_id = poison["run_id"]
+    meta_key = KEYS.session("default", "instant").meta
+    deaths = 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not rc.hget(meta_key, "last_poison_run_id"):
+        for rid, (proc, _) in list(runners.items()):
+            if not proc.alive():  # a supervisor's restart, as a StatefulSet would
+                deaths += 1
+                runners[rid] = _runner(api_fleet, rid)
+        time.sleep(0.1)
+    failed = wait_until(run_done(rc, "instant", run_id), 30, "the poison run's end")
+    assert failed.type == "run.failed" and failed.data["error_type"] == "poison"
+    assert failed.data["attempts"] == 3
+    assert deaths == 3
+    wait_until(lambda: rc.xlen(KEYS.session("default", "instant").inbox) == 0, 10, "inbox empty")

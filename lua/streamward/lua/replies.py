@@ -134,13 +134,14 @@ class DuplicateInput:
 
 @dataclass(frozen=True, slots=True)
 class InboxPeek:
-    """peekInbox-3: the oldest pending inputs' metadata (oldest first), the first one's
+    """peekInbox-5: the oldest pending inputs' metadata (oldest first), the first one's
     input in full when asked (``head``), its run state and cancel request."""
 
     metas: list[InboxMeta]
     head: RawInboxEntry | None
     state: RunState | None
     cancel_requested: bool
+    owners: int = 0  # owners that took the head, the caller included (asked with a token)
 
 
 @dataclass(frozen=True, slots=True)

@@ -329,21 +329,19 @@ class Scripts:
         return parse_notified(await self._by_name["notifyReplica"](keys, args))
 
     async def peek_inbox(
-        self, session: SessionKeys, count: int, *, with_head: bool = True
+        self, sk: SessionKeys, count: int, *, with_head: bool = True, token: int = 0
     ) -> InboxPeek:
-        raw = await self._by_name["peekInbox"](
-            [session.inbox, session.runs, session.cancels], [count, 1 if with_head else 0]
-        )
+        keys = [sk.inbox, sk.runs, sk.cancels, sk.meta, sk.epoch]
+        raw = await self._by_name["peekInbox"](keys, [count, 1 if with_head else 0, token])
         r = _ok("peekInbox", as_list(raw))
         flat = [as_str(x) for x in as_list(r[1])]
         metas = [InboxMeta(*flat[i : i + 3]) for i in range(0, len(flat), 3)]
         if not metas:
             return InboxPeek([], None, None, False)
-        head_fields = as_list(r[2])
-        head = RawInboxEntry(metas[0].id, pairs(head_fields)) if head_fields else None
+        head = RawInboxEntry(metas[0].id, pairs(as_list(r[2]))) if as_list(r[2]) else None
         state_json = as_str(r[3])
         state = parse_run_state(metas[0].run_id, state_json) if state_json else None
-        return InboxPeek(metas, head, state, as_int(r[4]) == 1)
+        return InboxPeek(metas, head, state, as_int(r[4]) == 1, as_int(r[5]))
 
     async def complete_input(self, session: SessionKeys, token: int, entry_id: str) -> int:
         """Pending count after the fenced XDEL; raises StaleToken."""

@@ -147,12 +147,13 @@ class LeaseStore(LeaseCalls):
         return parse_notified((await execute_pipeline(self.client, script, build))[0])
 
     async def peek_inbox(
-        self, session: SessionKeys, count: int, *, with_head: bool = True
+        self, session: SessionKeys, count: int, *, with_head: bool = True, token: int = 0
     ) -> InboxPeek:
         """The oldest ``count`` pending inputs' ids, run ids and multitask modes, the first
         one's input (unparsed; only ``with_head``), its run state and whether its
-        cancellation was requested: one round trip (read-only)."""
-        return await self.scripts.peek_inbox(session, count, with_head=with_head)
+        cancellation was requested: one round trip. With the owner's ``token`` (fenced) it
+        also records that this owner took the head and answers how many owners did."""
+        return await self.scripts.peek_inbox(session, count, with_head=with_head, token=token)
 
     async def complete_input(self, session: SessionKeys, token: int, entry_id: str) -> int:
         """Fenced: mark an inbox entry consumed. Returns pending count. Raises StaleToken."""

@@ -184,8 +184,7 @@ class SessionActor:
                 return "drain"
             try:
                 if self._inbox_empty:
-                    # the last completeInput saw no input left, and the wake flag was cleared
-                    # before it: a later input's mail sets it again, so skip the read
+                    # the last completeInput saw none left (a later input's mail wakes us)
                     self._inbox_empty = False
                     nxt = None
                 else:
@@ -195,8 +194,10 @@ class SessionActor:
                         self._opened = True
                     if self._state.dead:
                         return "dead"
+                    r = self.host
+                    poison_after = r.settings.poison_after_owners
                     nxt = await next_input(
-                        self.host.store, self.host.streams, self.session, self._state
+                        r.store, r.streams, self.session, self._state, self.token, poison_after
                     )
                 if nxt is not None:
                     await self.host.writable()  # a full Redis: start nothing until it has room
@@ -239,11 +240,11 @@ class SessionActor:
             if policy == "drop" or not await self._ended_as_poison(active):
                 await self._owner_death().interrupted(active, policy, meta)
 
-    async def _ended_as_poison(self, run_id: str) -> bool:
+    async def _ended_as_poison(self, run_id: str, taken_down: int | None = None) -> bool:
         assert self.shipper is not None
         r = self.host
         args = (r.store, r.streams, r.metrics, self.session, self.shipper, self._complete)
-        return await end_if_poison(*args, run_id, r.settings.poison_after_owners)
+        return await end_if_poison(*args, run_id, r.settings.poison_after_owners, taken_down)
 
     def _owner_death(self) -> OwnerDeath:
         assert self.shipper is not None
@@ -287,6 +288,9 @@ class SessionActor:
         if state is not None and state.status in TERMINAL_STATUSES:
             # the previous owner ended it but died before advancing the inbox
             await self._complete(meta, last=True)
+            return
+        if cancel_reason == "poison":  # owners died taking it (peekInbox counted them)
+            await self._ended_as_poison(meta.run_id, r.settings.poison_after_owners)
             return
         if cancel_reason is not None:
             await self.shipper.put(meta.run_id, "run.cancelled", {"reason": cancel_reason})

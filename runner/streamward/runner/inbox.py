@@ -37,17 +37,26 @@ def interrupt_waiting(items: Iterable[InboxMeta], head_id: str) -> bool:
 
 
 async def next_input(
-    store: LeaseStore, streams: Streams, session: SessionKeys, state: SessionState
+    store: LeaseStore,
+    streams: Streams,
+    session: SessionKeys,
+    state: SessionState,
+    token: int,
+    poison_after_owners: int,
 ) -> NextInput | None:
     """The session's next input, or None (empty, or held by the ``queue`` policy).
 
     One ``peekInbox`` round trip: only the head input is read in full, the lookahead
-    (interrupting inputs, the queue policy's hold) needs ids and modes only.
+    (interrupting inputs, the queue policy's hold) needs ids and modes only. The peek also
+    records (fenced by ``token``) that this owner takes the head; when the owners before it
+    that took the head reach ``poison_after_owners`` (0: never), the reason is ``poison``.
     """
-    peek = await store.peek_inbox(session, INBOX_WINDOW)
+    peek = await store.peek_inbox(session, INBOX_WINDOW, token=token)
     metas = peek.metas
     if not metas:
         return None
+    if 0 < poison_after_owners <= peek.owners - 1:
+        return metas[0], peek.head, "poison", peek.state
     hold = state.hold_until
     if hold is not None:
         last = metas[-1].id if len(metas) < INBOX_WINDOW else await streams.inbox_last_id(session)

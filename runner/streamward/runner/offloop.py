@@ -2,7 +2,7 @@
 
 One event loop serves every session of a replica, and its replica heartbeat's progress
 tick: parsing or serialising a large document on it stalls all of them. Inputs are parsed
-one at a time (only the head of an inbox, see ``peekInbox-3``), and anything that may be
+one at a time (only the head of an inbox, see ``peekInbox-5``), and anything that may be
 large goes to a worker thread; small documents stay on the loop, where a thread hop would
 cost more than the work.
 """

@@ -1,5 +1,10 @@
 """Poison inputs: a run that took down ``POISON_AFTER_OWNERS`` owners in a row is ended.
 
+Two counts find it. ``peekInbox`` records (fenced, in meta ``head_taken``) each owner that
+takes the inbox's head to run it, so an input whose owners die before any of its
+``run.started`` reaches the log is still counted; the owner about to run it a next time
+ends it instead. And at a claim:
+
 A run's ``attempt`` (kept in ``sw:{S}:runs`` from its ``run.started``) counts its owners: a
 restart after an owner death re-runs it with attempt + 1. An owner "taken down" is one that
 never wrote the run's terminal entry: killed, crashed, wedged until its replica lease
@@ -46,13 +51,18 @@ async def end_if_poison(
     complete: Callable[[InboxMeta], Awaitable[None]],
     run_id: str,
     after_owners: int,
+    taken_down: int | None = None,
 ) -> bool:
     """End the active run ``run_id`` as poison when its attempt reached ``after_owners``
-    (0: never). True when ended (the caller applies no ``on_owner_death`` policy then)."""
+    (0: never). True when ended (the caller applies no ``on_owner_death`` policy then).
+    ``taken_down``: owners the head input took down, as ``peekInbox`` counted them (it also
+    sees owners that died before any ``run.started`` of it reached the log)."""
     if after_owners <= 0:
         return False
     run = await streams.run_state(session, run_id)
     attempts = (run.attempt or 1) if run is not None else 1
+    if taken_down is not None:
+        attempts = max(attempts, taken_down)
     if attempts < after_owners:
         return False
     prev = run.replica_id if run is not None else None

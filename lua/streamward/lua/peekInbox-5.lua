@@ -1,10 +1,16 @@
 --[[
-  peekInbox-3.lua
+  peekInbox-5.lua
   What a session's owner needs to pick its next input, in one round trip: the
   ids, run ids and multitask modes of the oldest pending inputs (the lookahead
   for interrupting inputs), the first one in full (only when asked), its run
   state (a previous owner may have ended it already) and whether its
-  cancellation was requested. Read-only.
+  cancellation was requested.
+
+  With a token (the owner about to run the head), it also records, fenced, which
+  owners took the head input: meta head_taken = "<entry id>|<token>|<owners>",
+  counting each new token once. An input that took down every owner it met is
+  seen here even when no run.started of it ever reached the log (the owner died
+  before shipping it): poison detection needs this count in Redis.
 
   Only the head input travels in full: inputs may be large (up to the API's
   input cap each), and an owner that read and parsed a whole window of them on
@@ -14,17 +20,23 @@
   KEYS[1] inbox key              sw:{S}:inbox
   KEYS[2] runs key               sw:{S}:runs
   KEYS[3] cancels key            sw:{S}:cancels
+  KEYS[4] meta key               sw:{S}:meta
+  KEYS[5] epoch key              sw:{S}:epoch
 
   ARGV[1] count                  inputs to look at, at most
   ARGV[2] with_head              1: return the first input's fields in full; 0: not
+  ARGV[3] token                  the owner's fencing token; 0: record nothing
 
-  Returns {1, metas, head, state, cancel}       metas: flat {id, run_id, multitask, ...}
+  Returns {1, metas, head, state, cancel, owners}
+                                                metas: flat {id, run_id, multitask, ...}
                                                 for up to count inputs, oldest first (empty
                                                 when the inbox is); head: the first input's
                                                 field/value list as XRANGE returns it ({}
                                                 when empty or not asked); state: the first
                                                 input's run state JSON ("" when none);
-                                                cancel: 1 when its cancellation was requested
+                                                cancel: 1 when its cancellation was requested;
+                                                owners: owners that took the head so far,
+                                                this one included (0: nothing recorded)
 ]]
 --- @include "includes/statusCodes"
 local rcall = redis.call
@@ -63,4 +75,21 @@ while seen < count do
   start = '(' .. chunk[#chunk][1]
   want = CHUNK
 end
-return {OK, metas, head, state, cancel}
+local owners = 0
+local token = tonumber(ARGV[3]) or 0
+if #metas > 0 and ARGV[2] == '1' and token >= 1 and token == tonumber(rcall('GET', KEYS[5]) or '0') then
+  local head_id = metas[1]
+  owners = 1
+  local taken = rcall('HGET', KEYS[4], 'head_taken')
+  if taken then
+    local id, tok, n = string.match(taken, '^([^|]*)|([^|]*)|(%d+)$')
+    if id == head_id then
+      owners = tonumber(n)
+      if tok ~= ARGV[3] then
+        owners = owners + 1
+      end
+    end
+  end
+  rcall('HSET', KEYS[4], 'head_taken', head_id .. '|' .. ARGV[3] .. '|' .. owners)
+end
+return {OK, metas, head, state, cancel, owners}
