@@ -25,11 +25,13 @@ async def test_a_retry_after_a_failed_notification_asks_for_an_owner_again(
     publish = Streams.publish_work
     calls: list[str] = []
 
-    async def failing_once(self: Streams, ref: str, reason: str) -> str:
+    async def failing_once(
+        self: Streams, ref: str, reason: str, session_type: str | None = None
+    ) -> str:
         calls.append(ref)
         if len(calls) == 1:  # the work queue's node is failing over
             raise ConnectionError("Error 111 connecting to the work queue's master")
-        return await publish(self, ref, reason)
+        return await publish(self, ref, reason, session_type)
 
     monkeypatch.setattr(Streams, "publish_work", failing_once)
     async with running_app(make_settings(start_timeout_s=0)) as app, asgi_client(app) as c:

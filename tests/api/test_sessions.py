@@ -114,7 +114,7 @@ async def test_delete_cancels_fences_and_keeps_the_log(
     run_id = await _invoke(client, "s1")
     old_token = await runner.claim("s1")
     await runner.start("s1", run_id)
-    await _invoke(client, "s1")  # a pending input that deletion drops
+    queued = await _invoke(client, "s1")  # a pending input that deletion drops
     r = await client.delete("/v1/sessions/s1")
     assert r.status_code == 200, r.text
     out = r.json()
@@ -136,10 +136,11 @@ async def test_delete_cancels_fences_and_keeps_the_log(
     # the epoch never goes back, the log stays readable, the index forgets the session
     assert int(await streams.client.get(sk.epoch)) == old_token + 1
     tr = (await client.get("/v1/sessions/s1/transcript")).json()
-    # the fenced owner cannot end its run: the deletion writes its terminal (new epoch)
-    assert [x["type"] for x in tr["items"]] == ["run.started", "run.cancelled"]
-    assert tr["items"][1]["data"] == {"reason": "deleted"}
-    assert tr["items"][1]["run_id"] == run_id
+    # the fenced owner cannot end its run: the deletion writes its terminal (new epoch), and
+    # the dropped input's too: every acknowledged invoke sees an end
+    assert [x["type"] for x in tr["items"]] == ["run.started", "run.cancelled", "run.cancelled"]
+    assert [x["data"] for x in tr["items"][1:]] == [{"reason": "deleted"}] * 2
+    assert [x["run_id"] for x in tr["items"][1:]] == [run_id, queued]
     assert (await client.get("/v1/sessions")).json()["items"] == []
     assert (await client.get("/v1/sessions/s1")).json()["status"] == "deleted"
     assert_problem(await client.delete("/v1/sessions/nope"), 404, "session_not_found")

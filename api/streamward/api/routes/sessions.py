@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import uuid
 from typing import Annotated, Any
@@ -61,6 +60,8 @@ invoke_router = APIRouter(prefix="/v1", tags=["sessions"])
 CONNECTION_HEADER = "X-Streamward-Connection"
 RUN_HEADER = "X-Streamward-Run-Id"
 AFTER_HEADER = "X-Streamward-After"  # the log position the tail starts after (for resuming)
+# a delete ends at most this many pending runs itself (an inbox beyond is a quota matter)
+DELETE_END_MAX_RUNS = 10_000
 LOG_ID = re.compile(r"^(0|[0-9]{1,20}(-[0-9]{1,20})?)$")
 LOG_ID_PATTERN = LOG_ID.pattern
 
@@ -302,22 +303,33 @@ async def get_session(sk: SessionDep, store: StoreDep, streams: StreamsDep) -> S
     return out
 
 
-async def _end_deleted_run(
-    store: LeaseStore, streams: Streams, sk: SessionKeys, run_id: str, epoch: int
+async def _end_deleted_runs(
+    store: LeaseStore, streams: Streams, sk: SessionKeys, active: str | None, epoch: int
 ) -> None:
-    """Write the deleted session's running run its terminal ``run.cancelled``.
+    """Write every run the delete drops its terminal ``run.cancelled`` (reason deleted): the
+    running one and every input still pending, so each acknowledged invoke's caller and
+    stream see an end.
 
-    The fenced owner can no longer write it. The force release's new epoch is a token no
-    runner ever holds (the next acquisition increments it again), so this one write is
-    fenced like any other: it is refused if anyone acquired the session meanwhile.
+    Read after the fence (nobody writes now): the inbox holds the running input and those
+    behind it; ``active`` covers a run whose input was already completed. The force
+    release's new epoch is a token no runner ever holds (the next acquisition increments it
+    again), so these writes are fenced like any other: refused if anyone acquired the
+    session meanwhile.
     """
-    rs = await streams.run_state(sk, run_id)  # read after the fence: nobody writes now
-    if rs is not None and rs.status in TERMINAL_STATUSES:
-        return  # its owner ended it before the release (e.g. on the cancel mail)
+    peek = await store.peek_inbox(sk, DELETE_END_MAX_RUNS, with_head=False)
+    run_ids = list(dict.fromkeys([*([active] if active else []), *(m.run_id for m in peek.metas)]))
     seq = await streams.last_seq(sk) + 1
-    entry = Entry(seq, "run.cancelled", {"reason": "deleted"})
-    with contextlib.suppress(StaleToken, SeqGap):
-        await store.ingest(sk, run_id, epoch, [entry])
+    for run_id in run_ids:
+        rs = await streams.run_state(sk, run_id)
+        if rs is not None and rs.status in TERMINAL_STATUSES:
+            continue  # its owner ended it before the release (e.g. on the cancel mail)
+        try:
+            await store.ingest(
+                sk, run_id, epoch, [Entry(seq, "run.cancelled", {"reason": "deleted"})]
+            )
+        except (StaleToken, SeqGap):
+            return  # someone acquired the session meanwhile: its owner answers for the rest
+        seq += 1
 
 
 @router.delete("/sessions/{session_id}", response_model=SessionOut, responses=_COMMON)
@@ -330,13 +342,12 @@ async def delete_session(
     active = meta.get("active_run_id")
     if active:
         await invocation.cancel_run(streams, sk, own, active)
-    if own.held or active:
+    if own.held or active or await streams.pending(sk) > 0:
         # bumps the epoch: the old owner's next write is refused and it drops the session
         released = await store.force_release(sk, "deleted", "deleted")
         if released.old_replica_id:
             await streams.send_mail(released.old_replica_id, "released", sk.ref)
-        if active:
-            await _end_deleted_run(store, streams, sk, active, released.new_epoch)
+        await _end_deleted_runs(store, streams, sk, active, released.new_epoch)
     await streams.delete_session_state(sk)
     await streams.set_meta(sk, active_run_id="")
     # kept readable until retention ends, then every key of the session expires
