@@ -68,6 +68,19 @@ class Settings(RedisSettings, BaseSettings):
     # limit, so a flood on the public port does not reach them (None: no second listener)
     admin_port: Annotated[int | None, Field(ge=1, le=65535)] = None
     admin_limit_concurrency: Annotated[int, Field(ge=1)] = 256
+    # the durable record (docs/record.md): PostgreSQL beside Redis; None: Redis only
+    database_url: str | None = None
+    # the archiver (`streamward archiver`): how often it looks for due sessions, how often a
+    # busy (owned) session is revisited, entries per transaction, and what Redis keeps
+    archive_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    archive_revisit_s: Annotated[float, Field(gt=0)] = 1.0
+    archive_batch_entries: Annotated[int, Field(ge=1, le=10_000)] = 500
+    archive_sessions_per_pass: Annotated[int, Field(ge=1)] = 100
+    archive_claim_s: Annotated[float, Field(gt=0)] = 30.0
+    # the hot tail: the last N entries of a log stay in Redis after they are archived
+    archive_hot_tail_entries: Annotated[int, Field(ge=0)] = 1000
+    # the lag /readyz and the metrics compare against (they report; nothing is refused)
+    archive_lag_target_s: Annotated[float, Field(gt=0)] = 5.0
 
 
 @lru_cache

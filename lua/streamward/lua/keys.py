@@ -92,6 +92,10 @@ class Keys:
         self.work_group = "runners"
         # every session type whose work stream was ever published to (metrics, admin)
         self.work_types = f"{prefix}:work:types"
+        # the archiver's work set: session ref -> ms it is due for an archive pass
+        self.archive_dirty = f"{prefix}:archive:dirty"
+        # the sw:sessions score up to which sessions were fed into the work set
+        self.archive_fed = f"{prefix}:archive:fed"
 
     def work_for(self, session_type: str) -> str:
         """The work stream of one session type; the default type keeps ``sw:work``."""
@@ -125,6 +129,10 @@ class Keys:
         if not sep:
             raise InvalidId("session", ref, "expected project/session_id")
         return self.session(project, session_id)
+
+    def archive_claim(self, ref: str) -> str:
+        """An archiver's claim on one session's archive pass (SET NX PX)."""
+        return f"{self.prefix}:archive:claim:{{{ref}}}"
 
     def replica(self, replica_id: str) -> ReplicaKeys:
         validate_id("replica_id", replica_id)

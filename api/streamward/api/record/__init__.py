@@ -1,0 +1,1 @@
+"""The durable record: PostgreSQL beside Redis (tables, migrations, the archiver, reads)."""

@@ -1,0 +1,216 @@
+"""The archiver: copies each session's Redis log and lifecycle (meta, runs, ownership
+history) to PostgreSQL, then trims the Redis log below what is archived, keeping a hot tail.
+
+Loses nothing, by construction:
+- every write is an idempotent upsert keyed by (project, session, seq) / run / history id,
+  and ``sessions.archived_seq`` advances in the same transaction as the entries it covers,
+  so a kill -9 mid-batch leaves neither duplicates nor gaps;
+- Redis trims only below ``archived_seq`` as read back from what was committed;
+- while PostgreSQL is down nothing is trimmed and the work set keeps every session due:
+  the archiver catches up when the database is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from streamward.api.record import db
+from streamward.lua.archive import ArchiveCalls
+from streamward.lua.entries import Entry
+from streamward.lua.keys import SessionKeys
+from streamward.lua.streams import Streams
+
+log = logging.getLogger("streamward.archiver")
+# sessions active this long before the last feed are fed again (clock skew between hosts)
+FEED_OVERLAP_MS = 5_000
+# what a database outage raises (asyncpg's errors arrive wrapped in DBAPIError)
+DB_DOWN: tuple[type[BaseException], ...] = (OperationalError, DBAPIError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    interval_s: float = 0.5
+    revisit_s: float = 1.0
+    batch_entries: int = 500
+    sessions_per_pass: int = 100
+    claim_s: float = 30.0
+    hot_tail_entries: int = 1000
+
+
+@dataclass
+class ArchiveStats:
+    """What the archiver did (its metrics read these)."""
+
+    entries: int = 0
+    sessions: int = 0
+    trimmed: int = 0
+    db_errors: int = 0
+    lag_s: float = 0.0
+    backlog: int = 0
+    db_up: bool = True
+    last_error: str = ""
+    passes: dict[str, int] = field(default_factory=dict)
+
+
+class Archiver:
+    """One archiver; any number may run against the same Redis and database."""
+
+    def __init__(
+        self,
+        streams: Streams,
+        calls: ArchiveCalls,
+        engine: AsyncEngine,
+        settings: ArchiveSettings | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.streams = streams
+        self.calls = calls
+        self.engine = engine
+        self.settings = settings or ArchiveSettings()
+        self.owner = owner or f"archiver-{uuid.uuid4().hex[:12]}"
+        self.stats = ArchiveStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pass after pass until ``stop``; Redis or database outages are waited out."""
+        while not stop.is_set():
+            busy = False
+            try:
+                busy = await self.tick() > 0
+            except RedisError as exc:
+                log.warning("archiver: redis unavailable: %s", exc)
+            except DB_DOWN as exc:
+                self._db_down(exc)
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.interval_s)
+
+    def _db_down(self, exc: BaseException) -> None:
+        self.stats.db_errors += 1
+        self.stats.db_up = False
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        log.warning("archiver: database unavailable, Redis keeps everything: %s", exc)
+
+    async def tick(self) -> int:
+        """Feed the work set, then archive the due sessions this archiver can claim."""
+        s = self.settings
+        now = await self.calls.now_ms()
+        await self.calls.feed(now, FEED_OVERLAP_MS)
+        oldest = await self.calls.oldest_due_ms(now)
+        self.stats.lag_s = 0.0 if oldest is None else max(0.0, (now - oldest) / 1000)
+        self.stats.backlog = await self.calls.backlog()
+        done = 0
+        claim_ms = int(s.claim_s * 1000)
+        for ref, _ in await self.calls.due(now, s.sessions_per_pass):
+            if not await self.calls.claim(ref, self.owner, claim_ms, now):
+                continue
+            try:
+                await self.archive(ref)
+                done += 1
+            except DB_DOWN as exc:
+                # due again soon (not at once: a dead database is not hammered)
+                await self.calls.revisit(ref, now + int(s.revisit_s * 1000))
+                self._db_down(exc)
+                break
+            finally:
+                await self.calls.unclaim(ref, self.owner)
+        if done:
+            self.stats.db_up = True
+        return done
+
+    async def archive(self, ref: str) -> None:
+        """One session's pass; then revisit it while it is busy, else let it go."""
+        sk = self.streams.keys.session_ref(ref)
+        await self.archive_once(sk)
+        revisit_ms = int(self.settings.revisit_s * 1000)
+        if await self.calls.busy(sk):
+            await self.calls.revisit(ref, await self.calls.now_ms() + revisit_ms)
+            return
+        # idle: leave the work set, then look once more. Writes before the ZREM are seen by
+        # this second pass; an invoke after it feeds the session again.
+        await self.calls.settle(ref)
+        if await self.archive_once(sk) or await self.calls.busy(sk):
+            await self.calls.mark(ref, await self.calls.now_ms())
+
+    async def archive_once(self, sk: SessionKeys) -> bool:
+        """Copy what is new since the last pass; True when anything new was written."""
+        async with self.engine.connect() as conn:
+            at = await db.archived(conn, sk.project, sk.session_id)
+        meta, runs_raw, history = await self.calls.snapshot(sk, at.archived_history_id)
+        if not meta and at.archived_seq == 0:
+            return False  # gone (or never written): nothing to record
+        runs = {run_id: _run_state(raw) for run_id, raw in runs_raw.items()}
+        seq = at.archived_seq
+        history_id = history[-1][0] if history else at.archived_history_id
+        new = bool(history)
+        first = True
+        while True:
+            entries = await self.streams.read_log(sk, f"{seq}-0", count=self.settings.batch_entries)
+            if entries and entries[0].seq != seq + 1:
+                # the log lost entries we never archived (Redis flushed or restored): record
+                # what exists, and say so
+                log.error(
+                    "archiver: %s log starts at seq %d, archived up to %d: entries lost in Redis",
+                    sk.ref, entries[0].seq, seq,
+                )  # fmt: skip
+            if entries:
+                seq = entries[-1].seq
+            await self._write(sk, meta, runs if first else {}, history if first else [], entries,
+                              seq, history_id)  # fmt: skip
+            first = False
+            self.stats.entries += len(entries)
+            new = new or bool(entries)
+            if len(entries) < self.settings.batch_entries:
+                break
+        self.stats.sessions += 1
+        await self._trim(sk, seq)
+        return new
+
+    async def _write(
+        self,
+        sk: SessionKeys,
+        meta: dict[str, str],
+        runs: dict[str, dict[str, Any]],
+        history: list[tuple[str, dict[str, str]]],
+        entries: list[Entry],
+        archived_seq: int,
+        history_id: str,
+    ) -> None:
+        """One transaction: the entries and the position that covers them commit together."""
+        now = int(time.time() * 1000)
+        activity = int(meta.get("updated_ms") or 0)
+        async with self.engine.begin() as conn:
+            await db.put_entries(conn, sk.project, sk.session_id, entries)
+            await db.put_runs(conn, sk.project, sk.session_id, runs)
+            await db.put_history(conn, sk.project, sk.session_id, history)
+            await db.put_session(
+                conn, sk.project, sk.session_id, meta,
+                archived_seq=archived_seq, archived_history_id=history_id,
+                last_activity_ms=activity, now_ms=now,
+            )  # fmt: skip
+
+    async def _trim(self, sk: SessionKeys, archived_seq: int) -> None:
+        """Keep the hot tail and everything not yet archived; drop the rest from Redis."""
+        last = await self.streams.last_seq(sk)
+        keep_from = min(archived_seq + 1, last - self.settings.hot_tail_entries + 1)
+        first = await self.calls.first_seq(sk)
+        if first is not None and keep_from > first:
+            self.stats.trimmed += await self.calls.trim_log(sk, keep_from)
+
+
+def _run_state(raw: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"status": "unknown"}
+    return value if isinstance(value, dict) else {"status": "unknown"}

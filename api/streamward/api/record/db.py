@@ -1,0 +1,265 @@
+"""The record's database access: the engine (SQLAlchemy 2 async over asyncpg), the
+archiver's idempotent writes and the API's reads. Only this module writes SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from streamward.api.record.tables import ownership_events, runs, sessions, transcript_entries
+from streamward.lua.entries import Entry
+
+
+def async_url(url: str) -> str:
+    """``postgresql://...`` (what operators write) as the asyncpg dialect's URL."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+asyncpg://" + url[len(plain) :]
+    return url
+
+
+def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
+    return create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        pool_pre_ping=True,
+        # a dead database must fail a call quickly, not hang a request or the archiver
+        connect_args={"timeout": 5, "command_timeout": 30},
+        json_serializer=lambda v: orjson.dumps(v).decode(),
+        json_deserializer=orjson.loads,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedSession:
+    """How far one session is archived."""
+
+    archived_seq: int
+    archived_history_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    event_id: str
+    event: str
+    replica_id: str | None
+    incarnation: str | None
+    token: int
+    reason: str
+    at_ms: int | None
+
+
+async def archived(conn: AsyncConnection, project: str, session_id: str) -> ArchivedSession:
+    row = (
+        await conn.execute(
+            sa.select(sessions.c.archived_seq, sessions.c.archived_history_id).where(
+                sessions.c.project == project, sessions.c.session_id == session_id
+            )
+        )
+    ).first()
+    return ArchivedSession(0, "0-0") if row is None else ArchivedSession(row[0], row[1])
+
+
+async def put_entries(
+    conn: AsyncConnection, project: str, session_id: str, entries: Sequence[Entry]
+) -> None:
+    """Insert entries; ones already there are left alone (an entry never changes)."""
+    if not entries:
+        return
+    rows = [
+        {
+            "project": project,
+            "session_id": session_id,
+            "seq": e.seq,
+            "type": e.type,
+            "run_id": e.run_id,
+            "token": e.token,
+            "data": e.data,
+            "ts_ms": e.ts_ms or 0,
+        }
+        for e in entries
+    ]
+    await conn.execute(insert(transcript_entries).on_conflict_do_nothing(), rows)
+
+
+async def put_history(
+    conn: AsyncConnection,
+    project: str,
+    session_id: str,
+    items: Sequence[tuple[str, dict[str, str]]],
+) -> None:
+    if not items:
+        return
+    rows = [
+        {
+            "project": project,
+            "session_id": session_id,
+            "event_id": event_id,
+            "event": f.get("event", ""),
+            "replica_id": f.get("replica") or None,
+            "incarnation": f.get("incarnation") or None,
+            "token": int(f.get("token") or 0),
+            "reason": f.get("reason", ""),
+            "at_ms": int(f["ms"]) if f.get("ms") else None,
+        }
+        for event_id, f in items
+    ]
+    await conn.execute(insert(ownership_events).on_conflict_do_nothing(), rows)
+
+
+def _opt_int(v: Any) -> int | None:
+    try:
+        return None if v is None or v == "" else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+async def put_runs(
+    conn: AsyncConnection, project: str, session_id: str, states: dict[str, dict[str, Any]]
+) -> None:
+    """Upsert each run's latest state (a run's row changes as it runs)."""
+    if not states:
+        return
+    rows = [
+        {
+            "project": project,
+            "session_id": session_id,
+            "run_id": run_id,
+            "status": str(s.get("status", "")),
+            "attempt": _opt_int(s.get("attempt")),
+            "replica_id": s.get("replica_id") or None,
+            "token": _opt_int(s.get("token")),
+            "started_id": s.get("started_id") or None,
+            "last_id": s.get("last_id") or None,
+            "input_bytes": _opt_int(s.get("input_bytes")),
+            "outputs": _opt_int(s.get("outputs")),
+            "error": s.get("error") or None,
+            "updated_ms": _opt_int(s.get("updated_ms")),
+        }
+        for run_id, s in states.items()
+    ]
+    stmt = insert(runs)
+    keep = {"project", "session_id", "run_id"}
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[runs.c.project, runs.c.session_id, runs.c.run_id],
+            set_={c.name: stmt.excluded[c.name] for c in runs.c if c.name not in keep},
+        ),
+        rows,
+    )
+
+
+async def put_session(
+    conn: AsyncConnection,
+    project: str,
+    session_id: str,
+    meta: dict[str, str],
+    *,
+    archived_seq: int,
+    archived_history_id: str,
+    last_activity_ms: int,
+    now_ms: int,
+) -> None:
+    """Upsert the session row; ``archived_seq`` only ever grows (several archivers)."""
+    created = _opt_int(meta.get("created_ms")) or now_ms
+    row = {
+        "project": project,
+        "session_id": session_id,
+        "route_id": meta.get("route_id") or None,
+        "session_key": meta.get("session_key") or None,
+        "generation": _opt_int(meta.get("generation")),
+        "status": meta.get("status", ""),
+        "reason": meta.get("reason") or meta.get("last_release_reason") or None,
+        "title": meta.get("title") or None,
+        "metadata": meta,
+        "previous_session_id": meta.get("previous_session_id") or None,
+        "created_ms": created,
+        "updated_ms": _opt_int(meta.get("updated_ms")) or created,
+        "last_activity_ms": max(last_activity_ms, created),
+        "last_seq": _opt_int(meta.get("last_seq")) or 0,
+        "archived_seq": archived_seq,
+        "archived_history_id": archived_history_id,
+        "archived_ms": now_ms,
+    }
+    stmt = insert(sessions)
+    ex = stmt.excluded
+    keep = {"project", "session_id", "archived_seq", "archived_history_id"}
+    updates: dict[str, Any] = {c.name: ex[c.name] for c in sessions.c if c.name not in keep}
+    updates["archived_seq"] = sa.func.greatest(sessions.c.archived_seq, ex.archived_seq)
+    # stream ids compare as (ms, seq): the larger of the two, as numbers
+    updates["archived_history_id"] = sa.case(
+        (
+            _id_key(ex.archived_history_id) > _id_key(sessions.c.archived_history_id),
+            ex.archived_history_id,
+        ),
+        else_=sessions.c.archived_history_id,
+    )
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[sessions.c.project, sessions.c.session_id], set_=updates
+        ),
+        row,
+    )
+
+
+def _id_key(col: Any) -> Any:
+    """A stream id ``<ms>-<n>`` as a sortable numeric pair (PostgreSQL row comparison)."""
+    return sa.tuple_(
+        sa.cast(sa.func.split_part(col, "-", 1), sa.Numeric),
+        sa.cast(sa.func.split_part(col, "-", 2), sa.Numeric),
+    )
+
+
+# -- reads (the API) -----------------------------------------------------------------------
+
+
+async def read_entries(
+    engine: AsyncEngine, project: str, session_id: str, after_seq: int, below_seq: int, count: int
+) -> list[Entry]:
+    """Archived entries with ``after_seq < seq < below_seq``, oldest first, at most ``count``."""
+    t = transcript_entries
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            sa.select(t.c.seq, t.c.type, t.c.data, t.c.run_id, t.c.token, t.c.ts_ms)
+            .where(
+                t.c.project == project,
+                t.c.session_id == session_id,
+                t.c.seq > after_seq,
+                t.c.seq < below_seq,
+            )
+            .order_by(t.c.seq)
+            .limit(count)
+        )
+        return [
+            Entry(seq, typ, data, run_id=run_id, token=token, ts_ms=ts_ms, id=f"{seq}-0")
+            for seq, typ, data, run_id, token, ts_ms in result
+        ]
+
+
+async def read_history(
+    engine: AsyncEngine, project: str, session_id: str, count: int
+) -> list[HistoryRow]:
+    """The archived ownership events, newest first."""
+    e = ownership_events
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            sa.select(
+                e.c.event_id,
+                e.c.event,
+                e.c.replica_id,
+                e.c.incarnation,
+                e.c.token,
+                e.c.reason,
+                e.c.at_ms,
+            )
+            .where(e.c.project == project, e.c.session_id == session_id)
+            .order_by(_id_key(e.c.event_id).desc())
+            .limit(count)
+        )
+        return [HistoryRow(r[0], r[1], r[2], r[3], r[4] or 0, r[5], r[6]) for r in result]

@@ -1,0 +1,1 @@
+"""Alembic migrations of the record's schema (``streamward db upgrade``)."""

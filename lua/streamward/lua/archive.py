@@ -1,0 +1,107 @@
+"""Redis calls of the archiver (api/record): its work set, claims, reads and the log trim.
+
+The work set ``sw:archive:dirty`` maps a session ref to the ms it is due for a pass. It is
+fed from the session index (``sw:sessions``, scored by last activity on every invoke), so
+the hot paths write nothing new. Several archivers share it: each session pass is claimed
+with ``SET NX PX`` (a crashed archiver's claim expires and the session is due again).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamward.lua.base import StreamsBase
+from streamward.lua.base import as_text as _s
+from streamward.lua.keys import SessionKeys
+
+
+class ArchiveCalls(StreamsBase):
+    """The archiver's Redis side."""
+
+    async def feed(self, now_ms: int, overlap_ms: int) -> int:
+        """Mark every session active since the last feed as due now; returns how many.
+
+        ``ZADD LT``: a session already due stays due as early as it was, and one claimed
+        (scored in the future) becomes due again, so its claimer sees the change.
+        Re-reading ``overlap_ms`` before the watermark covers index writes scored with a
+        clock slightly behind (a mark twice costs one idempotent pass).
+        """
+        since = int(await self.client.get(self.keys.archive_fed) or 0)
+        refs = await self.client.zrangebyscore(
+            self.keys.sessions, max(0, since - overlap_ms), "+inf"
+        )
+        if refs:
+            await self.client.zadd(self.keys.archive_dirty, {_s(r): now_ms for r in refs}, lt=True)
+        # a watermark that only grows: concurrent feeders at worst feed twice
+        await self.client.set(self.keys.archive_fed, now_ms)
+        return len(refs)
+
+    async def mark(self, ref: str, due_ms: int) -> None:
+        """Due at ``due_ms`` at the latest (an earlier due time is kept)."""
+        await self.client.zadd(self.keys.archive_dirty, {ref: due_ms}, lt=True)
+
+    async def due(self, now_ms: int, count: int) -> list[tuple[str, int]]:
+        items = await self.client.zrangebyscore(
+            self.keys.archive_dirty, "-inf", now_ms, start=0, num=count, withscores=True
+        )
+        return [(_s(r), int(score)) for r, score in items]
+
+    async def oldest_due_ms(self, now_ms: int) -> int | None:
+        """The due time of the longest-waiting session (None: nothing is due)."""
+        items = await self.client.zrangebyscore(
+            self.keys.archive_dirty, "-inf", now_ms, start=0, num=1, withscores=True
+        )
+        return int(items[0][1]) if items else None
+
+    async def backlog(self) -> int:
+        return int(await self.client.zcard(self.keys.archive_dirty))
+
+    async def claim(self, ref: str, owner: str, claim_ms: int, now_ms: int) -> bool:
+        """Take one session's pass; it is re-scored to come due again if we die holding it."""
+        if not await self.client.set(self.keys.archive_claim(ref), owner, nx=True, px=claim_ms):
+            return False
+        await self.client.zadd(self.keys.archive_dirty, {ref: now_ms + claim_ms}, xx=True)
+        return True
+
+    async def unclaim(self, ref: str, owner: str) -> None:
+        key = self.keys.archive_claim(ref)
+        if _s(await self.client.get(key) or "") == owner:
+            await self.client.delete(key)
+
+    async def revisit(self, ref: str, due_ms: int) -> None:
+        await self.client.zadd(self.keys.archive_dirty, {ref: due_ms})
+
+    async def settle(self, ref: str) -> None:
+        await self.client.zrem(self.keys.archive_dirty, ref)
+
+    async def busy(self, session: SessionKeys) -> bool:
+        """Owned, or input waiting: more writes may come without a new invoke."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.exists(session.lease)
+        pipe.xlen(session.inbox)
+        held, pending = await pipe.execute()
+        return bool(held) or int(pending) > 0
+
+    async def snapshot(
+        self, session: SessionKeys, history_after: str
+    ) -> tuple[dict[str, str], dict[str, str], list[tuple[str, dict[str, str]]]]:
+        """Meta, the runs hash and the ownership history after ``history_after``."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(session.meta)
+        pipe.hgetall(session.runs)
+        pipe.xrange(session.history, min=f"({history_after}")
+        meta, runs, history = await pipe.execute()
+        return (
+            {_s(k): _s(v) for k, v in meta.items()},
+            {_s(k): _s(v) for k, v in runs.items()},
+            [(_s(i), {_s(k): _s(v) for k, v in f.items()}) for i, f in history],
+        )
+
+    async def first_seq(self, session: SessionKeys) -> int | None:
+        """The seq of the oldest entry still in the Redis log (None: the log is empty)."""
+        head: Any = await self.client.xrange(session.log, count=1)
+        return int(_s(head[0][0]).split("-", 1)[0]) if head else None
+
+    async def trim_log(self, session: SessionKeys, below_seq: int) -> int:
+        """Drop the log's entries with seq < ``below_seq`` (only ever below the archived)."""
+        return int(await self.client.xtrim(session.log, minid=f"{below_seq}-0", approximate=False))
