@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from streamward.api.record import db
 from streamward.api.record.archiver import Archiver, ArchiveSettings
 from streamward.lua.archive import ArchiveCalls
+from streamward.lua.entries import Entry
 from streamward.lua.keys import Keys
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
@@ -78,3 +79,30 @@ async def test_several_archivers_at_once_write_each_entry_once(
     for sk in sessions:
         assert await archived_seqs(engine, sk) == list(range(1, 701))
     assert sum(a.stats.entries for a in archivers) >= 8 * 700
+
+
+async def test_reads_across_the_hot_tail_boundary_return_identical_ids_and_order(
+    redis_client: aioredis.Redis, store: LeaseStore, keys: Keys, engine: AsyncEngine
+) -> None:
+    from streamward.api.record.reads import span
+
+    streams = Streams(redis_client, keys)
+    sk = keys.session("p1", "h1")
+    await streams.touch_session(sk)
+    await write_log(store, sk, 1, 500)
+    whole = await streams.read_log(sk, "0-0", count=1000)  # before any trim
+    await _drain(_archiver(redis_client, engine, hot_tail_entries=120))
+    assert (await streams.read_log(sk, "0-0", count=1))[0].seq == 381  # trimmed below 381
+
+    async def page(after: str, n: int) -> list[Entry]:
+        return await span(engine, streams, sk, after, n, await streams.read_log(sk, after, n))
+
+    for size in (1, 7, 100, 379, 380, 381, 1000):  # pages ending before, at, across the edge
+        got: list[Entry] = []
+        after = "0-0"
+        while batch := await page(after, size):
+            got += batch
+            after = batch[-1].id
+        assert got == whole, size
+    assert await page("500-0", 10) == []
+    assert await page("379-0", 3) == whole[379:382]

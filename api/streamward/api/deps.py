@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 
@@ -44,6 +44,9 @@ class AppState:
     capabilities: Capabilities | None = None
     metrics: ApiMetrics | None = None
     audit: IngestAudit | None = None
+    # the durable record (STREAMWARD_DATABASE_URL), an AsyncEngine; None: Redis only.
+    # Typed loosely so the API imports without the `db` extra.
+    record: Any = None
     # detached invokes waiting for their run's start (fed by this process's ingest)
     starts: StartWaiters = field(default_factory=StartWaiters)
     # encoded once so the per-request compare does no allocation beyond the header

@@ -118,6 +118,25 @@ def make_redis(settings: Settings) -> RedisClient:
     )
 
 
+async def open_record_or_refuse(url: str) -> Any:
+    """The record's engine. An unmigrated schema refuses the start (one clear line); an
+    unreachable database does not: Redis serves, archive reads answer 503 until it is back."""
+    from streamward.api.record import migrate
+    from streamward.api.record.archiver import DB_DOWN
+    from streamward.api.record.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        await migrate.check_schema(engine)
+    except migrate.SchemaNotReady as exc:
+        log.error("%s", exc)
+        await engine.dispose()
+        raise
+    except DB_DOWN as exc:
+        log.warning("database not reachable at start: %s", exc)
+    return engine
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` defaults to the environment (``STREAMWARD_*``)."""
     settings = settings or get_settings()
@@ -139,6 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             audit=IngestAudit(settings.ingest_audit_path) if settings.ingest_audit_path else None,
         )
         app.state.sw = state
+        if settings.database_url:
+            state.record = await open_record_or_refuse(settings.database_url)
         try:
             await ensure_ready(state)
         except ProbeError as exc:
@@ -155,6 +176,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await client.aclose()
             if state.audit is not None:
                 state.audit.close()
+            if state.record is not None:
+                await state.record.dispose()
 
     app = FastAPI(
         title="streamward",

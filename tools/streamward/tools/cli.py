@@ -9,6 +9,7 @@ import typer
 from streamward.tools.bench.cli import app as bench_app
 from streamward.tools.probe_cli import probe_command
 from streamward.tools.routes_cli import routes_app, sources_app
+from streamward.tools.record_cli import archiver_command, db_app
 from streamward.tools.runner_cli import app as runner_app
 from streamward.tools.sre import locks_app, replicas_app
 
@@ -26,6 +27,8 @@ app.add_typer(locks_app, name="locks")
 app.add_typer(replicas_app, name="replicas")
 app.add_typer(routes_app, name="routes")
 app.add_typer(sources_app, name="sources")
+app.add_typer(db_app, name="db")
+app.command("archiver")(archiver_command)
 
 
 @app.command("api")

@@ -362,6 +362,7 @@ async def delete_session(
 async def transcript(
     sk: SessionDep,
     streams: StreamsDep,
+    state: StateDep,
     after: Annotated[
         str | None, Query(pattern=LOG_ID_PATTERN, description="Entry id to page after.")
     ] = None,
@@ -371,6 +372,18 @@ async def transcript(
     await _meta_or_404(streams, sk)
     cursor = _log_id(after) if after else "0-0"
     entries = await streams.read_log(sk, cursor, count=limit)
+    if state.record is not None:  # below the hot tail, entries come from the archive
+        from streamward.api.record.reads import span  # the `db` extra: only when configured
+
+        try:
+            entries = await span(state.record, streams, sk, cursor, limit, entries)
+        except Exception as exc:  # the database is down: Redis alone cannot answer this page
+            raise ProblemError(
+                503,
+                "archive_unavailable",
+                f"archive unreachable: {type(exc).__name__}",
+                headers={"Retry-After": str(state.settings.retry_after_s)},
+            ) from exc
     items = [entry_out(e, sk.session_id) for e in entries]
     more = len(entries) == limit
     return TranscriptPage(items=items, next_after=entries[-1].id if more else None)
