@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -13,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from streamward.api.record import migrate
 from streamward.api.record.db import make_engine
 from streamward.tools.pgserver import PostgresServer
+from streamward.tools.server import RedisServer
+from tests.api.conftest import SettingsFactory
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +48,20 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
         yield eng
     finally:
         await eng.dispose()
+
+
+@pytest.fixture
+def make_settings(redis_server: RedisServer) -> SettingsFactory:
+    """API settings on the test Redis (as tests/api's fixture of the same name)."""
+    from streamward.api.config import Settings
+    from tests.api.helpers import ADMIN_TOKEN
+
+    def make(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "redis_url": redis_server.url,
+            "admin_token": ADMIN_TOKEN,
+            "tail_block_ms": 100,
+        }
+        return Settings(**{**base, **overrides})
+
+    return make

@@ -18,6 +18,7 @@ from streamward.api.config import Settings
 from streamward.api.metrics import ApiMetrics
 from streamward.api.problems import ProblemError
 from streamward.api.starts import StartWaiters
+from streamward.lua.archive import ArchiveCalls
 from streamward.lua.client import RedisClient
 from streamward.lua.keys import Keys, SessionKeys
 from streamward.lua.probe import Capabilities, probe
@@ -51,6 +52,13 @@ class AppState:
     starts: StartWaiters = field(default_factory=StartWaiters)
     # encoded once so the per-request compare does no allocation beyond the header
     api_tokens: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+async def mark_changed(state: AppState, sk: SessionKeys) -> None:
+    """With the record configured: a lifecycle change no invoke announces (delete, force
+    release, reset) makes the session due for an archive pass at once."""
+    if state.record is not None:
+        await ArchiveCalls(state.client, state.keys).mark(sk.ref, 0)
 
 
 async def get_state(request: Request) -> AppState:

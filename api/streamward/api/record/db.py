@@ -263,3 +263,51 @@ async def read_history(
             .limit(count)
         )
         return [HistoryRow(r[0], r[1], r[2], r[3], r[4] or 0, r[5], r[6]) for r in result]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFilter:
+    """``GET /v1/sessions`` filters over the record (every one optional)."""
+
+    status: str | None = None
+    route_id: str | None = None
+    session_key: str | None = None
+    # a JSON object the session's meta must contain (``metadata @> ...``)
+    metadata: dict[str, Any] | None = None
+    created_from_ms: int | None = None
+    created_to_ms: int | None = None
+    updated_from_ms: int | None = None
+    updated_to_ms: int | None = None
+
+
+async def list_sessions(
+    engine: AsyncEngine,
+    project: str,
+    where: SessionFilter,
+    before: tuple[int, str] | None,
+    count: int,
+) -> list[dict[str, Any]]:
+    """Sessions newest first by (created_ms, session_id), strictly before ``before`` (keyset)."""
+    s = sessions
+    q = sa.select(s).where(s.c.project == project)
+    if where.status is not None:
+        q = q.where(s.c.status == where.status)
+    if where.route_id is not None:
+        q = q.where(s.c.route_id == where.route_id)
+    if where.session_key is not None:
+        q = q.where(s.c.session_key == where.session_key)
+    if where.metadata is not None:
+        q = q.where(s.c.metadata.contains(where.metadata))
+    if where.created_from_ms is not None:
+        q = q.where(s.c.created_ms >= where.created_from_ms)
+    if where.created_to_ms is not None:
+        q = q.where(s.c.created_ms < where.created_to_ms)
+    if where.updated_from_ms is not None:
+        q = q.where(s.c.updated_ms >= where.updated_from_ms)
+    if where.updated_to_ms is not None:
+        q = q.where(s.c.updated_ms < where.updated_to_ms)
+    if before is not None:
+        q = q.where(sa.tuple_(s.c.created_ms, s.c.session_id) < sa.tuple_(*before))
+    q = q.order_by(s.c.created_ms.desc(), s.c.session_id.desc()).limit(count)
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(q)]

@@ -20,6 +20,7 @@ from streamward.api.deps import (
     StateDep,
     StoreDep,
     StreamsDep,
+    mark_changed,
 )
 from streamward.api.problems import ProblemError
 from streamward.api.responses import OrjsonResponse
@@ -236,6 +237,7 @@ async def force_release(
     sk = state.keys.session(project, session_id)
     before = await _lock(state, sk)
     out = await store.force_release(sk, reason, "force")
+    await mark_changed(state, sk)
     # read before re-queueing: once the work is published a runner may own it again at once
     after = await _lock(state, sk)
     if out.old_replica_id:
@@ -273,6 +275,10 @@ async def ownership_history(
         )
         for entry_id, f in await streams.ownership_history(sk, limit)
     ]
+    if state.record is not None:  # older events than Redis's last ~200 live in the record
+        from streamward.api.record.reads import with_archived_history
+
+        events = await with_archived_history(state.record, sk, events, limit)
     return OwnershipHistory(session_id=session_id, project=project, events=events)
 
 

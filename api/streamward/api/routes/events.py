@@ -17,7 +17,15 @@ from starlette.responses import Response
 
 from streamward.api import invoke as invocation
 from streamward.api.deliveries import replay_or_claim, route_claimed, start_once
-from streamward.api.deps import ID_PATTERN, AdminDep, AppState, ProjectDep, RoutesDep, StateDep
+from streamward.api.deps import (
+    ID_PATTERN,
+    AdminDep,
+    AppState,
+    ProjectDep,
+    RoutesDep,
+    StateDep,
+    mark_changed,
+)
 from streamward.api.lifecycle import bind_event, session_meta
 from streamward.api.problems import ProblemError
 from streamward.api.responses import OrjsonResponse

@@ -8,6 +8,7 @@ from redis.exceptions import RedisError
 
 from streamward.api.deps import AppState, StateDep, ensure_ready
 from streamward.api.problems import ProblemError
+from streamward.lua.archive import ArchiveCalls
 from streamward.lua.errors import write_refusal
 from streamward.lua.probe import ProbeError
 
@@ -18,14 +19,27 @@ class Health(BaseModel):
     status: str
 
 
+class Readiness(Health):
+    # with the record configured: how long the longest-due session has waited for the
+    # archiver, sessions in its work set, and the target lag (reported; never not-ready)
+    archive_lag_s: float | None = None
+    archive_backlog: int | None = None
+    archive_lag_target_s: float | None = None
+
+
 @router.get("/livez", response_model=Health)
 async def livez() -> Health:
     """The process is up (no Redis check: a Redis outage must not restart every pod)."""
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"description": "not ready"}})
-async def readyz(state: StateDep) -> Health:
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    response_model_exclude_none=True,
+    responses={503: {"description": "not ready"}},
+)
+async def readyz(state: StateDep) -> Readiness:
     """Redis answers, can run streamward (capability probe), the scripts are loaded and
     Redis accepts writes."""
     try:
@@ -54,7 +68,17 @@ async def readyz(state: StateDep) -> Health:
             f"redis unreachable: {type(exc).__name__}",
             headers={"Retry-After": str(state.settings.retry_after_s)},
         ) from exc
-    return Health(status="ready")
+    if state.record is None:
+        return Readiness(status="ready")
+    calls = ArchiveCalls(state.client, state.keys)
+    now = await calls.now_ms()
+    oldest = await calls.oldest_due_ms(now)
+    return Readiness(
+        status="ready",
+        archive_lag_s=0.0 if oldest is None else max(0.0, (now - oldest) / 1000),
+        archive_backlog=await calls.backlog(),
+        archive_lag_target_s=state.settings.archive_lag_target_s,
+    )
 
 
 # TTL of the write probe's key: long enough to outlive a probe period, so the key costs one

@@ -7,7 +7,7 @@ import re
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query
+from fastapi import APIRouter, Body, Depends, Header, Query
 from starlette.responses import Response
 
 from streamward.api import invoke as invocation
@@ -20,11 +20,13 @@ from streamward.api.deps import (
     StateSessionDep,
     StoreDep,
     StreamsDep,
+    mark_changed,
 )
 from streamward.api.problems import ProblemError
 from streamward.api.replicas import served_types
 from streamward.api.responses import OrjsonResponse
 from streamward.api.routes.common import entry_out, owner_detail, rfc3339_opt, scan_cursor, u64_ok
+from streamward.api.routes.listing import RecordFilters, record_page
 from streamward.api.routes.streaming import (
     NDJSON,
     SSE,
@@ -150,6 +152,7 @@ async def events(
     sk: SessionDep,
     streams: StreamsDep,
     settings: SettingsDep,
+    state: StateDep,
     after: Annotated[
         str | None,
         Query(pattern=LOG_ID_PATTERN, description="Entry id to resume after (default: start)."),
@@ -174,7 +177,7 @@ async def events(
     # a Last-Event-ID is checked even when ``after`` wins; an empty one means none (SSE)
     resume = _log_id(last_event_id) if last_event_id else None
     cursor = _log_id(after) if after is not None else resume or "0-0"
-    tail = Tail(sk, cursor, run_id=run_id, follow=follow)
+    tail = Tail(sk, cursor, run_id=run_id, follow=follow, record=state.record)
     if run_id is not None and follow:
         rs = await streams.run_state(sk, run_id)
         if rs is not None and rs.status in TERMINAL_STATUSES and rs.last_id is not None:
@@ -282,11 +285,26 @@ async def list_sessions(
     state: StateDep,
     status: Annotated[str | None, Query(max_length=64, description="Only this status.")] = None,
     cursor: Annotated[
-        str | None, Query(pattern=r"^[0-9]{1,20}$", description="next_cursor of a previous page.")
+        str | None,
+        Query(
+            pattern=r"^([0-9]{1,20}|r\.[0-9]{1,20}\.[A-Za-z0-9._:-]{1,200})$",
+            description="next_cursor of a previous page.",
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    filters: Annotated[RecordFilters, Depends()] = RecordFilters(),
 ) -> SessionPage:
-    """The caller's sessions by ZSCAN page (a page may hold fewer than ``limit`` items)."""
+    """The caller's sessions: from the record when configured (newest first, keyset pages,
+    filters), else by ZSCAN page of Redis (a page may hold fewer than ``limit`` items)."""
+    if state.record is not None:
+        return await record_page(
+            state.record, state.keys, project, status, filters, cursor, limit,
+            lambda sk: _session_out(state.store, state.streams, sk),
+        )  # fmt: skip
+    if filters.any():
+        raise ProblemError(
+            422, "record_not_configured", "these filters need the record (STREAMWARD_DATABASE_URL)"
+        )
     nxt, items = await state.streams.scan_sessions(scan_cursor(cursor), project, count=limit)
     sks = [state.keys.session_ref(ref) for ref, _ in items]
     outs = await asyncio.gather(*[_session_out(state.store, state.streams, sk) for sk in sks])
@@ -334,7 +352,7 @@ async def _end_deleted_runs(
 
 @router.delete("/sessions/{session_id}", response_model=SessionOut, responses=_COMMON)
 async def delete_session(
-    sk: SessionDep, store: StoreDep, streams: StreamsDep, settings: SettingsDep
+    sk: SessionDep, store: StoreDep, streams: StreamsDep, settings: SettingsDep, state: StateDep
 ) -> SessionOut:
     """Cancel the active run, release (fence) the owner, drop pending state; keep the log."""
     meta = await _meta_or_404(streams, sk)
@@ -353,6 +371,7 @@ async def delete_session(
     # kept readable until retention ends, then every key of the session expires
     await streams.retire_session(sk, "deleted", "manual", settings.retention_s * 1000)
     await streams.forget_session(sk)
+    await mark_changed(state, sk)
     out = await _session_out(store, streams, sk)
     assert out is not None
     return out

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
@@ -88,6 +89,8 @@ class Tail:
     run_id: str | None = None
     follow: bool = True
     conn_id: str | None = None  # registered in sw:{S}:attached while following
+    # the record's engine when configured: a resume below Redis's hot tail reads it first
+    record: Any = None
 
 
 def ndjson_line(entry: LogEntry, session_id: str) -> bytes:
@@ -117,6 +120,24 @@ def make_producer(streams: Streams, settings: Settings, tail: Tail, sse: bool) -
     return produce
 
 
+async def _from_archive(
+    streams: Streams, tail: Tail, gone: asyncio.Event
+) -> AsyncIterator[LogEntry]:
+    """The entries after ``tail.after`` that only the archive still has (the hot-tail trim
+    removed them from Redis), oldest first; ends where Redis's log continues."""
+    from streamward.api.record.reads import span  # the `db` extra: only when configured
+
+    cursor = tail.after
+    while not gone.is_set():
+        from_redis = await streams.read_log(tail.session, cursor, count=TAIL_BATCH)
+        batch = await span(tail.record, streams, tail.session, cursor, TAIL_BATCH, from_redis)
+        if batch is from_redis or not batch:
+            return  # Redis continues right after the cursor: the usual tail takes over
+        for entry in batch:
+            cursor = entry.id
+            yield entry
+
+
 async def follow_log(
     streams: Streams, settings: Settings, tail: Tail, gone: asyncio.Event, keepalive: bool
 ) -> AsyncIterator[LogEntry | None]:
@@ -126,6 +147,14 @@ async def follow_log(
     disconnects, its connection is detached, or (``follow`` false) the log end is reached.
     """
     cursor = tail.after
+    if tail.record is not None:
+        async for entry in _from_archive(streams, tail, gone):
+            cursor = entry.id
+            if tail.run_id is not None and entry.run_id != tail.run_id:
+                continue
+            yield entry
+            if tail.run_id is not None and entry.terminal:
+                return
     ttl_ms = int(settings.attach_ttl_s * 1000)
     now = time.monotonic()
     next_refresh = now + settings.attach_refresh_s
