@@ -92,6 +92,10 @@ SEMANTIC_422 = {
     # ids and cursors matching their documented pattern, yet past 2^64-1
     "invalid_log_id",
     "invalid_cursor",
+    # GET /v1/sessions: filters only the record answers, on an API without one; and a
+    # metadata filter that is a string but not a JSON object
+    "record_not_configured",
+    "invalid_metadata",
 }
 
 

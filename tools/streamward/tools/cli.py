@@ -85,6 +85,10 @@ def dev_command(
             "echo; with a handler of your own the echo demo is skipped)."
         ),
     ] = None,
+    no_record: Annotated[
+        bool,
+        typer.Option("--no-record", help="No embedded PostgreSQL record and archiver."),
+    ] = False,
 ) -> None:
     """Run the whole system locally: embedded Redis, the API and runners, and a demo."""
     from streamward.tools.dev import main as dev
@@ -97,6 +101,7 @@ def dev_command(
             demo=not no_demo,
             exit_after_demo=exit_after_demo,
             handlers=handler or [],
+            record=not no_record,
         )
     )
 

