@@ -81,6 +81,11 @@ class Settings(RedisSettings, BaseSettings):
     archive_hot_tail_entries: Annotated[int, Field(ge=0)] = 1000
     # the lag /readyz and the metrics compare against (they report; nothing is refused)
     archive_lag_target_s: Annotated[float, Field(gt=0)] = 5.0
+    # retention in the record (not Redis's RETENTION_S): days per project, a default for the
+    # rest, one bounded pass per interval by one archiver
+    record_retention_days: Annotated[int, Field(ge=1)] = 30
+    record_retention_by_project: dict[str, Annotated[int, Field(ge=1)]] = {}
+    record_retention_interval_s: Annotated[float, Field(gt=0)] = 3600.0
 
 
 @lru_cache

@@ -105,3 +105,8 @@ class ArchiveCalls(StreamsBase):
     async def trim_log(self, session: SessionKeys, below_seq: int) -> int:
         """Drop the log's entries with seq < ``below_seq`` (only ever below the archived)."""
         return int(await self.client.xtrim(session.log, minid=f"{below_seq}-0", approximate=False))
+
+    async def claim_retention(self, owner: str, ttl_ms: int) -> bool:
+        """The retention pass for the next ``ttl_ms``: one archiver runs it, the lock simply
+        expires (no release: the next pass is due after the interval anyway)."""
+        return bool(await self.client.set(self.keys.archive_retention, owner, nx=True, px=ttl_ms))

@@ -96,6 +96,8 @@ class Keys:
         self.archive_dirty = f"{prefix}:archive:dirty"
         # the sw:sessions score up to which sessions were fed into the work set
         self.archive_fed = f"{prefix}:archive:fed"
+        # one archiver at a time runs the record's retention pass
+        self.archive_retention = f"{prefix}:archive:retention"
 
     def work_for(self, session_type: str) -> str:
         """The work stream of one session type; the default type keeps ``sw:work``."""

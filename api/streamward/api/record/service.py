@@ -11,9 +11,10 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from streamward.api.config import Settings
-from streamward.api.record import migrate
+from streamward.api.record import migrate, retention
 from streamward.api.record.archiver import DB_DOWN, Archiver, ArchiveSettings
 from streamward.api.record.db import make_engine
+from streamward.api.record.retention import RetentionPolicy
 from streamward.lua.archive import ArchiveCalls
 from streamward.lua.client import connect_from_config
 from streamward.lua.keys import Keys
@@ -68,6 +69,30 @@ async def _export(arch: Archiver, stop: asyncio.Event, port: int) -> None:
             continue
 
 
+async def _retention(
+    arch: Archiver, settings: Settings, stop: asyncio.Event, calls: ArchiveCalls
+) -> None:
+    """A bounded retention pass per interval, by whichever archiver takes the lock."""
+    policy = RetentionPolicy(
+        default_days=settings.record_retention_days,
+        by_project=settings.record_retention_by_project,
+    )
+    interval_ms = int(settings.record_retention_interval_s * 1000)
+    while not stop.is_set():
+        try:
+            if await calls.claim_retention(arch.owner, interval_ms):
+                deleted = await retention.enforce(arch.engine, policy, await calls.now_ms())
+                log.info("retention pass: %d rows deleted", deleted)
+        except RedisError as exc:
+            log.warning("retention: redis unavailable: %s", exc)
+        except DB_DOWN as exc:
+            log.warning("retention: database unavailable: %s", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), min(60.0, settings.record_retention_interval_s))
+        except TimeoutError:
+            continue
+
+
 async def run_archiver(
     settings: Settings, database_url: str, stop: asyncio.Event, metrics_port: int | None
 ) -> int:
@@ -92,7 +117,10 @@ async def run_archiver(
     keys = Keys(settings.key_prefix)
     arch = Archiver(Streams(client, keys), ArchiveCalls(client, keys), engine,
                     archive_settings(settings))  # fmt: skip
-    tasks = [asyncio.create_task(arch.run(stop))]
+    tasks = [
+        asyncio.create_task(arch.run(stop)),
+        asyncio.create_task(_retention(arch, settings, stop, arch.calls)),
+    ]
     if metrics_port is not None:
         tasks.append(asyncio.create_task(_export(arch, stop, metrics_port)))
     try:
