@@ -43,7 +43,10 @@ PROD_SECRETS = {
     "streamward-admin": {"token"},
     "streamward-api-tokens": {"tokens"},
     "streamward-redis": {"url", "password", "address"},
+    "streamward-database": {"url"},
 }
+# what the archiver (components/record) needs beyond its shutdown: its current transaction
+ARCHIVER_SHUTDOWN_S = 10
 API_SHUTDOWN_S = 5  # uvicorn timeout_graceful_shutdown in streamward.api.main.serve
 INTERRUPT_WAIT_S = 5  # streamward.runner.replica.INTERRUPT_WAIT_S: drain-timeout interruptions
 STATUS_OK = 0
@@ -220,6 +223,8 @@ def test_grace_periods_cover_prestop_and_drain(overlay: tuple[str, list[Doc]]) -
                 drain = env_value(c, "STREAMWARD_DRAIN_TIMEOUT_S")
                 drain_s = float(drain) if drain else RunnerSettings(replica_id="x").drain_timeout_s
                 needed = pre_stop_s(c) + drain_s + INTERRUPT_WAIT_S
+            elif component(d) == "archiver":
+                needed = pre_stop_s(c) + ARCHIVER_SHUTDOWN_S
             else:
                 needed = pre_stop_s(c) + API_SHUTDOWN_S
             assert grace > needed, (
@@ -287,6 +292,10 @@ def test_probes_point_at_real_endpoints_and_commands(overlay: tuple[str, list[Do
             if component(d) == "api":
                 assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
                 assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+            elif component(d) == "archiver":  # its own metrics listener (--metrics-port)
+                port = next(p["containerPort"] for p in c["ports"] if p["name"] == "metrics")
+                assert c["args"][c["args"].index("--metrics-port") + 1] == str(port)
+                assert c["livenessProbe"]["httpGet"]["port"] == "metrics"
             else:
                 for kind in ("startupProbe", "livenessProbe"):
                     assert c[kind]["exec"]["command"] == ["streamward", "runner", "check"]
@@ -332,7 +341,8 @@ def test_env_vars_are_settings_fields(overlay: tuple[str, list[Doc]]) -> None:
     api_vars, runner_vars = _settings_fields(Settings), _settings_fields(RunnerSettings)
     configmaps = {d["metadata"]["name"]: d for d in by_kind(docs, "ConfigMap")}
     for d in streamward_deployments(docs):
-        known = api_vars if component(d) == "api" else runner_vars
+        # the archiver reads the API's settings (streamward.api.config)
+        known = api_vars if component(d) in ("api", "archiver") else runner_vars
         for c in containers(d):
             for e in c.get("env", []):
                 if e["name"] == "POD_NAME":
@@ -359,7 +369,7 @@ def test_settings_in_the_manifests_are_valid(overlay: tuple[str, list[Doc]]) -> 
                     values[e["name"]] = e["value"]
             fields = {k.removeprefix("STREAMWARD_").lower(): v for k, v in values.items()}
             fields.pop("pod_name", None)
-            cls: Any = Settings if component(d) == "api" else RunnerSettings
+            cls: Any = Settings if component(d) in ("api", "archiver") else RunnerSettings
             known = {k: v for k, v in fields.items() if k in cls.model_fields}
             if cls is RunnerSettings:
                 known.setdefault("replica_id", "streamward-runner-abc12")
@@ -414,7 +424,7 @@ def test_selectors_ports_and_references_resolve(overlay: tuple[str, list[Doc]]) 
     name, docs = overlay
     pods = [
         (d["metadata"]["name"], d["spec"]["template"]["metadata"]["labels"], pod_spec(d))
-        for d in by_kind(docs, "Deployment")
+        for d in by_kind(docs, "Deployment") + by_kind(docs, "Job")
     ]
 
     def matching(selector: dict[str, str]) -> list[tuple[str, dict[str, str], Doc]]:
