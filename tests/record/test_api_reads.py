@@ -72,6 +72,9 @@ async def test_transcript_and_resume_across_the_hot_tail_read_like_redis(
         ready = (await c.get("/readyz")).json()
         assert ready["status"] == "ready" and ready["archive_backlog"] == 0
         assert ready["archive_lag_target_s"] == 5.0
+        scrape = (await c.get("/metrics")).text
+        assert "streamward_archive_lag_seconds 0.0" in scrape
+        assert "streamward_archive_backlog_sessions 0.0" in scrape
         # ownership history: the archived acquire/release, merged with Redis's
         hist = (await c.get("/admin/sessions/t1/history", headers=_admin())).json()["events"]
         assert [e["event"] for e in hist] == ["released", "acquired"]

@@ -101,6 +101,17 @@ class ApiMetrics:
             "1 when Redis answered the last scrape's queries.",
             registry=r,
         )
+        # with the record configured (docs/record.md): the archiver's progress, fleet-wide
+        self.archive_lag = Gauge(
+            "streamward_archive_lag_seconds",
+            "How long the longest-due session has waited for an archive pass (read at scrape).",
+            registry=r,
+        )
+        self.archive_backlog = Gauge(
+            "streamward_archive_backlog_sessions",
+            "Sessions in the archiver's work set (read at scrape time).",
+            registry=r,
+        )
         build_info(r, "api")
         self.script_timer = ScriptTimer(self.script_duration)
         add_script_timer(self.script_timer)

@@ -8,7 +8,7 @@ from redis.exceptions import RedisError
 
 from streamward.api.deps import AppState, StateDep, ensure_ready
 from streamward.api.problems import ProblemError
-from streamward.lua.archive import ArchiveCalls
+from streamward.api.routes.metrics import archive_progress
 from streamward.lua.errors import write_refusal
 from streamward.lua.probe import ProbeError
 
@@ -70,13 +70,14 @@ async def readyz(state: StateDep) -> Readiness:
         ) from exc
     if state.record is None:
         return Readiness(status="ready")
-    calls = ArchiveCalls(state.client, state.keys)
-    now = await calls.now_ms()
-    oldest = await calls.oldest_due_ms(now)
+    try:
+        lag_s, in_set = await archive_progress(state)
+    except RedisError:  # Redis answered the probes just now: ready, without the detail
+        return Readiness(status="ready")
     return Readiness(
         status="ready",
-        archive_lag_s=0.0 if oldest is None else max(0.0, (now - oldest) / 1000),
-        archive_backlog=await calls.backlog(),
+        archive_lag_s=lag_s,
+        archive_backlog=in_set,
         archive_lag_target_s=state.settings.archive_lag_target_s,
     )
 

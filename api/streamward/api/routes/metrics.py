@@ -17,6 +17,7 @@ from starlette.responses import Response
 from streamward.api import replicas
 from streamward.api.deps import AppState
 from streamward.api.metrics import ApiMetrics
+from streamward.lua.archive import ArchiveCalls
 
 log = logging.getLogger("streamward.metrics")
 
@@ -45,12 +46,25 @@ async def metrics_endpoint(request: Request) -> Response:
                 metrics.work_backlog_by_type.labels(session_type).set(n)
             for name in ("ready", "draining", "dead"):
                 metrics.replicas.labels(name).set(by_state.get(name, 0))
+            if state.record is not None:
+                lag_s, in_set = await asyncio.wait_for(archive_progress(state), timeout=2.0)
+                metrics.archive_lag.set(lag_s)
+                metrics.archive_backlog.set(in_set)
             metrics.redis_up.set(1)
         except (RedisError, TimeoutError) as exc:
             # a scrape must still answer: the process metrics are valid without Redis
             log.warning("metrics: fleet gauges unavailable: %s", exc)
             metrics.redis_up.set(0)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def archive_progress(state: AppState) -> tuple[float, int]:
+    """(lag s, sessions in the work set) of the archiver, read from Redis."""
+    calls = ArchiveCalls(state.client, state.keys)
+    now = await calls.now_ms()
+    oldest = await calls.oldest_due_ms(now)
+    lag_s = 0.0 if oldest is None else max(0.0, (now - oldest) / 1000)
+    return lag_s, await calls.backlog()
 
 
 async def _replica_states(state: AppState) -> collections.Counter[str]:
