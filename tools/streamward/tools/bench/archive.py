@@ -1,0 +1,84 @@
+"""The record under the invoke bench (`streamward bench invoke --archiver`): an embedded
+PostgreSQL, one `streamward archiver` process, and the archive lag sampled from Redis every
+100 ms while the bench runs; then how long the archive takes to catch up, and throughput."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from streamward.lua.archive import ArchiveCalls
+from streamward.lua.keys import Keys
+
+SAMPLE_S = 0.1
+CATCH_UP_TIMEOUT_S = 300.0
+
+
+@dataclass
+class ArchiveFigures:
+    lag_p50_s: float
+    lag_p99_s: float
+    lag_max_s: float
+    samples: int
+    entries_archived: int
+    catch_up_s: float
+    entries_per_s: float
+
+
+class LagSampler:
+    """Samples the archiver's lag (the longest-due session's wait) until stopped."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        self.calls = ArchiveCalls(self.client, Keys())
+        self.lags: list[float] = []
+        self.started = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _lag_s(self) -> float:
+        now = await self.calls.now_ms()
+        oldest = await self.calls.oldest_due_ms(now)
+        return 0.0 if oldest is None else max(0.0, (now - oldest) / 1000)
+
+    async def _loop(self) -> None:
+        while True:
+            self.lags.append(await self._lag_s())
+            await asyncio.sleep(SAMPLE_S)
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self._task = asyncio.create_task(self._loop())
+
+    async def finish(self, database_url: str) -> ArchiveFigures:
+        """Stop sampling, wait for the archive to catch up, count what it holds."""
+        if self._task is not None:
+            self._task.cancel()
+        ran_s = time.monotonic() - self.started
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < CATCH_UP_TIMEOUT_S:
+            if await self._lag_s() == 0:
+                break
+            await asyncio.sleep(SAMPLE_S)
+        catch_up_s = time.monotonic() - t0
+        conn: Any = await asyncpg.connect(database_url)
+        try:
+            archived = int(await conn.fetchval("SELECT count(*) FROM transcript_entries"))
+        finally:
+            await conn.close()
+        await self.client.aclose()
+        lags = sorted(self.lags) or [0.0]
+        return ArchiveFigures(
+            lag_p50_s=round(statistics.median(lags), 3),
+            lag_p99_s=round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3),
+            lag_max_s=round(lags[-1], 3),
+            samples=len(self.lags),
+            entries_archived=archived,
+            catch_up_s=round(catch_up_s, 2),
+            entries_per_s=round(archived / (ran_s + catch_up_s), 1) if ran_s else 0.0,
+        )
