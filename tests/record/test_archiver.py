@@ -18,7 +18,7 @@ from streamward.lua.streams import Streams
 from tests.record.helpers import archived_seqs, write_log
 
 
-def _archiver(client: aioredis.Redis, engine: AsyncEngine, **kw: int) -> Archiver:
+def _archiver(client: aioredis.Redis, engine: AsyncEngine, **kw: float) -> Archiver:
     keys = Keys()
     return Archiver(
         Streams(client, keys), ArchiveCalls(client, keys), engine, ArchiveSettings(**kw)
@@ -106,3 +106,22 @@ async def test_reads_across_the_hot_tail_boundary_return_identical_ids_and_order
         assert got == whole, size
     assert await page("500-0", 10) == []
     assert await page("379-0", 3) == whole[379:382]
+
+
+async def test_a_time_based_hot_tail_keeps_every_young_entry(
+    redis_client: aioredis.Redis, store: LeaseStore, keys: Keys, engine: AsyncEngine
+) -> None:
+    streams = Streams(redis_client, keys)
+    sk = keys.session("p1", "young")
+    await streams.touch_session(sk)
+    now = await streams.now_ms()
+    lease = await store.acquire(sk, "r1", "i1", 60_000)
+    # entries 1..60 written an hour ago, 61..100 a minute ago
+    old = [Entry(seq=s, type="run.output", data={}, ts_ms=now - 3_600_000) for s in range(1, 61)]
+    new = [Entry(seq=s, type="run.output", data={}, ts_ms=now - 60_000) for s in range(61, 101)]
+    await store.ingest(sk, "run_1", lease.token, old + new)
+    await store.release(sk, "r1", "i1", lease.token)
+    # the count alone would keep 10; the last 10 minutes keep 40
+    await _drain(_archiver(redis_client, engine, hot_tail_entries=10, hot_tail_s=600))
+    assert [e.seq for e in await streams.read_log(sk, count=1000)] == list(range(61, 101))
+    assert await archived_seqs(engine, sk) == list(range(1, 101))

@@ -46,6 +46,8 @@ class ArchiveSettings:
     sessions_per_pass: int = 100
     claim_s: float = 30.0
     hot_tail_entries: int = 1000
+    # and every entry younger than this stays too (0: the count alone decides)
+    hot_tail_s: float = 0.0
 
 
 @dataclass
@@ -204,8 +206,27 @@ class Archiver:
         last = await self.streams.last_seq(sk)
         keep_from = min(archived_seq + 1, last - self.settings.hot_tail_entries + 1)
         first = await self.calls.first_seq(sk)
-        if first is not None and keep_from > first:
+        if first is None or keep_from <= first:
+            return
+        if self.settings.hot_tail_s > 0:
+            cutoff_ms = await self.calls.now_ms() - int(self.settings.hot_tail_s * 1000)
+            keep_from = await self._first_since(sk, cutoff_ms, first, keep_from)
+        if keep_from > first:
             self.stats.trimmed += await self.calls.trim_log(sk, keep_from)
+
+    async def _first_since(self, sk: SessionKeys, cutoff_ms: int, lo: int, hi: int) -> int:
+        """The first seq in [lo, hi] written at or after ``cutoff_ms`` (``hi`` if none before
+        it is): a binary search over the log (entry times grow with seq), log2(n) reads."""
+        while lo < hi:
+            mid = (lo + hi) // 2
+            got = await self.streams.read_log(sk, f"{mid - 1}-0", count=1)
+            if not got or got[0].seq > hi:
+                return hi
+            if (got[0].ts_ms or 0) >= cutoff_ms:
+                hi = got[0].seq if got[0].seq < hi else mid
+            else:
+                lo = got[0].seq + 1
+        return lo
 
 
 def _run_state(raw: str) -> dict[str, Any]:

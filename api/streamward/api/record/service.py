@@ -31,6 +31,7 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
         sessions_per_pass=settings.archive_sessions_per_pass,
         claim_s=settings.archive_claim_s,
         hot_tail_entries=settings.archive_hot_tail_entries,
+        hot_tail_s=settings.archive_hot_tail_s,
     )
 
 
