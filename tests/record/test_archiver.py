@@ -4,6 +4,7 @@ Redis keeps only a hot tail, several archivers at once write each entry once."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,7 +19,7 @@ from streamward.lua.streams import Streams
 from tests.record.helpers import archived_seqs, write_log
 
 
-def _archiver(client: aioredis.Redis, engine: AsyncEngine, **kw: float) -> Archiver:
+def _archiver(client: aioredis.Redis, engine: AsyncEngine, **kw: Any) -> Archiver:
     keys = Keys()
     return Archiver(
         Streams(client, keys), ArchiveCalls(client, keys), engine, ArchiveSettings(**kw)
