@@ -44,8 +44,10 @@ def start_database(console: Console) -> tuple[PostgresServer, str]:
     return server, server.url
 
 
-def start_archiver(fleet: Fleet, database_url: str) -> None:
-    fleet._spawn("archiver", ["archiver"], fleet._env({"STREAMWARD_DATABASE_URL": database_url}))
+def start_archiver(fleet: Fleet, database_url: str) -> int:
+    """One `streamward archiver` in the fleet; returns its pid."""
+    env = fleet._env({"STREAMWARD_DATABASE_URL": database_url})
+    return fleet._spawn("archiver", ["archiver"], env).pid
 
 
 def show_archive(console: Console, api_url: str, session_id: str) -> None:

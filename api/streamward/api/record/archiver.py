@@ -34,6 +34,8 @@ from streamward.lua.streams import Streams
 log = logging.getLogger("streamward.archiver")
 # sessions active this long before the last feed are fed again (clock skew between hosts)
 FEED_OVERLAP_MS = 5_000
+# sessions whose last pass this archiver remembers
+SEEN_MAX = 100_000
 # what a database outage raises (asyncpg's errors arrive wrapped in DBAPIError)
 DB_DOWN: tuple[type[BaseException], ...] = (OperationalError, DBAPIError, OSError, TimeoutError)
 
@@ -82,6 +84,11 @@ class Archiver:
         self.settings = settings or ArchiveSettings()
         self.owner = owner or f"archiver-{uuid.uuid4().hex[:12]}"
         self.stats = ArchiveStats()
+        # ref -> (how far it is archived, fingerprint of meta + runs) as this archiver last
+        # wrote them: a revisit of an unchanged session costs Redis reads and no database
+        # round trip. Another archiver may have gone further: a stale entry only re-reads
+        # entries already archived (the writes are idempotent, the position only grows).
+        self._seen: dict[str, tuple[db.ArchivedSession, int]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass until ``stop``; Redis or database outages are waited out."""
@@ -146,11 +153,24 @@ class Archiver:
 
     async def archive_once(self, sk: SessionKeys) -> bool:
         """Copy what is new since the last pass; True when anything new was written."""
-        async with self.engine.connect() as conn:
-            at = await db.archived(conn, sk.project, sk.session_id)
+        seen = self._seen.get(sk.ref)
+        if seen is None:
+            async with self.engine.connect() as conn:
+                at = await db.archived(conn, sk.project, sk.session_id)
+        else:
+            at = seen[0]
         meta, runs_raw, history = await self.calls.snapshot(sk, at.archived_history_id)
         if not meta and at.archived_seq == 0:
             return False  # gone (or never written): nothing to record
+        fingerprint = hash((frozenset(meta.items()), frozenset(runs_raw.items())))
+        last_seq = int(meta.get("last_seq") or 0)
+        if (
+            seen is not None
+            and seen[1] == fingerprint
+            and not history
+            and last_seq <= at.archived_seq
+        ):
+            return False  # nothing changed since this archiver's last pass
         runs = {run_id: _run_state(raw) for run_id, raw in runs_raw.items()}
         seq = at.archived_seq
         history_id = history[-1][0] if history else at.archived_history_id
@@ -175,6 +195,9 @@ class Archiver:
             if len(entries) < self.settings.batch_entries:
                 break
         self.stats.sessions += 1
+        if len(self._seen) >= SEEN_MAX:
+            self._seen.clear()  # bounded memory; the next passes read the position again
+        self._seen[sk.ref] = (db.ArchivedSession(seq, history_id), fingerprint)
         await self._trim(sk, seq)
         return new
 

@@ -5,6 +5,7 @@ PostgreSQL, one `streamward archiver` process, and the archive lag sampled from 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -82,3 +83,19 @@ class LagSampler:
             catch_up_s=round(catch_up_s, 2),
             entries_per_s=round(archived / (ran_s + catch_up_s), 1) if ran_s else 0.0,
         )
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (a PostgreSQL postmaster and its backends), from /proc."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            pids.append(int(entry))
+    return pids
