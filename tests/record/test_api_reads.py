@@ -24,7 +24,7 @@ HOT = 50
 async def _archive_all(client: aioredis.Redis, engine: AsyncEngine) -> None:
     keys = Keys()
     arch = Archiver(Streams(client, keys), ArchiveCalls(client, keys), engine,
-                    ArchiveSettings(hot_tail_entries=HOT))  # fmt: skip
+                    ArchiveSettings(hot_tail_entries=HOT, batch_delay_s=0))  # fmt: skip
     for _ in range(50):
         await arch.tick()
         if await arch.calls.oldest_due_ms(await arch.calls.now_ms()) is None:

@@ -22,7 +22,10 @@ from tests.record.helpers import archived_seqs, write_log
 def _archiver(client: aioredis.Redis, engine: AsyncEngine, **kw: Any) -> Archiver:
     keys = Keys()
     return Archiver(
-        Streams(client, keys), ArchiveCalls(client, keys), engine, ArchiveSettings(**kw)
+        Streams(client, keys),
+        ArchiveCalls(client, keys),
+        engine,
+        ArchiveSettings(**{"batch_delay_s": 0, **kw}),
     )
 
 
@@ -126,3 +129,17 @@ async def test_a_time_based_hot_tail_keeps_every_young_entry(
     await _drain(_archiver(redis_client, engine, hot_tail_entries=10, hot_tail_s=600))
     assert [e.seq for e in await streams.read_log(sk, count=1000)] == list(range(61, 101))
     assert await archived_seqs(engine, sk) == list(range(1, 101))
+
+
+async def test_activity_is_archived_after_the_batch_delay_not_at_once(
+    redis_client: aioredis.Redis, store: LeaseStore, keys: Keys, engine: AsyncEngine
+) -> None:
+    sk = keys.session("p1", "delayed")
+    await Streams(redis_client, keys).touch_session(sk)
+    await write_log(store, sk, 1, 10)
+    arch = _archiver(redis_client, engine, batch_delay_s=3600)
+    assert await arch.tick() == 0  # seen, due in an hour: one later pass takes it all
+    assert await archived_seqs(engine, sk) == []
+    now = await arch.calls.now_ms()
+    due = await redis_client.zscore(keys.archive_dirty, sk.ref)
+    assert due is not None and now + 3_500_000 < due <= now + 3_600_000

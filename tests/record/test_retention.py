@@ -31,7 +31,9 @@ async def test_per_project_retention_deletes_old_rows_in_bounded_batches(
         sk = keys.session(project, "s")
         await streams.touch_session(sk)
         await write_log(store, sk, 1, 120)
-    arch = Archiver(streams, ArchiveCalls(redis_client, keys), engine, ArchiveSettings())
+    arch = Archiver(
+        streams, ArchiveCalls(redis_client, keys), engine, ArchiveSettings(batch_delay_s=0)
+    )
     await arch.tick()
     assert await _count(engine, transcript_entries, "short") == 120
     now = await streams.now_ms()

@@ -73,7 +73,9 @@ class Settings(RedisSettings, BaseSettings):
     # the archiver (`streamward archiver`): how often it looks for due sessions, how often a
     # busy (owned) session is revisited, entries per transaction, and what Redis keeps
     archive_interval_s: Annotated[float, Field(gt=0)] = 0.5
-    archive_revisit_s: Annotated[float, Field(gt=0)] = 1.0
+    archive_revisit_s: Annotated[float, Field(gt=0)] = 2.0
+    # a session seen active is due this long after (one pass batches its writes meanwhile)
+    archive_batch_delay_s: Annotated[float, Field(ge=0)] = 1.0
     archive_batch_entries: Annotated[int, Field(ge=1, le=10_000)] = 500
     archive_sessions_per_pass: Annotated[int, Field(ge=1)] = 100
     archive_claim_s: Annotated[float, Field(gt=0)] = 30.0

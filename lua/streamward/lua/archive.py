@@ -18,8 +18,10 @@ from streamward.lua.keys import SessionKeys
 class ArchiveCalls(StreamsBase):
     """The archiver's Redis side."""
 
-    async def feed(self, now_ms: int, overlap_ms: int) -> int:
-        """Mark every session active since the last feed as due now; returns how many.
+    async def feed(self, now_ms: int, overlap_ms: int, delay_ms: int = 0) -> int:
+        """Mark every session active since the last feed as due ``delay_ms`` from now (a busy
+        session's writes are archived in one pass per delay, not one per feed); returns how
+        many.
 
         ``ZADD LT``: a session already due stays due as early as it was, and one claimed
         (scored in the future) becomes due again, so its claimer sees the change.
@@ -31,7 +33,8 @@ class ArchiveCalls(StreamsBase):
             self.keys.sessions, max(0, since - overlap_ms), "+inf"
         )
         if refs:
-            await self.client.zadd(self.keys.archive_dirty, {_s(r): now_ms for r in refs}, lt=True)
+            due = now_ms + delay_ms
+            await self.client.zadd(self.keys.archive_dirty, {_s(r): due for r in refs}, lt=True)
         # a watermark that only grows: concurrent feeders at worst feed twice
         await self.client.set(self.keys.archive_fed, now_ms)
         return len(refs)
@@ -63,10 +66,11 @@ class ArchiveCalls(StreamsBase):
         await self.client.zadd(self.keys.archive_dirty, {ref: now_ms + claim_ms}, xx=True)
         return True
 
-    async def unclaim(self, ref: str, owner: str) -> None:
-        key = self.keys.archive_claim(ref)
-        if _s(await self.client.get(key) or "") == owner:
-            await self.client.delete(key)
+    async def unclaim(self, ref: str) -> None:
+        """Drop the claim after a pass. Unchecked (one round trip, not two): a pass outliving
+        its claim could only free another archiver's, and two passes at once are harmless
+        (every write is idempotent), merely wasted."""
+        await self.client.delete(self.keys.archive_claim(ref))
 
     async def revisit(self, ref: str, due_ms: int) -> None:
         await self.client.zadd(self.keys.archive_dirty, {ref: due_ms})

@@ -43,7 +43,9 @@ DB_DOWN: tuple[type[BaseException], ...] = (OperationalError, DBAPIError, OSErro
 @dataclass(frozen=True)
 class ArchiveSettings:
     interval_s: float = 0.5
-    revisit_s: float = 1.0
+    revisit_s: float = 2.0
+    # activity makes a session due this long after it is seen (batches a busy session)
+    batch_delay_s: float = 1.0
     batch_entries: int = 500
     sessions_per_pass: int = 100
     claim_s: float = 30.0
@@ -67,6 +69,16 @@ class ArchiveStats:
     passes: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What this archiver last wrote for one session."""
+
+    at: db.ArchivedSession
+    meta_fp: int
+    run_fps: dict[str, int]
+    trimmed_below: int
+
+
 class Archiver:
     """One archiver; any number may run against the same Redis and database."""
 
@@ -88,7 +100,7 @@ class Archiver:
         # wrote them: a revisit of an unchanged session costs Redis reads and no database
         # round trip. Another archiver may have gone further: a stale entry only re-reads
         # entries already archived (the writes are idempotent, the position only grows).
-        self._seen: dict[str, tuple[db.ArchivedSession, int]] = {}
+        self._seen: dict[str, Seen] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass until ``stop``; Redis or database outages are waited out."""
@@ -114,7 +126,7 @@ class Archiver:
         """Feed the work set, then archive the due sessions this archiver can claim."""
         s = self.settings
         now = await self.calls.now_ms()
-        await self.calls.feed(now, FEED_OVERLAP_MS)
+        await self.calls.feed(now, FEED_OVERLAP_MS, int(s.batch_delay_s * 1000))
         oldest = await self.calls.oldest_due_ms(now)
         self.stats.lag_s = 0.0 if oldest is None else max(0.0, (now - oldest) / 1000)
         self.stats.backlog = await self.calls.backlog()
@@ -132,7 +144,7 @@ class Archiver:
                 self._db_down(exc)
                 break
             finally:
-                await self.calls.unclaim(ref, self.owner)
+                await self.calls.unclaim(ref)
         if done:
             self.stats.db_up = True
         return done
@@ -158,20 +170,27 @@ class Archiver:
             async with self.engine.connect() as conn:
                 at = await db.archived(conn, sk.project, sk.session_id)
         else:
-            at = seen[0]
+            at = seen.at
         meta, runs_raw, history = await self.calls.snapshot(sk, at.archived_history_id)
         if not meta and at.archived_seq == 0:
             return False  # gone (or never written): nothing to record
-        fingerprint = hash((frozenset(meta.items()), frozenset(runs_raw.items())))
+        meta_fp = hash(frozenset(meta.items()))
+        run_fps = {run_id: hash(raw) for run_id, raw in runs_raw.items()}
         last_seq = int(meta.get("last_seq") or 0)
         if (
             seen is not None
-            and seen[1] == fingerprint
+            and seen.meta_fp == meta_fp
             and not history
-            and last_seq <= at.archived_seq
+            and (last_seq <= at.archived_seq and seen.run_fps == run_fps)
         ):
             return False  # nothing changed since this archiver's last pass
-        runs = {run_id: _run_state(raw) for run_id, raw in runs_raw.items()}
+        # only the runs that changed since this archiver wrote them (a session has many)
+        known = seen.run_fps if seen is not None else {}
+        runs = {
+            run_id: _run_state(raw)
+            for run_id, raw in runs_raw.items()
+            if known.get(run_id) != run_fps[run_id]
+        }
         seq = at.archived_seq
         history_id = history[-1][0] if history else at.archived_history_id
         new = bool(history)
@@ -197,8 +216,8 @@ class Archiver:
         self.stats.sessions += 1
         if len(self._seen) >= SEEN_MAX:
             self._seen.clear()  # bounded memory; the next passes read the position again
-        self._seen[sk.ref] = (db.ArchivedSession(seq, history_id), fingerprint)
-        await self._trim(sk, seq)
+        trimmed = await self._trim(sk, seq, max(last_seq, seq), seen.trimmed_below if seen else 0)
+        self._seen[sk.ref] = Seen(db.ArchivedSession(seq, history_id), meta_fp, run_fps, trimmed)
         return new
 
     async def _write(
@@ -224,18 +243,23 @@ class Archiver:
                 last_activity_ms=activity, now_ms=now,
             )  # fmt: skip
 
-    async def _trim(self, sk: SessionKeys, archived_seq: int) -> None:
-        """Keep the hot tail and everything not yet archived; drop the rest from Redis."""
-        last = await self.streams.last_seq(sk)
-        keep_from = min(archived_seq + 1, last - self.settings.hot_tail_entries + 1)
+    async def _trim(
+        self, sk: SessionKeys, archived_seq: int, last_seq: int, trimmed_below: int
+    ) -> int:
+        """Keep the hot tail and everything not yet archived; drop the rest from Redis.
+        Returns the seq the log now starts at or after (``trimmed_below`` when unchanged)."""
+        keep_from = min(archived_seq + 1, last_seq - self.settings.hot_tail_entries + 1)
+        if keep_from <= trimmed_below:
+            return trimmed_below  # trimmed that far already (by this archiver)
         first = await self.calls.first_seq(sk)
         if first is None or keep_from <= first:
-            return
+            return max(trimmed_below, first or 0)
         if self.settings.hot_tail_s > 0:
             cutoff_ms = await self.calls.now_ms() - int(self.settings.hot_tail_s * 1000)
             keep_from = await self._first_since(sk, cutoff_ms, first, keep_from)
         if keep_from > first:
             self.stats.trimmed += await self.calls.trim_log(sk, keep_from)
+        return keep_from
 
     async def _first_since(self, sk: SessionKeys, cutoff_ms: int, lo: int, hi: int) -> int:
         """The first seq in [lo, hi] written at or after ``cutoff_ms`` (``hi`` if none before

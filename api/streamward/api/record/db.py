@@ -85,7 +85,7 @@ async def put_entries(
         }
         for e in entries
     ]
-    await conn.execute(insert(transcript_entries).on_conflict_do_nothing(), rows)
+    await conn.execute(_PUT_ENTRIES, rows)
 
 
 async def put_history(
@@ -110,7 +110,7 @@ async def put_history(
         }
         for event_id, f in items
     ]
-    await conn.execute(insert(ownership_events).on_conflict_do_nothing(), rows)
+    await conn.execute(_PUT_HISTORY, rows)
 
 
 def _opt_int(v: Any) -> int | None:
@@ -144,15 +144,7 @@ async def put_runs(
         }
         for run_id, s in states.items()
     ]
-    stmt = insert(runs)
-    keep = {"project", "session_id", "run_id"}
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[runs.c.project, runs.c.session_id, runs.c.run_id],
-            set_={c.name: stmt.excluded[c.name] for c in runs.c if c.name not in keep},
-        ),
-        rows,
-    )
+    await conn.execute(_PUT_RUNS, rows)
 
 
 async def put_session(
@@ -187,25 +179,7 @@ async def put_session(
         "archived_history_id": archived_history_id,
         "archived_ms": now_ms,
     }
-    stmt = insert(sessions)
-    ex = stmt.excluded
-    keep = {"project", "session_id", "archived_seq", "archived_history_id"}
-    updates: dict[str, Any] = {c.name: ex[c.name] for c in sessions.c if c.name not in keep}
-    updates["archived_seq"] = sa.func.greatest(sessions.c.archived_seq, ex.archived_seq)
-    # stream ids compare as (ms, seq): the larger of the two, as numbers
-    updates["archived_history_id"] = sa.case(
-        (
-            _id_key(ex.archived_history_id) > _id_key(sessions.c.archived_history_id),
-            ex.archived_history_id,
-        ),
-        else_=sessions.c.archived_history_id,
-    )
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[sessions.c.project, sessions.c.session_id], set_=updates
-        ),
-        row,
-    )
+    await conn.execute(_PUT_SESSION, row)
 
 
 def _id_key(col: Any) -> Any:
@@ -214,6 +188,42 @@ def _id_key(col: Any) -> Any:
         sa.cast(sa.func.split_part(col, "-", 1), sa.Numeric),
         sa.cast(sa.func.split_part(col, "-", 2), sa.Numeric),
     )
+
+
+# -- the archiver's statements, built once (building an upsert costs more than running it) --
+
+
+def _runs_upsert() -> Any:
+    stmt = insert(runs)
+    keep = {"project", "session_id", "run_id"}
+    return stmt.on_conflict_do_update(
+        index_elements=[runs.c.project, runs.c.session_id, runs.c.run_id],
+        set_={c.name: stmt.excluded[c.name] for c in runs.c if c.name not in keep},
+    )
+
+
+def _session_upsert() -> Any:
+    """Upsert a session row; ``archived_seq`` / ``archived_history_id`` only ever grow
+    (several archivers)."""
+    stmt = insert(sessions)
+    ex = stmt.excluded
+    keep = {"project", "session_id", "archived_seq", "archived_history_id"}
+    updates: dict[str, Any] = {c.name: ex[c.name] for c in sessions.c if c.name not in keep}
+    updates["archived_seq"] = sa.func.greatest(sessions.c.archived_seq, ex.archived_seq)
+    # stream ids compare as (ms, seq): the larger of the two, as numbers
+    newer = _id_key(ex.archived_history_id) > _id_key(sessions.c.archived_history_id)
+    updates["archived_history_id"] = sa.case(
+        (newer, ex.archived_history_id), else_=sessions.c.archived_history_id
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[sessions.c.project, sessions.c.session_id], set_=updates
+    )
+
+
+_PUT_ENTRIES = insert(transcript_entries).on_conflict_do_nothing()
+_PUT_HISTORY = insert(ownership_events).on_conflict_do_nothing()
+_PUT_RUNS = _runs_upsert()
+_PUT_SESSION = _session_upsert()
 
 
 # -- reads (the API) -----------------------------------------------------------------------

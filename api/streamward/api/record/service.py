@@ -27,6 +27,7 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
     return ArchiveSettings(
         interval_s=settings.archive_interval_s,
         revisit_s=settings.archive_revisit_s,
+        batch_delay_s=settings.archive_batch_delay_s,
         batch_entries=settings.archive_batch_entries,
         sessions_per_pass=settings.archive_sessions_per_pass,
         claim_s=settings.archive_claim_s,
