@@ -57,3 +57,26 @@ def test_bench_invoke_runs_and_reports_every_figure() -> None:
         "cold_over_warm_p50",
     }
     assert versus["warm_p50"]["peer"] in installed and versus["warm_p50"]["ratio"] > 0
+
+
+def test_bench_invoke_with_the_archiver_reports_archive_lag_rate_and_cpu() -> None:
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "streamward.tools", "bench", "invoke"),
+            *("--concurrency", "4", "--requests", "40", "--peers", "none"),
+            *("--archiver", "-o", "json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    res = json.loads(out.stdout)
+    assert res["invoke_statuses"] == {"running": 40}
+    a = res["archive"]
+    assert a["samples"] > 0 and 0 <= a["lag_p50_s"] <= a["lag_p99_s"] <= a["lag_max_s"]
+    # every invoked run's entries reached the record (run.started, outputs, terminal)
+    assert a["entries_archived"] >= 3 * (40 + 4) and a["entries_per_s"] > 0
+    # the record's processes are counted beside the rest (at this size their CPU may round
+    # to 0 clock ticks, so only their presence is checked)
+    assert {"archiver", "postgres"} <= set(res["cpu_ms_per_invoke"])

@@ -56,11 +56,27 @@ def invoke(
             "arq-tuned, arq, celery, or none. Default: every installed one."
         ),
     ] = None,
+    archiver: Annotated[
+        bool,
+        typer.Option(
+            "--archiver",
+            help="The record on: embedded PostgreSQL + an archiver; adds archive lag, rate "
+            "and CPU figures.",
+        ),
+    ] = False,
 ) -> None:
     """Detached invoke latency and ingest throughput vs raw Redis and Redis job queues."""
     from streamward.tools.bench.invoke import main as run
 
-    raise typer.Exit(run(concurrency=concurrency, requests=requests, output=output, peers=peers))
+    raise typer.Exit(
+        run(
+            concurrency=concurrency,
+            requests=requests,
+            output=output,
+            peers=peers,
+            archiver=archiver,
+        )
+    )
 
 
 @app.command(

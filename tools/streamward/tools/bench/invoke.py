@@ -29,6 +29,7 @@ and the latency of a single caller (no queueing).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import statistics
@@ -48,6 +49,7 @@ from rich.table import Table
 
 from streamward.lua.keys import Keys
 from streamward.lua.store import LeaseStore
+from streamward.tools.bench.archive import ArchiveFigures, LagSampler, process_tree
 from streamward.tools.fleet import Fleet
 from streamward.tools.server import RedisServer
 
@@ -105,6 +107,8 @@ class Results:
     peers_skipped: dict[str, str] = field(default_factory=dict)
     peers_failed: dict[str, str] = field(default_factory=dict)
     versus_best_peer: dict[str, Any] = field(default_factory=dict)
+    # with --archiver: the record's lag and throughput while the bench ran (bench/archive.py)
+    archive: ArchiveFigures | None = None
 
     @property
     def invoke_ratio_p50(self) -> float:
@@ -453,6 +457,29 @@ async def _run(
     )
 
 
+async def _run_measured(
+    fleet: Fleet,
+    redis_url: str,
+    api_url: str,
+    concurrency: int,
+    requests: int,
+    phase: Callable[[str], object],
+    pids: dict[str, list[int]],
+    database_url: str | None,
+) -> Results:
+    """``_run``, with the archive lag sampled throughout when the record is on."""
+    if database_url is None:
+        return await _run(fleet, redis_url, api_url, concurrency, requests, phase, pids)
+    if pids.get("postgres"):  # the postmaster and the backends the archiver and API hold
+        pids["postgres"] = process_tree(pids["postgres"][0])
+    sampler = LagSampler(redis_url)
+    sampler.start()
+    res = await _run(fleet, redis_url, api_url, concurrency, requests, phase, pids)
+    phase("the archive catching up...")
+    res.archive = await sampler.finish(database_url)
+    return res
+
+
 def _yes(met: bool) -> str:
     return "[green]met[/green]" if met else "[red]NOT met[/red]"
 
@@ -489,6 +516,23 @@ def render(res: Results, console: Console) -> None:
         f"{res.ingest_ratio:.2f}x",
         f">= {TARGET_INGEST_EPS:,.0f}/s {_yes(res.ingest_met)}",
     )
+    if res.archive is not None:
+        a = res.archive
+        t.add_row(
+            "archive lag p50 / p99 / max",
+            f"{a.lag_p50_s:.2f} / {a.lag_p99_s:.2f} / {a.lag_max_s:.2f} s",
+            "",
+            "",
+            "p99 <= 5 s",
+        )
+        t.add_row(
+            "archive rate",
+            f"{a.entries_per_s:,.0f} entries/s ({a.entries_archived:,}, caught up in "
+            f"{a.catch_up_s:.1f} s)",
+            "",
+            "",
+            "",
+        )
     if res.invoke_burst is not None:
         t.add_row(
             "burst p50 / p99 (first warm round)",
@@ -559,11 +603,13 @@ def main(
     requests: int = 5000,
     output: str = "table",
     peers: Sequence[str] | None = None,
+    archiver: bool = False,
 ) -> int:
     """Run the bench; print a table (or JSON with ``output="json"``); 0 when it ran.
 
     ``peers``: which Redis job queues to measure beside streamward (bench/peers.py; names,
-    comma-separated allowed); None = every installed one, ``["none"]`` = none.
+    comma-separated allowed); None = every installed one, ``["none"]`` = none. ``archiver``:
+    the record on (an embedded PostgreSQL and one archiver), with its lag and CPU reported.
     """
     from streamward.tools.bench import peers as peerbench
 
@@ -579,8 +625,19 @@ def main(
         print(exc, file=sys.stderr)
         return 2
     console = Console(stderr=output == "json")
-    with RedisServer() as server, Fleet(server.url) as fleet:
+    with RedisServer() as server, Fleet(server.url) as fleet, contextlib.ExitStack() as stack:
         console.print(f"redis {server.url}; 1 API and 2 runners (echo handler)")
+        database_url: str | None = None
+        extra_pids: dict[str, list[int]] = {}
+        if archiver:  # the record on: an embedded PostgreSQL and one archiver process
+            from streamward.tools import dev_record
+
+            pg, database_url = dev_record.start_database(console)
+            stack.callback(pg.cleanup)
+            fleet.env["STREAMWARD_DATABASE_URL"] = database_url
+            extra_pids["archiver"] = [dev_record.start_archiver(fleet, database_url)]
+            if pg.proc is not None:
+                extra_pids["postgres"] = [pg.proc.pid]  # its backends added once connected
         # progress on the console (stderr with -o json, so stdout stays one JSON document)
         with console.status("starting the API...") as status:
             api = fleet.start_api()
@@ -591,17 +648,13 @@ def main(
             pids = {"api": [api.pid], "runners": runners}
             if server.proc is not None:
                 pids["redis"] = [server.proc.pid]
+            pids.update(extra_pids)  # what the record costs, beside the rest
             res = _run_loop(
-                _run(
-                    fleet,
-                    server.url,
-                    api.url,
-                    concurrency,
-                    requests,
-                    phase=status.update,
-                    pids=pids,
+                _run_measured(
+                    fleet, server.url, api.url, concurrency, requests, status.update, pids,
+                    database_url,
                 )
-            )
+            )  # fmt: skip
     # after streamward's API and runners are gone: each peer has the machine to itself too
     res.peers_skipped = skipped
     for peer in to_run:
