@@ -128,6 +128,11 @@ def test_dev_demo_then_exit(dev_port: int) -> None:
         assert "1. detached invoke" in out and "2. streamed invoke" in out
         assert re.search(r"taken over by \S+ with token \d+", out), out
         assert "run.completed" in out
+        # the record: an embedded PostgreSQL, an archiver, and a transcript read across the
+        # hot tail (its start from PostgreSQL)
+        assert re.search(r"postgres +postgresql://sw@127\.0\.0\.1:\d+/postgres", out), out
+        assert "4. the record" in out and "demo-failover" in out
+        assert "demo-failover transcript starts ['1-0', '2-0', '3-0']" in out, out
         assert dev.children  # it did start processes...
         assert [p for p in dev.children if _alive(p)] == []  # ...and none is left
     finally:
