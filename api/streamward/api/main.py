@@ -121,9 +121,15 @@ def make_redis(settings: Settings) -> RedisClient:
 async def open_record_or_refuse(url: str) -> Any:
     """The record's engine. An unmigrated schema refuses the start (one clear line); an
     unreachable database does not: Redis serves, archive reads answer 503 until it is back."""
-    from streamward.api.record import migrate
-    from streamward.api.record.archiver import DB_DOWN
-    from streamward.api.record.db import make_engine
+    try:
+        from streamward.api.record import migrate
+        from streamward.api.record.archiver import DB_DOWN
+        from streamward.api.record.db import make_engine
+    except ImportError as exc:  # STREAMWARD_DATABASE_URL set, the db extra missing
+        raise RuntimeError(
+            "STREAMWARD_DATABASE_URL is set but the record needs the db extra: "
+            "pip install 'streamward[db]'"
+        ) from exc
 
     engine = make_engine(url)
     try:

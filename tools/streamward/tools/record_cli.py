@@ -14,9 +14,22 @@ db_app = typer.Typer(help="The durable record's schema in PostgreSQL (STREAMWARD
 URL_HELP = "PostgreSQL URL [env STREAMWARD_DATABASE_URL]."
 
 
+NEEDS_EXTRA = "the record needs the db extra: pip install 'streamward[db]'"
+
+
+def _need_extra() -> None:
+    """Exit 2 with one line when SQLAlchemy / asyncpg / Alembic are not installed."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) is None for m in ("sqlalchemy", "asyncpg", "alembic")):
+        typer.echo(NEEDS_EXTRA, err=True)
+        raise typer.Exit(2)
+
+
 def _url(url: str | None) -> str:
     from streamward.api.config import Settings
 
+    _need_extra()
     found = url or Settings().database_url
     if not found:
         typer.echo("no database: set STREAMWARD_DATABASE_URL or pass --database-url", err=True)
@@ -63,9 +76,9 @@ def db_downgrade(
 @db_app.command("current")
 def db_current(database_url: Annotated[str | None, typer.Option(help=URL_HELP)] = None) -> None:
     """Print the schema's revision and this code's head; exit 1 when they differ."""
+    current = _with_engine(_url(database_url), "current", None)
     from streamward.api.record.migrate import head_revision
 
-    current = _with_engine(_url(database_url), "current", None)
     typer.echo(f"current {current or 'none'}, head {head_revision()}")
     if current != head_revision():
         raise typer.Exit(1)
@@ -82,12 +95,13 @@ def archiver_command(
 ) -> None:
     """Archive sessions from Redis to PostgreSQL until SIGTERM (run as many as you like)."""
     from streamward.api.config import Settings
+
+    url = _url(database_url)  # first: says what to install when the db extra is missing
     from streamward.api.record.service import run_archiver
 
     settings = Settings()
     if redis_url:
         settings = settings.model_copy(update={"redis_url": redis_url})
-    url = _url(database_url)
     stop = asyncio.Event()
 
     async def main() -> int:
