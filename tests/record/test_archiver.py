@@ -143,3 +143,36 @@ async def test_activity_is_archived_after_the_batch_delay_not_at_once(
     now = await arch.calls.now_ms()
     due = await redis_client.zscore(keys.archive_dirty, sk.ref)
     assert due is not None and now + 3_500_000 < due <= now + 3_600_000
+
+
+async def test_runs_carry_input_size_outputs_and_error_from_their_entries(
+    redis_client: aioredis.Redis, store: LeaseStore, keys: Keys, engine: AsyncEngine
+) -> None:
+    import sqlalchemy as sa
+
+    from streamward.api.record.tables import runs
+
+    streams = Streams(redis_client, keys)
+    sk = keys.session("p1", "facts")
+    await streams.touch_session(sk)
+    lease = await store.acquire(sk, "r1", "i1", 60_000)
+    started = {"replica_id": "r1", "attempt": 1, "input": {"text": "hello"}}
+    await store.ingest(sk, "run_ok", lease.token, [
+        Entry(seq=1, type="run.started", data=started),
+        Entry(seq=2, type="run.completed", data={"outputs": 3}),
+    ])  # fmt: skip
+    await store.ingest(sk, "run_bad", lease.token, [
+        Entry(seq=3, type="run.started", data={**started, "input": None, "input_bytes": 999}),
+        Entry(seq=4, type="run.failed", data={"error": "boom", "error_type": "ValueError"}),
+    ])  # fmt: skip
+    await store.release(sk, "r1", "i1", lease.token)
+    await _drain(_archiver(redis_client, engine))
+    async with engine.connect() as conn:
+        rows = {
+            r.run_id: r
+            for r in await conn.execute(sa.select(runs).where(runs.c.session_id == "facts"))
+        }
+    assert rows["run_ok"].status == "completed" and rows["run_ok"].outputs == 3
+    assert rows["run_ok"].input_bytes == len(b'{"text":"hello"}') and rows["run_ok"].error is None
+    assert rows["run_bad"].status == "failed" and rows["run_bad"].error == "boom"
+    assert rows["run_bad"].input_bytes == 999 and rows["run_bad"].replica_id == "r1"

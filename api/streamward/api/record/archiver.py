@@ -236,6 +236,7 @@ class Archiver:
         async with self.engine.begin() as conn:
             await db.put_entries(conn, sk.project, sk.session_id, entries)
             await db.put_runs(conn, sk.project, sk.session_id, runs)
+            await db.put_run_facts(conn, sk.project, sk.session_id, db.run_facts(entries))
             await db.put_history(conn, sk.project, sk.session_id, history)
             await db.put_session(
                 conn, sk.project, sk.session_id, meta,

@@ -193,12 +193,65 @@ def _id_key(col: Any) -> Any:
 # -- the archiver's statements, built once (building an upsert costs more than running it) --
 
 
+# a run's facts read from its entries (put_run_facts): a state update from Redis, which has
+# none of them, keeps them
+RUN_FACTS = ("input_bytes", "outputs", "error")
+
+
 def _runs_upsert() -> Any:
     stmt = insert(runs)
     keep = {"project", "session_id", "run_id"}
+    updates: dict[str, Any] = {c.name: stmt.excluded[c.name] for c in runs.c if c.name not in keep}
+    for name in RUN_FACTS:
+        updates[name] = sa.func.coalesce(stmt.excluded[name], runs.c[name])
+    return stmt.on_conflict_do_update(
+        index_elements=[runs.c.project, runs.c.session_id, runs.c.run_id], set_=updates
+    )
+
+
+def run_facts(entries: Sequence[Entry]) -> dict[str, dict[str, Any]]:
+    """What a run's entries tell about it: input size (``run.started``), outputs count
+    (``run.completed``), error (``run.failed``)."""
+    facts: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        data = e.data if isinstance(e.data, dict) else {}
+        got = facts.setdefault(e.run_id, {})
+        if e.type == "run.started":
+            size = data.get("input_bytes")
+            if not isinstance(size, int):
+                size = len(orjson.dumps(data.get("input")))
+            got["input_bytes"] = size
+        elif e.type == "run.completed" and isinstance(data.get("outputs"), int):
+            got["outputs"] = data["outputs"]
+        elif e.type == "run.failed" and data.get("error") is not None:
+            got["error"] = str(data["error"])[:4000]
+    return {run_id: f for run_id, f in facts.items() if f and run_id}
+
+
+async def put_run_facts(
+    conn: AsyncConnection, project: str, session_id: str, facts: dict[str, dict[str, Any]]
+) -> None:
+    """Set what the entries told (rows of runs not archived yet are created)."""
+    if not facts:
+        return
+    rows = [
+        {
+            "project": project,
+            "session_id": session_id,
+            "run_id": run_id,
+            "status": "",
+            **{name: f.get(name) for name in RUN_FACTS},
+        }
+        for run_id, f in facts.items()
+    ]
+    await conn.execute(_PUT_RUN_FACTS, rows)
+
+
+def _run_facts_upsert() -> Any:
+    stmt = insert(runs)
     return stmt.on_conflict_do_update(
         index_elements=[runs.c.project, runs.c.session_id, runs.c.run_id],
-        set_={c.name: stmt.excluded[c.name] for c in runs.c if c.name not in keep},
+        set_={n: sa.func.coalesce(stmt.excluded[n], runs.c[n]) for n in RUN_FACTS},
     )
 
 
@@ -224,6 +277,7 @@ _PUT_ENTRIES = insert(transcript_entries).on_conflict_do_nothing()
 _PUT_HISTORY = insert(ownership_events).on_conflict_do_nothing()
 _PUT_RUNS = _runs_upsert()
 _PUT_SESSION = _session_upsert()
+_PUT_RUN_FACTS = _run_facts_upsert()
 
 
 # -- reads (the API) -----------------------------------------------------------------------
