@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -176,3 +177,21 @@ async def test_runs_carry_input_size_outputs_and_error_from_their_entries(
     assert rows["run_ok"].input_bytes == len(b'{"text":"hello"}') and rows["run_ok"].error is None
     assert rows["run_bad"].status == "failed" and rows["run_bad"].error == "boom"
     assert rows["run_bad"].input_bytes == 999 and rows["run_bad"].replica_id == "r1"
+
+
+async def test_ingest_goes_on_after_the_trim_and_a_trimmed_seq_stays_a_duplicate(
+    redis_client: aioredis.Redis, store: LeaseStore, keys: Keys, engine: AsyncEngine
+) -> None:
+    streams = Streams(redis_client, keys)
+    sk = keys.session("p1", "after-trim")
+    await streams.touch_session(sk)
+    await write_log(store, sk, 1, 50)
+    await _drain(_archiver(redis_client, engine, hot_tail_entries=1))
+    assert [e.seq for e in await streams.read_log(sk, count=100)] == [50]  # the last stays
+    lease = await store.acquire(sk, "r1", "i1", 60_000)
+    again = await store.ingest(sk, "run_1", lease.token, [Entry(seq=7, type="x", data={})])
+    assert (again.accepted, again.duplicates) == (0, 1)  # archived and trimmed: still known
+    more = await store.ingest(sk, "run_1", lease.token, [Entry(seq=51, type="x", data={})])
+    assert more.accepted == 1 and more.last_seq == 51
+    with pytest.raises(ValueError, match="at least 1"):
+        ArchiveSettings(hot_tail_entries=0)

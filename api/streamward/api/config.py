@@ -80,7 +80,8 @@ class Settings(RedisSettings, BaseSettings):
     archive_sessions_per_pass: Annotated[int, Field(ge=1)] = 100
     archive_claim_s: Annotated[float, Field(gt=0)] = 30.0
     # the hot tail: the last N entries of a log stay in Redis after they are archived
-    archive_hot_tail_entries: Annotated[int, Field(ge=0)] = 1000
+    # at least 1: the ingest script reads the last seq from the log's last entry
+    archive_hot_tail_entries: Annotated[int, Field(ge=1)] = 1000
     # ... and every entry younger than this (0: the count alone)
     archive_hot_tail_s: Annotated[float, Field(ge=0)] = 0.0
     # the lag /readyz and the metrics compare against (they report; nothing is refused)

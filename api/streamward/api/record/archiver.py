@@ -49,7 +49,14 @@ class ArchiveSettings:
     batch_entries: int = 500
     sessions_per_pass: int = 100
     claim_s: float = 30.0
+    # at least 1: ingestEntries reads the last seq from the log's last entry, so the log is
+    # never trimmed empty
     hot_tail_entries: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.hot_tail_entries < 1:
+            raise ValueError("hot_tail_entries must be at least 1 (the log's last entry stays)")
+
     # and every entry younger than this stays too (0: the count alone decides)
     hot_tail_s: float = 0.0
 
