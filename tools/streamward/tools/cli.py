@@ -8,8 +8,8 @@ import typer
 
 from streamward.tools.bench.cli import app as bench_app
 from streamward.tools.probe_cli import probe_command
-from streamward.tools.routes_cli import routes_app, sources_app
 from streamward.tools.record_cli import archiver_command, db_app
+from streamward.tools.routes_cli import routes_app, sources_app
 from streamward.tools.runner_cli import app as runner_app
 from streamward.tools.sre import locks_app, replicas_app
 

@@ -24,7 +24,6 @@ from streamward.api.deps import (
     ProjectDep,
     RoutesDep,
     StateDep,
-    mark_changed,
 )
 from streamward.api.lifecycle import bind_event, session_meta
 from streamward.api.problems import ProblemError
