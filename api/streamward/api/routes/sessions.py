@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from streamward.api import invoke as invocation
 from streamward.api.config import Settings
+from streamward.api.deletion import end_deleted_runs
 from streamward.api.deps import (
     ProjectDep,
     SessionDep,
@@ -49,9 +50,8 @@ from streamward.api.schemas import (
     TranscriptPage,
 )
 from streamward.core.contract import TERMINAL_STATUSES
-from streamward.lua.errors import SeqGap, StaleToken
 from streamward.lua.keys import DEFAULT_TYPE, SessionKeys
-from streamward.lua.store import Entry, LeaseStore
+from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
@@ -62,8 +62,6 @@ invoke_router = APIRouter(prefix="/v1", tags=["sessions"])
 CONNECTION_HEADER = "X-Streamward-Connection"
 RUN_HEADER = "X-Streamward-Run-Id"
 AFTER_HEADER = "X-Streamward-After"  # the log position the tail starts after (for resuming)
-# a delete ends at most this many pending runs itself (an inbox beyond is a quota matter)
-DELETE_END_MAX_RUNS = 10_000
 LOG_ID = re.compile(r"^(0|[0-9]{1,20}(-[0-9]{1,20})?)$")
 LOG_ID_PATTERN = LOG_ID.pattern
 
@@ -321,35 +319,6 @@ async def get_session(sk: SessionDep, store: StoreDep, streams: StreamsDep) -> S
     return out
 
 
-async def _end_deleted_runs(
-    store: LeaseStore, streams: Streams, sk: SessionKeys, active: str | None, epoch: int
-) -> None:
-    """Write every run the delete drops its terminal ``run.cancelled`` (reason deleted): the
-    running one and every input still pending, so each acknowledged invoke's caller and
-    stream see an end.
-
-    Read after the fence (nobody writes now): the inbox holds the running input and those
-    behind it; ``active`` covers a run whose input was already completed. The force
-    release's new epoch is a token no runner ever holds (the next acquisition increments it
-    again), so these writes are fenced like any other: refused if anyone acquired the
-    session meanwhile.
-    """
-    peek = await store.peek_inbox(sk, DELETE_END_MAX_RUNS, with_head=False)
-    run_ids = list(dict.fromkeys([*([active] if active else []), *(m.run_id for m in peek.metas)]))
-    seq = await streams.last_seq(sk) + 1
-    for run_id in run_ids:
-        rs = await streams.run_state(sk, run_id)
-        if rs is not None and rs.status in TERMINAL_STATUSES:
-            continue  # its owner ended it before the release (e.g. on the cancel mail)
-        try:
-            await store.ingest(
-                sk, run_id, epoch, [Entry(seq, "run.cancelled", {"reason": "deleted"})]
-            )
-        except (StaleToken, SeqGap):
-            return  # someone acquired the session meanwhile: its owner answers for the rest
-        seq += 1
-
-
 @router.delete("/sessions/{session_id}", response_model=SessionOut, responses=_COMMON)
 async def delete_session(
     sk: SessionDep, store: StoreDep, streams: StreamsDep, settings: SettingsDep, state: StateDep
@@ -365,7 +334,7 @@ async def delete_session(
         released = await store.force_release(sk, "deleted", "deleted")
         if released.old_replica_id:
             await streams.send_mail(released.old_replica_id, "released", sk.ref)
-        await _end_deleted_runs(store, streams, sk, active, released.new_epoch)
+        await end_deleted_runs(store, streams, sk, active, released.new_epoch)
     await streams.delete_session_state(sk)
     await streams.set_meta(sk, active_run_id="")
     # kept readable until retention ends, then every key of the session expires
