@@ -10,6 +10,8 @@ from streamward.lua.streams import Streams
 
 # a delete ends at most this many pending runs itself (an inbox beyond is a quota matter)
 DELETE_END_MAX_RUNS = 10_000
+# how often a delete fences a runner that acquired the session while it ended its runs
+DELETE_REFENCES = 5
 
 
 async def end_deleted_runs(
@@ -19,23 +21,30 @@ async def end_deleted_runs(
     running one and every input still pending, so each acknowledged invoke's caller and
     stream see an end.
 
-    Read after the fence (nobody writes now): the inbox holds the running input and those
-    behind it; ``active`` covers a run whose input was already completed. The force
-    release's new epoch is a token no runner ever holds (the next acquisition increments it
-    again), so these writes are fenced like any other: refused if anyone acquired the
-    session meanwhile.
+    Read after the fence: the inbox holds the running input and those behind it; ``active``
+    covers a run whose input was already completed. The force release's new epoch is a
+    token no runner holds, so these writes are fenced like any other. A runner may still
+    acquire the session before the inbox is gone (the fenced owner re-queues what it leaves
+    behind; the liveness sweep sees pending input): its acquisition makes our token stale,
+    so the delete fences it in turn (another force release) and writes on, a bounded number
+    of times. A write that lands twice is impossible: each is checked against the run's
+    state first, and the log's seq check refuses a gap or a repeat.
     """
     peek = await store.peek_inbox(sk, DELETE_END_MAX_RUNS, with_head=False)
     run_ids = list(dict.fromkeys([*([active] if active else []), *(m.run_id for m in peek.metas)]))
-    seq = await streams.last_seq(sk) + 1
+    fences = 0
     for run_id in run_ids:
-        rs = await streams.run_state(sk, run_id)
-        if rs is not None and rs.status in TERMINAL_STATUSES:
-            continue  # its owner ended it before the release (e.g. on the cancel mail)
-        try:
-            await store.ingest(
-                sk, run_id, epoch, [Entry(seq, "run.cancelled", {"reason": "deleted"})]
-            )
-        except (StaleToken, SeqGap):
-            return  # someone acquired the session meanwhile: its owner answers for the rest
-        seq += 1
+        while True:
+            rs = await streams.run_state(sk, run_id)
+            if rs is not None and rs.status in TERMINAL_STATUSES:
+                break  # its owner ended it before the release (e.g. on the cancel mail)
+            seq = await streams.last_seq(sk) + 1
+            entry = Entry(seq, "run.cancelled", {"reason": "deleted"})
+            try:
+                await store.ingest(sk, run_id, epoch, [entry])
+                break
+            except (StaleToken, SeqGap):
+                fences += 1
+                if fences > DELETE_REFENCES:
+                    return  # a runner keeps taking it: the retired session's owner ends it
+                epoch = (await store.force_release(sk, "deleted", "deleted")).new_epoch
