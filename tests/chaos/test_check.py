@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from streamward.tools.chaos_check import (
     CheckReport,
     InvokeRecord,
+    OperatorAction,
     check_exactly_once,
     check_history,
     check_log_fencing,
@@ -29,6 +30,8 @@ class History:
         self.logs: dict[str, list[dict[str, str]]] = defaultdict(list)
         self.audit: list[dict[str, Any]] = []
         self.invokes: list[InvokeRecord] = []
+        self.actions: list[OperatorAction] = []
+        self.runner_deaths = 0
 
     def write(
         self,
@@ -40,12 +43,14 @@ class History:
         session: str = S,
         incarnation: str = "inc-1",
         audited: bool = True,
+        data_of: dict[str, dict[str, Any]] | None = None,
     ) -> tuple[int, int]:
-        """An owner's accepted batch: appended to the log and (unless not) audited."""
+        """An owner's accepted batch: appended to the log and (unless not) audited;
+        ``data_of`` gives the data of entries by type (run.started has its own)."""
         log = self.logs[session]
         first = len(log) + 1
         for t in types:
-            data: dict[str, Any] = {}
+            data: dict[str, Any] = dict((data_of or {}).get(t, {}))
             if t == "run.started":
                 data = {"replica_id": replica, "attempt": 1, "input": {}}
             seq = len(log) + 1
@@ -110,7 +115,14 @@ class History:
         return f"History(logs={dict(self.logs)!r}, audit={self.audit!r})"
 
     def check(self) -> CheckReport:
-        return check_history(self.audit, self.invokes, self.logs)
+        return check_history(
+            self.audit,
+            self.invokes,
+            self.logs,
+            actions=self.actions,
+            poison_max_owners=3,
+            runner_deaths=self.runner_deaths,
+        )
 
 
 def clean() -> History:
@@ -472,3 +484,168 @@ def test_dropping_a_seq_fails(h: History, data: st.DataObject) -> None:
     report = h.check()
     assert not report.ok
     assert kinds(report) <= {"seq", "lost_entry"}
+
+
+# -- operator actions and poison inputs (issue 13) ---------------------------------------------
+
+REASON = "chaos-force-release-1"
+FORCED = {"reason": "force_release", "release_reason": REASON, "policy": "restart"}
+
+
+def force_released(interrupted: dict[str, Any] | None = FORCED, *, rerun: bool = True) -> History:
+    """r1 runs run_f; an operator force-releases it (reason REASON); r2 takes the session,
+    writes run.interrupted (``interrupted``; None: none) and re-runs it (unless not)."""
+    h = History()
+    h.write(1, "r1", ["run.started", "run.output"], "run_f")
+    h.actions.append(OperatorAction("force_release", S, 10, run_id="run_f", reason=REASON))
+    if interrupted is not None:
+        h.write(2, "r2", ["run.interrupted"], "run_f", data_of={"run.interrupted": interrupted})
+    if rerun:
+        h.write(2, "r2", ["run.started", "run.output", "run.completed"], "run_f")
+    h.invoke("run_f")
+    return h
+
+
+def test_force_release_interrupted_with_the_operators_reason_passes() -> None:
+    report = force_released().check()
+    assert report.ok, report.summary()
+    assert report.stats["force_release_interrupted"] == 1
+    assert report.stats["action_force_release"] == 1
+
+
+def test_force_release_recorded_as_owner_death_is_caught() -> None:
+    h = force_released({"reason": "owner_death", "previous_replica_id": "r1"})
+    report = h.check()
+    assert kinds(report) == {"force_release_reason"}
+    assert "'owner_death'" in report.violations["force_release_reason"][0]
+
+
+def test_force_release_without_the_operators_text_is_caught() -> None:
+    report = force_released({"reason": "force_release", "policy": "restart"}).check()
+    assert kinds(report) == {"force_release_reason"}
+    assert "without the text" in report.violations["force_release_reason"][0]
+
+
+def test_force_release_that_strands_the_session_is_caught() -> None:
+    report = force_released(None, rerun=False).check()
+    assert kinds(report) == {"stranded", "force_release_reason"}
+    assert "session had force_release" in report.violations["stranded"][0]
+    assert "run_f" in report.violations["stranded"][0]
+
+
+def test_force_release_with_no_live_owner_or_a_finished_run_expects_nothing() -> None:
+    h = History()
+    h.write(1, "r1", ["run.started", "run.completed"], "run_f")  # ended before the release
+    h.actions.append(OperatorAction("force_release", S, 10, run_id="run_f", reason=REASON))
+    h.actions.append(OperatorAction("force_release", S, 11, run_id=None, reason="idle"))
+    h.actions.append(OperatorAction("force_release", S, 12, run_id="run_f", held=False))
+    h.invoke("run_f")
+    report = h.check()
+    assert report.ok, report.summary()
+    assert report.stats["force_release_after_end"] == 1
+    assert report.stats["force_release_idle"] == 2
+
+
+def deleted(cancel_queued: bool) -> History:
+    """run_d runs, run_q1 / run_q2 queue; DELETE; the deleted runs end run.cancelled."""
+    h = History()
+    h.write(1, "r1", ["run.started", "run.output"], "run_d")
+    h.actions.append(OperatorAction("delete", S, 10, run_id="run_d"))
+    h.write(2, "api", ["run.cancelled"], "run_d")
+    h.write(2, "api", ["run.cancelled"], "run_q1")
+    if cancel_queued:
+        h.write(2, "api", ["run.cancelled"], "run_q2")
+    for run in ("run_d", "run_q1", "run_q2"):
+        h.invoke(run)
+    return h
+
+
+def test_delete_ending_every_acknowledged_run_passes() -> None:
+    report = deleted(cancel_queued=True).check()
+    assert report.ok, report.summary()
+    assert report.stats["action_delete"] == 1
+
+
+def test_delete_dropping_a_queued_input_is_stranded() -> None:
+    report = deleted(cancel_queued=False).check()
+    assert kinds(report) == {"stranded"}
+    assert "run_q2" in report.violations["stranded"][0]
+    assert "session had delete" in report.violations["stranded"][0]
+
+
+def test_reset_leaves_the_old_generations_inputs_to_run() -> None:
+    h = History()
+    h.write(1, "r1", ["run.started", "run.output"], "run_r")
+    h.actions.append(OperatorAction("reset", S, 10, run_id="run_r"))
+    h.write(1, "r1", ["run.completed"], "run_r")
+    h.invoke("run_r")
+    h.invoke("run_q")  # queued behind run_r in the old generation: never ran
+    report = h.check()
+    assert kinds(report) == {"stranded"}
+    assert "run_q" in report.violations["stranded"][0]
+
+
+def test_a_second_terminal_entry_is_caught() -> None:
+    h = clean()
+    h.write(2, "r2", ["run.completed"], "run_c", incarnation="inc-7")
+    report = h.check()
+    assert kinds(report) == {"duplicate_terminal"}
+    assert "run_c has 2 terminal entries" in report.violations["duplicate_terminal"][0]
+
+
+def poisoned(
+    owners: int = 3, end: str | None = "run.failed", error_type: str = "poison", deaths: int = 3
+) -> History:
+    """The poison run takes down ``owners`` owners (tokens 1..owners), then the next one ends
+    it ``end`` (None: never); ``deaths`` runner exits outside the harness's faults."""
+    h = History()
+    for token in range(1, owners + 1):
+        if token > 1:
+            h.write(token, f"r{token}", ["run.interrupted"], "run_p")
+        h.write(token, f"r{token}", ["run.started"], "run_p")
+    if end is not None:
+        token = owners + 1
+        h.write(
+            token,
+            f"r{token}",
+            ["run.interrupted", end],
+            "run_p",
+            data_of={end: {"error_type": error_type, "attempt": owners}},
+        )
+    h.actions.append(OperatorAction("poison", S, 10, run_id="run_p"))
+    h.invoke("run_p")
+    h.runner_deaths = deaths
+    return h
+
+
+def test_poison_failed_after_max_owners_passes() -> None:
+    report = poisoned().check()
+    assert report.ok, report.summary()
+    assert report.stats["poison_failed"] == 1 and report.stats["runner_deaths_unplanned"] == 3
+
+
+def test_poison_never_ended_is_caught() -> None:
+    report = poisoned(owners=5, end=None, deaths=5).check()
+    assert kinds(report) == {"poison", "stranded", "poison_spread"}
+    assert "never ended" in report.violations["poison"][0]
+    assert "5 runners died" in report.violations["poison_spread"][0]
+
+
+def test_poison_ended_without_error_type_poison_is_caught() -> None:
+    report = poisoned(error_type="handler_error").check()
+    assert kinds(report) == {"poison"}
+    assert "'handler_error'" in report.violations["poison"][0]
+    report = poisoned(end="run.cancelled").check()
+    assert kinds(report) == {"poison"}
+
+
+def test_poison_redelivered_past_max_owners_is_caught() -> None:
+    report = poisoned(owners=4, deaths=3).check()
+    assert kinds(report) == {"poison"}
+    assert "started 4 times" in report.violations["poison"][0]
+
+
+def test_runner_deaths_without_poison_are_caught() -> None:
+    h = clean()
+    h.runner_deaths = 1
+    assert kinds(h.check()) == {"runner_exit"}

@@ -26,6 +26,17 @@ readers):
    the next owner re-runs the run.
 4. ``seq``: each session's log has seq 1..n, no gap, no duplicate; ``lost_entry``: every seq
    the audit says was accepted is in the log.
+5. ``duplicate_terminal``: a run has at most one terminal entry.
+
+With ``actions`` (the operator actions and poison inputs the harness applied, issue 13):
+
+6. ``stranded``: an acknowledged invoke of a session an operator acted on (force release,
+   delete, route reset) with no terminal entry (filed here instead of ``lost_invoke``).
+7. ``force_release_reason``: the run active at a force release is interrupted with
+   ``reason: force_release`` and the operator's reason text in its ``run.interrupted``.
+8. ``poison``: a poison input ends ``run.failed`` with ``error_type: poison``, started at
+   most ``poison_max_owners`` times; ``poison_spread``: the fleet stopped dying (no more
+   runner deaths outside the harness's own faults than ``poison_max_owners`` per input).
 
 ``check_exactly_once`` is the rolling-update property: every acknowledged invoke ran exactly
 once (one ``run.started``, one terminal entry, never interrupted) and nothing ran that nobody
@@ -142,6 +153,32 @@ class AuditRecord:
             f"token {self.token} ({self.holder}) seq {self.first_seq}..{self.last_seq} "
             f"run {self.run_id or '?'}"
         )
+
+
+FORCE_RELEASE = "force_release"
+DELETE = "delete"
+RESET = "reset"
+DRAIN = "drain"
+POISON = "poison"
+# actions after which a session's unfinished invokes are "stranded" rather than "lost"
+SESSION_ACTIONS = frozenset({FORCE_RELEASE, DELETE, RESET, POISON})
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    """An operator action (or poison input) the harness applied, as the checker needs it."""
+
+    kind: str  # force_release | delete | reset | drain | poison
+    session: str = ""  # "project/session_id" ("" for a drain)
+    at_ns: int = 0  # time.time_ns() when applied
+    run_id: str | None = None  # force_release: the run active then; poison: the poison run
+    reason: str = ""  # force_release: the operator's reason text
+    held: bool = True  # force_release: a live owner held the lease (a run to interrupt)
+    replica_id: str = ""  # drain: the replica drained
+
+    def describe(self) -> str:
+        what = self.session or self.replica_id
+        return f"{self.kind} of {what}" + (f" (reason {self.reason!r})" if self.reason else "")
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -298,6 +335,11 @@ class _RunSeen:
     terminal: list[tuple[int, str]] = field(default_factory=list)  # (seq, type)
     interrupted: list[int] = field(default_factory=list)
     tokens: set[int] = field(default_factory=set)
+    # data of the run.interrupted / terminal entries (same order as the seq lists)
+    interrupted_data: list[dict[str, Any]] = field(default_factory=list)
+    terminal_data: list[dict[str, Any]] = field(default_factory=list)
+    started_tokens: list[int] = field(default_factory=list)
+    terminal_tokens: list[int] = field(default_factory=list)
 
 
 def _field(raw: Any, name: str, default: str = "") -> str:
@@ -308,8 +350,8 @@ def _field(raw: Any, name: str, default: str = "") -> str:
     return str(getattr(raw, name, default))
 
 
-def _started_replica(raw: Any) -> str | None:
-    """``replica_id`` of a ``run.started`` entry's data (stored as JSON text)."""
+def _data(raw: Any) -> dict[str, Any]:
+    """An entry's ``data`` (stored as JSON text) as a dict (``{}`` when absent or not one)."""
     if isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[1], Mapping):
         raw = raw[1]
     data = raw.get("data") if isinstance(raw, Mapping) else getattr(raw, "data", None)
@@ -317,10 +359,14 @@ def _started_replica(raw: Any) -> str | None:
         try:
             data = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return None
-    if isinstance(data, Mapping) and data.get("replica_id") is not None:
-        return str(data["replica_id"])
-    return None
+            return {}
+    return dict(data) if isinstance(data, Mapping) else {}
+
+
+def _started_replica(raw: Any) -> str | None:
+    """``replica_id`` of a ``run.started`` entry's data."""
+    replica = _data(raw).get("replica_id")
+    return None if replica is None else str(replica)
 
 
 def _runs(entries: Sequence[Any]) -> dict[str, _RunSeen]:
@@ -331,17 +377,24 @@ def _runs(entries: Sequence[Any]) -> dict[str, _RunSeen]:
         run.tokens.add(e.token)
         if e.type == "run.started":
             run.started.append(e.seq)
+            run.started_tokens.append(e.token)
         elif e.type in TERMINAL_TYPES:
             run.terminal.append((e.seq, e.type))
+            run.terminal_data.append(_data(raw))
+            run.terminal_tokens.append(e.token)
         elif e.type == "run.interrupted":
             run.interrupted.append(e.seq)
+            run.interrupted_data.append(_data(raw))
     return dict(runs)
 
 
 def _check_logs(
-    logs: Mapping[str, Sequence[Any]], report: CheckReport
+    logs: Mapping[str, Sequence[Any]],
+    report: CheckReport,
+    duplicates: CheckReport | None = None,
 ) -> dict[str, dict[str, _RunSeen]]:
-    """Property 4 and the log half of property 1 for every session; returns the runs seen."""
+    """Property 4 and the log half of property 1 for every session (and, into
+    ``duplicates``, property 5); returns the runs seen."""
     runs: dict[str, dict[str, _RunSeen]] = {}
     for ref, entries in logs.items():
         report.count("sessions")
@@ -351,10 +404,16 @@ def _check_logs(
         tokens = [_as_entry(e).token for e in entries]
         report.count("takeovers", sum(1 for a, b in itertools.pairwise(tokens) if a != b))
         runs[ref] = _runs(entries)
-        for run in runs[ref].values():
+        for run_id, run in runs[ref].items():
             report.count("runs_started", bool(run.started))
             report.count("runs_restarted", bool(run.interrupted))
             report.count("runs_terminal", bool(run.terminal))
+            # distinct seqs: a repeated entry (same seq) is the seq check's finding
+            if len({seq for seq, _ in run.terminal}) > 1 and duplicates is not None:
+                duplicates.add(
+                    "duplicate_terminal",
+                    f"{ref}: run {run_id} has {len(run.terminal)} terminal entries {run.terminal}",
+                )
     return runs
 
 
@@ -525,9 +584,14 @@ def _ranges(seqs: list[int]) -> str:
 
 
 def _check_invokes(
-    invokes: list[InvokeRecord], runs: Mapping[str, Mapping[str, _RunSeen]], report: CheckReport
+    invokes: list[InvokeRecord],
+    runs: Mapping[str, Mapping[str, _RunSeen]],
+    report: CheckReport,
+    acted_on: Mapping[str, list[OperatorAction]] | None = None,
 ) -> None:
-    """Property 3: every acknowledged invoke's run reached a terminal entry."""
+    """Property 3: every acknowledged invoke's run reached a terminal entry (property 6 for
+    sessions in ``acted_on``: the same rule, filed as ``stranded`` with the actions)."""
+    acted_on = acted_on or {}
     seen: set[tuple[str, str]] = set()  # an idempotent repeat names the same run: check once
     for inv in invokes:
         report.count("invokes")
@@ -554,10 +618,15 @@ def _check_invokes(
         run = session_runs.get(inv.run_id)
         if run is None or not run.terminal:
             what = "nothing" if run is None else _run_state(run)
+            actions = acted_on.get(inv.session)
+            kind, after = "lost_invoke", ""
+            if actions:
+                kind = "stranded"
+                after = "; session had " + ", ".join(a.kind for a in actions)
             report.add(
-                "lost_invoke",
+                kind,
                 f"{inv.session}: run {inv.run_id} acknowledged ({inv.mode}, HTTP {inv.status}) "
-                f"has no terminal entry; the log has {what}",
+                f"has no terminal entry; the log has {what}{after}",
             )
 
 
@@ -572,14 +641,124 @@ def check_history(
     audit: Iterable[Mapping[str, Any]],
     invokes: Iterable[InvokeRecord],
     logs: Mapping[str, Sequence[Mapping[str, str]]],
+    *,
+    actions: Sequence[OperatorAction] = (),
+    poison_max_owners: int = 3,
+    runner_deaths: int = 0,
 ) -> CheckReport:
-    """Check issue 7's four properties over an ingest audit, invokes and session logs."""
+    """Check issue 7's properties (1-5) over an ingest audit, invokes and session logs, and
+    issue 13's (6-8) over the operator ``actions`` applied; ``runner_deaths`` counts runner
+    exits the harness did not cause (a poison input's casualties)."""
     report = CheckReport()
-    runs = _check_logs(logs, report)
+    runs = _check_logs(logs, report, report)
     _check_started_replicas(logs, report)
     _check_audit([AuditRecord.of(r) for r in audit], logs, report)
-    _check_invokes(list(invokes), runs, report)
+    acted_on: dict[str, list[OperatorAction]] = defaultdict(list)
+    for a in actions:
+        if a.kind in SESSION_ACTIONS and a.session:
+            acted_on[a.session].append(a)
+    _check_invokes(list(invokes), runs, report, acted_on)
+    _check_actions(actions, runs, report, poison_max_owners, runner_deaths)
     return report
+
+
+def _check_actions(
+    actions: Sequence[OperatorAction],
+    runs: Mapping[str, Mapping[str, _RunSeen]],
+    report: CheckReport,
+    poison_max_owners: int,
+    runner_deaths: int,
+) -> None:
+    """Properties 7 and 8 (property 6 is in ``_check_invokes``)."""
+    poisons = 0
+    for a in actions:
+        report.count(f"action_{a.kind}")
+        run = runs.get(a.session, {}).get(a.run_id or "") if a.run_id else None
+        if a.kind == FORCE_RELEASE:
+            _check_force_release(a, run, report)
+        elif a.kind == POISON:
+            poisons += 1
+            _check_poison(a, run, report, poison_max_owners)
+    report.count("runner_deaths_unplanned", runner_deaths)
+    if poisons and runner_deaths > poisons * poison_max_owners:
+        report.add(
+            "poison_spread",
+            f"{runner_deaths} runners died outside the harness's faults, more than "
+            f"{poison_max_owners} owners x {poisons} poison input(s): the poison kept killing",
+        )
+    elif not poisons and runner_deaths:
+        report.add(
+            "runner_exit",
+            f"{runner_deaths} runners exited outside the harness's faults, with no poison input",
+        )
+
+
+def _check_force_release(a: OperatorAction, run: _RunSeen | None, report: CheckReport) -> None:
+    if not a.held or not a.run_id:
+        report.count("force_release_idle")  # no live owner or no run: nothing to interrupt
+        return
+    if run is None:
+        report.add(
+            "force_release_reason",
+            f"{a.session}: run {a.run_id} was active at the {a.describe()} but is not in the log",
+        )
+        return
+    ended_first = set(run.terminal_tokens) <= set(run.started_tokens[:1])
+    if not run.interrupted and run.started and run.terminal and ended_first:
+        # it ended under the owner it started with: its terminal write beat the release
+        report.count("force_release_after_end")
+        return
+    for data in run.interrupted_data:
+        if data.get("reason") == FORCE_RELEASE and _mentions(data, a.reason):
+            report.count("force_release_interrupted")
+            return
+    seen = [
+        f"{d.get('reason')!r}" + ("" if _mentions(d, a.reason) else " without the text")
+        for d in run.interrupted_data
+    ]
+    report.add(
+        "force_release_reason",
+        f"{a.session}: run {a.run_id} was active at the {a.describe()}, but no run.interrupted "
+        f"says reason 'force_release' with the operator's reason; run.interrupted reasons: "
+        f"{', '.join(seen) or 'none'} ({_run_state(run)})",
+    )
+
+
+def _mentions(data: Mapping[str, Any], text: str) -> bool:
+    """The operator's reason is one of the entry's values (or inside one)."""
+    if not text:
+        return True
+    return any(isinstance(v, str) and text in v for v in data.values())
+
+
+def _check_poison(
+    a: OperatorAction, run: _RunSeen | None, report: CheckReport, max_owners: int
+) -> None:
+    if run is None or not run.terminal:
+        what = "nothing" if run is None else _run_state(run)
+        report.add(
+            "poison",
+            f"{a.session}: poison run {a.run_id} never ended (expected run.failed, error_type "
+            f"poison, after {max_owners} owners died); the log has {what}",
+        )
+        return
+    seq, kind = run.terminal[0]
+    data = run.terminal_data[0]
+    if kind != "run.failed" or data.get("error_type") != POISON:
+        report.add(
+            "poison",
+            f"{a.session}: poison run {a.run_id} ended {kind} (error_type "
+            f"{data.get('error_type')!r}) at seq {seq}, expected run.failed with error_type "
+            "'poison'",
+        )
+    elif len(run.started) > max_owners:
+        report.add(
+            "poison",
+            f"{a.session}: poison run {a.run_id} started {len(run.started)} times, more than "
+            f"the {max_owners} owners it may take down",
+        )
+    else:
+        report.count("poison_failed")
 
 
 # -- check_exactly_once ------------------------------------------------------------------------
