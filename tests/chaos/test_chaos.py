@@ -1,13 +1,16 @@
 """The chaos suite: a real fleet under a minute of seeded faults keeps issue 7's properties.
 
 ``test_chaos_short_profile`` is the CI profile of ``streamward chaos`` (docs/chaos.md): real
-redis-server (AOF, ``appendfsync always``), 2 APIs, 4 runners, 200 sessions, 60 s of faults.
+redis-server (AOF, ``appendfsync always``), 2 APIs, 4 runners, 200 sessions, 60 s of faults,
+every kind at least once: process faults, operator actions (force release, drain, delete,
+route reset) and a poison input.
 Its seed is random unless ``STREAMWARD_CHAOS_SEED`` is set, and is printed with the replay
 command; the other tests are fast and pin down the duration parser and the schedule.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from collections import Counter
@@ -17,15 +20,24 @@ import pytest
 from streamward.tools.chaos import (
     API_KILL,
     BURST,
+    DEFAULT_WEIGHTS,
     DELAYED_WRITE,
     FAULT_KINDS,
+    FORCE_RELEASE,
+    KEY_COUNT,
+    POISON,
+    POISON_BUDGET_S,
     REDIS_RESTART,
+    ROUTE_RESET,
+    RUNNER_DRAIN,
     RUNNER_FAULTS,
     RUNNER_STOP,
+    SESSION_DELETE,
     ChaosConfig,
     format_duration,
     make_schedule,
     parse_duration,
+    parse_faults,
     run_chaos,
 )
 
@@ -94,6 +106,13 @@ def test_schedule_guarantees_every_kind_early(seed: int) -> None:
             # a runner that ships through the paused API, paused past the replica TTL
             assert 0 <= f.target < 2 and f.partner % 2 == f.target
             assert f.hold_s * 1000 > TTL_MS
+        if f.kind in (FORCE_RELEASE, SESSION_DELETE):
+            assert 0 <= f.target < 200
+        if f.kind == ROUTE_RESET:
+            assert 0 <= f.target < KEY_COUNT and 1 <= f.count <= 3
+    poisons = [f.at_s for f in faults if f.kind == POISON]
+    # one poison input at a time: its owners die one after another
+    assert all(b - a >= POISON_BUDGET_S - 0.02 for a, b in itertools.pairwise(poisons))
 
 
 def test_schedule_never_aims_at_a_process_twice_at_once() -> None:
@@ -116,6 +135,36 @@ def test_schedule_short_durations() -> None:
     assert 1 <= len(make_schedule(5, 12)) < len(FAULT_KINDS)
 
 
+def test_parse_faults() -> None:
+    assert parse_faults("") == parse_faults("all") == DEFAULT_WEIGHTS
+    assert parse_faults("poison") == {POISON: 1.0}
+    assert parse_faults("force_release=2, runner_drain") == {FORCE_RELEASE: 2.0, RUNNER_DRAIN: 1.0}
+    without = parse_faults("all,-poison")
+    assert POISON not in without and len(without) == len(FAULT_KINDS) - 1
+    assert parse_faults("all,poison=3")[POISON] == 3.0
+    assert parse_faults("all,burst=0").keys() == set(FAULT_KINDS) - {BURST}
+
+
+@pytest.mark.parametrize(
+    "spec", ["nope", "poison=x", "poison=-1", "poison=0", "all,-all", "burst=inf", "-nope"]
+)
+def test_parse_faults_refuses(spec: str) -> None:
+    with pytest.raises(ValueError):
+        parse_faults(spec)
+
+
+def test_schedule_draws_only_the_selected_kinds() -> None:
+    picked = parse_faults("force_release,session_delete=3")
+    kinds: Counter[str] = Counter()
+    for seed in range(50):
+        faults = make_schedule(seed, 300, weights=picked)
+        assert make_schedule(seed, 300, weights=picked) == faults  # still a function of seed
+        assert {f.kind for f in faults[:2]} == {FORCE_RELEASE, SESSION_DELETE}
+        kinds.update(f.kind for f in faults[2:])
+    assert set(kinds) == {FORCE_RELEASE, SESSION_DELETE}
+    assert kinds[SESSION_DELETE] > 2 * kinds[FORCE_RELEASE]  # the weight shows
+
+
 def test_config_replay_command() -> None:
     cfg = ChaosConfig(seed=1234, duration_s=1800, rate_per_s=12.5)
     assert cfg.replay_command() == (
@@ -124,6 +173,13 @@ def test_config_replay_command() -> None:
     )
     with pytest.raises(ValueError):
         ChaosConfig(seed=1, runners=1)
+    with pytest.raises(ValueError):
+        ChaosConfig(seed=1, faults="nope")
+    assert (
+        ChaosConfig(seed=5, faults="all,-poison")
+        .replay_command()
+        .endswith("--rate 10 --faults all,-poison")
+    )
 
 
 @pytest.mark.chaos
@@ -147,6 +203,9 @@ def test_chaos_short_profile() -> None:
     # (the delayed write usually yields refusals, but only if the paused runner had a request
     # in flight: the run reports their number, the test does not bet on it)
     assert result.ingest["interrupted"] + result.ingest["stale_token"] >= 1, summary
+    # the operator actions and the poison input reached the checker (issue 13)
+    for action in ("force_release", "delete", "reset", "poison"):
+        assert result.report.stats.get(f"action_{action}", 0) >= 1, summary
     # the load was real and (nearly all) acknowledged
     assert result.load["sent"] >= 0.8 * cfg.rate_per_s * cfg.duration_s, summary
     assert result.load["acked"] >= 0.95 * result.load["sent"], summary

@@ -36,12 +36,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 import orjson
 import redis
 
 from streamward.api.audit import read_audit
 from streamward.lua.keys import Keys
-from streamward.tools.chaos_check import CheckReport, check_history, read_logs
+from streamward.tools.chaos_check import (
+    CheckReport,
+    InvokeRecord,
+    OperatorAction,
+    check_history,
+    read_logs,
+)
 from streamward.tools.fleet import Fleet, Proc
 from streamward.tools.loadgen import LoadConfig, LoadGen, wait_terminal
 from streamward.tools.server import RedisServer, free_port, wait_ready
@@ -56,6 +63,12 @@ BURST = "burst"
 # is paused past its TTL too and its sessions are taken over; when the API wakes it handles
 # the old owner's requests, which fencing must refuse (the stale_token refusals of the run)
 DELAYED_WRITE = "delayed_write"
+# operator actions and a poison input (issue 13): what an SRE or a hostile caller does
+FORCE_RELEASE = "force_release"  # POST /admin/locks/{id}/release?reason= under a running run
+RUNNER_DRAIN = "runner_drain"  # POST /admin/replicas/{id}/drain, then a new runner, same id
+SESSION_DELETE = "session_delete"  # DELETE /v1/sessions/{id} with a run active and inputs queued
+ROUTE_RESET = "route_reset"  # POST /admin/routes/{route}/reset of a routed key, run active
+POISON = "poison"  # an input whose handler SIGKILLs its own runner, every time it runs
 FAULT_KINDS = (
     RUNNER_KILL,
     RUNNER_STOP,
@@ -64,18 +77,37 @@ FAULT_KINDS = (
     REDIS_RESTART,
     BURST,
     DELAYED_WRITE,
+    FORCE_RELEASE,
+    RUNNER_DRAIN,
+    SESSION_DELETE,
+    ROUTE_RESET,
+    POISON,
 )
-RUNNER_FAULTS = frozenset({RUNNER_KILL, RUNNER_STOP, RUNNER_TERM})
+RUNNER_FAULTS = frozenset({RUNNER_KILL, RUNNER_STOP, RUNNER_TERM, RUNNER_DRAIN})
+SESSION_FAULTS = frozenset({FORCE_RELEASE, SESSION_DELETE})
+# relative weights of the random draws after the first one of each kind (``--faults``
+# overrides them): a poison input takes down several runners, so it comes less often
+DEFAULT_WEIGHTS: dict[str, float] = {k: 1.0 for k in FAULT_KINDS} | {POISON: 0.25}
 
 # schedule model: faults start every GAP_S apart; each keeps its target "busy" for a nominal
 # time so the schedule never aims two faults at one process at once
 GAP_S = (2.0, 5.0)
+FIRST_GAP_S = (1.5, 4.0)
 START_BUDGET_S = 3.0  # nominal time for a restarted process to be up again
 TERM_BUDGET_S = 2.0  # nominal drain time of a SIGTERMed runner (runs last < 1.5 s)
 TAIL_S = 1.0  # no fault starts in the last second of the fault phase
 # delayed_write: how long the API is paused before its runner is (requests pile up in it)
 DELAYED_WRITE_LEAD_S = 1.0
 
+# a poison input keeps the schedule from starting another one for this long (its owners die
+# one after another, each noticed after a replica TTL)
+POISON_BUDGET_S = 20.0
+POISON_MAX_OWNERS = 3  # STREAMWARD_POISON_MAX_OWNERS of the chaos runners
+KEY_COUNT = 50  # routed keys a route_reset fault picks from
+ROUTE_ID = "chaos"  # the route the route_reset faults send events through
+ROUTE_SOURCE = "chaos"
+HANDLER = "streamward.tools.chaos_handler:handler"  # echo, and the poison input
+ADMIN_TIMEOUT_S = 10.0
 DRAIN_TIMEOUT_S = 5  # runner drain bound: a SIGTERM restart should not wait 20 s
 CLOSE_DELAY_S = 5  # idle sessions passivate and get claimed again: more lease churn
 KEYS = Keys()
@@ -109,6 +141,41 @@ def format_duration(duration_s: float) -> str:
     return f"{duration_s:g}s"
 
 
+def parse_faults(spec: str) -> dict[str, float]:
+    """``--faults``: ``""`` / ``"all"`` (every kind, default weights), or a comma list of
+    ``kind`` / ``kind=weight``: only the kinds named, weight 1 unless given; ``-kind`` (or
+    ``kind=0``) after ``all`` drops one. ``"all,poison=2"`` reweights one kind."""
+    weights: dict[str, float] = {}
+    for raw in (p.strip() for p in spec.split(",")):
+        if not raw:
+            continue
+        if raw == "all":
+            weights.update(DEFAULT_WEIGHTS)
+            continue
+        if raw.startswith("-"):
+            name, weight = raw[1:], 0.0
+        else:
+            name, _, text = raw.partition("=")
+            try:
+                weight = float(text) if text else 1.0
+            except ValueError:
+                raise ValueError(
+                    f"--faults: weight of {name!r} is not a number: {text!r}"
+                ) from None
+        if name not in FAULT_KINDS:
+            raise ValueError(
+                f"--faults: unknown fault kind {name!r} (kinds: {', '.join(FAULT_KINDS)})"
+            )
+        if weight < 0 or weight != weight or weight == float("inf"):
+            raise ValueError(f"--faults: weight of {name!r} must be a finite number >= 0")
+        weights[name] = weight
+    if not weights:
+        return dict(DEFAULT_WEIGHTS)
+    if not any(w > 0 for w in weights.values()):
+        raise ValueError("--faults: every kind has weight 0")
+    return {k: w for k, w in weights.items() if w > 0}
+
+
 # -- the schedule -------------------------------------------------------------------------------
 
 
@@ -121,7 +188,7 @@ class Fault:
     target: int  # runner / API index; session index for a burst; 0 for Redis
     hold_s: float = 0.0  # SIGSTOP length, or down time before a restart
     signal: str = ""  # redis_restart: "SIGKILL" or "SIGTERM"
-    count: int = 0  # burst: how many invokes
+    count: int = 0  # burst: how many invokes; route_reset: events before the reset
     partner: int = -1  # delayed_write: the runner paused with its API (target = API index)
 
 
@@ -134,8 +201,12 @@ def make_schedule(
     sessions: int = 200,
     replica_ttl_ms: int = 3000,
     warmup_s: float = 3.0,
+    weights: dict[str, float] | None = None,
 ) -> list[Fault]:
-    """The faults of a run: a pure function of its arguments (same seed, same schedule)."""
+    """The faults of a run: a pure function of its arguments (same seed, same schedule).
+
+    ``weights`` (``parse_faults``) picks the kinds and their odds (default: every kind,
+    ``DEFAULT_WEIGHTS``)."""
     # The first faults are one of each kind in a seeded order (when the duration leaves
     # room), then kinds are drawn at random; a slot whose kind has no target up stays quiet.
     # Each fault keeps its target busy for a nominal time, so at most half the runners (at
@@ -148,13 +219,18 @@ def make_schedule(
     redis_busy = 0.0
     max_runners_down = max(1, runners // 2)
     max_apis_down = max(1, apis - 1)
-    pending = rng.sample(FAULT_KINDS, len(FAULT_KINDS))  # one of each kind first
+    weights = dict(DEFAULT_WEIGHTS) if weights is None else weights
+    kinds = [k for k in FAULT_KINDS if weights.get(k, 0) > 0]
+    odds = [weights[k] for k in kinds]
+    poison_busy = 0.0
+    pending = rng.sample(kinds, len(kinds))  # one of each kind first
     out: list[Fault] = []
     t = warmup_s
     first = True
     while True:
         if not first:
-            t += rng.uniform(*GAP_S)
+            # the first one of each kind comes a little faster: a 60 s run fits all twelve
+            t += rng.uniform(*(FIRST_GAP_S if pending else GAP_S))
         first = False
         if t > duration_s - TAIL_S:
             return out
@@ -170,13 +246,18 @@ def make_schedule(
             BURST: True,
             # a free API and a free runner that ships through it (runner i uses API i % apis)
             DELAYED_WRITE: any(r % apis in free_a for r in free_r),
+            FORCE_RELEASE: True,
+            RUNNER_DRAIN: bool(free_r),
+            SESSION_DELETE: True,
+            ROUTE_RESET: True,
+            POISON: poison_busy <= t,
         }
         if pending:  # one of each kind first: the first one whose target is up
             kind = next((k for k in pending if possible[k]), "")
             if kind:
                 pending.remove(kind)
         else:
-            kind = rng.choice(FAULT_KINDS)
+            kind = rng.choices(kinds, odds)[0]
         if not kind or not possible[kind]:
             continue  # this slot stays quiet; the next one is a gap later
         if kind == RUNNER_KILL:
@@ -189,7 +270,7 @@ def make_schedule(
             hold_s = round(rng.uniform(1.3 * ttl_s, 2.0 * ttl_s), 2)  # always past the TTL
             runner_busy[target] = t + hold_s + 1.0
             out.append(Fault(round(t, 2), kind, target, hold_s=hold_s))
-        elif kind == RUNNER_TERM:
+        elif kind in (RUNNER_TERM, RUNNER_DRAIN):
             target = rng.choice(free_r)
             hold_s = round(rng.uniform(0.2, 1.0), 2)
             runner_busy[target] = t + TERM_BUDGET_S + hold_s + START_BUDGET_S
@@ -211,9 +292,26 @@ def make_schedule(
             api_busy[target] = t + DELAYED_WRITE_LEAD_S + hold_s + 1.0
             runner_busy[partner] = t + DELAYED_WRITE_LEAD_S + hold_s + 2.0
             out.append(Fault(round(t, 2), kind, target, hold_s=hold_s, partner=partner))
+        elif kind in SESSION_FAULTS:
+            out.append(Fault(round(t, 2), kind, rng.randrange(sessions)))
+        elif kind == ROUTE_RESET:
+            target = rng.randrange(KEY_COUNT)
+            out.append(Fault(round(t, 2), kind, target, count=rng.randint(1, 3)))
+        elif kind == POISON:
+            poison_busy = t + POISON_BUDGET_S
+            out.append(Fault(round(t, 2), kind, len([f for f in out if f.kind == POISON])))
         else:
             target = rng.randrange(sessions)
             out.append(Fault(round(t, 2), kind, target, count=rng.randint(20, 50)))
+
+
+def route_key(i: int) -> str:
+    return f"key-{i:02d}"
+
+
+def poison_session(i: int) -> str:
+    """Poison inputs go to sessions of their own: every load session stays a healthy one."""
+    return f"chaos-poison-{i}"
 
 
 def _free(busy: list[float], t: float, max_down: int) -> list[int]:
@@ -243,18 +341,28 @@ class ChaosConfig:
     submit_deadline_s: float = 60.0  # the load generator's patience with one invoke
     workdir: str | None = None  # default: a fresh temp dir
     keep: bool = False  # keep the workdir (process logs, audit, Redis data)
+    faults: str = ""  # ``--faults``: kinds and weights (``parse_faults``); "" = all
+    poison_max_owners: int = POISON_MAX_OWNERS  # the runners' STREAMWARD_POISON_MAX_OWNERS
 
     def __post_init__(self) -> None:
         if self.runners < 2:
             raise ValueError("need at least 2 runners (someone must take over)")
         if self.apis < 1 or self.sessions < 1 or self.rate_per_s <= 0 or self.duration_s <= 0:
             raise ValueError("apis, sessions, rate and duration must be positive")
+        if self.poison_max_owners < 1:
+            raise ValueError("poison_max_owners must be >= 1")
+        parse_faults(self.faults)  # refuse a bad spec before anything starts
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return parse_faults(self.faults)
 
     def replay_command(self) -> str:
+        faults = f" --faults {self.faults}" if self.faults else ""
         return (
             f"streamward chaos --duration {format_duration(self.duration_s)} --seed {self.seed}"
             f" --runners {self.runners} --apis {self.apis} --sessions {self.sessions}"
-            f" --rate {self.rate_per_s:g}"
+            f" --rate {self.rate_per_s:g}{faults}"
         )
 
 
@@ -414,8 +522,17 @@ class Harness:
             sessions=cfg.sessions,
             replica_ttl_ms=cfg.replica_ttl_ms,
             warmup_s=cfg.warmup_s,
+            weights=cfg.weights,
         )
         self.applied = [AppliedFault(f, self.target_name(f)) for f in self.schedule]
+        # operator actions and poison inputs as the checker needs them; their invokes and
+        # events that are not the load's own (routed events, the poison inputs' sessions)
+        self.actions: list[OperatorAction] = []
+        self.event_records: list[InvokeRecord] = []
+        self.extra_refs: dict[str, None] = {}  # session refs read besides session_ids
+        self.runner_deaths: list[str] = []  # runner exits no fault caused (the supervisor's)
+        self._admin: httpx.AsyncClient | None = None
+        self._runner_locks: list[asyncio.Lock] = []
         self.errors: list[str] = []
         self.notes: list[str] = []
         # Fleet is not thread-safe (its process list, its log file counter) and faults start
@@ -430,6 +547,10 @@ class Harness:
     def target_name(self, f: Fault) -> str:
         if f.kind in RUNNER_FAULTS:
             return self.runner_ids[f.target]
+        if f.kind == ROUTE_RESET:
+            return f"{ROUTE_ID}:{route_key(f.target)}"
+        if f.kind == POISON:
+            return poison_session(f.target)
         if f.kind == API_KILL:
             return f"api-{f.target + 1}"
         if f.kind == DELAYED_WRITE:
@@ -528,13 +649,16 @@ class Harness:
         )
         return time.monotonic() - t
 
-    def incarnation(self, replica_id: str) -> str | None:
+    def _client(self) -> redis.Redis:
         if self._rc is None:  # one client (its pool is thread-safe), reconnecting after restarts
             self._rc = redis.Redis.from_url(
                 self._redis().url, decode_responses=True, socket_timeout=2, socket_connect_timeout=1
             )
+        return self._rc
+
+    def incarnation(self, replica_id: str) -> str | None:
         try:
-            value = self._rc.hget(KEYS.replica(replica_id).lease, "incarnation")
+            value = self._client().hget(KEYS.replica(replica_id).lease, "incarnation")
             return None if value is None else str(value)
         except redis.RedisError:
             return None
@@ -558,6 +682,8 @@ class Harness:
             "STREAMWARD_REPLICA_TTL_MS": str(self.cfg.replica_ttl_ms),
             "STREAMWARD_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
             "STREAMWARD_CLOSE_DELAY_S": str(CLOSE_DELAY_S),
+            "STREAMWARD_HANDLER": HANDLER,
+            "STREAMWARD_POISON_MAX_OWNERS": str(self.cfg.poison_max_owners),
             # whatever the calling shell exports, this fleet is standalone and open
             "STREAMWARD_REDIS_MODE": "standalone",
             "STREAMWARD_API_TOKENS": "{}",
@@ -569,6 +695,26 @@ class Harness:
         procs = [self.spawn_runner(i) for i in range(self.cfg.runners)]
         for rid, proc in zip(self.runner_ids, procs, strict=True):
             self._fleet().wait_replica(proc, rid, wait_s=60)
+        if ROUTE_RESET in self.cfg.weights:
+            self._create_route()
+
+    def _create_route(self) -> None:
+        """The route of the route_reset faults: key and input straight from the payload."""
+        route = {
+            "route_id": ROUTE_ID,
+            "source": ROUTE_SOURCE,
+            "on": ["*"],
+            "session": {"key_expr": "payload.key", "idle_timeout_seconds": 30},
+            "input_expr": "payload.input",
+        }
+        resp = httpx.post(
+            f"http://127.0.0.1:{self.api_ports[0]}/admin/routes",
+            json=route,
+            headers={"Authorization": f"Bearer {self._fleet().admin_token}"},
+            timeout=10,
+        )
+        if resp.status_code not in (200, 201):
+            raise RuntimeError(f"could not create the chaos route: {resp.status_code} {resp.text}")
 
     def teardown(self) -> None:
         """Stop every process and Redis; remove the workdir unless asked to keep it."""
@@ -602,6 +748,8 @@ class Harness:
         await asyncio.sleep(max(0.0, f.at_s - self.now_s()))
         if f.kind == DELAYED_WRITE:  # one API and one runner
             needs = [("runner", f.partner), (API_KILL, f.target)]
+        elif f.kind in SESSION_FAULTS:  # one operator action at a time per session
+            needs = [("session", f.target)]
         else:
             needs = [("runner" if f.kind in RUNNER_FAULTS else f.kind, f.target)]
         async with contextlib.AsyncExitStack() as stack:
@@ -622,8 +770,18 @@ class Harness:
                 a.ended_s = round(self.now_s(), 2)
 
     async def _apply(self, f: Fault, a: AppliedFault) -> str:
+        if f.kind == RUNNER_DRAIN:
+            return await self._drain(f)
         if f.kind in RUNNER_FAULTS:
             return await self._runner_fault(f)
+        if f.kind == FORCE_RELEASE:
+            return await self._force_release(f, a)
+        if f.kind == SESSION_DELETE:
+            return await self._delete(f)
+        if f.kind == ROUTE_RESET:
+            return await self._route_reset(f)
+        if f.kind == POISON:
+            return await self._poison(f, a)
         if f.kind == API_KILL:
             proc = self.api_procs[f.target]
             pid = proc.pid
@@ -686,6 +844,8 @@ class Harness:
             try:
                 code = await asyncio.to_thread(proc.popen.wait, bound_s)
                 how = f"SIGTERM, exit {code} after {time.monotonic() - t:.1f}s"
+                if code == -signal.SIGKILL:  # a poison input reached it while draining
+                    self.runner_deaths.append(f"{rid} pid {pid} SIGKILLed while draining")
             except subprocess.TimeoutExpired:
                 proc.kill()
                 how = f"SIGTERM, still running after {bound_s}s: killed"
@@ -723,6 +883,262 @@ class Harness:
             + (f"re-registered in {again_s:.2f}s" if again_s is not None else "NOT re-registered")
         )
 
+    # -- operator actions and the poison input (issue 13) ---------------------------------
+
+    def _api_base(self, prefer: int = 0) -> str:
+        """An API that is up (a fault may have one down), ``prefer`` first."""
+        n = len(self.api_procs)
+        for k in range(n):
+            i = (prefer + k) % n
+            if self.api_procs[i].alive():
+                return f"http://127.0.0.1:{self.api_ports[i]}"
+        return f"http://127.0.0.1:{self.api_ports[prefer % n]}"
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._admin is None:
+            self._admin = httpx.AsyncClient(
+                headers={"Authorization": f"Bearer {self._fleet().admin_token}"},
+                timeout=ADMIN_TIMEOUT_S,
+            )
+        return self._admin
+
+    async def _call(self, method: str, path: str, prefer: int = 0, **kwargs: Any) -> httpx.Response:
+        """One operator call, tried on the APIs in turn for up to ``ADMIN_TIMEOUT_S`` (one
+        may be killed or paused by another fault): the first answer below 500."""
+        deadline = time.monotonic() + ADMIN_TIMEOUT_S
+        error = ""
+        k = prefer
+        while time.monotonic() < deadline:
+            try:
+                resp = await self._http().request(method, self._api_base(k) + path, **kwargs)
+                if resp.status_code < 500:
+                    return resp
+                error = f"HTTP {resp.status_code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            k += 1
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"{method} {path}: no answer below 500 in {ADMIN_TIMEOUT_S}s ({error})")
+
+    def _meta(self, ref: str) -> dict[str, str]:
+        try:
+            meta = self._client().hgetall(KEYS.session_ref(ref).meta)
+            return {str(k): str(v) for k, v in meta.items()}
+        except redis.RedisError:
+            return {}
+
+    async def _wait_active(self, ref: str, run_id: str | None, timeout_s: float) -> str:
+        """The session's active run once it is ``run_id`` (or whatever is active at the
+        deadline; "" when none): the action then cuts a running run, not a queued one."""
+        deadline = time.monotonic() + timeout_s
+        active = ""
+        while time.monotonic() < deadline:
+            active = (await asyncio.to_thread(self._meta, ref)).get("active_run_id", "")
+            if run_id and active == run_id:
+                break
+            await asyncio.sleep(0.1)
+        return active
+
+    def _long_input(self) -> dict[str, Any]:
+        # ~4 s: the action lands in the middle of it
+        return {"text": "operator", "chunks": 8, "delay_ms": 500}
+
+    async def _force_release(self, f: Fault, a: AppliedFault) -> str:
+        """An SRE's break-glass release of a session whose run is running, with a reason."""
+        assert self.load is not None
+        sid = self.session_ids[f.target]
+        ref = f"default/{sid}"
+        n = sum(x.kind == "force_release" for x in self.actions) + 1
+        reason = f"chaos-force-release-{n}"  # unique: the checker looks for it in the log
+        rec = await self.load.invoke(sid, "detached", self._long_input())
+        active = await self._wait_active(ref, rec.run_id, 15)
+        resp = await self._call(
+            "POST", f"/admin/locks/{sid}/release", f.target, params={"reason": reason}
+        )
+        if resp.status_code != 200:
+            raise RuntimeError(f"force release answered {resp.status_code}: {resp.text[:200]}")
+        before = resp.json().get("before") or {}
+        held = before.get("state") == "held"
+        self.actions.append(
+            OperatorAction(
+                "force_release",
+                ref,
+                time.time_ns(),
+                run_id=active or None,
+                reason=reason,
+                held=held,
+            )
+        )
+        return (
+            f"released ({before.get('state')}, holder {before.get('holder')}, token "
+            f"{before.get('token')}) with reason {reason!r}; active run {active or 'none'}"
+        )
+
+    async def _delete(self, f: Fault) -> str:
+        """DELETE a session with a run active and two more inputs queued behind it."""
+        assert self.load is not None
+        sid = self.session_ids[f.target]
+        ref = f"default/{sid}"
+        first = self.load.submit(sid, "detached", self._long_input())
+        active = ""
+        for _ in range(150):  # the run id is known once the API answers; wait for it to run
+            await asyncio.sleep(0.1)
+            active = (await asyncio.to_thread(self._meta, ref)).get("active_run_id", "")
+            if first.done() or active:
+                break
+        active = await self._wait_active(ref, first.result().run_id if first.done() else None, 5)
+        for _ in range(2):
+            self.load.submit(sid, "detached")
+        await asyncio.sleep(0.3)  # both enqueued before the delete (their 202 comes later)
+        resp = await self._call("DELETE", f"/v1/sessions/{sid}", f.target)
+        if resp.status_code != 200:
+            raise RuntimeError(f"delete answered {resp.status_code}: {resp.text[:200]}")
+        self.actions.append(OperatorAction("delete", ref, time.time_ns(), run_id=active or None))
+        return f"deleted with run {active or 'none'} active and 2 inputs queued"
+
+    async def _post_event(self, key: str, input: Any, prefer: int) -> InvokeRecord:
+        """One event for a routed key, as an invoke record of the session it reached."""
+        body = {"type": "chaos", "payload": {"key": key, "input": input}}
+        sent_ns = time.time_ns()
+        status: int | None = None
+        api = self._api_base(prefer)
+        deadline = time.monotonic() + 20
+        k = prefer
+        while time.monotonic() < deadline:
+            api = self._api_base(k)
+            try:
+                resp = await self._http().post(f"{api}/v1/events/{ROUTE_SOURCE}", json=body)
+                status = resp.status_code
+                if status == 202:
+                    items: list[dict[str, Any]] = resp.json().get("sessions") or []
+                    item = items[0] if items else {}
+                    ref = f"default/{item.get('session_id')}"
+                    run_id = item.get("run_id")
+                    self.extra_refs[ref] = None
+                    rec = InvokeRecord(
+                        session=ref,
+                        run_id=run_id,
+                        mode="event",
+                        acked=bool(run_id) and item.get("action") in ("started", "queued"),
+                        api=api,
+                        sent_ns=sent_ns,
+                        acked_ns=time.time_ns(),
+                        status=status,
+                    )
+                    self.event_records.append(rec)
+                    return rec
+                if status < 500:
+                    break
+            except httpx.HTTPError:
+                status = None
+            k += 1
+            await asyncio.sleep(0.2)
+        # not acknowledged: an event the checker does not expect to run (a retry after a lost
+        # answer could deliver twice: events have no idempotency key yet)
+        rec = InvokeRecord("", None, "event", False, api, sent_ns, None, status)
+        self.event_records.append(rec)
+        return rec
+
+    async def _route_reset(self, f: Fault) -> str:
+        """Events for a routed key (one running, more queued), a manual reset of the key while
+        its run runs, then one event more: it must open the next generation."""
+        key = route_key(f.target)
+        first = await self._post_event(key, self._long_input(), f.target)
+        for _ in range(f.count):
+            await self._post_event(key, {"text": "queued", "chunks": 2, "delay_ms": 50}, f.target)
+        if not first.acked:
+            raise RuntimeError(f"the first event for {key} was not acknowledged ({first.status})")
+        active = await self._wait_active(first.session, first.run_id, 15)
+        resp = await self._call(
+            "POST", f"/admin/routes/{ROUTE_ID}/reset", f.target, json={"session_key": key}
+        )
+        if resp.status_code != 200:
+            raise RuntimeError(f"reset answered {resp.status_code}: {resp.text[:200]}")
+        after = await self._post_event(key, {"text": "after", "chunks": 2, "delay_ms": 50}, 0)
+        self.actions.append(
+            OperatorAction("reset", first.session, time.time_ns(), run_id=active or None)
+        )
+        moved = after.session != first.session
+        return (
+            f"{1 + f.count} events, reset with run {active or 'none'} active; next event went "
+            + (f"to the new generation {after.session}" if moved else f"to {after.session} (SAME)")
+        )
+
+    async def _poison(self, f: Fault, a: AppliedFault) -> str:
+        """An input that SIGKILLs every runner that runs it, in a session of its own."""
+        assert self.load is not None
+        sid = poison_session(f.target)
+        ref = f"default/{sid}"
+        self.extra_refs[ref] = None
+        deaths = len(self.runner_deaths)
+        rec = await self.load.invoke(sid, "detached", {"poison": True, "text": "poison"})
+        if not rec.acked or not rec.run_id:
+            raise RuntimeError(f"the poison input was not acknowledged ({rec.status})")
+        self.actions.append(OperatorAction("poison", ref, time.time_ns(), run_id=rec.run_id))
+        left = await wait_terminal(self._redis().url, [rec], POISON_BUDGET_S)
+        killed = len(self.runner_deaths) - deaths
+        state = "still not ended" if left else "ended"
+        return f"poison run {rec.run_id}: {state} after {killed} runner deaths"
+
+    async def _settle_poison(self) -> None:
+        """After the faults: give the poison runs their bounded time to end (the supervisor
+        keeps restarting their casualties meanwhile)."""
+        poisons = [
+            InvokeRecord(x.session, x.run_id, "detached", True, "", 0, 0, 202)
+            for x in self.actions
+            if x.kind == "poison"
+        ]
+        if poisons:
+            bound_s = self.cfg.poison_max_owners * (self.cfg.replica_ttl_ms / 1000 + 4) + 5
+            await wait_terminal(self._redis().url, poisons, bound_s)
+
+    async def _supervise(self) -> None:
+        """Start again any runner that died with no fault on it (a poison input's casualty),
+        the way a StatefulSet restarts a pod: the fleet keeps its size."""
+        while True:
+            await asyncio.sleep(0.25)
+            for i, lock in enumerate(self._runner_locks):
+                if lock.locked() or self.runner_procs[i].alive():
+                    continue
+                async with lock:  # a fault on this runner waits until it is back
+                    proc = self.runner_procs[i]
+                    if proc.alive():
+                        continue
+                    rid = self.runner_ids[i]
+                    death = f"{rid} pid {proc.pid} exit {proc.popen.poll()} at +{self.now_s():.1f}s"
+                    self.runner_deaths.append(death)
+                    self.say(f"+{self.now_s():.1f}s runner died outside the faults: {death}")
+                    before = await asyncio.to_thread(self.incarnation, rid)
+                    try:
+                        await asyncio.to_thread(self.start_runner, i, before)
+                    except Exception as exc:  # reported; the next round tries again
+                        self.errors.append(f"{rid} could not be restarted: {exc}")
+
+    async def _drain(self, f: Fault) -> str:
+        """The operator's drain (admin API), then a new runner with the same id."""
+        i = f.target
+        rid = self.runner_ids[i]
+        proc = self.runner_procs[i]
+        pid = proc.pid
+        before = await asyncio.to_thread(self.incarnation, rid)
+        t = time.monotonic()
+        resp = await self._call("POST", f"/admin/replicas/{rid}/drain", i)
+        if resp.status_code != 200:
+            raise RuntimeError(f"drain answered {resp.status_code}: {resp.text[:200]}")
+        bound_s = DRAIN_TIMEOUT_S + 15
+        try:
+            code = await asyncio.to_thread(proc.popen.wait, bound_s)
+            how = f"drained, exit {code} after {time.monotonic() - t:.1f}s"
+            if code == -signal.SIGKILL:  # a poison input reached it while draining
+                self.runner_deaths.append(f"{rid} pid {pid} SIGKILLed while draining")
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            how = f"still running {bound_s}s after the drain: killed"
+            self.notes.append(f"{rid} did not exit within {bound_s}s of its drain")
+        await asyncio.sleep(f.hold_s)
+        up_s = await asyncio.to_thread(self.start_runner, i, before)
+        return f"{how} (pid {pid}); restarted after {f.hold_s}s, registered in {up_s:.1f}s"
+
     def stale_refusals(self) -> int:
         """Ingest attempts the API refused as stale so far, from the audit: read on from where
         the last call stopped (called on the loop, so never two at once)."""
@@ -748,10 +1164,13 @@ class Harness:
             if not p.alive():
                 self.notes.append(f"api-{i + 1} was down after the faults: started")
                 await asyncio.to_thread(self.start_api, i)
-        for i, p in enumerate(self.runner_procs):
-            if not p.alive():
-                self.notes.append(f"{self.runner_ids[i]} was down after the faults: started")
-                await asyncio.to_thread(self.start_runner, i, None)
+        for i in range(len(self.runner_procs)):
+            async with contextlib.AsyncExitStack() as stack:
+                if i < len(self._runner_locks):  # the supervisor may be restarting it
+                    await stack.enter_async_context(self._runner_locks[i])
+                if not self.runner_procs[i].alive():
+                    self.notes.append(f"{self.runner_ids[i]} was down after the faults: started")
+                    await asyncio.to_thread(self.start_runner, i, None)
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -789,6 +1208,8 @@ class Harness:
             return await self._run(load, started)
         finally:
             await load.aclose()
+            if self._admin is not None:
+                await self._admin.aclose()
 
     async def _run(self, load: LoadGen, started: float) -> ChaosResult:
         cfg = self.cfg
@@ -797,6 +1218,9 @@ class Harness:
         locks: dict[str, asyncio.Lock] = {}
         for i in range(cfg.runners):
             locks[f"runner:{i}"] = asyncio.Lock()
+        self._runner_locks = list(locks.values())  # the supervisor's view: a fault owns it
+        for i in range(cfg.sessions):
+            locks[f"session:{i}"] = asyncio.Lock()
         for i in range(cfg.apis):
             locks[f"{API_KILL}:{i}"] = asyncio.Lock()
         locks[f"{REDIS_RESTART}:0"] = asyncio.Lock()
@@ -806,6 +1230,7 @@ class Harness:
         }
         tasks = [asyncio.create_task(self._fault(a, locks, limits)) for a in self.applied]
         progress = asyncio.create_task(self._progress(load))
+        supervisor = asyncio.create_task(self._supervise())
         try:
             await asyncio.sleep(max(0.0, cfg.duration_s - self.now_s()))
             self.say(f"+{self.now_s():.1f}s fault phase over: waiting for faults to finish")
@@ -815,6 +1240,7 @@ class Harness:
             if late:
                 self.errors.append(f"{len(late)} faults still running 120 s after the fault phase")
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._settle_poison()
             await self.ensure_up()
             await load.stop()
             self.say(f"+{self.now_s():.1f}s load stopped: waiting for every invoke's answer")
@@ -822,14 +1248,24 @@ class Harness:
                 self.errors.append("some invokes were neither acknowledged nor given up")
             unsettled = await self._settle(load)
             await load.wait_streams(5)
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
         finally:
             progress.cancel()
+            supervisor.cancel()
             for t in tasks:
                 t.cancel()
         # the audit first: logs only grow, so every seq it names is in the logs read after
         audit = await asyncio.to_thread(read_audit, str(self.audit_path))
         logs = await asyncio.to_thread(self._read_logs)
-        report = check_history(audit, load.records, logs)
+        report = check_history(
+            audit,
+            [*load.records, *self.event_records],
+            logs,
+            actions=self.actions,
+            poison_max_owners=cfg.poison_max_owners,
+            runner_deaths=len(self.runner_deaths),
+        )
         outcomes = Counter(str(r.get("outcome")) for r in audit)
         interrupted = sum(
             1 for entries in logs.values() for e in entries if e.get("type") == "run.interrupted"
@@ -870,18 +1306,19 @@ class Harness:
     def _read_logs(self) -> dict[str, list[dict[str, str]]]:
         client = redis.Redis.from_url(self._redis().url, decode_responses=True)
         try:
-            refs = [f"default/{sid}" for sid in self.session_ids]
+            refs = [f"default/{sid}" for sid in self.session_ids] + list(self.extra_refs)
             return read_logs(client, KEYS, refs)
         finally:
             client.close()
 
     async def _settle(self, load: LoadGen) -> int:
         """Wait until every acknowledged run is terminal (bounded); the number still open."""
-        acked = len({(r.session, r.run_id) for r in load.records if r.acked and r.run_id})
+        records = [*load.records, *self.event_records]
+        acked = len({(r.session, r.run_id) for r in records if r.acked and r.run_id})
         self.say(f"+{self.now_s():.1f}s settling: {acked} acknowledged runs to finish")
         return await wait_terminal(
             self._redis().url,
-            load.records,
+            records,
             self.cfg.settle_timeout_s,
             progress=lambda n: self.say(f"+{self.now_s():.1f}s settling: {n} runs open"),
         )
@@ -923,6 +1360,7 @@ def main(
     rate: float = 10.0,
     output: str = "table",
     keep: bool = False,
+    faults: str = "",
 ) -> int:
     """``streamward chaos``: 0 when every check holds, 1 when not, 2 on bad options."""
     if output not in ("table", "json"):
@@ -938,6 +1376,7 @@ def main(
             sessions=sessions,
             rate_per_s=rate,
             keep=keep,
+            faults=faults,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -122,6 +122,15 @@ def chaos_command(
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the workdir (process logs, audit, Redis data).")
     ] = False,
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="Fault kinds and weights: 'all' (default) or a comma list of kind[=weight]; "
+            "'all,-poison' drops one, 'all,poison=2' reweights one. Kinds: runner_kill9, "
+            "runner_sigstop, runner_sigterm, api_kill9, redis_restart, burst, delayed_write, "
+            "force_release, runner_drain, session_delete, route_reset, poison."
+        ),
+    ] = "",
 ) -> None:
     """Real fleet under seeded faults; exit 1 when fencing or delivery checks fail."""
     from streamward.tools.chaos import main as chaos
@@ -136,6 +145,7 @@ def chaos_command(
             rate=rate,
             output=output,
             keep=keep,
+            faults=faults,
         )
     )
 
