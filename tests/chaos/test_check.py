@@ -622,6 +622,7 @@ def test_poison_failed_after_max_owners_passes() -> None:
     report = poisoned().check()
     assert report.ok, report.summary()
     assert report.stats["poison_failed"] == 1 and report.stats["runner_deaths_unplanned"] == 3
+    assert report.stats["interrupted_outside_poison"] == 0
 
 
 def test_poison_never_ended_is_caught() -> None:

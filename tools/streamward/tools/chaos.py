@@ -1240,9 +1240,9 @@ class Harness:
             if late:
                 self.errors.append(f"{len(late)} faults still running 120 s after the fault phase")
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._settle_poison()
             await self.ensure_up()
             await load.stop()
+            await self._settle_poison()
             self.say(f"+{self.now_s():.1f}s load stopped: waiting for every invoke's answer")
             if not await load.drain(cfg.submit_deadline_s + 15):
                 self.errors.append("some invokes were neither acknowledged nor given up")

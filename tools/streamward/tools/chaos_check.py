@@ -680,6 +680,18 @@ def _check_actions(
             poisons += 1
             _check_poison(a, run, report, poison_max_owners)
     report.count("runner_deaths_unplanned", runner_deaths)
+    if poisons:
+        # what the casualties cost everyone else (bounded by the deaths checked below)
+        poisoned = {a.session for a in actions if a.kind == POISON}
+        report.count(
+            "interrupted_outside_poison",
+            sum(
+                len(run.interrupted)
+                for ref, session_runs in runs.items()
+                if ref not in poisoned
+                for run in session_runs.values()
+            ),
+        )
     if poisons and runner_deaths > poisons * poison_max_owners:
         report.add(
             "poison_spread",
