@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import re
@@ -640,14 +641,28 @@ class Harness:
         # not just "a replica lease exists": a runner killed before its TTL ran out left one
         t = time.monotonic()
         rid = self.runner_ids[i]
-        proc = self.spawn_runner(i)
-        wait_ready(
-            lambda: self.incarnation(rid) not in (None, previous),
-            exited=proc.exit_log,
-            what=f"runner {rid}",
-            timeout_s=30,
-        )
-        return time.monotonic() - t
+        for attempt in range(5):
+            proc = self.spawn_runner(i)
+            old = {None, previous}
+            try:
+                wait_ready(
+                    functools.partial(self._registered, rid, old),
+                    exited=proc.exit_log,
+                    what=f"runner {rid}",
+                    timeout_s=30,
+                )
+                return time.monotonic() - t
+            except RuntimeError:
+                # registered and at once SIGKILLed by a poison input it claimed: a casualty
+                # like any other, and the fleet keeps its size
+                if proc.popen.poll() != -signal.SIGKILL or attempt == 4:
+                    raise
+                self.runner_deaths.append(f"{rid} pid {proc.pid} SIGKILLed while starting")
+                previous = self.incarnation(rid)
+        raise AssertionError("unreachable")
+
+    def _registered(self, replica_id: str, old: set[str | None]) -> bool:
+        return self.incarnation(replica_id) not in old
 
     def _client(self) -> redis.Redis:
         if self._rc is None:  # one client (its pool is thread-safe), reconnecting after restarts
