@@ -103,7 +103,7 @@ DELAYED_WRITE_LEAD_S = 1.0
 # a poison input keeps the schedule from starting another one for this long (its owners die
 # one after another, each noticed after a replica TTL)
 POISON_BUDGET_S = 20.0
-POISON_MAX_OWNERS = 3  # STREAMWARD_POISON_MAX_OWNERS of the chaos runners
+POISON_MAX_OWNERS = 3  # STREAMWARD_POISON_AFTER_OWNERS of the chaos runners
 KEY_COUNT = 50  # routed keys a route_reset fault picks from
 ROUTE_ID = "chaos"  # the route the route_reset faults send events through
 ROUTE_SOURCE = "chaos"
@@ -343,7 +343,7 @@ class ChaosConfig:
     workdir: str | None = None  # default: a fresh temp dir
     keep: bool = False  # keep the workdir (process logs, audit, Redis data)
     faults: str = ""  # ``--faults``: kinds and weights (``parse_faults``); "" = all
-    poison_max_owners: int = POISON_MAX_OWNERS  # the runners' STREAMWARD_POISON_MAX_OWNERS
+    poison_max_owners: int = POISON_MAX_OWNERS  # the runners' STREAMWARD_POISON_AFTER_OWNERS
 
     def __post_init__(self) -> None:
         if self.runners < 2:
@@ -698,7 +698,7 @@ class Harness:
             "STREAMWARD_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
             "STREAMWARD_CLOSE_DELAY_S": str(CLOSE_DELAY_S),
             "STREAMWARD_HANDLER": HANDLER,
-            "STREAMWARD_POISON_MAX_OWNERS": str(self.cfg.poison_max_owners),
+            "STREAMWARD_POISON_AFTER_OWNERS": str(self.cfg.poison_max_owners),
             # whatever the calling shell exports, this fleet is standalone and open
             "STREAMWARD_REDIS_MODE": "standalone",
             "STREAMWARD_API_TOKENS": "{}",
