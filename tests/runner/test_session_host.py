@@ -425,3 +425,35 @@ async def test_a_streamed_invoke_absorbed_by_a_running_run_ends_with_run_merged(
 
 async def _pending_is(streams: Streams, sk: SessionKeys, n: int) -> bool:
     return await streams.pending(sk) == n
+
+
+async def test_a_reset_generation_is_told_why_at_activate(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    """The reset that opened this generation (written to meta by the routing lifecycle)
+    reaches the host's activate; a session never reset gets None."""
+    api = fleet.start_api()
+    seen: list[tuple[str | None, str | None]] = []
+
+    class Told(Session):
+        async def activate(self, ctx: SessionContext) -> None:
+            seen.append((ctx.reset_reason, ctx.previous_session_id))
+
+        async def run(self, ctx: RunContext, input: Any) -> AsyncIterator[Any]:
+            yield input
+
+    await _start(replicas, settings_for(redis_server.url, api.url, fleet, tmp_path), Told)
+    streams = Streams(redis_client)
+    fresh, reset = keys.session("default", "fresh"), keys.session("default", "gh.k.2")
+    await streams.set_meta(reset, reset_reason="idle", previous_session_id="gh.k.1")
+    await _submit(store, streams, reset, "run_r", '{"text": "a"}')
+    await _submit(store, streams, fresh, "run_f", '{"text": "a"}')
+    await wait_for(_done(streams, reset, "run_r"), 10, "the reset session's run")
+    await wait_for(_done(streams, fresh, "run_f"), 10, "the fresh session's run")
+    assert sorted(seen, key=str) == sorted([("idle", "gh.k.1"), (None, None)], key=str)

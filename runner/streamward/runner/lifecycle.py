@@ -109,6 +109,9 @@ class SessionContext:
     session: SessionKeys = field(repr=False)
     streams: Streams = field(repr=False)
     activation: Activation = field(repr=False)
+    # a new generation knows it was reset (docs/routing.md): why, and the generation before
+    reset_reason: str | None = None  # idle | daily | timeout | manual | dead
+    previous_session_id: str | None = None
 
     @property
     def can_write(self) -> bool:
@@ -237,6 +240,8 @@ class Activation:
             session=self.session,
             streams=self.streams,
             activation=self,
+            reset_reason=meta.get("reset_reason") or None,
+            previous_session_id=meta.get("previous_session_id") or None,
         )
         try:
             await host.activate(self.ctx)
