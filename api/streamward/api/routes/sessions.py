@@ -329,17 +329,24 @@ async def delete_session(
     active = meta.get("active_run_id")
     if active:
         await invocation.cancel_run(streams, sk, own, active)
+    holders: list[str] = []
     if own.held or active or await streams.pending(sk) > 0:
         # bumps the epoch: the old owner's next write is refused and it drops the session
         released = await store.force_release(sk, "deleted", "deleted")
-        if released.old_replica_id:
-            await streams.send_mail(released.old_replica_id, "released", sk.ref)
+        holders.append(released.old_replica_id)
         await end_deleted_runs(store, streams, sk, active, released.new_epoch)
     await streams.delete_session_state(sk)
     await streams.set_meta(sk, active_run_id="")
     # kept readable until retention ends, then every key of the session expires
     await streams.retire_session(sk, "deleted", "manual", settings.retention_s * 1000)
     await streams.forget_session(sk)
+    if (await store.ownership(sk)).held:
+        # a runner claimed it while the delete ran (the fenced owner re-queued its inbox):
+        # fence it too; it finds nothing to run
+        holders.append((await store.force_release(sk, "deleted", "deleted")).old_replica_id)
+    # told last, when there is nothing left to re-queue: the owners drop the session at once
+    for replica_id in dict.fromkeys(h for h in holders if h):
+        await streams.send_mail(replica_id, "released", sk.ref)
     await mark_changed(state, sk)
     out = await _session_out(store, streams, sk)
     assert out is not None
