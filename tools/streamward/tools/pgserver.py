@@ -12,12 +12,13 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
-from streamward.tools.server import free_port, wait_ready
+from streamward.tools.server import ThrowawayServer, free_port, wait_ready
 
 # PostgreSQL's standard port: a machine-wide cluster may listen there, so ours never do
 RESERVED_PORT = 5432
@@ -62,8 +63,12 @@ def _service_user() -> str | None:
     raise RuntimeError("running as root and no unprivileged user to run postgres as")
 
 
-class PostgresServer:
+class PostgresServer(ThrowawayServer):
     """One postgres process on a free port with its cluster in a temp dir (trust auth)."""
+
+    LOG_NAME = "postgres.log"
+    STOP_SIGNAL = signal.SIGINT  # fast shutdown: ends sessions, checkpoints
+    STOP_WAIT_S = 30.0
 
     def __init__(self, port: int | None = None, *, bin_dir: Path | None = None) -> None:
         self.bin_dir = bin_dir or find_pg_bin()
@@ -98,7 +103,7 @@ class PostgresServer:
     def start(self, timeout_s: float = 30.0) -> PostgresServer:
         if not self._inited:
             self._init()
-        log = open(os.path.join(self.dir, "postgres.log"), "ab")  # noqa: SIM115 (the child's)
+        log = open(os.path.join(self.dir, self.LOG_NAME), "ab")  # noqa: SIM115 (the child's)
         args = [
             str(self.bin_dir / "postgres"), "-D", self.data,
             "-p", str(self.port), "-h", "127.0.0.1", "-k", self.dir,
@@ -128,44 +133,7 @@ class PostgresServer:
         # the port opens before recovery ends; "ready to accept" is logged once it can serve
         return "ready to accept connections" in self.log_tail(100_000)
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, chars: int = 2000) -> str:
-        with contextlib.suppress(OSError):
-            return Path(self.dir, "postgres.log").read_text(errors="replace")[-chars:]
-        return ""
-
-    def stop(self, kill: bool = False) -> None:
-        """Fast shutdown (SIGINT: ends sessions, checkpoints), or SIGKILL with ``kill``."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.send_signal(2)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def _stopped(self) -> None:
         # the next start waits for a fresh "ready" line, not the old one
         with contextlib.suppress(OSError):
-            Path(self.dir, "postgres.log").write_bytes(b"")
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
+            Path(self.dir, self.LOG_NAME).write_bytes(b"")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import redis
 
@@ -105,8 +106,70 @@ def free_port() -> int:
             return port
 
 
-class RedisServer:
+class ThrowawayServer:
+    """What every throwaway server process of the tooling shares (Redis, PostgreSQL): its
+    temp dir and log, stop (a polite signal, then SIGKILL after a wait), restart, cleanup
+    and use as a context manager. A subclass sets the log's name, the stop signal and the
+    wait, and implements ``start``."""
+
+    LOG_NAME = "server.log"
+    STOP_SIGNAL = signal.SIGTERM
+    STOP_WAIT_S = 10.0
+
+    dir: str
+    proc: subprocess.Popen[bytes] | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self.dir, self.LOG_NAME).read_text(errors="replace")[-chars:]
+        return ""
+
+    def stop(self, kill: bool = False) -> None:
+        """``STOP_SIGNAL``, or SIGKILL with ``kill``; SIGKILL too past ``STOP_WAIT_S``."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.send_signal(self.STOP_SIGNAL)
+            try:
+                self.proc.wait(self.STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        self._stopped()
+
+    def _stopped(self) -> None:
+        """After the process is gone (a subclass may reset what the next start reads)."""
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+class RedisServer(ThrowawayServer):
     """One redis-server process on a free port with its data in a temp dir."""
+
+    LOG_NAME = "redis.log"
 
     def __init__(
         self,
@@ -161,41 +224,3 @@ class RedisServer:
         finally:
             client.close()
         return self
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, chars: int = 2000) -> str:
-        with contextlib.suppress(OSError):
-            return Path(self.dir, "redis.log").read_text(errors="replace")[-chars:]
-        return ""
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
