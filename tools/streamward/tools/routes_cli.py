@@ -86,6 +86,21 @@ def _session_text(route: dict[str, Any]) -> str:
     return str(s.get("key_expr") or f"template:{s.get('key_template')}")
 
 
+def _listing(
+    path: str, project: str | None, output: Output, api_url: str, admin_token: str | None
+) -> list[dict[str, Any]] | None:
+    """A listing's items for a table, or None once printed as JSON / YAML."""
+    params = {} if project is None else {"project": project}
+    with _errors(api_url):
+        items: list[dict[str, Any]] = _call("GET", api_url, admin_token, path, params=params)[
+            "items"
+        ]
+    if output in (Output.json, Output.yaml):
+        typer.echo(_dump(items, output))
+        return None
+    return items
+
+
 # -- routes ------------------------------------------------------------------------------------
 
 
@@ -100,11 +115,8 @@ def routes_ls(
     admin_token: AdminToken = None,
 ) -> None:
     """List routes: id, project, source, event types and session key."""
-    params = {} if project is None else {"project": project}
-    with _errors(api_url):
-        items = _call("GET", api_url, admin_token, "/admin/routes", params=params)["items"]
-    if output in (Output.json, Output.yaml):
-        typer.echo(_dump(items, output))
+    items = _listing("/admin/routes", project, output, api_url, admin_token)
+    if items is None:
         return
     rows = [
         [r["route_id"], r["project"], r["source"], ",".join(r["on"]), _session_text(r)]
@@ -205,11 +217,8 @@ def sources_ls(
     admin_token: AdminToken = None,
 ) -> None:
     """List configured sources (a source not listed is generic and unverified)."""
-    params = {} if project is None else {"project": project}
-    with _errors(api_url):
-        items = _call("GET", api_url, admin_token, "/admin/sources", params=params)["items"]
-    if output in (Output.json, Output.yaml):
-        typer.echo(_dump(items, output))
+    items = _listing("/admin/sources", project, output, api_url, admin_token)
+    if items is None:
         return
     rows = [
         [s["source"], s["project"], s["kind"], s["verification"], "set" if s["has_secret"] else "-"]
