@@ -26,7 +26,7 @@ async def authed(
 async def test_missing_and_wrong_tokens(authed: httpx.AsyncClient) -> None:
     r = await authed.get("/v1/sessions")
     assert_problem(r, 401, "missing_token")
-    assert r.headers["www-authenticate"] == "Bearer"
+    assert r.headers["www-authenticate"] == 'Bearer scope="sessions:view"'
     r = await authed.get("/v1/sessions", headers={"Authorization": "Bearer tok-c"})
     assert_problem(r, 403, "invalid_token")
     r = await authed.post("/v1/sessions/s1/invoke", json={"mode": "detached"})

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamward.api.tokens import TokenSpec
 from streamward.lua.config import RedisSettings
 
 
@@ -21,10 +22,17 @@ class Settings(RedisSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMWARD_", extra="ignore")
 
     key_prefix: str = "sw"
+    # scoped tokens (api/tokens.py): hashed, several per project; STREAMWARD_TOKENS is a JSON
+    # list of {"sha256", "project", "scopes", "name"}, TOKENS_FILE the same list in a file
+    # (a mounted Secret). The two plaintext settings below map into the same table.
+    tokens: list[TokenSpec] = []
+    tokens_file: str | None = None
+    # legacy: a plaintext token with the `admin` scope (project default)
     admin_token: str | None = None
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8700
-    # token -> project; empty means no auth and every call lands in project "default"
+    # legacy: plaintext token -> project, scopes sessions:run + sessions:view. With no token
+    # here nor in TOKENS / TOKENS_FILE, /v1 needs none and every call is in project "default"
     api_tokens: dict[str, str] = {}
     start_timeout_s: Annotated[float, Field(ge=0)] = 10.0
     max_body_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024
@@ -54,7 +62,7 @@ class Settings(RedisSettings, BaseSettings):
     # append every ingest attempt and its outcome to this JSON-lines file (api/audit.py);
     # the chaos suite's fencing checker reads it. Off by default.
     ingest_audit_path: str | None = None
-    # /v1 without api_tokens on a non-loopback bind only when this says so (serving.py)
+    # /v1 without tokens on a non-loopback bind only when this says so (serving.py)
     insecure_no_auth: bool = False
     # slow clients (serving.py): a request's headers must arrive within header_timeout_s of
     # its first byte (or of the connection), its body within body_timeout_s of its headers

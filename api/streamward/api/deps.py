@@ -1,4 +1,4 @@
-"""Annotated dependencies: Redis facades, settings, the caller's project, the admin guard.
+"""Annotated dependencies: Redis facades, settings, the caller's project, the scope guards.
 
 Every dependency is ``async def`` on purpose: FastAPI runs plain ``def`` dependencies in a
 worker thread, which costs more than the work they do.
@@ -6,7 +6,6 @@ worker thread, which costs more than the work they do.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -18,6 +17,14 @@ from streamward.api.config import Settings
 from streamward.api.metrics import ApiMetrics
 from streamward.api.problems import ProblemError
 from streamward.api.starts import StartWaiters
+from streamward.api.tokens import (
+    ADMIN,
+    ROUTES_ADMIN,
+    Principal,
+    TokenTable,
+    challenge,
+    route_scope,
+)
 from streamward.lua.archive import ArchiveCalls
 from streamward.lua.client import RedisClient
 from streamward.lua.keys import Keys, SessionKeys
@@ -50,8 +57,8 @@ class AppState:
     record: Any = None
     # detached invokes waiting for their run's start (fed by this process's ingest)
     starts: StartWaiters = field(default_factory=StartWaiters)
-    # encoded once so the per-request compare does no allocation beyond the header
-    api_tokens: list[tuple[bytes, str]] = field(default_factory=list)
+    # every configured token, hashed (tokens.build_table)
+    tokens: TokenTable = field(default_factory=TokenTable)
 
 
 async def mark_changed(state: AppState, sk: SessionKeys) -> None:
@@ -101,48 +108,113 @@ def _bearer(request: Request) -> str | None:
     return value.strip()
 
 
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# where the admin guard leaves the caller's principal for handlers bound to a project
+PRINCIPAL_KEY = "streamward.principal"
+
+
+def authorize(request: Request, table: TokenTable) -> Principal:
+    """The caller's principal, if its token holds the scope the matched route declares
+    (``tokens.declare_scopes``): 401 ``missing_token``, 403 ``invalid_token``,
+    ``insufficient_scope`` or ``admin_disabled`` (no configured token has that scope)."""
+    required = route_scope(request.scope)
+    token = _bearer(request)
+    if token is None:
+        detail = f"a bearer token with scope {required} is required"
+        raise ProblemError(401, "missing_token", detail, headers=challenge(required))
+    principal = table.lookup(token)
+    if principal is None:
+        if required in _ADMIN_SCOPES and not table.grants(required):
+            detail = f"no token with scope {required} is configured on this server"
+            raise ProblemError(403, "admin_disabled", detail)
+        raise ProblemError(
+            403,
+            "invalid_token",
+            "the bearer token is not valid",
+            headers=challenge(error="invalid_token"),
+        )
+    if required not in principal.scopes:
+        raise ProblemError(
+            403,
+            "insufficient_scope",
+            f"the token lacks scope {required}",
+            headers=challenge(required, "insufficient_scope"),
+            required_scope=required,
+        )
+    return principal
+
+
+_ADMIN_SCOPES = (ADMIN, ROUTES_ADMIN)
 
 
 async def caller_project(request: Request, state: StateDep) -> str:
-    """The project the caller's bearer token is bound to (``default`` when auth is off)."""
-    if not state.api_tokens:
+    """The project of the caller's token, once it holds the route's scope (``default`` when
+    /v1 has no tokens configured)."""
+    table = state.tokens
+    if not table.v1_auth:
         return DEFAULT_PROJECT
-    token = _bearer(request)
-    if token is None:
-        raise ProblemError(401, "missing_token", "a bearer token is required", headers=_CHALLENGE)
-    given = token.encode()
-    found: str | None = None
-    # compare against every configured token so the time taken does not reveal which matched
-    for candidate, project in state.api_tokens:
-        if hmac.compare_digest(given, candidate):
-            found = project
-    if found is None:
-        raise ProblemError(403, "invalid_token", "the bearer token is not valid")
-    return found
+    return authorize(request, table).project
 
 
 ProjectDep = Annotated[str, Depends(caller_project)]
 
 
 async def require_admin(request: Request) -> None:
-    """Admin guard: 401 without a bearer token, 403 with a wrong one (or none configured)."""
+    """The /admin guard: the route's scope (``admin``; ``routes:admin`` for routes and
+    sources). The principal is left in the request scope for project-bound handlers."""
     # the state straight from the app, not through StateDep: one dependency less to solve
     # on every admin request, the runners' ingest included
     state: AppState = request.app.state.sw
-    token = _bearer(request)
-    if token is None:
-        raise ProblemError(
-            401, "missing_token", "the admin bearer token is required", headers=_CHALLENGE
-        )
-    configured = state.settings.admin_token
-    if not configured:
-        raise ProblemError(403, "admin_disabled", "no admin token is configured on this server")
-    if not hmac.compare_digest(token.encode(), configured.encode()):
-        raise ProblemError(403, "invalid_token", "the admin bearer token is not valid")
+    request.scope[PRINCIPAL_KEY] = authorize(request, state.tokens)
 
 
 AdminDep = Depends(require_admin)
+
+
+def check_project(request: Request, project: str | None) -> str:
+    """The project an /admin call acts on: ``project`` (else the token's own). A token
+    without ``admin`` (``routes:admin``) manages its own project only: 403
+    ``insufficient_scope`` for another."""
+    principal: Principal | None = request.scope.get(PRINCIPAL_KEY)
+    if principal is None:  # not behind require_admin: nothing to bind
+        return project or DEFAULT_PROJECT
+    if project is None or project == principal.project or principal.is_admin:
+        return project or principal.project
+    raise ProblemError(
+        403,
+        "insufficient_scope",
+        f"a token of project {principal.project!r} without scope admin cannot manage "
+        f"project {project!r}",
+        headers=challenge(ADMIN, "insufficient_scope"),
+        required_scope=ADMIN,
+    )
+
+
+_AdminProjectQuery = Annotated[
+    str | None,
+    Query(
+        pattern=ID_PATTERN,
+        min_length=1,
+        max_length=200,
+        description="Project (default: the token's own; `default` for STREAMWARD_ADMIN_TOKEN).",
+    ),
+]
+
+
+async def admin_project(request: Request, project: _AdminProjectQuery = None) -> str:
+    return check_project(request, project)
+
+
+async def admin_project_filter(request: Request, project: _AdminProjectQuery = None) -> str | None:
+    """A listing's project: any or all for an ``admin`` token, the token's own otherwise."""
+    principal: Principal | None = request.scope.get(PRINCIPAL_KEY)
+    if project is None and (principal is None or principal.is_admin):
+        return None
+    return check_project(request, project)
+
+
+# routes and sources: the project they act on, bound to the token's unless it has `admin`
+AdminProjectDep = Annotated[str, Depends(admin_project)]
+AdminProjectFilterDep = Annotated[str | None, Depends(admin_project_filter)]
 
 SessionIdPath = Annotated[
     str,

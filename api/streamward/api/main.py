@@ -25,6 +25,7 @@ from streamward.api.responses import OrjsonResponse
 from streamward.api.routes import admin, events, health, ops, resets, sessions, sources, state
 from streamward.api.routes.metrics import router as metrics_router
 from streamward.api.serving import AdminOnly, auth_refusal, uvicorn_options
+from streamward.api.tokens import TokenConfigError, build_table, declare_scopes
 from streamward.core.logs import RequestContext, setup_logging
 from streamward.lua.client import RedisClient, connect_from_config
 from streamward.lua.keys import Keys
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` defaults to the environment (``STREAMWARD_*``)."""
     settings = settings or get_settings()
     metrics = ApiMetrics()
+    tokens = build_table(settings)  # a bad token file refuses the app here, not per request
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -159,7 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store=LeaseStore(client, keys),
             streams=Streams(client, keys),
             routes=RouteStore(client, keys),
-            api_tokens=[(t.encode(), p) for t, p in settings.api_tokens.items()],
+            tokens=tokens,
             metrics=metrics,
             audit=IngestAudit(settings.ingest_audit_path) if settings.ingest_audit_path else None,
         )
@@ -214,6 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ]
     for r in routers:
         app.include_router(r)
+    declare_scopes(app, routers)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # outermost: counted and logged even when the body limit answers before routing
     app.add_middleware(HttpMetrics, metrics=metrics, routes=route_index(routers))
@@ -255,7 +258,10 @@ def serve(
     if insecure_no_auth is not None:
         overrides["insecure_no_auth"] = insecure_no_auth
     settings = get_settings().model_copy(update=overrides)
-    refusal = auth_refusal(settings)
+    try:
+        refusal = auth_refusal(settings)
+    except TokenConfigError as exc:
+        refusal = f"streamward api: {exc}"
     if refusal is not None:
         print(refusal, file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from streamward.api.config import Settings
 from streamward.api.problems import problem_response
+from streamward.api.tokens import build_table
 
 # what the admin listener serves: the runners' ingest and admin API, probes and metrics
 ADMIN_PATHS = ("/admin/", "/livez", "/readyz", "/metrics")
@@ -176,13 +177,14 @@ def is_loopback(host: str) -> bool:
 
 
 def auth_refusal(settings: Settings) -> str | None:
-    """Why the API must not start: /v1 without tokens on a non-loopback bind (None: fine)."""
-    if settings.api_tokens or settings.insecure_no_auth or is_loopback(settings.host):
+    """Why the API must not start: /v1 without tokens on a non-loopback bind (None: fine).
+    Raises ``TokenConfigError`` when the token settings cannot be read."""
+    if build_table(settings).v1_auth or settings.insecure_no_auth or is_loopback(settings.host):
         return None
     return (
         f"streamward api: refusing to serve /v1 without API tokens on {settings.host}: "
-        "set STREAMWARD_API_TOKENS, bind 127.0.0.1, or pass --insecure-no-auth "
-        "(STREAMWARD_INSECURE_NO_AUTH=true)"
+        "set STREAMWARD_TOKENS (or STREAMWARD_TOKENS_FILE, STREAMWARD_API_TOKENS), bind "
+        "127.0.0.1, or pass --insecure-no-auth (STREAMWARD_INSECURE_NO_AUTH=true)"
     )
 
 

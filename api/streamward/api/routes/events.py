@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Request
 from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -20,10 +20,13 @@ from streamward.api.deliveries import replay_or_claim, route_claimed, start_once
 from streamward.api.deps import (
     ID_PATTERN,
     AdminDep,
+    AdminProjectDep,
+    AdminProjectFilterDep,
     AppState,
     ProjectDep,
     RoutesDep,
     StateDep,
+    check_project,
 )
 from streamward.api.lifecycle import bind_event, session_meta
 from streamward.api.problems import ProblemError
@@ -59,9 +62,6 @@ SourcePath = Annotated[
 ]
 RouteIdPath = Annotated[
     str, Path(pattern=ID_PATTERN, min_length=1, max_length=200, description="Route id.")
-]
-ProjectParam = Annotated[
-    str, Query(pattern=ID_PATTERN, min_length=1, max_length=200, description="Route's project.")
 ]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing_token"},
@@ -107,8 +107,9 @@ async def _parsed_routes(
     status_code=201,
     responses={**_ERRORS, 200: {"description": "replaced", "model": Route}},
 )
-async def save_route(route: Route, routes: RoutesDep) -> Response:
+async def save_route(route: Route, routes: RoutesDep, request: Request) -> Response:
     """Create (201) or replace (200) a route; every expression is compiled first."""
+    check_project(request, route.project)
     validate_route(route)
     created = await routes.save(route.project, route.route_id, dumps(route))
     body = route.model_dump(exclude_none=True)
@@ -118,18 +119,18 @@ async def save_route(route: Route, routes: RoutesDep) -> Response:
 @admin_router.get("/routes", response_model=RoutePage, responses=_ERRORS)
 async def list_routes(
     routes: RoutesDep,
-    project: Annotated[
-        str | None, Query(pattern=ID_PATTERN, max_length=200, description="Only this project.")
-    ] = None,
+    project: AdminProjectFilterDep,
 ) -> RoutePage:
-    """Every route (optionally of one project)."""
+    """Every route (optionally of one project; a token without `admin`: its project's)."""
     return RoutePage(items=await _routes(routes, project))
 
 
 @admin_router.get("/routes/{route_id}", response_model=Route, responses=_ERRORS)
-async def get_route(
-    route_id: RouteIdPath, routes: RoutesDep, project: ProjectParam = "default"
-) -> Route:
+async def read_route(route_id: RouteIdPath, routes: RoutesDep, project: AdminProjectDep) -> Route:
+    return await get_route(route_id, routes, project)
+
+
+async def get_route(route_id: str, routes: RouteStore, project: str) -> Route:
     raw = await routes.get(project, route_id)
     if raw is None:
         raise ProblemError(404, "route_not_found", f"no route {route_id!r} in project {project!r}")
@@ -137,9 +138,7 @@ async def get_route(
 
 
 @admin_router.delete("/routes/{route_id}", response_model=Route, responses=_ERRORS)
-async def delete_route(
-    route_id: RouteIdPath, routes: RoutesDep, project: ProjectParam = "default"
-) -> Route:
+async def delete_route(route_id: RouteIdPath, routes: RoutesDep, project: AdminProjectDep) -> Route:
     """Delete a route; its sessions stay (their transcripts remain readable)."""
     route = await get_route(route_id, routes, project)
     await routes.delete(project, route_id)
@@ -152,7 +151,7 @@ async def reset_session(
     body: SessionReset,
     routes: RoutesDep,
     state: StateDep,
-    project: ProjectParam = "default",
+    project: AdminProjectDep,
 ) -> dict[str, Any]:
     """Manual reset of a key: pending until its generation is quiet (docs/routing.md)."""
     await get_route(route_id, routes, project)

@@ -11,10 +11,17 @@ from fastapi import APIRouter, Depends, Path
 from starlette.responses import Response
 
 from streamward.api.deliveries import once_ids
-from streamward.api.deps import ID_PATTERN, AdminDep, RoutesDep, StateDep
+from streamward.api.deps import (
+    ID_PATTERN,
+    AdminDep,
+    AdminProjectDep,
+    AdminProjectFilterDep,
+    RoutesDep,
+    StateDep,
+)
 from streamward.api.problems import ProblemError
 from streamward.api.responses import OrjsonResponse
-from streamward.api.routes.events import _EVAL_POOL, ProjectParam, RouteIdPath, get_route
+from streamward.api.routes.events import _EVAL_POOL, RouteIdPath, get_route
 from streamward.api.routing import evaluate, route_matches
 from streamward.api.schemas import RouteOutcomeError, RouteTest, RouteTestResult
 from streamward.api.sources import SourceIn, SourceOut, SourcePage, SourceStored, public
@@ -54,7 +61,7 @@ async def _stored(sources: SourceStore, project: str, source: str) -> SourceStor
     responses={**_ERRORS, 200: {"description": "replaced", "model": SourceOut}},
 )
 async def put_source(
-    source: SourcePath, body: SourceIn, sources: SourcesDep, project: ProjectParam = "default"
+    source: SourcePath, body: SourceIn, sources: SourcesDep, project: AdminProjectDep
 ) -> Response:
     """Create (201) or replace (200) a source. A verified source needs a secret; leaving it
     out keeps the stored one, so a config read back with GET can be applied again."""
@@ -75,7 +82,7 @@ async def put_source(
 
 
 @router.get("/sources", response_model=SourcePage, responses=_ERRORS)
-async def list_sources(sources: SourcesDep, project: ProjectParam | None = None) -> SourcePage:
+async def list_sources(sources: SourcesDep, project: AdminProjectFilterDep) -> SourcePage:
     """Every configured source (never their secrets)."""
     items = [
         public(SourceStored.model_validate_json(doc)) for _, _, doc in await sources.all(project)
@@ -85,14 +92,14 @@ async def list_sources(sources: SourcesDep, project: ProjectParam | None = None)
 
 @router.get("/sources/{source}", response_model=SourceOut, responses=_ERRORS)
 async def get_source(
-    source: SourcePath, sources: SourcesDep, project: ProjectParam = "default"
+    source: SourcePath, sources: SourcesDep, project: AdminProjectDep
 ) -> SourceOut:
     return public(await _stored(sources, project, source))
 
 
 @router.delete("/sources/{source}", response_model=SourceOut, responses=_ERRORS)
 async def delete_source(
-    source: SourcePath, sources: SourcesDep, project: ProjectParam = "default"
+    source: SourcePath, sources: SourcesDep, project: AdminProjectDep
 ) -> SourceOut:
     """Delete a source: its deliveries are then generic and unverified again."""
     stored = await _stored(sources, project, source)
@@ -106,7 +113,7 @@ async def test_route(
     body: RouteTest,
     routes: RoutesDep,
     state: StateDep,
-    project: ProjectParam = "default",
+    project: AdminProjectDep,
 ) -> RouteTestResult:
     """Dry run: what the route makes of an event (filter, key, session, input), with the
     evaluation events use; nothing is bound, enqueued or started."""
