@@ -12,6 +12,7 @@ from streamward.tools.record_cli import archiver_command, db_app
 from streamward.tools.routes_cli import routes_app, sources_app
 from streamward.tools.runner_cli import app as runner_app
 from streamward.tools.sre import locks_app, replicas_app
+from streamward.tools.token_cli import token_app
 
 app = typer.Typer(
     name="streamward",
@@ -28,6 +29,7 @@ app.add_typer(replicas_app, name="replicas")
 app.add_typer(routes_app, name="routes")
 app.add_typer(sources_app, name="sources")
 app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
 app.command("archiver")(archiver_command)
 
 
