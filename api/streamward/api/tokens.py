@@ -168,6 +168,15 @@ def challenge(scope: str | None = None, error: str | None = None) -> dict[str, s
     return {"WWW-Authenticate": value}
 
 
+_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing_token: no bearer token"},
+    403: {
+        "description": "invalid_token: unknown token; insufficient_scope: the token lacks the "
+        "operation's scope (`required_scope`); admin_disabled: no token has it"
+    },
+}
+
+
 def _declare(route: APIRoute) -> None:
     extra: dict[str, Any] = dict(route.openapi_extra or {})
     scope = extra.get(SCOPE_EXTENSION)
@@ -180,8 +189,10 @@ def _declare(route: APIRoute) -> None:
         raise ValueError(f"{route.path_format}: unknown scope {scope!r}")
     extra[SCOPE_EXTENSION] = scope
     extra["security"] = [] if scope == PUBLIC else [{SECURITY_SCHEME: [scope]}]
-    # a new dict: never write into a dict the route was given (EVENT_BODY_OPENAPI, ...)
+    # new dicts: never write into one the route was given (EVENT_BODY_OPENAPI, _ERRORS, ...)
     route.openapi_extra = extra
+    if scope != PUBLIC:
+        route.responses = {**route.responses, **_AUTH_RESPONSES}
 
 
 def declare_scopes(app: FastAPI, routers: Iterable[APIRouter]) -> None:
