@@ -41,7 +41,7 @@ CRDS = {
 # Secrets the prod overlay expects to exist (created out of band), by name → keys
 PROD_SECRETS = {
     "streamward-admin": {"token"},
-    "streamward-api-tokens": {"tokens"},
+    "streamward-api-tokens": {"tokens", "scoped"},
     "streamward-redis": {"url", "password", "address"},
     "streamward-database": {"url"},
 }
@@ -467,17 +467,29 @@ def test_the_api_is_closed_by_default(overlay: tuple[str, list[Doc]]) -> None:
     labelled namespaces or pods, the admin listener only from runners and monitoring, the
     runners' metrics only from monitoring, and the runners ship to the admin listener."""
     from streamward.api.serving import auth_refusal
+    from streamward.api.tokens import TOKEN_LIST
 
-    _, docs = overlay
+    name, docs = overlay
     api = next(containers(one(docs, "Deployment", "streamward-api")))
     sources = {e["name"]: e.get("valueFrom", {}) for e in api["env"]}
     assert sources["STREAMWARD_API_TOKENS"]["secretKeyRef"] == {
         "name": "streamward-api-tokens",
         "key": "tokens",
+        "optional": True,
+    }
+    # scoped (hashed) tokens from the same Secret; either key may be absent, not both
+    assert sources["STREAMWARD_TOKENS"]["secretKeyRef"] == {
+        "name": "streamward-api-tokens",
+        "key": "scoped",
+        "optional": True,
     }
     host = api["args"][api["args"].index("--host") + 1]
     assert auth_refusal(Settings(host=host)) is not None  # so the Secret is what opens it
     assert auth_refusal(Settings(host=host, api_tokens={"t": "p"})) is None
+    if name == "dev":  # the committed dev Secret's scoped tokens are valid settings
+        dev = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
+        scoped = dev["streamward-api-tokens"]["stringData"]["scoped"]
+        assert auth_refusal(Settings(host=host, tokens=TOKEN_LIST.validate_json(scoped))) is None
     ports = {p["name"]: p["containerPort"] for p in api["ports"]}
     assert api["args"][api["args"].index("--admin-port") + 1] == str(ports["admin"])
     for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
