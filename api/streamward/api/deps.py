@@ -22,6 +22,7 @@ from streamward.api.tokens import (
     ROUTES_ADMIN,
     Principal,
     TokenTable,
+    build_table,
     challenge,
     route_scope,
 )
@@ -57,8 +58,12 @@ class AppState:
     record: Any = None
     # detached invokes waiting for their run's start (fed by this process's ingest)
     starts: StartWaiters = field(default_factory=StartWaiters)
-    # every configured token, hashed (tokens.build_table)
+    # every configured token, hashed (tokens.build_table; from ``settings`` when not given)
     tokens: TokenTable = field(default_factory=TokenTable)
+
+    def __post_init__(self) -> None:
+        if not self.tokens.entries:  # a state built by hand (the test kit) gets its tokens
+            self.tokens = build_table(self.settings)
 
 
 async def mark_changed(state: AppState, sk: SessionKeys) -> None:
