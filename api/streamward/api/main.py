@@ -148,7 +148,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` defaults to the environment (``STREAMWARD_*``)."""
     settings = settings or get_settings()
     metrics = ApiMetrics()
-    tokens = build_table(settings)  # a bad token file refuses the app here, not per request
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -187,6 +186,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if state.record is not None:
                 await state.record.dispose()
 
+    # before the app is served: a bad token file refuses the app, not each request
+    tokens = build_table(settings)
     app = FastAPI(
         title="streamward",
         version="0.1.0",
