@@ -61,6 +61,7 @@ def test_env_json_list_and_legacy_settings_share_one_table(
     assert root is not None and root.project == "default"
     assert root.scopes == {SESSIONS_RUN, SESSIONS_VIEW, ROUTES_ADMIN, ADMIN}
     assert table.lookup("nope") is None
+    assert table.projects == {"p1", "p2", "default"}
     assert table.lookup(token_digest("h1")) is None  # the digest itself is not a token
 
 

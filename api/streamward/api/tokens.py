@@ -118,6 +118,11 @@ class TokenTable:
                 found = principal
         return found
 
+    @property
+    def projects(self) -> frozenset[str]:
+        """Every project a configured token acts in (``default`` for the admin token)."""
+        return frozenset(p.project for _, p in self.entries)
+
     def grants(self, scope: str) -> bool:
         """Whether any configured token has ``scope`` (no admin token: admin_disabled)."""
         return any(scope in p.scopes for _, p in self.entries)
