@@ -254,7 +254,7 @@ async def _drive_facade(store: LeaseStore, cluster_grouping: bool) -> None:
     )
     queued = await store.enqueue(s, "run_b", "{}", idempotency_key="idem-1")
     await store.notify_replica("r1", "inc-1", "input", s.ref)
-    await store.notify_replica("r1", "inc-1", "input", s.ref, touch=(s.ref, 1))  # + pipeline
+    await store.notify_replica("r1", "inc-1", "input", s.ref, touch=(s, 1))  # + pipeline
     await store.peek_inbox(s, 10)
     await store.complete_input(s, lease.token, queued.entry_id or "0-1")
     await store.save_state(s, ("r1", "inc-1", lease.token), '{"n": 1}')
