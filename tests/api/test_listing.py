@@ -356,3 +356,16 @@ async def test_paging_under_churn_skips_and_repeats_nothing(
 def test_settings_default_bounds() -> None:
     s = Settings()
     assert s.list_scan_max >= 1000 and s.list_snapshot_ttl_s > 0
+
+
+def test_client_sends_the_listing_parameters() -> None:
+    from streamward.client import _sessions_req
+
+    req = _sessions_req(
+        "idle", "c1", 10, {"sort": "created", "order": "asc", "metadata": {"team": "x"},
+                           "active_minutes": 5, "type": None},
+    )  # fmt: skip
+    assert req.params == {
+        "limit": "10", "status": "idle", "cursor": "c1", "sort": "created", "order": "asc",
+        "metadata.team": "x", "active_minutes": "5",
+    }  # fmt: skip

@@ -4,10 +4,10 @@
   a project's listing indexes: a session leaves only while its activity score is still
   the one the lister read, so one created again meanwhile (a newer score) stays.
 
-  KEYS[1] activity index         sw:project:{P}:sessions:updated
-  KEYS[2] creation index         sw:project:{P}:sessions:created
+  KEYS[1] activity index         sw:project:{<project>}:sessions:updated
+  KEYS[2] creation index         sw:project:{<project>}:sessions:created
 
-  ARGV[1..] per session: session_id, activity score read
+  ARGV[1..] per entry: session_id, activity score read
 
   Returns {1, removed}
 ]]

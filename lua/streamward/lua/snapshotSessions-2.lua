@@ -6,8 +6,8 @@
   come from the same instant, so page 2 starts exactly where the head ended, whatever
   sessions move meanwhile.
 
-  KEYS[1] activity index         sw:project:{P}:sessions:updated
-  KEYS[2] snapshot               sw:project:{P}:list:<id>
+  KEYS[1] activity index         sw:project:{<project>}:sessions:updated
+  KEYS[2] snapshot               sw:project:{<project>}:list:<id>
 
   ARGV[1] min score              inclusive ("-inf" or ms)
   ARGV[2] order                  "desc" | "asc"
