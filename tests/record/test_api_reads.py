@@ -89,11 +89,11 @@ def _admin() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-async def _record_ids(c: httpx.AsyncClient, limit: int, **params: object) -> list[str]:
+async def _record_ids(c: httpx.AsyncClient, limit: int, **params: str | int) -> list[str]:
     seen: list[str] = []
     cursor: str | None = None
     while True:
-        q: dict[str, object] = {"limit": limit, "source": "record", **params}
+        q: dict[str, str | int] = {"limit": limit, "source": "record", **params}
         if cursor:
             q["cursor"] = cursor
         r = await c.get("/v1/sessions", params=q)
@@ -117,7 +117,7 @@ async def test_listing_from_the_record_is_keyset_paged_newest_first_with_filters
         await write_log(store, sk, 1, 2)
         await streams.set_meta(
             sk, created_ms=1_000 + i, route_id="even" if i % 2 == 0 else "odd",
-            type="chat" if i == 3 else "default", metadata=orjson.dumps({"n": i, "t": "x"}),
+            type="chat" if i == 3 else "default", metadata=f'{{"n": {i}, "t": "x"}}',
         )  # fmt: skip
         await streams.touch_session(sk)
     await _archive_all(redis_client, engine)
