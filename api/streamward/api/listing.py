@@ -183,7 +183,8 @@ class _Candidates:
     project: str
     q: ListQuery
     cursor: Cursor
-    ttl_ms: int
+    ttl_ms: int  # a snapshot's TTL once a second page read it
+    first_ttl_ms: int  # its TTL until then (a first page read alone, e.g. by a dashboard)
     limit: int
     done: bool = False
     head: list[tuple[str, int]] | None = None
@@ -204,7 +205,7 @@ class _Candidates:
             # the first page: the head, and the window frozen when there is more
             sid = uuid.uuid4().hex
             snap = await self.streams.snapshot_activity(
-                self.project, sid, c.activity_min_ms, q.desc, self.limit + 1, self.ttl_ms
+                self.project, sid, c.activity_min_ms, q.desc, self.limit + 1, self.first_ttl_ms
             )
             c.snapshot_id = snap.snapshot_id
             self.head = snap.head
@@ -239,6 +240,7 @@ async def redis_page(
     *,
     scan_max: int,
     snapshot_ttl_ms: int,
+    first_ttl_ms: int,
 ) -> tuple[list[SessionOut], str | None]:
     """One page and the cursor of the next (None: this was the last)."""
     if cursor is None:
@@ -249,7 +251,7 @@ async def redis_page(
         cursor = Cursor(q.fingerprint(), bound)
     elif cursor.fingerprint != q.fingerprint():
         raise ProblemError(422, "invalid_cursor", "this cursor was made for another query")
-    src = _Candidates(streams, project, q, cursor, snapshot_ttl_ms, limit)
+    src = _Candidates(streams, project, q, cursor, snapshot_ttl_ms, first_ttl_ms, limit)
     budget = max(scan_max, limit + 1)
     chunk = max(limit + 1, FILTERED_CHUNK) if q.filtered() else limit + 1
     out: list[tuple[SessionOut, Any]] = []

@@ -297,9 +297,12 @@ async def list_sessions(
         )
     c = decode_cursor(cursor) if cursor is not None else None
     settings = state.settings
+    first_ttl_s = min(settings.list_snapshot_first_ttl_s, settings.list_snapshot_ttl_s)
     items, nxt = await redis_page(
         state.streams, project, q, c, limit, render,
-        scan_max=settings.list_scan_max, snapshot_ttl_ms=int(settings.list_snapshot_ttl_s * 1000),
+        scan_max=settings.list_scan_max,
+        snapshot_ttl_ms=int(settings.list_snapshot_ttl_s * 1000),
+        first_ttl_ms=int(first_ttl_s * 1000),
     )  # fmt: skip
     return SessionPage(items=items, next_cursor=nxt)
 
