@@ -158,6 +158,8 @@ def scalar_text(value: Any) -> str | None:
 def matches(q: ListQuery, meta: dict[str, str]) -> bool:
     """Whether one session's meta passes the query's filters (the index, and for creation
     order the activity bound, are checked by the caller)."""
+    if meta.get("status") == "deleted":  # off the indexes; a snapshot may still hold it
+        return False
     if q.status is not None and meta.get("status") != q.status:
         return False
     if q.route_id is not None and meta.get("route_id") != q.route_id:
@@ -277,8 +279,8 @@ async def redis_page(
             last_pos = pos
             if meta is None or not matches(q, meta):
                 continue
-            bound = cursor.activity_min_ms
-            if q.sort == "created" and bound is not None and (act is None or act < bound):
+            act_min = cursor.activity_min_ms
+            if q.sort == "created" and act_min is not None and (act is None or act < act_min):
                 continue
             if len(out) + len(picked) == limit:
                 more = True  # one more match exists: the page is full and not the last
