@@ -111,6 +111,9 @@ SEMANTIC_422 = {
     # metadata filter that is a string but not a JSON object
     "record_not_configured",
     "invalid_metadata",
+    # GET /v1/sessions: `route` and `route_id` naming different routes; a metadata.<key>
+    # filter over its size or given twice
+    "invalid_filter",
 }
 
 

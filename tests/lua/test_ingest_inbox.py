@@ -369,7 +369,7 @@ async def test_notify_replica_mails_only_a_live_incarnation(
     await store.register_replica("r1", "inc-1", 5_000)
     assert not await store.notify_replica("r1", "inc-0", "input", session.ref)  # other inc.
     assert await store.notify_replica(
-        "r1", "inc-1", "cancel", session.ref, "run_9", touch=(session.ref, 1234)
+        "r1", "inc-1", "cancel", session.ref, "run_9", touch=(session, 1234)
     )
     mails = await streams.read_mail("r1", "0-0", block_ms=1)
     assert [(m.kind, m.session_ref, m.run_id) for m in mails] == [("cancel", session.ref, "run_9")]

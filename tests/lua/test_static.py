@@ -18,6 +18,7 @@ from streamward.lua.keys import Keys, hash_tag
 from streamward.lua.loader import ArgT, KeyT, Script, ScriptSource, script_sources
 from streamward.lua.routes import RouteStore
 from streamward.lua.store import Entry, LeaseStore
+from streamward.lua.streams import Streams
 from tests.lua import luastatic as L
 
 SOURCES = sorted(script_sources().values(), key=lambda s: s.filename)
@@ -254,7 +255,7 @@ async def _drive_facade(store: LeaseStore, cluster_grouping: bool) -> None:
     )
     queued = await store.enqueue(s, "run_b", "{}", idempotency_key="idem-1")
     await store.notify_replica("r1", "inc-1", "input", s.ref)
-    await store.notify_replica("r1", "inc-1", "input", s.ref, touch=(s.ref, 1))  # + pipeline
+    await store.notify_replica("r1", "inc-1", "input", s.ref, touch=(s, 1))  # + pipeline
     await store.peek_inbox(s, 10)
     await store.complete_input(s, lease.token, queued.entry_id or "0-1")
     await store.save_state(s, ("r1", "inc-1", lease.token), '{"n": 1}')
@@ -264,6 +265,10 @@ async def _drive_facade(store: LeaseStore, cluster_grouping: bool) -> None:
     await store.force_release(s, "test")
     await store.scripts.prune_pending(keys.pending, [(s.ref, 0)])
     await store.claim_lock(keys.watchdog, "r1:inc-1", 5_000)
+    # the listing's scripts, on the project's slot (the touch above indexed proj/sess)
+    streams = Streams(store.client, keys)
+    await streams.snapshot_activity("proj", "0" * 32, None, True, 1, 60_000)
+    await streams.prune_gone("proj", [("sess", 1)])
     # many sessions in one renewal: on Cluster they must be grouped by slot
     many = [keys.session("proj", f"m{i}") for i in range(120)]
     held = [(m, (await store.acquire(m, "r1", "inc-1", 60_000)).token) for m in many]

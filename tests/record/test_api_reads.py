@@ -89,6 +89,24 @@ def _admin() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+async def _record_ids(c: httpx.AsyncClient, limit: int, **params: str | int) -> list[str]:
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        q: dict[str, str | int] = {"limit": limit, "source": "record", **params}
+        if cursor:
+            q["cursor"] = cursor
+        r = await c.get("/v1/sessions", params=q)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        seen += [s["session_id"] for s in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            assert len(body["items"]) <= limit
+            return seen
+        assert len(body["items"]) == limit  # exact pages from the record too
+
+
 async def test_listing_from_the_record_is_keyset_paged_newest_first_with_filters(
     make_settings: SettingsFactory, redis_client: aioredis.Redis, store: LeaseStore,
     keys: Keys, engine: AsyncEngine, database_url: str,
@@ -97,24 +115,25 @@ async def test_listing_from_the_record_is_keyset_paged_newest_first_with_filters
     for i in range(7):
         sk = keys.session("default", f"l{i}")
         await write_log(store, sk, 1, 2)
-        await streams.set_meta(sk, created_ms=1_000 + i, route_id="even" if i % 2 == 0 else "odd")
+        await streams.set_meta(
+            sk, created_ms=1_000 + i, route_id="even" if i % 2 == 0 else "odd",
+            type="chat" if i == 3 else "default", metadata=f'{{"n": {i}, "t": "x"}}',
+        )  # fmt: skip
         await streams.touch_session(sk)
     await _archive_all(redis_client, engine)
     async with running_app(make_settings(database_url=database_url)) as app, asgi_client(app) as c:
-        seen: list[str] = []
-        cursor: str | None = None
-        while True:
-            params: dict[str, str | int] = {"limit": 3}
-            if cursor:
-                params["cursor"] = cursor
-            body = (await c.get("/v1/sessions", params=params)).json()
-            seen += [s["session_id"] for s in body["items"]]
-            cursor = body["next_cursor"]
-            if cursor is None:
-                break
-        assert seen == [f"l{i}" for i in range(6, -1, -1)]
-        even = (await c.get("/v1/sessions", params={"route_id": "even"})).json()["items"]
-        assert [s["session_id"] for s in even] == ["l6", "l4", "l2", "l0"]
+        newest_first = [f"l{i}" for i in range(6, -1, -1)]
+        assert await _record_ids(c, 3, sort="created") == newest_first
+        assert await _record_ids(c, 3, sort="created", order="asc") == newest_first[::-1]
+        assert sorted(await _record_ids(c, 2, sort="updated", order="asc")) == sorted(newest_first)
+        assert await _record_ids(c, 2, sort="created", route="even") == ["l6", "l4", "l2", "l0"]
+        assert await _record_ids(c, 2, sort="created", type="chat") == ["l3"]
+        assert await _record_ids(c, 2, sort="created", **{"metadata.n": "5"}) == ["l5"]
+        assert await _record_ids(c, 2, sort="created", **{"metadata.t": "y"}) == []
+        assert await _record_ids(
+            c, 2, sort="created", created_after="1970-01-01T00:00:01.004Z"
+        ) == ["l6", "l5"]
+        # record-only filters choose the record by themselves (source=auto)
         meta = (await c.get("/v1/sessions", params={"metadata": '{"route_id": "odd"}'})).json()
         assert [s["session_id"] for s in meta["items"]] == ["l5", "l3", "l1"]
         ranged = await c.get(
@@ -122,16 +141,29 @@ async def test_listing_from_the_record_is_keyset_paged_newest_first_with_filters
             params={
                 "created_from": "1970-01-01T00:00:01.002Z",
                 "created_to": "1970-01-01T00:00:01.004Z",
+                "sort": "created",
             },
         )
         assert [s["session_id"] for s in ranged.json()["items"]] == ["l3", "l2"]
+        # the older r. cursor still pages newest created first
+        page = await c.get("/v1/sessions", params={"cursor": "r.1004.l4", "sort": "created"})
+        assert [s["session_id"] for s in page.json()["items"]] == ["l3", "l2", "l1", "l0"]
         bad = await c.get("/v1/sessions", params={"metadata": "[1]"})
         assert bad.status_code == 422 and bad.json()["code"] == "invalid_metadata"
         bad = await c.get("/v1/sessions", params={"cursor": "r.x.y"})
-        assert bad.status_code == 422
+        assert bad.status_code == 422 and bad.json()["code"] == "invalid_cursor"
+        # a Redis listing's cursor is not the record's
+        redis_page = (await c.get("/v1/sessions", params={"limit": 2})).json()
+        r = await c.get(
+            "/v1/sessions", params={"cursor": redis_page["next_cursor"], "source": "record"}
+        )
+        assert r.status_code == 422 and r.json()["code"] == "invalid_cursor"
     async with running_app(make_settings()) as plain, asgi_client(plain) as c:
-        r = await c.get("/v1/sessions", params={"route_id": "even"})
-        assert r.status_code == 422 and r.json()["code"] == "record_not_configured"
+        for params in ({"session_key": "k"}, {"source": "record"}):
+            r = await c.get("/v1/sessions", params=params)
+            assert r.status_code == 422 and r.json()["code"] == "record_not_configured"
+        r = await c.get("/v1/sessions", params={"route_id": "even", "sort": "created"})
+        assert [s["session_id"] for s in r.json()["items"]] == ["l6", "l4", "l2", "l0"]
 
 
 async def test_database_down_redis_serves_and_archive_reads_answer_503(

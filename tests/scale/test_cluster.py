@@ -83,6 +83,21 @@ async def test_every_facade_call_stays_in_one_slot(
     assert [(m.id, m.kind) for m in await st.read_mail("r1", "0-0", 100)][-1] == (mid, "wake")
     await st.touch_session(s)
     assert (await st.scan_sessions())[1][0][0] == s.ref
+    # the listing: the project's indexes and snapshot in the project's slot, meta reads
+    # of sessions spread over the cluster in one pipeline
+    for i in range(5):
+        await st.touch_session(keys.session("proj", f"l{i}"), 1_000 + i, created_ms=1_000 + i)
+    snap = await st.snapshot_activity("proj", "1" * 32, None, True, 2, 60_000)
+    assert snap.snapshot_id is not None and len(snap.head) == 2
+    assert len(await st.read_snapshot("proj", "1" * 32, 2, 10, True, 60_000) or []) == 4
+    got, ended = await st.read_created("proj", (1_002, "l2"), None, True, 10)
+    assert [sid for sid, _ in got] == ["l1", "l0"] and ended
+    assert len(await st.listing_meta("proj", ["sess", "l0", "l1"])) == 3
+    assert await st.activity_scores("proj", ["l0", "zz"]) == [1_000, None]
+    assert await st.prune_gone("proj", [("l0", 1_000)]) == 1
+    assert await st.count_sessions("proj") == 5
+    await st.forget_session(keys.session("proj", "l1"))
+    assert await st.backfill_project_indexes() >= 1
     await st.attach(s, "conn-1", 10_000)
     assert await st.refresh_attached(s, "conn-1", 10_000)
     assert await st.attached_count(s) == 1

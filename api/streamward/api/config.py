@@ -57,6 +57,13 @@ class Settings(RedisSettings, BaseSettings):
     log_level: str = "warning"
     # expired / deleted sessions: every key is deleted this long after (GET says when)
     retention_s: Annotated[int, Field(ge=1)] = 30 * 86_400
+    # GET /v1/sessions: index entries one request may read past filters (a very selective
+    # filter then answers a shorter page with a cursor), and how long a sort=updated
+    # listing's snapshot lives after its last page was read (and, shorter, while only its
+    # first page was: pollers of a first page must not pile snapshots up)
+    list_scan_max: Annotated[int, Field(ge=100)] = 5000
+    list_snapshot_ttl_s: Annotated[float, Field(gt=0)] = 600.0
+    list_snapshot_first_ttl_s: Annotated[float, Field(gt=0)] = 60.0
     # added to Redis TIME when deciding session expiry; tests move time with it (keep 0)
     clock_offset_ms: int = 0
     # append every ingest attempt and its outcome to this JSON-lines file (api/audit.py);

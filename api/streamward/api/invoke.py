@@ -170,7 +170,7 @@ async def wake_owner(
     if multitask == "interrupt" and enq.active_run_id:
         await cancel_run(streams, sk, await store.ownership(sk), enq.active_run_id)
     # the entry id carries Redis time: no TIME round trip for the index score
-    touch = (sk.ref, enq.enqueued_ms or 0)
+    touch = (sk, enq.enqueued_ms or 0)
     if enq.holder is not None and await store.notify_replica(
         *enq.holder, "input", sk.ref, touch=touch
     ):

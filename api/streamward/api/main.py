@@ -144,6 +144,19 @@ async def open_record_or_refuse(url: str) -> Any:
     return engine
 
 
+async def _backfill_indexes(streams: Streams) -> None:
+    for attempt in range(60):  # Redis may come up after the API: try for about a minute
+        try:
+            n = await streams.backfill_project_indexes()
+        except RedisError as exc:
+            log.debug("index backfill: redis not ready (%s), attempt %d", exc, attempt)
+            await asyncio.sleep(1.0)
+            continue
+        if n:
+            log.info("indexed %d sessions written before the project listing indexes", n)
+        return
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` defaults to the environment (``STREAMWARD_*``)."""
     settings = settings or get_settings()
@@ -177,9 +190,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except RedisError as exc:
             # start anyway: /livez answers and /readyz reports 503 until Redis is back
             log.warning("redis not reachable at start (%s): %s", settings.redis_mode, exc)
+        # sessions indexed before the per-project listing indexes existed: copied once (a
+        # marker key remembers it), in the background so startup does not wait for it
+        backfill = asyncio.create_task(_backfill_indexes(state.streams))
         try:
             yield
         finally:
+            backfill.cancel()
+            await asyncio.gather(backfill, return_exceptions=True)
             await client.aclose()
             if state.audit is not None:
                 state.audit.close()

@@ -4,12 +4,25 @@ lease index, plus session retirement (event routing)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.exceptions import WatchError
 
 from streamward.lua.base import StreamsBase
 from streamward.lua.base import as_text as _s
-from streamward.lua.keys import SessionKeys
+from streamward.lua.keys import Keys, SessionKeys
+
+
+def queue_touch(
+    pipe: Any, keys: Keys, session: SessionKeys, now_ms: int, created_ms: int | None = None
+) -> None:
+    """Queue the index writes of one session's activity on ``pipe`` (non-transactional: on
+    Cluster the project indexes are another slot than ``sw:sessions``)."""
+    pk = keys.project_index(session.project)
+    pipe.zadd(keys.sessions, {session.ref: now_ms})
+    # NX: the creation time never moves; GT: a late writer never moves activity back
+    pipe.zadd(pk.created, {session.session_id: created_ms or now_ms}, nx=True)
+    pipe.zadd(pk.updated, {session.session_id: now_ms}, gt=True)
 
 
 def _stream_id(entry_id: str) -> tuple[int, int]:
@@ -46,10 +59,22 @@ class Indexes(StreamsBase):
     """Session and replica indexes, replica bookkeeping and session lifecycle."""
 
     # -- session index -------------------------------------------------------------------------
+    # Every writer that creates, changes or deletes a session calls ``touch_session`` /
+    # ``forget_session``: they keep the global ``sw:sessions`` (watchdog, archiver) and the
+    # project's listing indexes (``Keys.project_index``) together. The project indexes live
+    # in the project's slot, not the session's, so they are separate commands (pipelined).
 
-    async def touch_session(self, session: SessionKeys, now_ms: int | None = None) -> None:
+    async def touch_session(
+        self, session: SessionKeys, now_ms: int | None = None, *, created_ms: int | None = None
+    ) -> None:
+        """Record activity on a session (created, input accepted, changed through the API).
+
+        ``created_ms``: the session's creation time when the caller knows it (else ``now``,
+        which is the creation time for a new session; an indexed one keeps its score)."""
         now = now_ms if now_ms is not None else await self.now_ms()
-        await self.client.zadd(self.keys.sessions, {session.ref: now})
+        pipe = self.client.pipeline(transaction=False)
+        queue_touch(pipe, self.keys, session, now, created_ms)
+        await pipe.execute()
 
     async def scan_sessions(
         self, cursor: int = 0, project: str | None = None, count: int = 100
@@ -60,7 +85,51 @@ class Indexes(StreamsBase):
         return int(nxt), [(_s(m), int(score)) for m, score in items]
 
     async def forget_session(self, session: SessionKeys) -> None:
-        await self.client.zrem(self.keys.sessions, session.ref)
+        """A deleted session leaves every index (it is no longer listed)."""
+        pk = self.keys.project_index(session.project)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(self.keys.sessions, session.ref)
+        pipe.zrem(pk.created, session.session_id)
+        pipe.zrem(pk.updated, session.session_id)
+        await pipe.execute()
+
+    async def count_sessions(self, project: str) -> int:
+        """How many sessions the project's index lists (deleted ones excluded)."""
+        return int(await self.client.zcard(self.keys.project_index(project).created))
+
+    async def backfill_project_indexes(self, batch: int = 500) -> int:
+        """Copy sessions indexed only in ``sw:sessions`` (written before the project indexes
+        existed) into their project's indexes; once done, a marker key skips it for good.
+        Idempotent (NX / GT adds), so several API processes may run it at once. Returns the
+        number of sessions visited (0 when the marker was already set)."""
+        if await self.client.exists(self.keys.project_indexes_backfilled):
+            return 0
+        seen, cursor = 0, 0
+        while True:
+            cursor, items = await self.scan_sessions(cursor, count=batch)
+            sks = []
+            for ref, score in items:
+                try:
+                    sks.append((self.keys.session_ref(ref), score))
+                except ValueError:  # InvalidId: not a ref we could have written
+                    continue
+            if sks:
+                pipe = self.client.pipeline(transaction=False)
+                for sk, _ in sks:
+                    pipe.hget(sk.meta, "created_ms")
+                created = await pipe.execute()
+                pipe = self.client.pipeline(transaction=False)
+                for (sk, score), c in zip(sks, created, strict=True):
+                    if c is not None:  # a session whose keys expired is not listed again
+                        pk = self.keys.project_index(sk.project)
+                        pipe.zadd(pk.created, {sk.session_id: int(c)}, nx=True)
+                        pipe.zadd(pk.updated, {sk.session_id: score}, gt=True)
+                await pipe.execute()
+                seen += len(sks)
+            if cursor == 0:
+                break
+        await self.client.set(self.keys.project_indexes_backfilled, "1")
+        return seen
 
     # -- pending index (sw:pending: sessions that may have input waiting) ----------------------
 
@@ -252,7 +321,12 @@ class Indexes(StreamsBase):
         return delete_after
 
     async def revive_session(self, session: SessionKeys) -> None:
-        """Keep a retired session's keys after all (enqueueInput revived its inbox and meta)."""
+        """Keep a retired session's keys after all (enqueueInput revived its inbox and meta),
+        and list it again under its first creation time (a delete took it off the indexes)."""
+        created = await self.client.hget(session.meta, "created_ms")
+        if created is not None:
+            pk = self.keys.project_index(session.project)
+            await self.client.zadd(pk.created, {session.session_id: int(created)}, nx=True)
         pipe = self.client.pipeline(transaction=False)
         for key in (
             session.log,

@@ -65,6 +65,21 @@ class SessionKeys:
 
 
 @dataclass(frozen=True, slots=True)
+class ProjectIndexKeys:
+    """One project's session indexes; all share the hash tag ``{project}`` (one slot), so a
+    listing snapshot and the pruning script stay inside it on Cluster."""
+
+    project: str
+    created: str  # zset session_id -> created ms (never changes while listed)
+    updated: str  # zset session_id -> last activity ms (ZADD GT)
+    tag: str
+
+    def snapshot(self, snapshot_id: str) -> str:
+        """A listing's frozen copy of ``updated`` (sort=updated pages), with a TTL."""
+        return f"{self.tag}:list:{snapshot_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaKeys:
     """Keys of one replica; they share the hash tag ``{replica_id}``."""
 
@@ -98,6 +113,8 @@ class Keys:
         self.archive_fed = f"{prefix}:archive:fed"
         # one archiver at a time runs the record's retention pass
         self.archive_retention = f"{prefix}:archive:retention"
+        # set once the per-project session indexes hold every session of sw:sessions
+        self.project_indexes_backfilled = f"{prefix}:sessions:backfilled"
 
     def work_for(self, session_type: str) -> str:
         """The work stream of one session type; the default type keeps ``sw:work``."""
@@ -122,6 +139,16 @@ class Keys:
             cancels=f"{tag}:cancels",
             history=f"{tag}:history",
             state=f"{tag}:state",
+            tag=tag,
+        )
+
+    def project_index(self, project: str) -> ProjectIndexKeys:
+        validate_id("project", project)
+        tag = f"{self.prefix}:project:{{{project}}}"
+        return ProjectIndexKeys(
+            project=project,
+            created=f"{tag}:sessions:created",
+            updated=f"{tag}:sessions:updated",
             tag=tag,
         )
 

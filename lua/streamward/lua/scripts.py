@@ -64,12 +64,14 @@ ScriptName = Literal[
     "notifyReplica",
     "peekInbox",
     "prunePending",
+    "pruneSessions",
     "readLease",
     "registerReplica",
     "releaseLease",
     "renewLeases",
     "renewReplica",
     "saveState",
+    "snapshotSessions",
     "takeoverLease",
 ]
 SCRIPT_NAMES: tuple[ScriptName, ...] = get_args(ScriptName)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from redis.asyncio.client import Pipeline
 
 from streamward.lua.entries import Entry as Entry  # re-exported: callers built entries from here
+from streamward.lua.indexes import queue_touch
 from streamward.lua.keys import DEFAULT_TYPE, SessionKeys
 from streamward.lua.leases import LeaseCalls
 from streamward.lua.loader import execute_pipeline
@@ -118,31 +119,30 @@ class LeaseStore(LeaseCalls):
         session_ref: str,
         run_id: str = "",
         *,
-        touch: tuple[str, int] | None = None,
+        touch: tuple[SessionKeys, int] | None = None,
     ) -> bool:
         """Mail ``replica_id`` iff its replica lease names ``incarnation``; False (and nothing
         written) when it is dead or re-registered.
 
-        ``touch`` = (session ref, ms): also score the session in ``sw:sessions``, in the same
-        round trip (pipelined; on Cluster, concurrently: another slot).
+        ``touch`` = (session, ms): also record the session's activity in its indexes
+        (``indexes.queue_touch``), in the same round trip (pipelined; on Cluster,
+        concurrently: other slots).
         """
         rk = self.keys.replica(replica_id)
         call = (rk, incarnation, kind, session_ref, run_id, MAIL_MAXLEN)
         if touch is None:
             return await self.scripts.notify_replica(*call)
         if self.cluster:
-            delivered, _ = await asyncio.gather(
-                self.scripts.notify_replica(*call),
-                self.client.zadd(self.keys.sessions, {touch[0]: touch[1]}),
-            )
-            return delivered
+            index = self.client.pipeline(transaction=False)
+            queue_touch(index, self.keys, touch[0], touch[1])
+            delivered, _ = await asyncio.gather(self.scripts.notify_replica(*call), index.execute())
+            return bool(delivered)
         script = self.scripts.script("notifyReplica")
         keys, args = self.scripts.notify_replica_call(*call)
-        sessions = self.keys.sessions
 
         def build(pipe: Pipeline) -> None:
             script.queue(pipe, keys, args)
-            pipe.zadd(sessions, {touch[0]: touch[1]})
+            queue_touch(pipe, self.keys, touch[0], touch[1])
 
         return parse_notified((await execute_pipeline(self.client, script, build))[0])
 

@@ -14,6 +14,7 @@ from streamward.lua.entries import Entry
 from streamward.lua.inbox import SessionState
 from streamward.lua.indexes import Indexes
 from streamward.lua.keys import SessionKeys
+from streamward.lua.listing import SessionListing
 from streamward.lua.work import WorkQueue
 
 # a stored transcript entry: the one entry type (lua/entries.py), under its old name
@@ -38,7 +39,7 @@ def parse_log_entry(entry_id: str, fields: dict[str, str]) -> LogEntry:
     )
 
 
-class Streams(WorkQueue, SessionState, Indexes):
+class Streams(WorkQueue, SessionState, Indexes, SessionListing):
     """Work queue, mailboxes, inbox, log, meta, attachments and indexes."""
 
     # -- log -----------------------------------------------------------------------------------

@@ -119,6 +119,22 @@ def _events_req(state: StreamState, follow: bool = True) -> _Req:
     return _Req("GET", f"/v1/sessions/{state.session_id}/events", params=params)
 
 
+def _sessions_req(
+    status: str | None, cursor: str | None, limit: int, filters: Mapping[str, Any]
+) -> _Req:
+    params = {"limit": str(limit)}
+    if status is not None:
+        params["status"] = status
+    if cursor is not None:
+        params["cursor"] = cursor
+    for name, value in filters.items():
+        if name == "metadata" and value is not None:
+            params.update({f"metadata.{k}": str(v) for k, v in value.items()})
+        elif value is not None:
+            params[name] = str(value)
+    return _Req("GET", "/v1/sessions", params=params)
+
+
 def _on_headers(state: StreamState, resp: httpx.Response) -> None:
     state.run_id = state.run_id or resp.headers.get(RUN_HEADER)
     state.connection_id = resp.headers.get(CONNECTION_HEADER)
@@ -345,15 +361,16 @@ class AsyncStreamwardClient(_Common):
         )
 
     async def sessions(
-        self, status: str | None = None, cursor: str | None = None, limit: int = 50
+        self,
+        status: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        **filters: Any,
     ) -> SessionPage:
-        params = {"limit": str(limit)}
-        if status is not None:
-            params["status"] = status
-        if cursor is not None:
-            params["cursor"] = cursor
+        """One page of sessions; ``filters``: sort, order, route, type, created_after,
+        updated_after, active_minutes, source, and metadata={key: value} (docs/api.md)."""
         return SessionPage.model_validate(
-            await self._call(_Req("GET", "/v1/sessions", params=params))
+            await self._call(_sessions_req(status, cursor, limit, filters))
         )
 
     async def session(self, session_id: str) -> SessionOut:
@@ -650,6 +667,16 @@ class StreamwardClient(_Common):
 
     def session(self, session_id: str) -> SessionOut:
         return SessionOut.model_validate(self._call(_Req("GET", f"/v1/sessions/{session_id}")))
+
+    def sessions(
+        self,
+        status: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        **filters: Any,
+    ) -> SessionPage:
+        """One page of sessions (see the async client's ``sessions``)."""
+        return SessionPage.model_validate(self._call(_sessions_req(status, cursor, limit, filters)))
 
     def ingest(
         self,

@@ -58,7 +58,7 @@ def show_archive(console: Console, api_url: str, session_id: str) -> None:
     with httpx.Client(base_url=api_url, timeout=10) as c:
         page: dict[str, Any] = {}
         while time.monotonic() < deadline:  # the archiver's first passes (lag: ~1 s)
-            page = c.get("/v1/sessions", params={"limit": 5}).json()
+            page = c.get("/v1/sessions", params={"limit": 5, "source": "record"}).json()
             if any(s["session_id"] == session_id for s in page.get("items", [])):
                 break
             time.sleep(0.5)

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -342,6 +343,11 @@ class SessionFilter:
     created_to_ms: int | None = None
     updated_from_ms: int | None = None
     updated_to_ms: int | None = None
+    # the listing's own filters (docs/api.md, "Listing sessions"): both sources take them
+    session_type: str | None = None
+    # top-level keys of the session's ``metadata`` (a JSON object text in meta): each
+    # value compared with the JSON scalar's text (``->>``)
+    metadata_fields: tuple[tuple[str, str], ...] = ()
 
 
 async def list_sessions(
@@ -350,10 +356,22 @@ async def list_sessions(
     where: SessionFilter,
     before: tuple[int, str] | None,
     count: int,
+    *,
+    sort: str = "created",
+    desc: bool = True,
 ) -> list[dict[str, Any]]:
-    """Sessions newest first by (created_ms, session_id), strictly before ``before`` (keyset)."""
+    """Sessions by (created_ms | updated_ms, session_id), newest first unless ``desc`` is
+    False, strictly after the keyset ``before`` in that order."""
     s = sessions
     q = sa.select(s).where(s.c.project == project)
+    if where.session_type is not None:
+        q = q.where(sa.func.coalesce(s.c.metadata["type"].astext, "default") == where.session_type)
+    if where.metadata_fields:
+        text = s.c.metadata["metadata"].astext
+        # only a JSON object text is cast: anything else would fail the whole query
+        doc = sa.case((text.like("{%"), sa.cast(text, pg.JSONB)), else_=None)
+        for key, value in where.metadata_fields:
+            q = q.where(doc.op("->>")(key) == value)
     if where.status is not None:
         q = q.where(s.c.status == where.status)
     if where.route_id is not None:
@@ -370,8 +388,13 @@ async def list_sessions(
         q = q.where(s.c.updated_ms >= where.updated_from_ms)
     if where.updated_to_ms is not None:
         q = q.where(s.c.updated_ms < where.updated_to_ms)
+    col = s.c.updated_ms if sort == "updated" else s.c.created_ms
     if before is not None:
-        q = q.where(sa.tuple_(s.c.created_ms, s.c.session_id) < sa.tuple_(*before))
-    q = q.order_by(s.c.created_ms.desc(), s.c.session_id.desc()).limit(count)
+        pos = sa.tuple_(col, s.c.session_id)
+        q = q.where(pos < sa.tuple_(*before) if desc else pos > sa.tuple_(*before))
+    if desc:
+        q = q.order_by(col.desc(), s.c.session_id.desc()).limit(count)
+    else:
+        q = q.order_by(col.asc(), s.c.session_id.asc()).limit(count)
     async with engine.connect() as conn:
         return [dict(r._mapping) for r in await conn.execute(q)]

@@ -65,4 +65,5 @@ async def reset_session(
     await streams.set_meta(
         sk, generation=generation, reset_reason="manual", reset_after_seq=last_seq
     )
+    await streams.touch_session(sk)  # a change through the API: recent activity in listings
     return SessionResetResult(session_id=sk.session_id, status="reset", generation=generation)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from starlette.responses import Response
 
 from streamward.api import invoke as invocation
@@ -23,11 +24,18 @@ from streamward.api.deps import (
     StreamsDep,
     mark_changed,
 )
+from streamward.api.listing import decode_cursor, redis_page
 from streamward.api.problems import ProblemError
 from streamward.api.replicas import served_types
 from streamward.api.responses import OrjsonResponse
-from streamward.api.routes.common import entry_out, owner_detail, rfc3339_opt, scan_cursor, u64_ok
-from streamward.api.routes.listing import RecordFilters, record_page
+from streamward.api.routes.common import entry_out, owner_detail, u64_ok
+from streamward.api.routes.listing import (
+    ListParams,
+    RecordFilters,
+    metadata_filters,
+    record_page,
+    wants_record,
+)
 from streamward.api.routes.streaming import (
     NDJSON,
     SSE,
@@ -49,9 +57,9 @@ from streamward.api.schemas import (
     SessionPage,
     TranscriptPage,
 )
+from streamward.api.sessionview import session_out
 from streamward.core.contract import TERMINAL_STATUSES
 from streamward.lua.keys import DEFAULT_TYPE, SessionKeys
-from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
@@ -249,71 +257,60 @@ async def liveness(sk: SessionDep, store: StoreDep, streams: StreamsDep) -> Live
     )
 
 
-async def _session_out(store: LeaseStore, streams: Streams, sk: SessionKeys) -> SessionOut | None:
-    (meta, pending, _), own = await asyncio.gather(
-        streams.session_overview(sk), store.ownership(sk)
-    )
-    if not meta:
-        return None
-    return SessionOut(
-        session_id=sk.session_id,
-        project=sk.project,
-        status=meta.get("status") or "unknown",
-        created_at=rfc3339_opt(meta.get("created_ms")),
-        updated_at=rfc3339_opt(meta.get("updated_ms")),
-        active_run_id=meta.get("active_run_id") or None,
-        last_seq=int(meta.get("last_seq") or 0),
-        pending=pending,
-        transitions=int(meta.get("transitions") or 0),
-        owner=owner_detail(own),
-        delete_after=rfc3339_opt(meta.get("delete_after_ms")),
-        reason=meta.get("reason") or None,
-        route_id=meta.get("route_id") or None,
-        session_key=meta.get("session_key") or None,
-        generation=int(meta["generation"]) if meta.get("generation") else None,
-        previous_session_id=meta.get("previous_session_id") or None,
-        reset_reason=meta.get("reset_reason") or None,
-        reset_after_seq=int(meta["reset_after_seq"]) if meta.get("reset_after_seq") else None,
-    )
+_LIST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_COMMON,
+    410: {"description": "cursor_expired (the listing's snapshot is gone: start again)"},
+    422: {"description": "invalid_cursor / invalid_filter / invalid_timestamp / ..."},
+}
 
 
-@router.get("/sessions", response_model=SessionPage, responses=_COMMON)
+@router.get("/sessions", response_model=SessionPage, responses=_LIST_RESPONSES)
 async def list_sessions(
+    request: Request,
     project: ProjectDep,
     state: StateDep,
-    status: Annotated[str | None, Query(max_length=64, description="Only this status.")] = None,
     cursor: Annotated[
-        str | None,
-        Query(
-            pattern=r"^([0-9]{1,20}|r\.[0-9]{1,20}\.[A-Za-z0-9._:-]{1,200})$",
-            description="next_cursor of a previous page.",
-        ),
+        str | None, Query(max_length=2048, description="next_cursor of the previous page.")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size, exactly honoured.")] = 50,
+    params: Annotated[ListParams, Depends()] = ListParams(),
     filters: Annotated[RecordFilters, Depends()] = RecordFilters(),
 ) -> SessionPage:
-    """The caller's sessions: from the record when configured (newest first, keyset pages,
-    filters), else by ZSCAN page of Redis (a page may hold fewer than ``limit`` items)."""
-    if state.record is not None:
+    """The caller's sessions, newest activity first (``sort``, ``order``), filtered (also
+    ``metadata.<key>=<value>``), in pages of exactly ``limit`` with an opaque cursor that
+    stays stable while sessions come, change and go (docs/api.md, "Listing sessions")."""
+    q = params.query(metadata_filters(request))
+
+    def render(sk: SessionKeys) -> Awaitable[SessionOut | None]:
+        return session_out(state.store, state.streams, sk)
+
+    if wants_record(params, filters, cursor, state.record is not None):
+        if state.record is None:
+            raise ProblemError(
+                422,
+                "record_not_configured",
+                "this listing needs the record (STREAMWARD_DATABASE_URL)",
+            )
+        now = await state.streams.now_ms() if q.active_minutes is not None else 0
         return await record_page(
-            state.record, state.keys, project, status, filters, cursor, limit,
-            lambda sk: _session_out(state.store, state.streams, sk),
-        )  # fmt: skip
-    if filters.any():
-        raise ProblemError(
-            422, "record_not_configured", "these filters need the record (STREAMWARD_DATABASE_URL)"
+            state.record, state.keys, project, q, filters, cursor, limit, render, now
         )
-    nxt, items = await state.streams.scan_sessions(scan_cursor(cursor), project, count=limit)
-    sks = [state.keys.session_ref(ref) for ref, _ in items]
-    outs = await asyncio.gather(*[_session_out(state.store, state.streams, sk) for sk in sks])
-    page = [o for o in outs if o is not None and (status is None or o.status == status)]
-    return SessionPage(items=page, next_cursor=str(nxt) if nxt != 0 else None)
+    c = decode_cursor(cursor) if cursor is not None else None
+    settings = state.settings
+    first_ttl_s = min(settings.list_snapshot_first_ttl_s, settings.list_snapshot_ttl_s)
+    items, nxt = await redis_page(
+        state.streams, project, q, c, limit, render,
+        scan_max=settings.list_scan_max,
+        snapshot_ttl_ms=int(settings.list_snapshot_ttl_s * 1000),
+        first_ttl_ms=int(first_ttl_s * 1000),
+    )  # fmt: skip
+    return SessionPage(items=items, next_cursor=nxt)
 
 
 @router.get("/sessions/{session_id}", response_model=SessionOut, responses=_COMMON)
 async def get_session(sk: SessionDep, store: StoreDep, streams: StreamsDep) -> SessionOut:
     """One session: status, activity, pending inputs, owner."""
-    out = await _session_out(store, streams, sk)
+    out = await session_out(store, streams, sk)
     if out is None:
         raise ProblemError(404, "session_not_found", f"no session {sk.session_id!r}")
     return out
@@ -348,7 +345,7 @@ async def delete_session(
     for replica_id in dict.fromkeys(h for h in holders if h):
         await streams.send_mail(replica_id, "released", sk.ref)
     await mark_changed(state, sk)
-    out = await _session_out(store, streams, sk)
+    out = await session_out(store, streams, sk)
     assert out is not None
     return out
 
