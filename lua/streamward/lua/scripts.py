@@ -58,6 +58,7 @@ ScriptName = Literal[
     "bindSession",
     "claimLock",
     "completeInput",
+    "createSession",
     "enqueueInput",
     "forceRelease",
     "ingestEntries",
@@ -71,6 +72,7 @@ ScriptName = Literal[
     "renewReplica",
     "saveState",
     "takeoverLease",
+    "updateSession",
 ]
 SCRIPT_NAMES: tuple[ScriptName, ...] = get_args(ScriptName)
 

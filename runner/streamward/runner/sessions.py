@@ -144,6 +144,8 @@ class SessionBook:
         if actor is not None:
             if not actor.closing:
                 actor.on_input()
+                if reason == "start":
+                    actor.start_soon()
                 return
             await actor.closed.wait()  # it re-queues after release if input is left
         # never claim a session of a type this replica does not serve: hand it to its
@@ -157,7 +159,7 @@ class SessionBook:
             return
         self._admitting += 1  # a slot is ours until the actor starts (or the claim ends)
         try:
-            await self._acquire(sk, session_type)
+            await self._acquire(sk, session_type, start=reason == "start")
         finally:
             self._admitting -= 1
 
@@ -174,7 +176,8 @@ class SessionBook:
         self.metrics.evicted.inc()
         log.info("session %s: longest idle, passivated for waiting work", actor.ref)
 
-    async def _acquire(self, sk: SessionKeys, session_type: str) -> None:
+    async def _acquire(self, sk: SessionKeys, session_type: str, *, start: bool) -> None:
+        """``start``: POST /v1/sessions/{id}/start asked for it: activate with no input."""
         ref = sk.ref
         s = self.settings
         replica_id = self.state.replica_id
@@ -212,7 +215,7 @@ class SessionBook:
             # fenced or re-registered while acquiring: that lease names a dead incarnation
             await self.streams.publish_work(ref, "owner_death", session_type)
             return
-        self._start_actor(lease, self.factories[session_type], taken_over)
+        self._start_actor(lease, self.factories[session_type], taken_over, start)
 
     async def drop_if_stale(self, ref: str) -> bool:
         """Drop ``ref``'s actor when the lease no longer names it (force-released or taken
@@ -228,7 +231,9 @@ class SessionBook:
         await actor.closed.wait()
         return True
 
-    def _start_actor(self, lease: Lease, factory: HostFactory, taken_over: bool = False) -> None:
+    def _start_actor(
+        self, lease: Lease, factory: HostFactory, taken_over: bool = False, start: bool = False
+    ) -> None:
         s = self.settings
         life = Activation(
             factory,
@@ -244,6 +249,8 @@ class SessionBook:
             taken_over=taken_over,
         )
         actor = SessionActor(self, lease, life)
+        if start:
+            actor.start_soon()
         self.actors[actor.ref] = actor
         self.metrics.sessions.set(len(self.actors))
         actor.start()

@@ -7,6 +7,7 @@ import re
 import uuid
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Depends, Header, Query
 from starlette.responses import Response
 
@@ -274,6 +275,9 @@ async def _session_out(store: LeaseStore, streams: Streams, sk: SessionKeys) -> 
         previous_session_id=meta.get("previous_session_id") or None,
         reset_reason=meta.get("reset_reason") or None,
         reset_after_seq=int(meta["reset_after_seq"]) if meta.get("reset_after_seq") else None,
+        title=meta.get("title") or None,
+        metadata=orjson.loads(meta["metadata"]) if meta.get("metadata") else None,
+        type=meta.get("type") or None,
     )
 
 
