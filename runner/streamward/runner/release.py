@@ -40,7 +40,7 @@ async def release_session(
             # before the release: an input enqueued meanwhile sets status back to active;
             # an expired or deleted session keeps its status (and its reason)
             status = (await streams.meta(session)).get("status", "")
-            if status in ("", "active", "passivated"):
+            if status in ("", "active", "idle", "passivated"):
                 why = "stopped" if mode == "stop" else "idle"
                 await streams.set_meta(session, status="passivated", reason=why)
     try:
