@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streamward.api.sessionops import METADATA_MAX_BYTES, merge_patch
+from streamward.client import AsyncStreamwardClient, StreamwardAPIError, StreamwardClient
 from streamward.lua.keys import Keys
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
@@ -236,3 +237,36 @@ async def test_start_without_a_runner_answers_starting_and_says_why(
     # stop with no owner: nothing to passivate
     resp = await client.post("/v1/sessions/lonely/stop")
     assert resp.status_code == 200 and resp.json()["status"] == "stopped"
+
+
+async def test_python_clients_create_update_start_stop(live_url: str) -> None:
+    async with AsyncStreamwardClient(live_url) as client:
+        made = await client.create_session(
+            "cl", title="t", metadata={"a": 1}, session_type="nobody", idempotency_key="k"
+        )
+        assert (made.session_id, made.title, made.metadata) == ("cl", "t", {"a": 1})
+        assert made.run is None
+        again = await client.create_session("cl", idempotency_key="k")
+        assert again.created_at == made.created_at
+        with pytest.raises(StreamwardAPIError) as err:
+            await client.create_session("cl")
+        assert (err.value.status, err.value.code) == (409, "session_exists")
+        patched = await client.update_session("cl", title=None, metadata={"a": None, "b": 2})
+        assert (patched.title, patched.metadata) == (None, {"b": 2})
+        started = await client.start_session("cl")  # start timeout 0, nobody serves the type
+        assert (started.status, started.waiting_for_type) == ("starting", "nobody")
+        stopped = await client.stop_session("cl", cancel=True)
+        assert (stopped.status, stopped.owner) == ("stopped", None)
+        with_input = await client.create_session(input=None)
+        assert with_input.run is not None and with_input.run.status == "queued"
+
+    def sync_calls() -> tuple[str, str | None, str]:
+        with StreamwardClient(live_url) as client:
+            made = client.create_session(title="sync", idempotency_key="sk")
+            patched = client.update_session(made.session_id, title="renamed")
+            start = client.start_session(made.session_id)
+            stop = client.stop_session(made.session_id)
+            return made.session_id, patched.title, f"{start.status}/{stop.status}"
+
+    sid, title, states = await asyncio.to_thread(sync_calls)
+    assert sid.startswith("s_") and title == "renamed" and states == "starting/stopped"

@@ -264,6 +264,12 @@ async def _drive_facade(store: LeaseStore, cluster_grouping: bool) -> None:
     await store.force_release(s, "test")
     await store.scripts.prune_pending(keys.pending, [(s.ref, 0)])
     await store.claim_lock(keys.watchdog, "r1:inc-1", 5_000)
+    made = keys.session("proj", "m999")
+    await store.create_session(
+        made, title="t", metadata_json="{}", session_type="default", status="idle"
+    )
+    await store.update_session(made, expected_metadata="{}", metadata_json="{}", title=False,
+                               entry_json="{}")  # fmt: skip
     # many sessions in one renewal: on Cluster they must be grouped by slot
     many = [keys.session("proj", f"m{i}") for i in range(120)]
     held = [(m, (await store.acquire(m, "r1", "inc-1", 60_000)).token) for m in many]
