@@ -221,10 +221,10 @@ async def stop(state: AppState, sk: SessionKeys, cancel: bool) -> tuple[bool, Ow
             f"{queued} input(s) wait: a stop never drops input (cancel them, or let them run)",
             pending=queued,
         )
+    if active:  # recorded even without a live owner: the next owner ends it cancelled
+        await invocation.cancel_run(state.streams, sk, own, active)
     if not own.alive or own.replica_id is None:
         return True, None  # nobody to passivate (a dead holder's lease is the watchdog's)
-    if active:
-        await invocation.cancel_run(state.streams, sk, own, active)
     await state.streams.send_mail(own.replica_id, "stop", sk.ref)
     held = (own.replica_id, own.incarnation, own.token)
 
