@@ -189,7 +189,9 @@ class SessionBook:
         except LeaseHeld as held:
             if await self.store.replica_alive(held.replica_id, held.incarnation):
                 self.metrics.acquires.labels("held").inc()
-                await self.streams.send_mail(held.replica_id, "wake", ref)
+                # a start is passed on to the holder (never to ourselves: no mail loop)
+                kind = "start" if start and held.replica_id != replica_id else "wake"
+                await self.streams.send_mail(held.replica_id, kind, ref)
                 return
             try:
                 lease = await self.store.takeover(
@@ -202,7 +204,8 @@ class SessionBook:
             except LeaseHeld as won:
                 # someone else took it first: make sure the winner looks at the inbox
                 if await self.store.replica_alive(won.replica_id, won.incarnation):
-                    await self.streams.send_mail(won.replica_id, "wake", ref)
+                    kind = "start" if start and won.replica_id != replica_id else "wake"
+                    await self.streams.send_mail(won.replica_id, kind, ref)
                 return
             taken_over = True
             self.metrics.takeovers.inc()
