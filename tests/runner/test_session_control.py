@@ -152,3 +152,26 @@ def test_patch_of_an_owned_session_gets_its_entry_from_the_owner(api_fleet: Flee
     acc = invoke(url, "s4", {"x": 2})
     wait_until(run_done(rc, "s4", acc["run_id"]), 20, "run")
     assert_seqs(transcript(rc, "s4"))
+
+
+def test_patch_during_a_run_interleaves_without_breaking_seqs(api_fleet: Fleet, rc: Any) -> None:
+    api_fleet.start_runner("r1", args=HOST, env=ENV)
+    url = api_fleet.api_url
+    acc = invoke(url, "s6", {"sleep_s": 1.5})
+    assert acc["status"] == "running"
+    for i in range(3):
+        resp = httpx.patch(f"{url}/v1/sessions/s6", json={"metadata": {f"k{i}": i}}, timeout=10)
+        assert resp.status_code == 200
+    wait_until(run_done(rc, "s6", acc["run_id"]), 20, "run")
+
+    def updates() -> list[Any] | None:
+        found = [e for e in transcript(rc, "s6") if e.type == "session.updated"]
+        return found if len(found) == 3 else None
+
+    found = wait_until(updates, 20, "three session.updated entries")
+    assert all(e.run_id == "session" for e in found)
+    assert found[-1].data["metadata"] == {"k0": 0, "k1": 1, "k2": 2}
+    entries = transcript(rc, "s6")
+    assert_seqs(entries)
+    run = [e.type for e in entries if e.run_id == acc["run_id"]]
+    assert run == ["run.started", "run.output", "run.completed"]
