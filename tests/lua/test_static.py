@@ -269,6 +269,12 @@ async def _drive_facade(store: LeaseStore, cluster_grouping: bool) -> None:
     streams = Streams(store.client, keys)
     await streams.snapshot_activity("proj", "0" * 32, None, True, 1, 60_000)
     await streams.prune_gone("proj", [("sess", 1)])
+    made = keys.session("proj", "m999")
+    await store.create_session(
+        made, title="t", metadata_json="{}", session_type="default", status="idle"
+    )
+    await store.update_session(made, expected_metadata="{}", metadata_json="{}", title=False,
+                               entry_json="{}")  # fmt: skip
     # many sessions in one renewal: on Cluster they must be grouped by slot
     many = [keys.session("proj", f"m{i}") for i in range(120)]
     held = [(m, (await store.acquire(m, "r1", "inc-1", 60_000)).token) for m in many]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,3 +22,22 @@ class Counter(Session):
         self.count += 1
         await ctx.save_state({"count": self.count})
         yield {"count": self.count, "reason": self.reason, "found": self.found}
+
+
+class HookLog(Session):
+    """Records every hook in Redis (list ``test:hooks:<session id>``) so a test can watch a
+    runner process's activations and passivations; ``{"sleep_s": x}`` runs that long."""
+
+    async def _note(self, ctx: SessionContext, what: str) -> None:
+        await ctx.streams.client.rpush(f"test:hooks:{ctx.session_id}", what)
+
+    async def activate(self, ctx: SessionContext) -> None:
+        await self._note(ctx, f"activate:{ctx.reason}:{ctx.replica_id}:{ctx.token}")
+
+    async def run(self, ctx: RunContext, input: Any) -> AsyncIterator[Any]:
+        if isinstance(input, dict) and input.get("sleep_s"):
+            await asyncio.sleep(float(input["sleep_s"]))
+        yield {"echo": input}
+
+    async def passivate(self, ctx: SessionContext, reason: str) -> None:
+        await self._note(ctx, f"passivate:{reason}")

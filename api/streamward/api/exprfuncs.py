@@ -8,6 +8,7 @@ would accept it and fail every event).
 
 from __future__ import annotations
 
+import importlib
 import re
 from functools import lru_cache
 from typing import Any
@@ -28,7 +29,8 @@ class MatchInputTooLong(JMESPathError):
     """``matches`` given more than ``MAX_MATCH_INPUT_CHARS`` characters (an evaluation error)."""
 
 
-_parse: Any = re._parser.parse  # sre_parse: the tree re compiles from
+# sre_parse: the tree re compiles from (private, so typeshed may not list it)
+_parse: Any = importlib.import_module("re._parser").parse
 _REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
 
 

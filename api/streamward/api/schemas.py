@@ -136,9 +136,10 @@ class SessionOut(Model):
     reset_reason: str | None = None  # idle | daily | timeout | manual | dead
     # not routed, after a reset: the transcript's entries after this seq are the new generation
     reset_after_seq: int | None = None
-    # set by POST / PATCH /v1/sessions (meta ``title``, ``metadata``: a JSON object text)
+    # the session resource (POST / PATCH /v1/sessions): absent for sessions made by invoke
     title: str | None = None
     metadata: dict[str, Any] | None = None
+    type: str | None = None  # the session's type
 
 
 class SessionPage(Model):

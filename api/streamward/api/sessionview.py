@@ -40,4 +40,5 @@ async def session_out(store: LeaseStore, streams: Streams, sk: SessionKeys) -> S
         reset_after_seq=int(meta["reset_after_seq"]) if meta.get("reset_after_seq") else None,
         title=meta.get("title") or None,
         metadata=json_object(meta.get("metadata")),
+        type=meta.get("type") or None,
     )

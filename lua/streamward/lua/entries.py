@@ -8,8 +8,11 @@ import Python): change both together.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
+
+import orjson
 
 RUN_STARTED = "run.started"
 RUN_OUTPUT = "run.output"
@@ -19,6 +22,12 @@ RUN_CANCELLED = "run.cancelled"
 RUN_INTERRUPTED = "run.interrupted"
 # an input a running run absorbed through ``ctx.pending_inputs()``: its own terminal entry
 RUN_MERGED = "run.merged"
+
+# a session's title or metadata changed (PATCH /v1/sessions/{id}); run_id "session", data
+# {"title", "metadata"}: the session's description after the change. Written by the API when
+# no lease is held (updateSession-4), else by the owner (mail ``updated``)
+SESSION_UPDATED = "session.updated"
+SESSION_RUN_ID = "session"  # the run_id of session-level entries (not of any run)
 
 # a run's last entry: nothing of that run follows (a tail following the run ends there)
 TERMINAL_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED, RUN_MERGED})
@@ -55,3 +64,9 @@ class Entry:
         if self.type == RUN_STARTED and isinstance(self.data, dict):
             return str(self.data.get("replica_id", ""))
         return ""
+
+
+def session_updated_data(meta: Mapping[str, str]) -> dict[str, Any]:
+    """A ``session.updated`` entry's data, from the session's meta (``title``, ``metadata``)."""
+    metadata = orjson.loads(meta.get("metadata") or "{}")
+    return {"title": meta.get("title") or None, "metadata": metadata}

@@ -58,6 +58,7 @@ ScriptName = Literal[
     "bindSession",
     "claimLock",
     "completeInput",
+    "createSession",
     "enqueueInput",
     "forceRelease",
     "ingestEntries",
@@ -73,6 +74,7 @@ ScriptName = Literal[
     "saveState",
     "snapshotSessions",
     "takeoverLease",
+    "updateSession",
 ]
 SCRIPT_NAMES: tuple[ScriptName, ...] = get_args(ScriptName)
 

@@ -20,6 +20,7 @@ from streamward.lua.leases import LeaseCalls
 from streamward.lua.loader import execute_pipeline
 from streamward.lua.replies import DuplicateInput, InboxPeek, IngestResult, LockClaim
 from streamward.lua.scripts import parse_notified
+from streamward.lua.sessionmeta import Created, Updated, create_session, update_session
 from streamward.lua.work import MAIL_MAXLEN
 
 
@@ -170,3 +171,49 @@ class LeaseStore(LeaseCalls):
         """Take or extend a named lock (watchdog election)."""
         claim: LockClaim = await self.scripts.claim_lock(key, owner, ttl_ms)
         return claim.held
+
+    # -- the session resource (POST / PATCH /v1/sessions) ---------------------------------
+
+    async def create_session(
+        self,
+        session: SessionKeys,
+        *,
+        title: str,
+        metadata_json: str,
+        session_type: str,
+        status: str,
+        create_key: str = "",
+    ) -> Created:
+        """Create the session's meta atomically (createSession-2); ``created`` False when a
+        live session has the id (``same_key``: it was created with ``create_key``)."""
+        return await create_session(
+            self.scripts,
+            session,
+            title=title,
+            metadata_json=metadata_json,
+            session_type=session_type,
+            status_name=status,
+            create_key=create_key,
+        )
+
+    async def update_session(
+        self,
+        session: SessionKeys,
+        *,
+        expected_metadata: str,
+        metadata_json: str,
+        title: str | bool | None,
+        entry_json: str,
+    ) -> Updated | None:
+        """Compare-and-set the metadata (and title: False = keep, None = delete) and write the
+        ``session.updated`` entry when no lease is held (updateSession-4). None: no session."""
+        mode = "keep" if title is False else "delete" if title is None else "set"
+        return await update_session(
+            self.scripts,
+            session,
+            expected_metadata=expected_metadata,
+            metadata_json=metadata_json,
+            title_mode=mode,
+            title=title if isinstance(title, str) else "",
+            entry_json=entry_json,
+        )

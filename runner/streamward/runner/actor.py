@@ -21,6 +21,7 @@ from streamward.lua.streams import Streams
 from streamward.runner.admission import IdleSlot
 from streamward.runner.config import RunnerSettings
 from streamward.runner.context import RunContext
+from streamward.runner.control import ActorControl
 from streamward.runner.handlers import Run, drive, run_outcome
 from streamward.runner.inbox import INBOX_WINDOW, interrupt_waiting, next_input
 from streamward.runner.lifecycle import Activation
@@ -54,7 +55,7 @@ class ActorHost(Protocol):
     async def writable(self) -> None: ...
 
 
-class SessionActor:
+class SessionActor(ActorControl):
     """Owns one session lease: consumes its inbox, one run at a time, ships the transcript."""
 
     def __init__(self, host: ActorHost, lease: Lease, life: Activation) -> None:
@@ -71,7 +72,7 @@ class SessionActor:
         self._wake = asyncio.Event()
         self.idle = IdleSlot(self._wake)  # evictable while waiting out close_delay
         self._inbox_empty = False  # the last completeInput left no input: no read needed
-        self._draining = self._interrupting = False
+        self._draining, self._interrupting = "", False
         self._cut_run: Run | None = None  # the run a drain timeout cut short
         self._interrupt_check: asyncio.Task[None] | None = None
         # a freshly claimed session with nothing to do is released at once (no close_delay)
@@ -92,10 +93,6 @@ class SessionActor:
     def start(self) -> None:
         self.task = asyncio.create_task(self._main(), name=f"actor {self.ref}")
 
-    def wake(self) -> None:
-        self.idle.keep()
-        self._wake.set()
-
     def on_input(self) -> None:
         """New input may be waiting: wake up, and look for an interrupting one if running."""
         self.wake()
@@ -106,7 +103,7 @@ class SessionActor:
 
     def drain(self) -> None:
         """Finish the running run (if any), start nothing new, release the session."""
-        self._draining = True
+        self._draining = "drain"
         self._wake.set()
 
     def drop(self, why: str) -> None:
@@ -181,7 +178,7 @@ class SessionActor:
         loop = asyncio.get_running_loop()
         while True:
             if self._draining:
-                return "drain"
+                return self._draining
             try:
                 if self._inbox_empty:
                     # the last completeInput saw none left (a later input's mail wakes us)
@@ -202,7 +199,9 @@ class SessionActor:
                 if nxt is not None:
                     await self.host.writable()  # a full Redis: start nothing until it has room
                 if self._draining:
-                    return "drain"  # started draining while reading: start nothing new
+                    return self._draining  # started leaving while reading: start nothing new
+                if self._start_now and not await self._start_host():
+                    return "activation_failed"
                 if nxt is None:
                     if not await self._idle():
                         return "passivate"

@@ -39,12 +39,13 @@ from streamward.runner.started import started_data
 log = logging.getLogger("streamward.runner.lifecycle")
 
 ActivationReason = Literal["new", "rehydrate", "takeover", "handoff"]
-PassivateReason = Literal["idle", "drain", "deleted", "reset", "lost"]
+PassivateReason = Literal["idle", "drain", "stopped", "deleted", "reset", "lost"]
 # how each way an actor leaves passivates the host (deleted / reset are read from meta on top)
 PASSIVATE_REASON: dict[str, PassivateReason] = {
     "passivate": "idle",
     "dead": "idle",
     "drain": "drain",
+    "stop": "stopped",  # POST /v1/sessions/{id}/stop
     "interrupt": "drain",
     "reject": "lost",
     "error": "lost",
@@ -65,7 +66,8 @@ class Session:
         raise NotImplementedError(f"{type(self).__name__}.run is not implemented")
 
     async def passivate(self, ctx: SessionContext, reason: str) -> None:
-        """The ownership ends (``reason``: idle, drain, deleted, reset, lost); called once."""
+        """The ownership ends (``reason``: idle, drain, stopped, deleted, reset, lost); called
+        once."""
 
 
 class FunctionHost(Session):
@@ -362,6 +364,6 @@ class Activation:
             log.error("session %s: passivate(%s) raised", self.session.ref, reason, exc_info=exc)
         elif self.hosted:
             log.info("session %s passivated (%s)", self.session.ref, reason)
-        if reason in ("idle", "drain") and self.hosted and self.can_write:
+        if reason in ("idle", "drain", "stopped") and self.hosted and self.can_write:
             # the next activation tells a handoff from a rehydrate by this
             await self.streams.set_meta(self.session, released_by=reason)

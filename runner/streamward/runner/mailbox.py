@@ -1,8 +1,10 @@
-"""The replica's mailbox (input, wake, cancel, drain, released) and the inbox sweep safety net."""
+"""The replica's mailbox (input, wake, cancel, drain, released, start, stop, updated) and the
+inbox sweep safety net."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -10,14 +12,17 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from streamward.core.backoff import backoff_s
+from streamward.lua.entries import SESSION_RUN_ID, SESSION_UPDATED, session_updated_data
 from streamward.lua.errors import InvalidId
 from streamward.lua.keys import Keys
 from streamward.lua.streams import Streams
 from streamward.lua.work import Mail
+from streamward.runner.actor import SessionActor
 from streamward.runner.config import RunnerSettings
 from streamward.runner.intake import READ_BLOCK_MS
 from streamward.runner.loop import Loop
 from streamward.runner.sessions import SessionBook
+from streamward.runner.shipper import ShipStopped
 from streamward.runner.state import ReplicaState
 
 log = logging.getLogger("streamward.runner.intake")
@@ -86,6 +91,9 @@ class Mailbox(Loop):
                 if await self.streams.pending(sk) > 0:
                     await self.sessions.claim(mail.session_ref, "force_release")
             return
+        if mail.kind in ("start", "stop", "updated"):
+            await self._session_control(mail, actor)
+            return
         if mail.kind == "cancel":
             if actor is not None and actor.current_run_id == mail.run_id:
                 await actor.cancel_requested(mail.run_id)
@@ -103,6 +111,24 @@ class Mailbox(Loop):
         if await self.streams.pending(sk) == 0:
             return
         await self.sessions.claim(mail.session_ref, "wake")
+
+    async def _session_control(self, mail: Mail, actor: SessionActor | None) -> None:
+        """The session resource endpoints: ``start`` (activate now, or claim it: the API saw
+        this replica hold it), ``stop`` (passivate now), ``updated`` (a PATCH: the owner is
+        the log's only writer, so it writes the ``session.updated`` entry with its next seq)."""
+        if mail.kind == "start":
+            if actor is not None and not actor.closing:
+                actor.start_soon()
+            else:
+                await self.sessions.claim(mail.session_ref, "start")
+        elif actor is None or actor.closing:
+            return  # gone already: stopped, or released (the PATCH's meta holds the change)
+        elif mail.kind == "stop":
+            actor.stop()
+        elif actor.shipper is not None:
+            data = session_updated_data(await self.streams.meta(actor.session))
+            with contextlib.suppress(ShipStopped):  # the session moved meanwhile
+                await actor.shipper.put(SESSION_RUN_ID, SESSION_UPDATED, data)
 
 
 class InboxSweep(Loop):

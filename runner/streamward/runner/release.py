@@ -30,7 +30,7 @@ async def release_session(
     (architecture order) re-check the inbox and re-queue with reason ``mode``."""
     ref = session.ref
     replica_id, incarnation, token = owner
-    if mode == "passivate":
+    if mode in ("passivate", "stop"):  # stop: POST /v1/sessions/{id}/stop
         own = await store.ownership(session)
         if (own.replica_id, own.incarnation, own.token) != owner:
             # force-released (e.g. the session was deleted): not ours to mark or release
@@ -40,8 +40,9 @@ async def release_session(
             # before the release: an input enqueued meanwhile sets status back to active;
             # an expired or deleted session keeps its status (and its reason)
             status = (await streams.meta(session)).get("status", "")
-            if status in ("", "active", "passivated"):
-                await streams.set_meta(session, status="passivated", reason="idle")
+            if status in ("", "active", "idle", "passivated"):
+                why = "stopped" if mode == "stop" else "idle"
+                await streams.set_meta(session, status="passivated", reason=why)
     try:
         await store.release(session, replica_id, incarnation, token, mode)
     except NotOwner as exc:

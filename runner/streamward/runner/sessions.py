@@ -144,6 +144,8 @@ class SessionBook:
         if actor is not None:
             if not actor.closing:
                 actor.on_input()
+                if reason == "start":
+                    actor.start_soon()
                 return
             await actor.closed.wait()  # it re-queues after release if input is left
         # never claim a session of a type this replica does not serve: hand it to its
@@ -157,7 +159,7 @@ class SessionBook:
             return
         self._admitting += 1  # a slot is ours until the actor starts (or the claim ends)
         try:
-            await self._acquire(sk, session_type)
+            await self._acquire(sk, session_type, start=reason == "start")
         finally:
             self._admitting -= 1
 
@@ -174,7 +176,8 @@ class SessionBook:
         self.metrics.evicted.inc()
         log.info("session %s: longest idle, passivated for waiting work", actor.ref)
 
-    async def _acquire(self, sk: SessionKeys, session_type: str) -> None:
+    async def _acquire(self, sk: SessionKeys, session_type: str, *, start: bool) -> None:
+        """``start``: POST /v1/sessions/{id}/start asked for it: activate with no input."""
         ref = sk.ref
         s = self.settings
         replica_id = self.state.replica_id
@@ -186,7 +189,9 @@ class SessionBook:
         except LeaseHeld as held:
             if await self.store.replica_alive(held.replica_id, held.incarnation):
                 self.metrics.acquires.labels("held").inc()
-                await self.streams.send_mail(held.replica_id, "wake", ref)
+                # a start is passed on to the holder (never to ourselves: no mail loop)
+                kind = "start" if start and held.replica_id != replica_id else "wake"
+                await self.streams.send_mail(held.replica_id, kind, ref)
                 return
             try:
                 lease = await self.store.takeover(
@@ -199,7 +204,8 @@ class SessionBook:
             except LeaseHeld as won:
                 # someone else took it first: make sure the winner looks at the inbox
                 if await self.store.replica_alive(won.replica_id, won.incarnation):
-                    await self.streams.send_mail(won.replica_id, "wake", ref)
+                    kind = "start" if start and won.replica_id != replica_id else "wake"
+                    await self.streams.send_mail(won.replica_id, kind, ref)
                 return
             taken_over = True
             self.metrics.takeovers.inc()
@@ -212,7 +218,7 @@ class SessionBook:
             # fenced or re-registered while acquiring: that lease names a dead incarnation
             await self.streams.publish_work(ref, "owner_death", session_type)
             return
-        self._start_actor(lease, self.factories[session_type], taken_over)
+        self._start_actor(lease, self.factories[session_type], taken_over, start)
 
     async def drop_if_stale(self, ref: str) -> bool:
         """Drop ``ref``'s actor when the lease no longer names it (force-released or taken
@@ -228,7 +234,9 @@ class SessionBook:
         await actor.closed.wait()
         return True
 
-    def _start_actor(self, lease: Lease, factory: HostFactory, taken_over: bool = False) -> None:
+    def _start_actor(
+        self, lease: Lease, factory: HostFactory, taken_over: bool = False, start: bool = False
+    ) -> None:
         s = self.settings
         life = Activation(
             factory,
@@ -244,6 +252,8 @@ class SessionBook:
             taken_over=taken_over,
         )
         actor = SessionActor(self, lease, life)
+        if start:
+            actor.start_soon()
         self.actors[actor.ref] = actor
         self.metrics.sessions.set(len(self.actors))
         actor.start()

@@ -31,6 +31,7 @@ from streamward.api.schemas import (
     StreamDetachResult,
     TranscriptPage,
 )
+from streamward.api.sessionschemas import SessionControl, SessionCreated
 from streamward.core.contract import TERMINAL_TYPES
 
 RUN_HEADER = "X-Streamward-Run-Id"
@@ -99,6 +100,7 @@ class _Req:
     path: str
     json: Any = None
     params: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _invoke_body(
@@ -108,6 +110,38 @@ def _invoke_body(
     if idempotency_key is not None:
         body["idempotency_key"] = idempotency_key
     return body
+
+
+_UNSET_INPUT: Any = object()  # create_session: no first input (None is an input: null)
+
+
+def _create_req(
+    session_id: str | None,
+    title: str | None,
+    metadata: Mapping[str, Any] | None,
+    session_type: str | None,
+    input: Any,
+    idempotency_key: str | None,
+) -> _Req:
+    body: dict[str, Any] = {}
+    for name, value in (("id", session_id), ("title", title), ("type", session_type)):
+        if value is not None:
+            body[name] = value
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    if input is not _UNSET_INPUT:
+        body["input"] = input
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+    return _Req("POST", "/v1/sessions", body, headers=headers)
+
+
+def _update_req(session_id: str, patch: Mapping[str, Any]) -> _Req:
+    return _Req("PATCH", f"/v1/sessions/{session_id}", dict(patch))
+
+
+def _control_req(session_id: str, action: str, cancel: bool = False) -> _Req:
+    params = {"cancel": "true"} if cancel else {}
+    return _Req("POST", f"/v1/sessions/{session_id}/{action}", params=params)
 
 
 def _events_req(state: StreamState, follow: bool = True) -> _Req:
@@ -220,9 +254,9 @@ class AsyncStreamwardClient(_Common):
             req.path,
             content=None if req.json is None else orjson.dumps(req.json),
             params=req.params or None,
-            headers={**headers, "Content-Type": "application/json"}
+            headers={**headers, **req.headers, "Content-Type": "application/json"}
             if req.json is not None
-            else headers,
+            else {**headers, **req.headers},
         )
         return _json(resp)
 
@@ -383,6 +417,34 @@ class AsyncStreamwardClient(_Common):
             await self._call(_Req("DELETE", f"/v1/sessions/{session_id}"))
         )
 
+    async def create_session(
+        self,
+        session_id: str | None = None,
+        *,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        session_type: str | None = None,
+        input: Any = _UNSET_INPUT,
+        idempotency_key: str | None = None,
+    ) -> SessionCreated:
+        """``POST /v1/sessions``; ``input`` given (even None) = a first input, run detached
+        (``.run``); a repeat with the same ``idempotency_key`` returns the same session."""
+        req = _create_req(session_id, title, metadata, session_type, input, idempotency_key)
+        return SessionCreated.model_validate(await self._call(req))
+
+    async def update_session(self, session_id: str, **patch: Any) -> SessionOut:
+        """``PATCH``: ``title=`` and / or ``metadata=`` as a JSON merge patch (None removes)."""
+        return SessionOut.model_validate(await self._call(_update_req(session_id, patch)))
+
+    async def start_session(self, session_id: str) -> SessionControl:
+        """An owner holds the session and has activated it (``status`` started / starting)."""
+        return SessionControl.model_validate(await self._call(_control_req(session_id, "start")))
+
+    async def stop_session(self, session_id: str, cancel: bool = False) -> SessionControl:
+        """Passivate now; ``cancel``: cancel the active run first (else 409 ``run_active``)."""
+        req = _control_req(session_id, "stop", cancel)
+        return SessionControl.model_validate(await self._call(req))
+
     # -- admin -----------------------------------------------------------------------------
 
     async def ingest(
@@ -541,9 +603,9 @@ class StreamwardClient(_Common):
             req.path,
             content=None if req.json is None else orjson.dumps(req.json),
             params=req.params or None,
-            headers={**headers, "Content-Type": "application/json"}
+            headers={**headers, **req.headers, "Content-Type": "application/json"}
             if req.json is not None
-            else headers,
+            else {**headers, **req.headers},
         )
         return _json(resp)
 
@@ -677,6 +739,29 @@ class StreamwardClient(_Common):
     ) -> SessionPage:
         """One page of sessions (see the async client's ``sessions``)."""
         return SessionPage.model_validate(self._call(_sessions_req(status, cursor, limit, filters)))
+
+    def create_session(
+        self,
+        session_id: str | None = None,
+        *,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        session_type: str | None = None,
+        input: Any = _UNSET_INPUT,
+        idempotency_key: str | None = None,
+    ) -> SessionCreated:
+        """See ``AsyncStreamwardClient.create_session``."""
+        req = _create_req(session_id, title, metadata, session_type, input, idempotency_key)
+        return SessionCreated.model_validate(self._call(req))
+
+    def update_session(self, session_id: str, **patch: Any) -> SessionOut:
+        return SessionOut.model_validate(self._call(_update_req(session_id, patch)))
+
+    def start_session(self, session_id: str) -> SessionControl:
+        return SessionControl.model_validate(self._call(_control_req(session_id, "start")))
+
+    def stop_session(self, session_id: str, cancel: bool = False) -> SessionControl:
+        return SessionControl.model_validate(self._call(_control_req(session_id, "stop", cancel)))
 
     def ingest(
         self,

@@ -55,5 +55,5 @@ class Chat(Session):
         }
 
     async def passivate(self, ctx: SessionContext, reason: str) -> None:
-        if ctx.can_write and reason in ("idle", "drain"):
+        if ctx.can_write and reason in ("idle", "drain", "stopped"):
             await ctx.save_state({"turns": self.turns})

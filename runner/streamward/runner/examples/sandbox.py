@@ -1,6 +1,6 @@
 """``Sandbox``: one long-lived OS child process per session, a small Python REPL started in
 ``activate``, used by every run and terminated in ``passivate``, whatever ends the
-ownership (idle, drain, deleted, reset, lost).
+ownership (idle, drain, stopped, deleted, reset, lost).
 
 Input: ``{"code": str}``, executed in the REPL's one namespace (a later run sees an earlier
 run's variables). Output: ``{"ok", "stdout", "value", "error", "pid", "runs"}``: ``value`` is
