@@ -21,6 +21,7 @@ from streamward.api.starts import StartWaiters
 from streamward.lua.archive import ArchiveCalls
 from streamward.lua.client import RedisClient
 from streamward.lua.keys import Keys, SessionKeys
+from streamward.lua.outbox import Outbox
 from streamward.lua.probe import Capabilities, probe
 from streamward.lua.routes import RouteStore
 from streamward.lua.store import LeaseStore
@@ -50,6 +51,8 @@ class AppState:
     record: Any = None
     # detached invokes waiting for their run's start (fed by this process's ingest)
     starts: StartWaiters = field(default_factory=StartWaiters)
+    # the signed completion callbacks' outbox (api/callbacks.py)
+    outbox: Outbox | None = None
     # encoded once so the per-request compare does no allocation beyond the header
     api_tokens: list[tuple[bytes, str]] = field(default_factory=list)
 

@@ -17,17 +17,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamward.api.audit import IngestAudit
+from streamward.api.callbackworker import CallbackWorker
 from streamward.api.config import Settings, get_settings
 from streamward.api.deps import AppState, ensure_ready
 from streamward.api.metrics import ApiMetrics, HttpMetrics, route_index
 from streamward.api.problems import install_handlers, install_refusal_handlers, problem_response
 from streamward.api.responses import OrjsonResponse
-from streamward.api.routes import admin, events, health, ops, resets, sessions, sources, state
+from streamward.api.routes import (
+    admin,
+    events,
+    health,
+    ops,
+    resets,
+    runs,
+    sessions,
+    sources,
+    state,
+)
 from streamward.api.routes.metrics import router as metrics_router
 from streamward.api.serving import AdminOnly, auth_refusal, uvicorn_options
 from streamward.core.logs import RequestContext, setup_logging
 from streamward.lua.client import RedisClient, connect_from_config
 from streamward.lua.keys import Keys
+from streamward.lua.outbox import Outbox
 from streamward.lua.probe import ProbeError
 from streamward.lua.routes import RouteStore
 from streamward.lua.store import LeaseStore
@@ -152,16 +164,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = make_redis(settings)
         keys = Keys(settings.key_prefix)
+        store = LeaseStore(client, keys)
         state = AppState(
             settings=settings,
             client=client,
             keys=keys,
-            store=LeaseStore(client, keys),
+            store=store,
             streams=Streams(client, keys),
             routes=RouteStore(client, keys),
             api_tokens=[(t.encode(), p) for t, p in settings.api_tokens.items()],
             metrics=metrics,
             audit=IngestAudit(settings.ingest_audit_path) if settings.ingest_audit_path else None,
+            outbox=Outbox(client, keys, store.scripts),
         )
         app.state.sw = state
         if settings.database_url:
@@ -176,9 +190,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except RedisError as exc:
             # start anyway: /livez answers and /readyz reports 503 until Redis is back
             log.warning("redis not reachable at start (%s): %s", settings.redis_mode, exc)
+        worker = None
+        if settings.callback_worker and state.outbox is not None:
+            # any API process sends any delivery: the outbox and its claims live in Redis
+            worker = CallbackWorker(state.outbox, settings, metrics)
+            worker.start()
         try:
             yield
         finally:
+            if worker is not None:
+                await worker.stop()
             await client.aclose()
             if state.audit is not None:
                 state.audit.close()
@@ -205,6 +226,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sessions.router,
         state.router,
         resets.router,
+        runs.router,
         admin.router,
         events.router,
         events.admin_router,

@@ -55,7 +55,9 @@ from streamward.lua.replies import (
 
 ScriptName = Literal[
     "acquireLease",
+    "addDelivery",
     "bindSession",
+    "claimDeliveries",
     "claimLock",
     "completeInput",
     "enqueueInput",
@@ -65,6 +67,7 @@ ScriptName = Literal[
     "peekInbox",
     "prunePending",
     "readLease",
+    "recordDelivery",
     "registerReplica",
     "releaseLease",
     "renewLeases",

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Query
 from starlette.responses import Response
 
+from streamward.api import callbacks
 from streamward.api import invoke as invocation
 from streamward.api.config import Settings
 from streamward.api.deletion import end_deleted_runs
@@ -115,6 +116,9 @@ async def invoke(
     state, sk = ctx
     store, streams, settings = state.store, state.streams, state.settings
     run_id = f"run_{uuid.uuid4().hex}"
+    if body.callback is not None and state.outbox is not None:
+        # stored before the enqueue: no entry of the run can be ingested before it
+        await callbacks.register(state.outbox, settings, sk, body.callback, run_id)
     if body.mode == "detached":
         accepted = await invocation.invoke_detached(state, sk, body, run_id)
         return OrjsonResponse(
