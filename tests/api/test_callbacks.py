@@ -148,6 +148,24 @@ async def test_named_events_only_and_duplicate_ingest_is_one_delivery(
     assert receiver.attempts() == 1
 
 
+async def test_a_delete_ending_the_run_is_delivered(
+    cb_client: httpx.AsyncClient, side: RunnerSide, receiver: Receiver
+) -> None:
+    receiver.fail_first = 0
+    run_id = await _invoke(cb_client, {"url": receiver.url})
+    await side.claim("s1")
+    await side.start("s1", run_id)
+    assert (await cb_client.delete("/v1/sessions/s1")).status_code == 200
+
+    async def one() -> bool:
+        return len(receiver.successes()) == 1
+
+    await wait_for(one, "the run.cancelled delivery")
+    body = orjson.loads(receiver.successes()[0].body)
+    assert body["event"] == "run.cancelled" and body["entry"]["data"] == {"reason": "deleted"}
+    assert body["run"]["status"] == "cancelled"
+
+
 async def test_dead_after_the_retry_window(
     make_settings: SettingsFactory,
     redis_client: aioredis.Redis,

@@ -181,3 +181,14 @@ async def add_deliveries(
         if await outbox.add(did, cb.run_id, fields, settings.callback_retention_s * 1000):
             added += 1
     return added
+
+
+async def after_api_writes(
+    outbox: Outbox | None, settings: Settings, sk: SessionKeys, written: Sequence[tuple[str, Entry]]
+) -> None:
+    """Entries the API wrote itself (a delete's ``run.cancelled``): their deliveries too."""
+    for run_id, entry in written:
+        read = lookup(outbox, run_id, [entry])
+        cb = await read if read is not None else None
+        if cb is not None and outbox is not None:
+            await add_deliveries(outbox, settings, sk, cb, [entry])

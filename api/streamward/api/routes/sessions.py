@@ -338,7 +338,8 @@ async def delete_session(
         # bumps the epoch: the old owner's next write is refused and it drops the session
         released = await store.force_release(sk, "deleted", "deleted")
         holders.append(released.old_replica_id)
-        await end_deleted_runs(store, streams, sk, active, released.new_epoch)
+        ended = await end_deleted_runs(store, streams, sk, active, released.new_epoch)
+        await callbacks.after_api_writes(state.outbox, settings, sk, ended)
     await streams.delete_session_state(sk)
     await streams.set_meta(sk, active_run_id="")
     # kept readable until retention ends, then every key of the session expires
