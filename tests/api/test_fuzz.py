@@ -96,6 +96,13 @@ SEMANTIC_422 = {
     # metadata filter that is a string but not a JSON object
     "record_not_configured",
     "invalid_metadata",
+    # an invoke's callback: event names, the project's secret, the URL's scheme, shape and
+    # addresses (docs/api.md#callbacks)
+    "invalid_callback_event",
+    "callback_not_configured",
+    "invalid_callback_url",
+    "callback_url_refused",
+    "callback_url_unresolvable",
 }
 
 
