@@ -3,7 +3,6 @@ the runner's side played through the real admin ingest."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -15,7 +14,9 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from streamward.api.callbacks import sign
+from streamward.api.schemas import CallbackSpec
 from streamward.api.urlguard import AllowList, refused_reason
+from streamward.client import AsyncStreamwardClient
 from streamward.lua.keys import Keys
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
@@ -146,6 +147,27 @@ async def test_named_events_only_and_duplicate_ingest_is_one_delivery(
     assert [i["event"] for i in got["items"]] == ["run.started"]
     assert await store.client.zcard(Keys().callbacks_due) == 0
     assert receiver.attempts() == 1
+
+
+async def test_python_client_passes_the_callback_and_reads_deliveries(
+    cb_app: FastAPI, side: RunnerSide, receiver: Receiver
+) -> None:
+    receiver.fail_first = 0
+    transport = httpx.ASGITransport(app=cb_app)
+    async with AsyncStreamwardClient("http://api", transport=transport) as client:
+        spec = CallbackSpec(url=receiver.url, events=["run.completed"])
+        accepted = await client.invoke("s1", "hi", callback=spec)
+        await side.claim("s1")
+        await side.start("s1", accepted.run_id)
+        await side.finish("s1", accepted.run_id)
+
+        async def delivered() -> bool:
+            got = await client.deliveries(accepted.run_id)
+            return bool(got.items and got.items[0].state == "delivered")
+
+        await wait_for(delivered, "the delivery via the client")
+        got = await client.deliveries(accepted.run_id)
+        assert got.events == ["run.completed"] and got.items[0].attempts == 1
 
 
 async def test_a_delete_ending_the_run_is_delivered(
@@ -319,7 +341,6 @@ async def test_address_checked_again_at_delivery(
         for a in item["attempt_log"]
     )
     assert receiver.attempts() == 0
-    await asyncio.sleep(0)
 
 
 # -- pure pieces ---------------------------------------------------------------------------
