@@ -39,6 +39,9 @@ from streamward.lua.outbox import Claim, Delivery, Outbox
 
 log = logging.getLogger("streamward.callbacks")
 CLAIM_MARGIN_S = 5.0
+# at shutdown, attempts in flight get this long to finish and be recorded; cut after it,
+# their claims run out and another process sends them again (at least once)
+STOP_GRACE_S = 3.0
 USER_AGENT = "streamward-callbacks/1"
 
 
@@ -72,6 +75,7 @@ class CallbackWorker:
         self._stopping.set()
         task, self._task = self._task, None
         if task is not None:
+            await asyncio.wait({task}, timeout=STOP_GRACE_S)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
