@@ -101,7 +101,14 @@ async def ingest(body: IngestRequest, request: Request) -> Response:
     if cb_read is None:
         res = await stored
     else:
-        res, cb = await asyncio.gather(stored, cb_read)
+        # one task, not a gather (two tasks and a future): this runs once per run or so
+        reading = asyncio.ensure_future(cb_read)
+        try:
+            res = await stored
+        except BaseException:
+            reading.cancel()
+            raise
+        cb = await reading
         if cb is not None and state.outbox is not None:
             # after the append: a failure here answers 503 and the runner's retry (its
             # entries then duplicates) adds the deliveries again, idempotently
