@@ -36,6 +36,8 @@ def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300) -> boo
 class Receiver:
     fail_first: int = 3
     always_fail: bool = False
+    # answer every attempt 302 to this same URL (a redirect must not be followed)
+    redirect: bool = False
     # the n-th attempt (1-based) of any delivery waits this long before answering
     slow_attempt: int = 0
     slow_s: float = 0.0
@@ -69,11 +71,14 @@ class Receiver:
                 with rec.lock:
                     n = 1 + sum(1 for r in rec.got if r.delivery_id == did)
                     status = 500 if rec.always_fail or n <= rec.fail_first else 200
+                    status = 302 if rec.redirect else status
                     rec.got.append(Received(did, dict(self.headers.items()), body, status))
                 if n == rec.slow_attempt:
                     rec.slow_started.set()
                     time.sleep(rec.slow_s)
                 self.send_response(status)
+                if status == 302:
+                    self.send_header("location", rec.url)
                 self.send_header("content-length", "0")
                 self.end_headers()
 

@@ -170,6 +170,27 @@ async def test_python_client_passes_the_callback_and_reads_deliveries(
         assert got.events == ["run.completed"] and got.items[0].attempts == 1
 
 
+async def test_a_redirect_is_a_failed_attempt_not_followed(
+    cb_client: httpx.AsyncClient, side: RunnerSide, receiver: Receiver
+) -> None:
+    receiver.redirect = True
+    run_id = await _invoke(cb_client, {"url": receiver.url})
+    await side.claim("s1")
+    await side.start("s1", run_id)
+    await side.finish("s1", run_id)
+
+    async def two() -> bool:
+        items = (await _deliveries(cb_client, run_id))["items"]
+        return bool(items and items[0]["attempts"] >= 2)
+
+    await wait_for(two, "two redirected attempts")
+    item = (await _deliveries(cb_client, run_id))["items"][0]
+    assert item["state"] == "pending"
+    assert {(a["status_code"], a["error"]) for a in item["attempt_log"]} == {(302, "HTTP 302")}
+    # one request per recorded attempt: the Location was never requested
+    assert receiver.attempts() in (item["attempts"], item["attempts"] + 1)
+
+
 async def test_a_delete_ending_the_run_is_delivered(
     cb_client: httpx.AsyncClient, side: RunnerSide, receiver: Receiver
 ) -> None:
