@@ -3,6 +3,8 @@ outcomes recorded only under the claim that is current."""
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
 
 from streamward.lua.keys import Keys
@@ -39,13 +41,19 @@ async def test_a_claim_hides_the_delivery_and_only_the_current_claim_records(
 ) -> None:
     ob = _outbox(store)
     await ob.add("dlv_1", "run_a", FIELDS, 60_000)
-    [first] = await ob.claim(60_000, 10)
+    [held] = await ob.claim(60_000, 10)
     assert await ob.claim(60_000, 10) == []  # claimed: not due for anyone else
-    # the claim runs out (moved to the past here) and another worker takes it over
-    await redis_client.zadd(Keys().callbacks_due, {"dlv_1": 0})
-    [second] = await ob.claim(60_000, 10)
-    assert second.claim != first.claim
-    assert await ob.record(first, True, 200, "", 0, 3_600_000) is None  # stale: nothing
+    await redis_client.zadd(Keys().callbacks_due, {"dlv_1": 0})  # as if that claim ran out
+    # a 30 ms claim, then another worker takes it over once it has run out
+    [first] = await ob.claim(30, 10)
+    deadline = asyncio.get_running_loop().time() + 10
+    while not (got := await ob.claim(30, 10)):
+        assert asyncio.get_running_loop().time() < deadline, "the claim never ran out"
+        await asyncio.sleep(0.005)
+    [second] = got
+    assert second.claim > first.claim
+    for stale in (held, first):  # claims that are no longer current record nothing
+        assert await ob.record(stale, True, 200, "", 0, 3_600_000) is None
     rec = await ob.record(second, False, 503, "HTTP 503", 5_000, 3_600_000)
     assert rec is not None and (rec.state, rec.attempts) == ("pending", 1)
     d = await ob.get("dlv_1")
