@@ -114,6 +114,13 @@ SEMANTIC_422 = {
     # GET /v1/sessions: `route` and `route_id` naming different routes; a metadata.<key>
     # filter over its size or given twice
     "invalid_filter",
+    # an invoke's callback: event names, the project's secret, the URL's scheme, shape and
+    # addresses (docs/api.md#callbacks)
+    "invalid_callback_event",
+    "callback_not_configured",
+    "invalid_callback_url",
+    "callback_url_refused",
+    "callback_url_unresolvable",
 }
 
 

@@ -40,6 +40,8 @@ KEY_ARGS: dict[str, tuple[int, ...] | str] = {
     "ZCOUNT": (1,),
     "ZRANGE": (1,),
     "ZRANGESTORE": (1, 2),
+    "ZRANGEBYSCORE": (1,),
+    "RPUSH": (1,),
     "XADD": (1,),
     "XDEL": (1,),
     "XLEN": (1,),

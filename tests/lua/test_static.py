@@ -16,6 +16,7 @@ from redis.crc import key_slot
 from streamward.lua import errors as E
 from streamward.lua.keys import Keys, hash_tag
 from streamward.lua.loader import ArgT, KeyT, Script, ScriptSource, script_sources
+from streamward.lua.outbox import Outbox
 from streamward.lua.routes import RouteStore
 from streamward.lua.store import Entry, LeaseStore
 from streamward.lua.streams import Streams
@@ -275,6 +276,10 @@ async def _drive_facade(store: LeaseStore, cluster_grouping: bool) -> None:
     )
     await store.update_session(made, expected_metadata="{}", metadata_json="{}", title=False,
                                entry_json="{}")  # fmt: skip
+    outbox = Outbox(store.client, keys, store.scripts)
+    await outbox.add("dlv_1", "run_a", {"event": "run.completed", "body": "{}"}, 60_000)
+    [claim] = await outbox.claim(30_000, 10)
+    await outbox.record(claim, False, 500, "HTTP 500", 1_000, 3_600_000)
     # many sessions in one renewal: on Cluster they must be grouped by slot
     many = [keys.session("proj", f"m{i}") for i in range(120)]
     held = [(m, (await store.acquire(m, "r1", "inc-1", 60_000)).token) for m in many]

@@ -106,6 +106,26 @@ class Settings(RedisSettings, BaseSettings):
     record_retention_days: Annotated[int, Field(ge=1)] = 30
     record_retention_by_project: dict[str, Annotated[int, Field(ge=1)]] = {}
     record_retention_interval_s: Annotated[float, Field(gt=0)] = 3600.0
+    # signed completion callbacks (api/callbacks.py, docs/api.md#callbacks): project ->
+    # secret (or several while rotating: each signs, as one more v1= in the header); an
+    # invoke with a callback in a project without one is refused (callback_not_configured)
+    callback_secrets: dict[str, str | list[str]] = {}
+    # CIDRs and host names a callback URL may reach although private / loopback / link-local
+    callback_allow: list[str] = []
+    # one attempt's whole time (connect, send, answer); its claim lasts this + 5 s
+    callback_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # retries: full jitter, the n-th waits up to min(max, base * 2^(n-1)); none starts
+    # later than the window after the delivery was created (then it is dead)
+    callback_retry_base_s: Annotated[float, Field(gt=0)] = 5.0
+    callback_retry_max_s: Annotated[float, Field(gt=0)] = 600.0
+    callback_retry_window_s: Annotated[float, Field(gt=0)] = 3600.0
+    # the delivery worker of each API process: poll interval when idle, parallel attempts
+    callback_poll_s: Annotated[float, Field(gt=0)] = 1.0
+    callback_concurrency: Annotated[int, Field(ge=1, le=1000)] = 16
+    # delivery records (and each run's callback) stay readable this long after the last write
+    callback_retention_s: Annotated[int, Field(ge=60)] = 7 * 86_400
+    # no delivery worker in this process (deliveries still enter the outbox; others send)
+    callback_worker: bool = True
 
 
 @lru_cache

@@ -16,7 +16,7 @@ DELETE_REFENCES = 5
 
 async def end_deleted_runs(
     store: LeaseStore, streams: Streams, sk: SessionKeys, active: str | None, epoch: int
-) -> None:
+) -> list[tuple[str, Entry]]:
     """Write every run the delete drops its terminal ``run.cancelled`` (reason deleted): the
     running one and every input still pending, so each acknowledged invoke's caller and
     stream see an end.
@@ -29,10 +29,13 @@ async def end_deleted_runs(
     so the delete fences it in turn (another force release) and writes on, a bounded number
     of times. A write that lands twice is impossible: each is checked against the run's
     state first, and the log's seq check refuses a gap or a repeat.
+
+    Returns the (run id, entry) pairs written (their callbacks are due, api/callbacks.py).
     """
     peek = await store.peek_inbox(sk, DELETE_END_MAX_RUNS, with_head=False)
     run_ids = list(dict.fromkeys([*([active] if active else []), *(m.run_id for m in peek.metas)]))
     fences = 0
+    written: list[tuple[str, Entry]] = []
     for run_id in run_ids:
         while True:
             rs = await streams.run_state(sk, run_id)
@@ -42,9 +45,11 @@ async def end_deleted_runs(
             entry = Entry(seq, "run.cancelled", {"reason": "deleted"})
             try:
                 await store.ingest(sk, run_id, epoch, [entry])
+                written.append((run_id, entry))
                 break
             except (StaleToken, SeqGap):
                 fences += 1
                 if fences > DELETE_REFENCES:
-                    return  # a runner keeps taking it: the retired session's owner ends it
+                    return written  # a runner keeps taking it: the retired session's owner ends it
                 epoch = (await store.force_release(sk, "deleted", "deleted")).new_epoch
+    return written

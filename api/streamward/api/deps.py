@@ -29,6 +29,7 @@ from streamward.api.tokens import (
 from streamward.lua.archive import ArchiveCalls
 from streamward.lua.client import RedisClient
 from streamward.lua.keys import Keys, SessionKeys
+from streamward.lua.outbox import Outbox
 from streamward.lua.probe import Capabilities, probe
 from streamward.lua.routes import RouteStore
 from streamward.lua.store import LeaseStore
@@ -58,6 +59,8 @@ class AppState:
     record: Any = None
     # detached invokes waiting for their run's start (fed by this process's ingest)
     starts: StartWaiters = field(default_factory=StartWaiters)
+    # the signed completion callbacks' outbox (api/callbacks.py)
+    outbox: Outbox | None = None
     # every configured token, hashed (tokens.build_table; from ``settings`` when not given)
     tokens: TokenTable = field(default_factory=TokenTable)
 

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamward.api.audit import IngestAudit
+from streamward.api.callbackworker import CallbackWorker
 from streamward.api.config import Settings, get_settings
 from streamward.api.deps import AppState, ensure_ready
 from streamward.api.metrics import ApiMetrics, HttpMetrics, route_index
@@ -29,6 +30,7 @@ from streamward.api.routes import (
     manage,
     ops,
     resets,
+    runs,
     sessions,
     sources,
     state,
@@ -39,6 +41,7 @@ from streamward.api.tokens import TokenConfigError, build_table, declare_scopes
 from streamward.core.logs import RequestContext, setup_logging
 from streamward.lua.client import RedisClient, connect_from_config
 from streamward.lua.keys import Keys
+from streamward.lua.outbox import Outbox
 from streamward.lua.probe import ProbeError
 from streamward.lua.routes import RouteStore
 from streamward.lua.store import LeaseStore
@@ -176,16 +179,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = make_redis(settings)
         keys = Keys(settings.key_prefix)
+        store = LeaseStore(client, keys)
         state = AppState(
             settings=settings,
             client=client,
             keys=keys,
-            store=LeaseStore(client, keys),
+            store=store,
             streams=Streams(client, keys),
             routes=RouteStore(client, keys),
             tokens=tokens,
             metrics=metrics,
             audit=IngestAudit(settings.ingest_audit_path) if settings.ingest_audit_path else None,
+            outbox=Outbox(client, keys, store.scripts),
         )
         app.state.sw = state
         if settings.database_url:
@@ -203,11 +208,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # sessions indexed before the per-project listing indexes existed: copied once (a
         # marker key remembers it), in the background so startup does not wait for it
         backfill = asyncio.create_task(_backfill_indexes(state.streams))
+        worker = None
+        if settings.callback_worker and state.outbox is not None:
+            # any API process sends any delivery: the outbox and its claims live in Redis
+            worker = CallbackWorker(state.outbox, settings, metrics)
+            worker.start()
         try:
             yield
         finally:
             backfill.cancel()
             await asyncio.gather(backfill, return_exceptions=True)
+            if worker is not None:
+                await worker.stop()
             await client.aclose()
             if state.audit is not None:
                 state.audit.close()
@@ -237,6 +249,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.router,
         resets.router,
         manage.router,
+        runs.router,
         admin.router,
         events.router,
         events.admin_router,

@@ -112,6 +112,27 @@ class ApiMetrics:
             "Sessions in the archiver's work set (read at scrape time).",
             registry=r,
         )
+        # signed completion callbacks (api/callbackworker.py): this process's attempts
+        callback_attempts = Counter(
+            "streamward_api_callback_attempts",
+            "Callback delivery attempts this process made, by outcome: delivered (2xx) or "
+            "failed (network error, timeout, non-2xx, refused address; retried until dead).",
+            ["outcome"],
+            registry=r,
+        )
+        self.callback_attempts = callback_attempts
+        for outcome in ("delivered", "failed"):
+            callback_attempts.labels(outcome)
+        self.callback_dead = Counter(
+            "streamward_api_callback_dead",
+            "Callback deliveries this process marked dead (the retry window ended).",
+            registry=r,
+        )
+        self.callback_outbox_depth = Gauge(
+            "streamward_callback_outbox_depth",
+            "Callback deliveries waiting to be delivered, fleet-wide (read at scrape time).",
+            registry=r,
+        )
         build_info(r, "api")
         self.script_timer = ScriptTimer(self.script_duration)
         add_script_timer(self.script_timer)

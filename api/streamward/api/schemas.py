@@ -7,6 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
+# callbacks live in callbackschemas.py, re-exported here
+from streamward.api.callbackschemas import CallbackSpec as CallbackSpec
+from streamward.api.callbackschemas import DeliveryAttemptOut as DeliveryAttemptOut
+from streamward.api.callbackschemas import DeliveryOut as DeliveryOut
+from streamward.api.callbackschemas import RunDeliveries as RunDeliveries
+
 # routes and events (event routing) live in routeschemas.py, re-exported here
 from streamward.api.routeschemas import EventAction as EventAction
 from streamward.api.routeschemas import EventRequest as EventRequest
@@ -46,6 +52,8 @@ class InvokeRequest(Model):
     # the session's type: set by the first input (else the route's or the default type);
     # naming another type later is 409 type_mismatch
     type: SessionType | None = None
+    # signed completion callback: POST the run's named entries to a URL (docs/api.md)
+    callback: CallbackSpec | None = None
 
 
 class Owner(Model):

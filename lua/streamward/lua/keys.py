@@ -115,6 +115,10 @@ class Keys:
         self.archive_retention = f"{prefix}:archive:retention"
         # set once the per-project session indexes hold every session of sw:sessions
         self.project_indexes_backfilled = f"{prefix}:sessions:backfilled"
+        # callback outbox (lua/outbox.py): one hash tag, so its scripts are Cluster safe
+        self.callbacks_tag = f"{prefix}:{{cb}}"
+        # delivery id -> ms it is due (a claimed one: when its claim ends)
+        self.callbacks_due = f"{self.callbacks_tag}:due"
 
     def work_for(self, session_type: str) -> str:
         """The work stream of one session type; the default type keeps ``sw:work``."""
@@ -162,6 +166,18 @@ class Keys:
     def archive_claim(self, ref: str) -> str:
         """An archiver's claim on one session's archive pass (SET NX PX)."""
         return f"{self.prefix}:archive:claim:{{{ref}}}"
+
+    def callback_run(self, run_id: str) -> str:
+        """A run's callback (url, events, project, session) as given at invoke."""
+        return f"{self.callbacks_tag}:run:{validate_id('run_id', run_id)}"
+
+    def callback_deliveries(self, run_id: str) -> str:
+        """The delivery ids of one run's callback, oldest first."""
+        return f"{self.callback_run(run_id)}:dl"
+
+    def callback_delivery(self, delivery_id: str) -> str:
+        """One delivery's record: body, url, state, attempts."""
+        return f"{self.callbacks_tag}:d:{validate_id('delivery_id', delivery_id)}"
 
     def replica(self, replica_id: str) -> ReplicaKeys:
         validate_id("replica_id", replica_id)

@@ -55,7 +55,9 @@ from streamward.lua.replies import (
 
 ScriptName = Literal[
     "acquireLease",
+    "addDelivery",
     "bindSession",
+    "claimDeliveries",
     "claimLock",
     "completeInput",
     "createSession",
@@ -67,6 +69,7 @@ ScriptName = Literal[
     "prunePending",
     "pruneSessions",
     "readLease",
+    "recordDelivery",
     "registerReplica",
     "releaseLease",
     "renewLeases",

@@ -12,6 +12,7 @@ import httpx
 import orjson
 
 from streamward.api.schemas import (
+    CallbackSpec,
     CancelResult,
     DetachResult,
     DrainResult,
@@ -26,6 +27,7 @@ from streamward.api.schemas import (
     LogEntryOut,
     OwnershipHistory,
     ReplicaOut,
+    RunDeliveries,
     SessionOut,
     SessionPage,
     StreamDetachResult,
@@ -104,11 +106,17 @@ class _Req:
 
 
 def _invoke_body(
-    input: Any, mode: str, idempotency_key: str | None, multitask: Multitask
+    input: Any,
+    mode: str,
+    idempotency_key: str | None,
+    multitask: Multitask,
+    callback: CallbackSpec | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"input": input, "mode": mode, "multitask": multitask}
     if idempotency_key is not None:
         body["idempotency_key"] = idempotency_key
+    if callback is not None:  # signed completion callback (docs/api.md#callbacks)
+        body["callback"] = callback.model_dump(exclude_none=True)
     return body
 
 
@@ -271,6 +279,7 @@ class AsyncStreamwardClient(_Common):
         detached: Literal[True] = True,
         idempotency_key: str | None = None,
         multitask: Multitask = "enqueue",
+        callback: CallbackSpec | None = None,
     ) -> InvokeAccepted: ...
 
     @overload
@@ -282,6 +291,7 @@ class AsyncStreamwardClient(_Common):
         detached: Literal[False],
         idempotency_key: str | None = None,
         multitask: Multitask = "enqueue",
+        callback: CallbackSpec | None = None,
     ) -> list[LogEntryOut]: ...
 
     async def invoke(
@@ -292,16 +302,21 @@ class AsyncStreamwardClient(_Common):
         detached: bool = True,
         idempotency_key: str | None = None,
         multitask: Multitask = "enqueue",
+        callback: CallbackSpec | None = None,
     ) -> InvokeAccepted | list[LogEntryOut]:
         """Detached: the 202 answer. Attached: every entry of the run, up to its terminal."""
         if detached:
-            body = _invoke_body(input, "detached", idempotency_key, multitask)
+            body = _invoke_body(input, "detached", idempotency_key, multitask, callback)
             data = await self._call(_Req("POST", f"/v1/sessions/{session_id}/invoke", body))
             return InvokeAccepted.model_validate(data)
         return [
             e
             async for e in self.stream(
-                session_id, input=input, idempotency_key=idempotency_key, multitask=multitask
+                session_id,
+                input=input,
+                idempotency_key=idempotency_key,
+                multitask=multitask,
+                callback=callback,
             )
         ]
 
@@ -314,6 +329,7 @@ class AsyncStreamwardClient(_Common):
         after: str | None = None,
         idempotency_key: str | None = None,
         multitask: Multitask = "enqueue",
+        callback: CallbackSpec | None = None,
         state: StreamState | None = None,
     ) -> AsyncIterator[LogEntryOut]:
         """Invoke attached (``input`` given) or follow ``run_id`` / the session from ``after``.
@@ -326,7 +342,7 @@ class AsyncStreamwardClient(_Common):
             req = _Req(
                 "POST",
                 f"/v1/sessions/{session_id}/invoke",
-                _invoke_body(input, "stream", idempotency_key, multitask),
+                _invoke_body(input, "stream", idempotency_key, multitask, callback),
             )
         else:
             req = _events_req(st)
@@ -366,6 +382,12 @@ class AsyncStreamwardClient(_Common):
         resp = await self.http.request("GET", req.path, params=req.params, headers=self._headers())
         _raise_for(resp)
         return [e for line in resp.text.splitlines() if (e := _on_line(st, line)) is not None]
+
+    async def deliveries(self, run_id: str) -> RunDeliveries:
+        """A run's signed callback deliveries and their attempts."""
+        return RunDeliveries.model_validate(
+            await self._call(_Req("GET", f"/v1/runs/{run_id}/deliveries"))
+        )
 
     async def liveness(self, session_id: str) -> Liveness:
         return Liveness.model_validate(
@@ -618,6 +640,7 @@ class StreamwardClient(_Common):
         detached: Literal[True] = True,
         idempotency_key: str | None = None,
         multitask: Multitask = "enqueue",
+        callback: CallbackSpec | None = None,
     ) -> InvokeAccepted: ...
 
     @overload
@@ -629,6 +652,7 @@ class StreamwardClient(_Common):
         detached: Literal[False],
         idempotency_key: str | None = None,
         multitask: Multitask = "enqueue",
+        callback: CallbackSpec | None = None,
     ) -> list[LogEntryOut]: ...
 
     def invoke(
@@ -639,16 +663,21 @@ class StreamwardClient(_Common):
         detached: bool = True,
         idempotency_key: str | None = None,
         multitask: Multitask = "enqueue",
+        callback: CallbackSpec | None = None,
     ) -> InvokeAccepted | list[LogEntryOut]:
         """Detached: the 202 answer. Attached: every entry of the run, up to its terminal."""
         if detached:
-            body = _invoke_body(input, "detached", idempotency_key, multitask)
+            body = _invoke_body(input, "detached", idempotency_key, multitask, callback)
             return InvokeAccepted.model_validate(
                 self._call(_Req("POST", f"/v1/sessions/{session_id}/invoke", body))
             )
         return list(
             self.stream(
-                session_id, input=input, idempotency_key=idempotency_key, multitask=multitask
+                session_id,
+                input=input,
+                idempotency_key=idempotency_key,
+                multitask=multitask,
+                callback=callback,
             )
         )
 
@@ -661,6 +690,7 @@ class StreamwardClient(_Common):
         after: str | None = None,
         idempotency_key: str | None = None,
         multitask: Multitask = "enqueue",
+        callback: CallbackSpec | None = None,
         state: StreamState | None = None,
     ) -> Iterator[LogEntryOut]:
         """Same as ``AsyncStreamwardClient.stream``, blocking."""
@@ -669,7 +699,7 @@ class StreamwardClient(_Common):
             req = _Req(
                 "POST",
                 f"/v1/sessions/{session_id}/invoke",
-                _invoke_body(input, "stream", idempotency_key, multitask),
+                _invoke_body(input, "stream", idempotency_key, multitask, callback),
             )
         else:
             req = _events_req(st)
@@ -699,6 +729,12 @@ class StreamwardClient(_Common):
                 st.resumes += 1
                 time.sleep(self.resume_delay_s)
                 req = _events_req(st)
+
+    def deliveries(self, run_id: str) -> RunDeliveries:
+        """A run's signed callback deliveries and their attempts."""
+        return RunDeliveries.model_validate(
+            self._call(_Req("GET", f"/v1/runs/{run_id}/deliveries"))
+        )
 
     def liveness(self, session_id: str) -> Liveness:
         return Liveness.model_validate(

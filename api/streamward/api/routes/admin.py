@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from streamward.api import replicas
+from streamward.api import callbacks, replicas
 from streamward.api.audit import IngestAudit
 from streamward.api.deps import (
     AdminDep,
@@ -86,7 +86,7 @@ async def ingest(body: IngestRequest, request: Request) -> Response:
         )
         for i, e in enumerate(body.entries)
     ]
-    stored = store.ingest(
+    stored: Awaitable[StoreIngestResult] = store.ingest(
         sk,
         body.run_id,
         body.token,
@@ -94,10 +94,25 @@ async def ingest(body: IngestRequest, request: Request) -> Response:
         replica_id=body.replica_id,
         incarnation=body.incarnation,
     )
-    if state.audit is None:
+    if state.audit is not None:
+        stored = _audited_ingest(state.audit, body, sk, entries, stored)
+    # a batch with an entry a callback may name: the run's callback is read alongside
+    cb_read = callbacks.lookup(state.outbox, body.run_id, entries)
+    if cb_read is None:
         res = await stored
     else:
-        res = await _audited_ingest(state.audit, body, sk, entries, stored)
+        # one task, not a gather (two tasks and a future): this runs once per run or so
+        reading = asyncio.ensure_future(cb_read)
+        try:
+            res = await stored
+        except BaseException:
+            reading.cancel()
+            raise
+        cb = await reading
+        if cb is not None and state.outbox is not None:
+            # after the append: a failure here answers 503 and the runner's retry (its
+            # entries then duplicates) adds the deliveries again, idempotently
+            await callbacks.add_deliveries(state.outbox, state.settings, sk, cb, entries)
     # a detached invoke in this process waiting for this run's start learns it here
     state.starts.ingested(sk.ref, body.run_id, entries)
     if state.metrics is not None:

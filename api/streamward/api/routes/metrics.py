@@ -46,6 +46,9 @@ async def metrics_endpoint(request: Request) -> Response:
                 metrics.work_backlog_by_type.labels(session_type).set(n)
             for name in ("ready", "draining", "dead"):
                 metrics.replicas.labels(name).set(by_state.get(name, 0))
+            if state.outbox is not None:
+                depth = await asyncio.wait_for(state.outbox.depth(), timeout=2.0)
+                metrics.callback_outbox_depth.set(depth)
             if state.record is not None:
                 lag_s, in_set = await asyncio.wait_for(archive_progress(state), timeout=2.0)
                 metrics.archive_lag.set(lag_s)

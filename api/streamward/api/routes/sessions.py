@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from starlette.responses import Response
 
+from streamward.api import callbacks
 from streamward.api import invoke as invocation
 from streamward.api.config import Settings
 from streamward.api.deletion import end_deleted_runs
@@ -123,6 +124,9 @@ async def invoke(
     state, sk = ctx
     store, streams, settings = state.store, state.streams, state.settings
     run_id = f"run_{uuid.uuid4().hex}"
+    if body.callback is not None and state.outbox is not None:
+        # stored before the enqueue: no entry of the run can be ingested before it
+        await callbacks.register(state.outbox, settings, sk, body.callback, run_id)
     if body.mode == "detached":
         accepted = await invocation.invoke_detached(state, sk, body, run_id)
         return OrjsonResponse(
@@ -331,7 +335,8 @@ async def delete_session(
         # bumps the epoch: the old owner's next write is refused and it drops the session
         released = await store.force_release(sk, "deleted", "deleted")
         holders.append(released.old_replica_id)
-        await end_deleted_runs(store, streams, sk, active, released.new_epoch)
+        ended = await end_deleted_runs(store, streams, sk, active, released.new_epoch)
+        await callbacks.after_api_writes(state.outbox, settings, sk, ended)
     await streams.delete_session_state(sk)
     await streams.set_meta(sk, active_run_id="")
     # kept readable until retention ends, then every key of the session expires
