@@ -37,6 +37,7 @@ KEY_ARGS: dict[str, tuple[int, ...] | str] = {
     "ZADD": (1,),
     "ZREM": (1,),
     "ZSCORE": (1,),
+    "ZCARD": (1,),
     "XADD": (1,),
     "XDEL": (1,),
     "XLEN": (1,),

@@ -5,10 +5,22 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamward.lua.config import RedisSettings
+
+
+class ProjectQuota(BaseModel):
+    """One project's quota overrides (``QUOTAS_BY_PROJECT``): an omitted field takes the
+    default setting of the same name; 0 = unlimited for this project."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_pending_inputs: Annotated[int | None, Field(ge=0)] = None
+    max_live_sessions: Annotated[int | None, Field(ge=0)] = None
+    invokes_per_s: Annotated[float | None, Field(ge=0)] = None
+    invokes_burst: Annotated[int | None, Field(ge=0)] = None
 
 
 class Settings(RedisSettings, BaseSettings):
@@ -91,6 +103,17 @@ class Settings(RedisSettings, BaseSettings):
     record_retention_days: Annotated[int, Field(ge=1)] = 30
     record_retention_by_project: dict[str, Annotated[int, Field(ge=1)]] = {}
     record_retention_interval_s: Annotated[float, Field(gt=0)] = 3600.0
+    # quotas (docs/operations.md#quotas); 0 or unset = unlimited. Per session: inputs
+    # pending in one inbox (the running one included); per project: live sessions, and
+    # invokes per second as a token bucket of invokes_burst tokens (0: max(1, ceil(rate)))
+    max_pending_inputs: Annotated[int | None, Field(ge=0)] = 1000
+    max_live_sessions: Annotated[int | None, Field(ge=0)] = 0
+    invokes_per_s: Annotated[float | None, Field(ge=0)] = 0.0
+    invokes_burst: Annotated[int | None, Field(ge=0)] = 0
+    # project -> overrides, e.g. {"team-a": {"max_live_sessions": 100, "invokes_per_s": 50}}
+    quotas_by_project: dict[str, ProjectQuota] = {}
+    # Retry-After of inbox_full and of the live-sessions limit (the bucket computes its own)
+    quota_retry_after_s: Annotated[int, Field(ge=1)] = 1
 
 
 @lru_cache

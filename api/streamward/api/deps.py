@@ -17,11 +17,13 @@ from streamward.api.audit import IngestAudit
 from streamward.api.config import Settings
 from streamward.api.metrics import ApiMetrics
 from streamward.api.problems import ProblemError
+from streamward.api.quotas import Quotas
 from streamward.api.starts import StartWaiters
 from streamward.lua.archive import ArchiveCalls
 from streamward.lua.client import RedisClient
 from streamward.lua.keys import Keys, SessionKeys
 from streamward.lua.probe import Capabilities, probe
+from streamward.lua.quotas import QuotaCalls
 from streamward.lua.routes import RouteStore
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
@@ -52,6 +54,16 @@ class AppState:
     starts: StartWaiters = field(default_factory=StartWaiters)
     # encoded once so the per-request compare does no allocation beyond the header
     api_tokens: list[tuple[bytes, str]] = field(default_factory=list)
+    # the quota checks around every enqueue (api/quotas.py); built on first use
+    quotas: Quotas | None = None
+
+
+def quotas_of(state: AppState) -> Quotas:
+    """The process's quota checks (built on first use, so every AppState has them)."""
+    if state.quotas is None:
+        calls = QuotaCalls(state.client, state.keys, state.store.scripts)
+        state.quotas = Quotas(state.settings, calls, state.metrics)
+    return state.quotas
 
 
 async def mark_changed(state: AppState, sk: SessionKeys) -> None:

@@ -10,8 +10,9 @@ import asyncio
 import time
 
 from streamward.api.config import Settings
-from streamward.api.deps import AppState
+from streamward.api.deps import AppState, quotas_of
 from streamward.api.inputs import encode_input
+from streamward.api.quotas import Quotas
 from streamward.api.schemas import InvokeAccepted, InvokeRequest, Owner
 from streamward.api.starts import LOCAL_WAIT_S, starts_or_ends
 from streamward.core.contract import RUN_STARTED, TERMINAL_STATUSES, Entry
@@ -120,14 +121,19 @@ async def submit(
     sk: SessionKeys,
     body: InvokeRequest,
     run_id: str,
+    *,
+    quotas: Quotas,
 ) -> tuple[str, str, RunState | None]:
     """Enqueue (or find the idempotent duplicate); return (run_id, tail position, run state).
 
     A fresh input costs two round trips: the enqueue script (which also reads the log end
-    before the append and the lease holder after it), then the owner's mail (sent only if
-    its replica lease is alive) pipelined with the session index update.
+    before the append and the lease holder after it, and checks the session's inbox limit),
+    then the owner's mail (sent only if its replica lease is alive) pipelined with the
+    session index update. A project with a project quota configured adds its admission
+    call before the enqueue (api/quotas.py). Raises the quota refusals (429).
     """
-    enq = await store.enqueue(
+    enq = await quotas.enqueue(
+        store,
         sk,
         run_id,
         encode_input(body.input, settings.max_input_bytes),
@@ -151,7 +157,7 @@ async def submit(
             # the input until the session's next invoke.
             await notify_owner(streams, sk, await store.ownership(sk), "invoke")
         return enq.run_id, after, rs
-    await wake_owner(store, streams, sk, enq, body.multitask, "invoke")
+    await wake_owner(store, streams, sk, enq, body.multitask, "invoke", quotas)
     return enq.run_id, after, None
 
 
@@ -162,13 +168,24 @@ async def wake_owner(
     enq: Enqueued,
     multitask: str,
     reason: str,
+    quotas: Quotas | None = None,
 ) -> None:
     """After a fresh append (invoke or routed event): mail the holder the script saw, pipelined
-    with the session index update (one round trip), else ask the fleet for an owner."""
+    with the session index update (one round trip), else ask the fleet for an owner. A
+    session the append created or revived is counted live (``quotas``), alongside."""
     if enq.revived:  # a deleted or expired session invoked again keeps its transcript
         await streams.revive_session(sk)
     if multitask == "interrupt" and enq.active_run_id:
         await cancel_run(streams, sk, await store.ownership(sk), enq.active_run_id)
+    if quotas is not None and (enq.created or enq.revived):  # a first input: count it too
+        await asyncio.gather(quotas.count_new(sk, enq), _wake(store, streams, sk, enq, reason))
+        return
+    await _wake(store, streams, sk, enq, reason)
+
+
+async def _wake(
+    store: LeaseStore, streams: Streams, sk: SessionKeys, enq: Enqueued, reason: str
+) -> None:
     # the entry id carries Redis time: no TIME round trip for the index score
     touch = (sk.ref, enq.enqueued_ms or 0)
     if enq.holder is not None and await store.notify_replica(
@@ -198,7 +215,7 @@ async def invoke_detached(
     waited: InvokeAccepted | None = None
     try:
         got_id, after, rs = await submit(
-            state.store, state.streams, state.settings, sk, body, run_id
+            state.store, state.streams, state.settings, sk, body, run_id, quotas=quotas_of(state)
         )
         if got_id != run_id:  # an idempotent retry of an earlier run
             starts.done(sk.ref, run_id, waited=False)

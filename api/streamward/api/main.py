@@ -22,7 +22,17 @@ from streamward.api.deps import AppState, ensure_ready
 from streamward.api.metrics import ApiMetrics, HttpMetrics, route_index
 from streamward.api.problems import install_handlers, install_refusal_handlers, problem_response
 from streamward.api.responses import OrjsonResponse
-from streamward.api.routes import admin, events, health, ops, resets, sessions, sources, state
+from streamward.api.routes import (
+    admin,
+    events,
+    health,
+    ops,
+    resets,
+    sessions,
+    sources,
+    state,
+    usage,
+)
 from streamward.api.routes.metrics import router as metrics_router
 from streamward.api.serving import AdminOnly, auth_refusal, uvicorn_options
 from streamward.core.logs import RequestContext, setup_logging
@@ -211,6 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sources.router,
         ops.router,
         ops.page_router,
+        usage.router,
     ]
     for r in routers:
         app.include_router(r)

@@ -112,6 +112,35 @@ class ApiMetrics:
             "Sessions in the archiver's work set (read at scrape time).",
             registry=r,
         )
+        # quotas (api/quotas.py). Labelled by project, but only projects the settings name
+        # (tokens, overrides; others count as "other"): bounded by configuration
+        self.quota_rejections = Counter(
+            "streamward_api_quota_rejections",
+            "Invokes and routed events refused by a quota (429), by reason "
+            "(inbox_full, live_sessions, invokes_per_s) and project.",
+            ["reason", "project"],
+            registry=r,
+        )
+        self.project_live_sessions = Gauge(
+            "streamward_project_live_sessions",
+            "Live sessions counted against the project's limit (read at scrape time).",
+            ["project"],
+            registry=r,
+        )
+        self.project_limit = Gauge(
+            "streamward_project_quota_limit",
+            "A project's configured limits (0 = unlimited): max_live_sessions, "
+            "invokes_per_s, invokes_burst, max_pending_inputs.",
+            ["project", "limit"],
+            registry=r,
+        )
+        self.project_invoke_tokens = Gauge(
+            "streamward_project_invoke_tokens",
+            "Tokens left in the project's invokes-per-second bucket (read at scrape time; "
+            "only for projects with a rate limit).",
+            ["project"],
+            registry=r,
+        )
         build_info(r, "api")
         self.script_timer = ScriptTimer(self.script_duration)
         add_script_timer(self.script_timer)

@@ -65,6 +65,15 @@ class SessionKeys:
 
 
 @dataclass(frozen=True, slots=True)
+class QuotaKeys:
+    """A project's quota keys (admitInvoke-2); they share the hash tag ``{project}``."""
+
+    project: str
+    bucket: str  # invokes-per-second token bucket: hash tokens, ts_ms
+    live: str  # live sessions counted against the limit: zset ref -> counted ms
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaKeys:
     """Keys of one replica; they share the hash tag ``{replica_id}``."""
 
@@ -135,6 +144,11 @@ class Keys:
     def archive_claim(self, ref: str) -> str:
         """An archiver's claim on one session's archive pass (SET NX PX)."""
         return f"{self.prefix}:archive:claim:{{{ref}}}"
+
+    def quota(self, project: str) -> QuotaKeys:
+        validate_id("project", project)
+        tag = f"{self.prefix}:quota:{{{project}}}"
+        return QuotaKeys(project=project, bucket=f"{tag}:bucket", live=f"{tag}:live")
 
     def replica(self, replica_id: str) -> ReplicaKeys:
         validate_id("replica_id", replica_id)

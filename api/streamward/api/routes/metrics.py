@@ -15,8 +15,9 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from streamward.api import replicas
-from streamward.api.deps import AppState
+from streamward.api.deps import AppState, quotas_of
 from streamward.api.metrics import ApiMetrics
+from streamward.api.quotas import known_projects
 from streamward.lua.archive import ArchiveCalls
 
 log = logging.getLogger("streamward.metrics")
@@ -46,6 +47,7 @@ async def metrics_endpoint(request: Request) -> Response:
                 metrics.work_backlog_by_type.labels(session_type).set(n)
             for name in ("ready", "draining", "dead"):
                 metrics.replicas.labels(name).set(by_state.get(name, 0))
+            await asyncio.wait_for(quota_gauges(state, metrics), timeout=2.0)
             if state.record is not None:
                 lag_s, in_set = await asyncio.wait_for(archive_progress(state), timeout=2.0)
                 metrics.archive_lag.set(lag_s)
@@ -56,6 +58,26 @@ async def metrics_endpoint(request: Request) -> Response:
             log.warning("metrics: fleet gauges unavailable: %s", exc)
             metrics.redis_up.set(0)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def quota_gauges(state: AppState, metrics: ApiMetrics) -> None:
+    """Per project the settings name (bounded by configuration): live sessions, the limits,
+    and the invoke bucket's tokens when it has a rate limit."""
+    quotas = quotas_of(state)
+    for project in known_projects(state.settings):
+        lim = quotas.limits(project)
+        live = await quotas.calls.live_sessions(project)
+        metrics.project_live_sessions.labels(project).set(live)
+        for name, value in (
+            ("max_live_sessions", lim.max_live),
+            ("invokes_per_s", lim.rate_per_s),
+            ("invokes_burst", lim.burst),
+            ("max_pending_inputs", lim.max_pending),
+        ):
+            metrics.project_limit.labels(project, name).set(value)
+        if lim.rate_per_s > 0:
+            bucket = await quotas.calls.bucket(project, lim.rate_per_s, lim.burst)
+            metrics.project_invoke_tokens.labels(project).set(bucket.tokens)
 
 
 async def archive_progress(state: AppState) -> tuple[float, int]:
