@@ -114,6 +114,8 @@ class Settings(RedisSettings, BaseSettings):
     quotas_by_project: dict[str, ProjectQuota] = {}
     # Retry-After of inbox_full and of the live-sessions limit (the bucket computes its own)
     quota_retry_after_s: Annotated[int, Field(ge=1)] = 1
+    # /metrics (no token) names projects only when this says so (docs/operations.md#quotas)
+    quota_metrics_by_project: bool = False
 
 
 @lru_cache

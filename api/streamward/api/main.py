@@ -156,7 +156,7 @@ async def open_record_or_refuse(url: str) -> Any:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` defaults to the environment (``STREAMWARD_*``)."""
     settings = settings or get_settings()
-    metrics = ApiMetrics()
+    metrics = ApiMetrics(quota_by_project=settings.quota_metrics_by_project)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

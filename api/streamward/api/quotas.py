@@ -11,6 +11,7 @@ limit) or appends nothing (an idempotent duplicate) gets its token back.
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 
@@ -96,6 +97,8 @@ class Quotas:
         self.metrics = metrics
         self._limits: dict[str, Limits] = {}
         self._known = frozenset(known_projects(settings))
+        # refusals answered by this process since it started: (project, reason) -> count
+        self.rejections: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def limits(self, project: str) -> Limits:
         got = self._limits.get(project)
@@ -108,8 +111,14 @@ class Quotas:
         return project if project in self._known else OTHER_PROJECT
 
     def count_rejection(self, project: str, reason: str) -> None:
-        if self.metrics is not None:
-            self.metrics.quota_rejections.labels(reason, self.label(project)).inc()
+        # keyed by callers' projects (each from a configured token): bounded by configuration
+        self.rejections[(project, reason)] += 1
+        m = self.metrics
+        if m is not None:
+            if m.quota_by_project:
+                m.quota_rejections.labels(reason, self.label(project)).inc()
+            else:
+                m.quota_rejections.labels(reason).inc()
 
     async def enqueue(
         self,

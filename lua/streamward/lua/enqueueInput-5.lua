@@ -90,7 +90,7 @@ local pending = rcall('XLEN', KEYS[1])
 if ARGV[3] == 'reject' and (active ~= '' or pending > 0) then
   return {BUSY, active, pending}
 end
-local max_pending = tonumber(ARGV[11])
+local max_pending = tonumber(ARGV[11]) or 0
 if max_pending > 0 and pending >= max_pending then
   return {INBOX_FULL, pending, max_pending}
 end

@@ -47,7 +47,8 @@ async def metrics_endpoint(request: Request) -> Response:
                 metrics.work_backlog_by_type.labels(session_type).set(n)
             for name in ("ready", "draining", "dead"):
                 metrics.replicas.labels(name).set(by_state.get(name, 0))
-            await asyncio.wait_for(quota_gauges(state, metrics), timeout=2.0)
+            if metrics.quota_by_project:
+                await asyncio.wait_for(quota_gauges(state, metrics), timeout=2.0)
             if state.record is not None:
                 lag_s, in_set = await asyncio.wait_for(archive_progress(state), timeout=2.0)
                 metrics.archive_lag.set(lag_s)
@@ -64,20 +65,26 @@ async def quota_gauges(state: AppState, metrics: ApiMetrics) -> None:
     """Per project the settings name (bounded by configuration): live sessions, the limits,
     and the invoke bucket's tokens when it has a rate limit."""
     quotas = quotas_of(state)
+    live_g, limit_g, tokens_g = (
+        metrics.project_live_sessions,
+        metrics.project_limit,
+        metrics.project_invoke_tokens,
+    )
+    assert live_g is not None and limit_g is not None and tokens_g is not None
     for project in known_projects(state.settings):
         lim = quotas.limits(project)
         live = await quotas.calls.live_sessions(project)
-        metrics.project_live_sessions.labels(project).set(live)
+        live_g.labels(project).set(live)
         for name, value in (
             ("max_live_sessions", lim.max_live),
             ("invokes_per_s", lim.rate_per_s),
             ("invokes_burst", lim.burst),
             ("max_pending_inputs", lim.max_pending),
         ):
-            metrics.project_limit.labels(project, name).set(value)
+            limit_g.labels(project, name).set(value)
         if lim.rate_per_s > 0:
             bucket = await quotas.calls.bucket(project, lim.rate_per_s, lim.burst)
-            metrics.project_invoke_tokens.labels(project).set(bucket.tokens)
+            tokens_g.labels(project).set(bucket.tokens)
 
 
 async def archive_progress(state: AppState) -> tuple[float, int]:

@@ -63,13 +63,5 @@ async def project_usage(project: ProjectPath, state: StateDep) -> ProjectUsage:
 
 
 def rejections(quotas: Quotas, project: str) -> dict[str, int]:
-    """This process's refusal counts for ``project`` (its metric label), by reason."""
-    out = dict.fromkeys(REASONS, 0)
-    if quotas.metrics is None:
-        return out
-    label = quotas.label(project)
-    for metric in quotas.metrics.quota_rejections.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_total") and sample.labels.get("project") == label:
-                out[sample.labels["reason"]] = int(sample.value)
-    return out
+    """This process's refusal counts for ``project``, by reason."""
+    return {reason: quotas.rejections[(project, reason)] for reason in REASONS}
