@@ -225,7 +225,10 @@ ONCE_ROUTE: dict[str, Any] = {
 
 
 def comment(pr: int, text: str = "hi") -> dict[str, Any]:
-    return {"type": "issue_comment", "payload": {"issue": {"number": pr}, "comment": {"body": text}}}
+    return {
+        "type": "issue_comment",
+        "payload": {"issue": {"number": pr}, "comment": {"body": text}},
+    }
 
 
 async def test_events_answer_429_when_quotas_refuse_every_route(

@@ -5,7 +5,8 @@ The collectors and the HTTP middleware; ``GET /metrics`` itself is in api/routes
 Names are prefixed ``streamward_``, in base units (seconds), and never labelled by session
 (a label per session would grow without bound). Each app owns a registry (not the global
 one) so tests can build many apps in one process. ``GET /metrics`` needs no token, like
-every Prometheus endpoint; it exposes no session, project or replica names.
+every Prometheus endpoint; it exposes no session, project or replica names (projects only
+with ``QUOTA_METRICS_BY_PROJECT``, and only the configured ones).
 """
 
 from __future__ import annotations
