@@ -35,30 +35,32 @@ async def invoke(client: httpx.AsyncClient, session_id: str, **body: Any) -> htt
 async def test_inbox_full_at_exactly_the_limit_writes_nothing(
     make_settings: SettingsFactory, redis_client: aioredis.Redis
 ) -> None:
-    async with running_app(make_settings(start_timeout_s=0, max_pending_inputs=3)) as app:
-        async with asgi_client(app) as client:
-            for n in range(3):
-                r = await invoke(client, "s1", idempotency_key=f"k{n}")
-                assert r.status_code == 202, r.text
-            before = await snapshot(redis_client, sk("s1"))
-            r = await invoke(client, "s1", idempotency_key="k-over")
-            body = assert_problem(r, 429, "inbox_full")
-            assert r.headers["Retry-After"] == "1"
-            assert (body["pending"], body["limit"], body["reason"]) == (3, 3, "inbox_full")
-            assert await snapshot(redis_client, sk("s1")) == before
-            assert await redis_client.exists(sk("s1").idempotency("k-over")) == 0
-            # the stream mode is refused the same way, before any response starts
-            r = await client.post("/v1/sessions/s1/invoke", json={"input": 1})
-            assert_problem(r, 429, "inbox_full")
-            # an idempotent retry of an input already appended still gets its run
-            r = await invoke(client, "s1", idempotency_key="k1")
-            assert r.status_code == 202 and r.json()["status"] == "queued"
-            assert await snapshot(redis_client, sk("s1")) == before
-            # another session is not affected
-            assert (await invoke(client, "s2")).status_code == 202
-            usage = (await client.get("/admin/projects/default/usage", headers=ADMIN)).json()
-            assert usage["rejections"]["inbox_full"] == 2
-            assert usage["max_pending_inputs"] == 3
+    async with (
+        running_app(make_settings(start_timeout_s=0, max_pending_inputs=3)) as app,
+        asgi_client(app) as client,
+    ):
+        for n in range(3):
+            r = await invoke(client, "s1", idempotency_key=f"k{n}")
+            assert r.status_code == 202, r.text
+        before = await snapshot(redis_client, sk("s1"))
+        r = await invoke(client, "s1", idempotency_key="k-over")
+        body = assert_problem(r, 429, "inbox_full")
+        assert r.headers["Retry-After"] == "1"
+        assert (body["pending"], body["limit"], body["reason"]) == (3, 3, "inbox_full")
+        assert await snapshot(redis_client, sk("s1")) == before
+        assert await redis_client.exists(sk("s1").idempotency("k-over")) == 0
+        # the stream mode is refused the same way, before any response starts
+        r = await client.post("/v1/sessions/s1/invoke", json={"input": 1})
+        assert_problem(r, 429, "inbox_full")
+        # an idempotent retry of an input already appended still gets its run
+        r = await invoke(client, "s1", idempotency_key="k1")
+        assert r.status_code == 202 and r.json()["status"] == "queued"
+        assert await snapshot(redis_client, sk("s1")) == before
+        # another session is not affected
+        assert (await invoke(client, "s2")).status_code == 202
+        usage = (await client.get("/admin/projects/default/usage", headers=ADMIN)).json()
+        assert usage["rejections"]["inbox_full"] == 2
+        assert usage["max_pending_inputs"] == 3
 
 
 async def test_rate_limited_after_the_burst(
@@ -99,27 +101,29 @@ async def test_a_refused_enqueue_gives_its_token_back(
 async def test_live_sessions_limit_refuses_a_new_session_not_a_warm_invoke(
     make_settings: SettingsFactory, redis_client: aioredis.Redis
 ) -> None:
-    async with running_app(make_settings(start_timeout_s=0, max_live_sessions=2)) as app:
-        async with asgi_client(app) as client:
-            assert (await invoke(client, "a")).status_code == 202
-            assert (await invoke(client, "b")).status_code == 202
-            r = await invoke(client, "c", idempotency_key="k")
-            body = assert_problem(r, 429, "rate_limited")
-            assert body["reason"] == "live_sessions" and body["limit"] == 2
-            assert body["live_sessions"] == 2
-            assert r.headers["Retry-After"] == "1"
-            assert await redis_client.exists(sk("c").meta, sk("c").inbox) == 0
-            assert await redis_client.exists(sk("c").idempotency("k")) == 0
-            assert (await invoke(client, "a")).status_code == 202  # warm: passes
-            usage = (await client.get("/admin/projects/default/usage", headers=ADMIN)).json()
-            assert (usage["live_sessions"], usage["max_live_sessions"]) == (2, 2)
-            # a deleted session is no longer live: room for a new one
-            assert (await client.delete("/v1/sessions/b")).status_code == 200
-            assert (await invoke(client, "c")).status_code == 202
-            assert_problem(await invoke(client, "b"), 429, "rate_limited")  # revival = new
-            usage = (await client.get("/admin/projects/default/usage", headers=ADMIN)).json()
-            assert usage["live_sessions"] == 2
-            assert usage["rejections"]["live_sessions"] == 2
+    async with (
+        running_app(make_settings(start_timeout_s=0, max_live_sessions=2)) as app,
+        asgi_client(app) as client,
+    ):
+        assert (await invoke(client, "a")).status_code == 202
+        assert (await invoke(client, "b")).status_code == 202
+        r = await invoke(client, "c", idempotency_key="k")
+        body = assert_problem(r, 429, "rate_limited")
+        assert body["reason"] == "live_sessions" and body["limit"] == 2
+        assert body["live_sessions"] == 2
+        assert r.headers["Retry-After"] == "1"
+        assert await redis_client.exists(sk("c").meta, sk("c").inbox) == 0
+        assert await redis_client.exists(sk("c").idempotency("k")) == 0
+        assert (await invoke(client, "a")).status_code == 202  # warm: passes
+        usage = (await client.get("/admin/projects/default/usage", headers=ADMIN)).json()
+        assert (usage["live_sessions"], usage["max_live_sessions"]) == (2, 2)
+        # a deleted session is no longer live: room for a new one
+        assert (await client.delete("/v1/sessions/b")).status_code == 200
+        assert (await invoke(client, "c")).status_code == 202
+        assert_problem(await invoke(client, "b"), 429, "rate_limited")  # revival = new
+        usage = (await client.get("/admin/projects/default/usage", headers=ADMIN)).json()
+        assert usage["live_sessions"] == 2
+        assert usage["rejections"]["live_sessions"] == 2
 
 
 async def test_sessions_are_counted_live_without_a_limit(
@@ -149,7 +153,7 @@ async def test_per_project_overrides(make_settings: SettingsFactory) -> None:
         assert_problem(r, 429, "inbox_full")
         r = await client.post("/v1/sessions/t/invoke", json=DETACHED, headers=a)
         assert assert_problem(r, 429, "rate_limited")["reason"] == "live_sessions"
-        for n in range(3):  # team-b keeps the defaults: 1000 pending, 5 live sessions
+        for _ in range(3):  # team-b keeps the defaults: 1000 pending, 5 live sessions
             r = await client.post("/v1/sessions/s/invoke", json=DETACHED, headers=b)
             assert r.status_code == 202, r.text
         usage_a = (await client.get("/admin/projects/team-a/usage", headers=ADMIN)).json()
@@ -234,21 +238,20 @@ def comment(pr: int, text: str = "hi") -> dict[str, Any]:
 async def test_events_answer_429_when_quotas_refuse_every_route(
     make_settings: SettingsFactory, redis_client: aioredis.Redis
 ) -> None:
-    async with running_app(make_settings(max_pending_inputs=1)) as app:
-        async with asgi_client(app) as client:
-            r = await client.post("/admin/routes", json=ROUTE, headers=ADMIN)
-            assert r.status_code == 201, r.text
-            r = await client.post("/v1/events/github", json=comment(7))
-            assert r.status_code == 202 and r.json()["sessions"][0]["action"] == "started"
-            session_id = r.json()["sessions"][0]["session_id"]
-            before = await snapshot(redis_client, sk(session_id))
-            r = await client.post("/v1/events/github", json=comment(7, "again"))
-            assert_problem(r, 429, "inbox_full")
-            assert r.headers["Retry-After"] == "1"
-            assert await snapshot(redis_client, sk(session_id)) == before
-            # another key still delivers
-            r = await client.post("/v1/events/github", json=comment(8))
-            assert r.status_code == 202 and r.json()["sessions"][0]["action"] == "started"
+    async with running_app(make_settings(max_pending_inputs=1)) as app, asgi_client(app) as client:
+        r = await client.post("/admin/routes", json=ROUTE, headers=ADMIN)
+        assert r.status_code == 201, r.text
+        r = await client.post("/v1/events/github", json=comment(7))
+        assert r.status_code == 202 and r.json()["sessions"][0]["action"] == "started"
+        session_id = r.json()["sessions"][0]["session_id"]
+        before = await snapshot(redis_client, sk(session_id))
+        r = await client.post("/v1/events/github", json=comment(7, "again"))
+        assert_problem(r, 429, "inbox_full")
+        assert r.headers["Retry-After"] == "1"
+        assert await snapshot(redis_client, sk(session_id)) == before
+        # another key still delivers
+        r = await client.post("/v1/events/github", json=comment(8))
+        assert r.status_code == 202 and r.json()["sessions"][0]["action"] == "started"
 
 
 async def test_events_keep_202_when_another_route_delivered(
@@ -256,19 +259,18 @@ async def test_events_keep_202_when_another_route_delivered(
 ) -> None:
     # two routes, one live session allowed: the keyed route's session exists, a sessionless
     # route's fresh session is refused; the delivery is 202 with that route rejected
-    async with running_app(make_settings(max_live_sessions=1)) as app:
-        async with asgi_client(app) as client:
-            await client.post("/admin/routes", json=ROUTE, headers=ADMIN)
-            r = await client.post("/v1/events/github", json=comment(7))
-            assert r.status_code == 202
-            await client.post("/admin/routes", json=ONCE_ROUTE, headers=ADMIN)
-            r = await client.post("/v1/events/github", json=comment(7, "both"))
-            assert r.status_code == 202, r.text
-            by_route = {s["route_id"]: s for s in r.json()["sessions"]}
-            assert by_route["gh"]["action"] == "queued"
-            refused = by_route["gh-once"]
-            assert refused["action"] == "rejected"
-            assert refused["error"]["code"] == "rate_limited"
-            # the refused sessionless session left nothing behind, not even its meta
-            once = [k for k in await redis_client.keys("sw:{default/gh-once.once.*") if k]
-            assert once == []
+    async with running_app(make_settings(max_live_sessions=1)) as app, asgi_client(app) as client:
+        await client.post("/admin/routes", json=ROUTE, headers=ADMIN)
+        r = await client.post("/v1/events/github", json=comment(7))
+        assert r.status_code == 202
+        await client.post("/admin/routes", json=ONCE_ROUTE, headers=ADMIN)
+        r = await client.post("/v1/events/github", json=comment(7, "both"))
+        assert r.status_code == 202, r.text
+        by_route = {s["route_id"]: s for s in r.json()["sessions"]}
+        assert by_route["gh"]["action"] == "queued"
+        refused = by_route["gh-once"]
+        assert refused["action"] == "rejected"
+        assert refused["error"]["code"] == "rate_limited"
+        # the refused sessionless session left nothing behind, not even its meta
+        once = [k for k in await redis_client.keys("sw:{default/gh-once.once.*") if k]
+        assert once == []

@@ -19,7 +19,7 @@ class ProjectQuota(BaseModel):
 
     max_pending_inputs: Annotated[int | None, Field(ge=0)] = None
     max_live_sessions: Annotated[int | None, Field(ge=0)] = None
-    invokes_per_s: Annotated[float | None, Field(ge=0)] = None
+    invokes_per_s: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None
     invokes_burst: Annotated[int | None, Field(ge=0)] = None
 
 
@@ -108,7 +108,7 @@ class Settings(RedisSettings, BaseSettings):
     # invokes per second as a token bucket of invokes_burst tokens (0: max(1, ceil(rate)))
     max_pending_inputs: Annotated[int | None, Field(ge=0)] = 1000
     max_live_sessions: Annotated[int | None, Field(ge=0)] = 0
-    invokes_per_s: Annotated[float | None, Field(ge=0)] = 0.0
+    invokes_per_s: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = 0.0
     invokes_burst: Annotated[int | None, Field(ge=0)] = 0
     # project -> overrides, e.g. {"team-a": {"max_live_sessions": 100, "invokes_per_s": 50}}
     quotas_by_project: dict[str, ProjectQuota] = {}
