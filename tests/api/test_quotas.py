@@ -274,3 +274,18 @@ async def test_events_keep_202_when_another_route_delivered(
         # the refused sessionless session left nothing behind, not even its meta
         once = [k for k in await redis_client.keys("sw:{default/gh-once.once.*") if k]
         assert once == []
+
+
+async def test_cluster_path_overlaps_the_admission_with_the_pending_index(
+    make_settings: SettingsFactory, redis_client: aioredis.Redis
+) -> None:
+    # LeaseStore.cluster picks the Cluster code path (the slot rules themselves are checked
+    # by tests/lua/test_static.py); the answers must be those of the standalone path
+    settings = make_settings(start_timeout_s=0, invokes_per_s=0.01, invokes_burst=1)
+    async with running_app(settings) as app, asgi_client(app) as client:
+        app.state.sw.store.cluster = True
+        assert (await invoke(client, "a")).status_code == 202
+        assert await redis_client.zscore(Keys().pending, "default/a") is not None
+        assert await redis_client.xlen(sk("a").inbox) == 1
+        assert_problem(await invoke(client, "b"), 429, "rate_limited")
+        assert await redis_client.exists(sk("b").meta, sk("b").inbox) == 0

@@ -4,13 +4,15 @@ invokes per second (docs/api.md#quotas).
 Cost: the per-session limit is checked inside ``enqueueInput-5`` (no extra call). The
 project limits live in the project's keys (``sw:quota:{P}:*``, another slot than the
 session's on Cluster), checked by ``admitInvoke-2`` just before the enqueue: one small extra
-round trip, only for a project that has a project limit configured (none by default).
+round trip, only for a project that has a project limit configured (none by default); on
+Cluster it overlaps the pending-index ZADD the enqueue makes first there anyway.
 An admitted invoke whose enqueue is refused (busy, type mismatch, inbox full, live-sessions
 limit) or appends nothing (an idempotent duplicate) gets its token back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 from dataclasses import dataclass
@@ -142,7 +144,24 @@ class Quotas:
         project at its live-sessions limit), InboxFull, or the enqueue's own refusals; in
         every case nothing was appended and an admission's token was given back.
         """
-        ticket = admitted if admitted is not None else await self.admit(sk)
+        indexed = False
+        if admitted is not None:
+            ticket = admitted
+        elif store.cluster and self.limits(sk.project).project_checked:
+            # Cluster: the enqueue's pending-index ZADD is a round trip of its own there
+            # (another slot); overlap the admission with it. A refused admission leaves an
+            # index entry with no input: the liveness sweep prunes it, as for any refusal
+            got, zadd = await asyncio.gather(
+                self.admit(sk), store.index_pending(sk), return_exceptions=True
+            )
+            if isinstance(got, BaseException):
+                raise got
+            if isinstance(zadd, BaseException):
+                await self.refund(got)
+                raise zadd
+            ticket, indexed = got, True
+        else:
+            ticket = await self.admit(sk)
         lim = ticket.limits
         try:
             return await store.enqueue(
@@ -157,6 +176,7 @@ class Quotas:
                 default_type=default_type,
                 max_pending=lim.max_pending,
                 may_create=ticket.may_create,
+                indexed=indexed,
             )
         except (E.QuotaExceeded, E.SessionBusy, E.TypeMismatch) as exc:
             await self.refund(ticket)  # nothing appended: no invoke spent

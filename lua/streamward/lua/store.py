@@ -77,6 +77,7 @@ class LeaseStore(LeaseCalls):
         default_type: str = DEFAULT_TYPE,
         max_pending: int = 0,
         may_create: bool = True,
+        indexed: bool = False,
     ) -> Enqueued:
         """Append an invocation to the inbox. Raises SessionBusy for multitask=reject, and
         TypeMismatch when ``session_type`` (the type the caller names; "" = none) is not the
@@ -90,6 +91,8 @@ class LeaseStore(LeaseCalls):
         trip: whatever happens to the wake-up that follows, the watchdog's sweep finds the
         input. The score is this host's clock (ms): the sweep leaves entries younger than
         its grace alone, so hosts need clocks within the sweep interval of Redis's.
+        ``indexed``: the caller did that already (``index_pending``, overlapped with its own
+        call on Cluster, where the ZADD is a round trip of its own).
         """
         r = await self.scripts.enqueue_input(
             session,
@@ -99,7 +102,7 @@ class LeaseStore(LeaseCalls):
             idempotency_key=idempotency_key,
             idempotency_ttl_ms=idempotency_ttl_ms,
             source=source,
-            pending=(self.keys.pending, int(time.time() * 1000)),
+            pending=None if indexed else (self.keys.pending, int(time.time() * 1000)),
             session_type=session_type,
             default_type=default_type,
             max_pending=max_pending,
@@ -119,6 +122,10 @@ class LeaseStore(LeaseCalls):
             session_type=r.session_type,
             created=r.created,
         )
+
+    async def index_pending(self, session: SessionKeys) -> None:
+        """The pending-index ZADD ``enqueue`` makes first, on its own (see ``indexed``)."""
+        await self.client.zadd(self.keys.pending, {session.ref: int(time.time() * 1000)})
 
     async def notify_replica(
         self,
