@@ -289,3 +289,19 @@ async def test_cluster_path_overlaps_the_admission_with_the_pending_index(
         assert await redis_client.xlen(sk("a").inbox) == 1
         assert_problem(await invoke(client, "b"), 429, "rate_limited")
         assert await redis_client.exists(sk("b").meta, sk("b").inbox) == 0
+
+
+async def test_python_client_reports_the_refusal_and_retry_after(
+    make_settings: SettingsFactory, redis_client: aioredis.Redis
+) -> None:
+    from streamward.client import AsyncStreamwardClient, StreamwardAPIError
+    from tests.api.conftest import live_server
+
+    settings = make_settings(start_timeout_s=0, invokes_per_s=0.01, invokes_burst=1)
+    async with live_server(settings) as url, AsyncStreamwardClient(url) as client:
+        await client.invoke("s1", "hi")
+        with pytest.raises(StreamwardAPIError) as err:
+            await client.invoke("s1", "again")
+        assert (err.value.status, err.value.code) == (429, "rate_limited")
+        assert err.value.retry_after_s is not None and err.value.retry_after_s >= 90
+        assert err.value.problem["reason"] == "invokes_per_s"
