@@ -126,14 +126,14 @@ async def test_live_sessions_limit_refuses_a_new_session_not_a_warm_invoke(
         assert usage["rejections"]["live_sessions"] == 2
 
 
-async def test_sessions_are_counted_live_without_a_limit(
+async def test_no_project_limit_no_admission_and_no_count(
     make_settings: SettingsFactory,
 ) -> None:
     async with running_app(make_settings(start_timeout_s=0)) as app, asgi_client(app) as client:
         for s in ("a", "b", "a"):
             assert (await invoke(client, s)).status_code == 202
         usage = (await client.get("/admin/projects/default/usage", headers=ADMIN)).json()
-        assert usage["live_sessions"] == 2
+        assert usage["live_sessions"] is None  # not counted without a limit
         assert usage["max_live_sessions"] == 0 and usage["invokes"]["tokens_left"] is None
         assert usage["max_pending_inputs"] == 1000  # the default
 
@@ -168,7 +168,7 @@ async def test_usage_endpoint_needs_the_admin_token(client: httpx.AsyncClient) -
     r = await client.get("/admin/projects/bad%20id/usage", headers=ADMIN)
     assert_problem(r, 422, "invalid_id")
     r = await client.get("/admin/projects/nobody/usage", headers=ADMIN)
-    assert r.status_code == 200 and r.json()["live_sessions"] == 0
+    assert r.status_code == 200 and r.json()["live_sessions"] is None  # no limit: not counted
 
 
 def _samples(text: str) -> dict[str, list[Any]]:

@@ -58,7 +58,7 @@ async def start_once(
     except SessionBusy:  # not reachable with multitask enqueue; kept for the type's sake
         return EventSession(route_id=route.route_id, session_id=session_id, action="rejected")
     if not enq.duplicate:
-        await invocation.wake_owner(state.store, state.streams, sk, enq, "enqueue", "event", quotas)
+        await invocation.wake_owner(state.store, state.streams, sk, enq, "enqueue", "event")
     return EventSession(
         route_id=route.route_id, session_id=session_id, run_id=enq.run_id, action="started"
     )

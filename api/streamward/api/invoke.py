@@ -157,7 +157,7 @@ async def submit(
             # the input until the session's next invoke.
             await notify_owner(streams, sk, await store.ownership(sk), "invoke")
         return enq.run_id, after, rs
-    await wake_owner(store, streams, sk, enq, body.multitask, "invoke", quotas)
+    await wake_owner(store, streams, sk, enq, body.multitask, "invoke")
     return enq.run_id, after, None
 
 
@@ -168,24 +168,13 @@ async def wake_owner(
     enq: Enqueued,
     multitask: str,
     reason: str,
-    quotas: Quotas | None = None,
 ) -> None:
     """After a fresh append (invoke or routed event): mail the holder the script saw, pipelined
-    with the session index update (one round trip), else ask the fleet for an owner. A
-    session the append created or revived is counted live (``quotas``), alongside."""
+    with the session index update (one round trip), else ask the fleet for an owner."""
     if enq.revived:  # a deleted or expired session invoked again keeps its transcript
         await streams.revive_session(sk)
     if multitask == "interrupt" and enq.active_run_id:
         await cancel_run(streams, sk, await store.ownership(sk), enq.active_run_id)
-    if quotas is not None and (enq.created or enq.revived):  # a first input: count it too
-        await asyncio.gather(quotas.count_new(sk, enq), _wake(store, streams, sk, enq, reason))
-        return
-    await _wake(store, streams, sk, enq, reason)
-
-
-async def _wake(
-    store: LeaseStore, streams: Streams, sk: SessionKeys, enq: Enqueued, reason: str
-) -> None:
     # the entry id carries Redis time: no TIME round trip for the index score
     touch = (sk.ref, enq.enqueued_ms or 0)
     if enq.holder is not None and await store.notify_replica(

@@ -7,7 +7,8 @@ session's on Cluster), checked by ``admitInvoke-2`` just before the enqueue: one
 round trip, only for a project that has a project limit configured (none by default); on
 Cluster it overlaps the pending-index ZADD the enqueue makes first there anyway.
 An admitted invoke whose enqueue is refused (busy, type mismatch, inbox full, live-sessions
-limit) or appends nothing (an idempotent duplicate) gets its token back.
+limit) gets its token back; an idempotent repeat counts as an invoke (it costs the API and
+Redis the same work).
 """
 
 from __future__ import annotations

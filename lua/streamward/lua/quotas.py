@@ -4,9 +4,10 @@ bucket and the live-sessions count, through ``admitInvoke-2``.
 The typed calls of ``admitInvoke-2`` live here rather than in ``scripts.py`` (that module is
 at its size limit); they use its loaded script like every other facade.
 
-"Live sessions" of a project: sessions counted when created (or revived) and not deleted or
-retired since (``Indexes.retire_session`` forgets them). ``live_sessions`` is the one method
-every reader goes through, so it can be pointed at the per-project session index later.
+"Live sessions" of a project: sessions counted by the admission when created (or revived)
+under a live-sessions limit, and not deleted or retired since (``Indexes.retire_session``
+forgets them). ``live_sessions`` is the one method every reader goes through, so it can be
+pointed at the per-project session index later.
 """
 
 from __future__ import annotations

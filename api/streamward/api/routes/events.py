@@ -384,7 +384,7 @@ async def _deliver(
             action="rejected",
             error=RouteOutcomeError(code="type_mismatch", detail=str(exc)),
         )
-    await invocation.wake_owner(store, streams, sk, enq, cfg.multitask, "event", quotas)
+    await invocation.wake_owner(store, streams, sk, enq, cfg.multitask, "event")
     return EventSession(
         route_id=route.route_id,
         session_key=key,

@@ -73,8 +73,8 @@ async def quota_gauges(state: AppState, metrics: ApiMetrics) -> None:
     assert live_g is not None and limit_g is not None and tokens_g is not None
     for project in known_projects(state.settings):
         lim = quotas.limits(project)
-        live = await quotas.calls.live_sessions(project)
-        live_g.labels(project).set(live)
+        if lim.max_live:  # counted only under a limit
+            live_g.labels(project).set(await quotas.calls.live_sessions(project))
         for name, value in (
             ("max_live_sessions", lim.max_live),
             ("invokes_per_s", lim.rate_per_s),

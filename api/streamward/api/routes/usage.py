@@ -26,7 +26,9 @@ class InvokeRate(Model):
 
 class ProjectUsage(Model):
     project: str
-    live_sessions: int  # sessions counted live (created or revived, not deleted or retired)
+    # sessions counted live (created or revived, not deleted or retired); counted only while
+    # the project has a live-sessions limit (None without one)
+    live_sessions: int | None
     max_live_sessions: int  # 0 = unlimited
     invokes: InvokeRate
     max_pending_inputs: int  # per session; 0 = unlimited
@@ -46,7 +48,7 @@ async def project_usage(project: ProjectPath, state: StateDep) -> ProjectUsage:
     quotas = quotas_of(state)
     lim = quotas.limits(project)
     live, bucket = await asyncio.gather(
-        quotas.calls.live_sessions(project),
+        quotas.calls.live_sessions(project) if lim.max_live else asyncio.sleep(0, result=None),
         quotas.calls.bucket(project, lim.rate_per_s, lim.burst),
     )
     rate = lim.rate_per_s
