@@ -33,5 +33,6 @@ async def test_openapi_lists_every_endpoint(client: httpx.AsyncClient) -> None:
         ("POST", "/admin/locks/{session_id}/release"),
         ("GET", "/admin/replicas"),
         ("POST", "/admin/replicas/{replica_id}/drain"),
+        ("GET", "/admin/projects/{project}/usage"),
     }
     assert (await client.get("/docs")).status_code == 200

@@ -42,6 +42,7 @@ KEY_ARGS: dict[str, tuple[int, ...] | str] = {
     "ZRANGESTORE": (1, 2),
     "ZRANGEBYSCORE": (1,),
     "RPUSH": (1,),
+    "ZCARD": (1,),
     "XADD": (1,),
     "XDEL": (1,),
     "XLEN": (1,),

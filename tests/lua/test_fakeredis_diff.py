@@ -191,8 +191,10 @@ async def case_ingest(call: Call) -> list[Any]:
 
 
 async def case_inbox(call: Call) -> list[Any]:
-    base = ["enqueue", "0", 60_000, "proj", "diff", "invoke", "", "default"]
-    idem = ["enqueue", "1", 60_000, "proj", "diff", "invoke", "", "default"]
+    base = ["enqueue", "0", 60_000, "proj", "diff", "invoke", "", "default", 0, "1"]
+    idem = ["enqueue", "1", 60_000, "proj", "diff", "invoke", "", "default", 0, "1"]
+    full = [*base[:-2], 2, "1"]  # at most 2 pending inputs
+    no_new = [*base[:-2], 0, "0"]  # the project may create no session
     peek = [SK.inbox, SK.runs, SK.cancels, SK.meta, SK.epoch]
     complete = [SK.epoch, SK.inbox, SK.meta]
     first = await call("enqueueInput", ENQUEUE5, ["run_1", '{"text": "a"}', *idem])
@@ -201,6 +203,8 @@ async def case_inbox(call: Call) -> list[Any]:
         await call("enqueueInput", ENQUEUE5, ["run_9", '{"text": "a"}', *idem]),  # duplicate
         await call("enqueueInput", ENQUEUE5, ["run_2", '{"text": "b"}', *base]),
         await call("enqueueInput", ENQUEUE5, ["run_3", "{}", "reject", *base[1:]]),  # busy
+        await call("enqueueInput", ENQUEUE5, ["run_4", "{}", *full]),  # inbox full
+        await call("enqueueInput", ENQUEUE5, ["run_5", "{}", *no_new]),  # exists: passes
         await call("acquireLease", LEASE4, ["r1", "i1", TTL_MS]),
         await call("peekInbox", peek, [10, 1, 1]),  # the owner (token 1) takes the head
     ]

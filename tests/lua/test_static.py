@@ -17,6 +17,7 @@ from streamward.lua import errors as E
 from streamward.lua.keys import Keys, hash_tag
 from streamward.lua.loader import ArgT, KeyT, Script, ScriptSource, script_sources
 from streamward.lua.outbox import Outbox
+from streamward.lua.quotas import QuotaCalls
 from streamward.lua.routes import RouteStore
 from streamward.lua.store import Entry, LeaseStore
 from streamward.lua.streams import Streams
@@ -33,6 +34,9 @@ KNOWN_ERROR_CODES = {
     E.BUSY,
     E.NOT_FOUND,
     E.TYPE_MISMATCH,
+    E.INBOX_FULL,
+    E.SESSION_LIMIT,
+    E.RATE_LIMITED,
 }
 
 
@@ -280,6 +284,9 @@ async def _drive_facade(store: LeaseStore, cluster_grouping: bool) -> None:
     await outbox.add("dlv_1", "run_a", {"event": "run.completed", "body": "{}"}, 60_000)
     [claim] = await outbox.claim(30_000, 10)
     await outbox.record(claim, False, 500, "HTTP 500", 1_000, 3_600_000)
+    quotas = QuotaCalls(store.client, keys, store.scripts)
+    await quotas.admit(s, rate_per_s=10, burst=5, max_live=10)
+    await quotas.refund("proj", rate_per_s=10, burst=5)
     # many sessions in one renewal: on Cluster they must be grouped by slot
     many = [keys.session("proj", f"m{i}") for i in range(120)]
     held = [(m, (await store.acquire(m, "r1", "inc-1", 60_000)).token) for m in many]
@@ -298,6 +305,7 @@ def _key_pattern(doc: str) -> re.Pattern[str]:
     text = m.group(0).rstrip(",")
     rx = re.escape(text)
     rx = rx.replace(r"\{S\}", r"\{[^{}/]+/[^{}/]+\}").replace(r"\{R\}", r"\{[^{}/]+\}")
+    rx = rx.replace(r"\{P\}", r"\{[^{}/]+\}")  # a project's own keys
     rx = re.sub(r"<\w+>", "[^{}]+", rx)  # <project>, <key>, ...: one id-like part
     assert rx.startswith("sw:")
     return re.compile(re.escape(PREFIX) + rx[2:])
@@ -378,6 +386,8 @@ async def test_facade_calls_agree_with_headers_and_share_one_hash_tag(
                 assert re.fullmatch(r"proj/(sess|m\d+)", tag), where
             elif "{R}" in docs:
                 assert tag in {"r1", "r2"}, where
+            elif "{P}" in docs:
+                assert tag == "proj", where
     # without grouping the 120 sessions do span slots; with it, no call does
     assert seen_multi_slot_batch is not cluster_grouping
     if cluster_grouping:

@@ -5,11 +5,23 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamward.api.tokens import TokenSpec
 from streamward.lua.config import RedisSettings
+
+
+class ProjectQuota(BaseModel):
+    """One project's quota overrides (``QUOTAS_BY_PROJECT``): an omitted field takes the
+    default setting of the same name; 0 = unlimited for this project."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_pending_inputs: Annotated[int | None, Field(ge=0)] = None
+    max_live_sessions: Annotated[int | None, Field(ge=0)] = None
+    invokes_per_s: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None
+    invokes_burst: Annotated[int | None, Field(ge=0)] = None
 
 
 class Settings(RedisSettings, BaseSettings):
@@ -126,6 +138,19 @@ class Settings(RedisSettings, BaseSettings):
     callback_retention_s: Annotated[int, Field(ge=60)] = 7 * 86_400
     # no delivery worker in this process (deliveries still enter the outbox; others send)
     callback_worker: bool = True
+    # quotas (docs/operations.md#quotas); 0 or unset = unlimited. Per session: inputs
+    # pending in one inbox (the running one included); per project: live sessions, and
+    # invokes per second as a token bucket of invokes_burst tokens (0: max(1, ceil(rate)))
+    max_pending_inputs: Annotated[int | None, Field(ge=0)] = 1000
+    max_live_sessions: Annotated[int | None, Field(ge=0)] = 0
+    invokes_per_s: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = 0.0
+    invokes_burst: Annotated[int | None, Field(ge=0)] = 0
+    # project -> overrides, e.g. {"team-a": {"max_live_sessions": 100, "invokes_per_s": 50}}
+    quotas_by_project: dict[str, ProjectQuota] = {}
+    # Retry-After of inbox_full and of the live-sessions limit (the bucket computes its own)
+    quota_retry_after_s: Annotated[int, Field(ge=1)] = 1
+    # /metrics (no token) names projects only when this says so (docs/operations.md#quotas)
+    quota_metrics_by_project: bool = False
 
 
 @lru_cache

@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from streamward.api import invoke as invocation
-from streamward.api.deps import AppState
+from streamward.api.deps import AppState, quotas_of
 from streamward.api.problems import ProblemError
 from streamward.api.schemas import EventResult, EventSession, Route
 from streamward.lua.errors import SessionBusy
@@ -40,15 +40,20 @@ async def start_once(
     (after its dedupe window, or racing past it) appends one run, not two."""
     session_id, run_id = once_ids(route, source, delivery_id)
     sk = state.keys.session(route.project, session_id)
+    quotas = quotas_of(state)
+    # the project's quotas first: a refused event leaves no meta behind (raises a 429 refusal)
+    ticket = await quotas.admit_before_writes(state.streams, sk)
     await state.streams.set_meta(sk, route_id=route.route_id, source=source)
     try:
-        enq = await state.store.enqueue(
+        enq = await quotas.enqueue(
+            state.store,
             sk,
             run_id,
             input_json,
             idempotency_key=run_id,
             source=f"event:{route.route_id}",
             default_type=state.settings.default_type,  # no session config: the default type
+            admitted=ticket,
         )
     except SessionBusy:  # not reachable with multitask enqueue; kept for the type's sake
         return EventSession(route_id=route.route_id, session_id=session_id, action="rejected")

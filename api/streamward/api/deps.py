@@ -16,6 +16,7 @@ from streamward.api.audit import IngestAudit
 from streamward.api.config import Settings
 from streamward.api.metrics import ApiMetrics
 from streamward.api.problems import ProblemError
+from streamward.api.quotas import Quotas
 from streamward.api.starts import StartWaiters
 from streamward.api.tokens import (
     ADMIN,
@@ -31,6 +32,7 @@ from streamward.lua.client import RedisClient
 from streamward.lua.keys import Keys, SessionKeys
 from streamward.lua.outbox import Outbox
 from streamward.lua.probe import Capabilities, probe
+from streamward.lua.quotas import QuotaCalls
 from streamward.lua.routes import RouteStore
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
@@ -67,6 +69,17 @@ class AppState:
     def __post_init__(self) -> None:
         if not self.tokens.entries:  # a state built by hand (the test kit) gets its tokens
             self.tokens = build_table(self.settings)
+
+    # the quota checks around every enqueue (api/quotas.py); built on first use
+    quotas: Quotas | None = None
+
+
+def quotas_of(state: AppState) -> Quotas:
+    """The process's quota checks (built on first use, so every AppState has them)."""
+    if state.quotas is None:
+        calls = QuotaCalls(state.client, state.keys, state.store.scripts)
+        state.quotas = Quotas(state.settings, calls, state.metrics)
+    return state.quotas
 
 
 async def mark_changed(state: AppState, sk: SessionKeys) -> None:

@@ -10,8 +10,9 @@ import asyncio
 import time
 
 from streamward.api.config import Settings
-from streamward.api.deps import AppState
+from streamward.api.deps import AppState, quotas_of
 from streamward.api.inputs import encode_input
+from streamward.api.quotas import Quotas
 from streamward.api.schemas import InvokeAccepted, InvokeRequest, Owner
 from streamward.api.starts import LOCAL_WAIT_S, starts_or_ends
 from streamward.core.contract import RUN_STARTED, TERMINAL_STATUSES, Entry
@@ -120,14 +121,19 @@ async def submit(
     sk: SessionKeys,
     body: InvokeRequest,
     run_id: str,
+    *,
+    quotas: Quotas,
 ) -> tuple[str, str, RunState | None]:
     """Enqueue (or find the idempotent duplicate); return (run_id, tail position, run state).
 
     A fresh input costs two round trips: the enqueue script (which also reads the log end
-    before the append and the lease holder after it), then the owner's mail (sent only if
-    its replica lease is alive) pipelined with the session index update.
+    before the append and the lease holder after it, and checks the session's inbox limit),
+    then the owner's mail (sent only if its replica lease is alive) pipelined with the
+    session index update. A project with a project quota configured adds its admission
+    call before the enqueue (api/quotas.py). Raises the quota refusals (429).
     """
-    enq = await store.enqueue(
+    enq = await quotas.enqueue(
+        store,
         sk,
         run_id,
         encode_input(body.input, settings.max_input_bytes),
@@ -198,7 +204,7 @@ async def invoke_detached(
     waited: InvokeAccepted | None = None
     try:
         got_id, after, rs = await submit(
-            state.store, state.streams, state.settings, sk, body, run_id
+            state.store, state.streams, state.settings, sk, body, run_id, quotas=quotas_of(state)
         )
         if got_id != run_id:  # an idempotent retry of an earlier run
             starts.done(sk.ref, run_id, waited=False)

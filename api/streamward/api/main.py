@@ -34,6 +34,7 @@ from streamward.api.routes import (
     sessions,
     sources,
     state,
+    usage,
 )
 from streamward.api.routes.metrics import router as metrics_router
 from streamward.api.serving import AdminOnly, auth_refusal, uvicorn_options
@@ -173,7 +174,7 @@ async def _backfill_indexes(streams: Streams) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` defaults to the environment (``STREAMWARD_*``)."""
     settings = settings or get_settings()
-    metrics = ApiMetrics()
+    metrics = ApiMetrics(quota_by_project=settings.quota_metrics_by_project)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -256,6 +257,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sources.router,
         ops.router,
         ops.page_router,
+        usage.router,
     ]
     for r in routers:
         app.include_router(r)

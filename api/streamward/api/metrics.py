@@ -5,7 +5,8 @@ The collectors and the HTTP middleware; ``GET /metrics`` itself is in api/routes
 Names are prefixed ``streamward_``, in base units (seconds), and never labelled by session
 (a label per session would grow without bound). Each app owns a registry (not the global
 one) so tests can build many apps in one process. ``GET /metrics`` needs no token, like
-every Prometheus endpoint; it exposes no session, project or replica names.
+every Prometheus endpoint; it exposes no session, project or replica names (projects only
+with ``QUOTA_METRICS_BY_PROJECT``, and only the configured ones).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 class ApiMetrics:
     """The API's collectors, in a registry of their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, quota_by_project: bool = False) -> None:
         self.registry = r = CollectorRegistry()
         self.http_requests = Counter(
             "streamward_api_http_requests",
@@ -133,6 +134,42 @@ class ApiMetrics:
             "Callback deliveries waiting to be delivered, fleet-wide (read at scrape time).",
             registry=r,
         )
+        # quotas (api/quotas.py). /metrics needs no token and names no project by default:
+        # per-project series (bounded: only projects the settings name, others "other")
+        # only with QUOTA_METRICS_BY_PROJECT; GET /admin/projects/{p}/usage has them anyway
+        self.quota_by_project = quota_by_project
+        self.quota_rejections = Counter(
+            "streamward_api_quota_rejections",
+            "Invokes and routed events refused by a quota (429), by reason "
+            "(inbox_full, live_sessions, invokes_per_s)"
+            + (" and project." if quota_by_project else "."),
+            ["reason", "project"] if quota_by_project else ["reason"],
+            registry=r,
+        )
+        self.project_live_sessions: Gauge | None = None
+        self.project_limit: Gauge | None = None
+        self.project_invoke_tokens: Gauge | None = None
+        if quota_by_project:
+            self.project_live_sessions = Gauge(
+                "streamward_project_live_sessions",
+                "Live sessions counted against the project's limit (read at scrape time).",
+                ["project"],
+                registry=r,
+            )
+            self.project_limit = Gauge(
+                "streamward_project_quota_limit",
+                "A project's configured limits (0 = unlimited): max_live_sessions, "
+                "invokes_per_s, invokes_burst, max_pending_inputs.",
+                ["project", "limit"],
+                registry=r,
+            )
+            self.project_invoke_tokens = Gauge(
+                "streamward_project_invoke_tokens",
+                "Tokens left in the project's invokes-per-second bucket (read at scrape "
+                "time; only for projects with a rate limit).",
+                ["project"],
+                registry=r,
+            )
         build_info(r, "api")
         self.script_timer = ScriptTimer(self.script_duration)
         add_script_timer(self.script_timer)

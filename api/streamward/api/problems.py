@@ -34,6 +34,7 @@ _TITLES = {
     413: "Content Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -173,6 +174,12 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
             409, "type_mismatch", str(exc), session_type=exc.session_type, requested=exc.requested
         )
 
+    async def on_quota(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, E.QuotaExceeded)
+        return problem_response(
+            429, exc.code, str(exc), {"Retry-After": str(exc.retry_after_s)}, **quota_fields(exc)
+        )
+
     async def on_lease(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, E.StreamwardError)
         return problem_response(409, exc.code, str(exc))
@@ -198,6 +205,7 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
     app.add_exception_handler(E.SeqGap, on_seq_gap)
     app.add_exception_handler(E.SessionBusy, on_busy)
     app.add_exception_handler(E.TypeMismatch, on_type_mismatch)
+    app.add_exception_handler(E.QuotaExceeded, on_quota)
     app.add_exception_handler(E.LeaseError, on_lease)
     app.add_exception_handler(RedisConnectionError, on_redis_down)
     app.add_exception_handler(RedisTimeoutError, on_redis_down)
@@ -206,6 +214,18 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
         app.add_exception_handler(failover_error, on_redis_down)
     app.add_exception_handler(Exception, on_unexpected)
     _document_problems(app)
+
+
+def quota_fields(exc: E.QuotaExceeded) -> dict[str, Any]:
+    """The problem fields of a quota refusal: which limit, and its figures."""
+    if isinstance(exc, E.InboxFull):
+        return {"reason": "inbox_full", "pending": exc.pending, "limit": exc.limit}
+    if isinstance(exc, E.SessionLimit):
+        live = exc.live if exc.live >= 0 else None
+        return {"reason": exc.reason, "live_sessions": live, "limit": exc.limit}
+    if isinstance(exc, E.RateLimited):
+        return {"reason": exc.reason, "retry_after_ms": exc.retry_after_ms}
+    return {}
 
 
 def _document_problems(app: FastAPI) -> None:

@@ -24,6 +24,9 @@
   ARGV[8] source                 who sent it (invoke, event:<route>)
   ARGV[9] session type named     by the invoke or its route ("" = none named)
   ARGV[10] default session type  used when a new session names none
+  ARGV[11] max pending inputs     0 = no limit; at it, nothing is written (INBOX_FULL)
+  ARGV[12] may create             "1", or "0": the project is at its live-sessions limit,
+                                  so creating (or reviving) the session is refused
 
   The session type (meta `type`) is set once, when the script creates the session (or
   revives a retired one); a later input naming another type is refused before anything
@@ -33,14 +36,22 @@
   its inbox and meta lose their expiry and revived = 1 tells the caller to keep
   the session's other keys too.
 
+  The quota checks (ARGV[11], ARGV[12]) come before any write: a refused input leaves the
+  inbox, the idempotency key and the meta as they were. An idempotent retry of an input
+  already appended is answered DUPLICATE even when the inbox is full now.
+
   Returns {1, entry_id, active_run_id, pending, revived, log_last_id, replica, incarnation,
-           type}                                queued ("" when no active run; log_last_id
+           type, created}                       queued ("" when no active run; log_last_id
                                                 "0-0" for an empty log; replica and
                                                 incarnation "" when no lease is held;
-                                                type: the session's type)
+                                                type: the session's type; created = 1 when
+                                                this append created the session's meta)
           {2, run_id, log_last_id}                  DUPLICATE: the idempotency key names run_id
           {-6, active_run_id, pending}              BUSY: multitask=reject and a run is active
           {-8, session_type, named_type}            TYPE_MISMATCH: nothing appended
+          {-9, pending, max_pending}                INBOX_FULL: nothing written
+          {-10, session_id}                         SESSION_LIMIT: new or retired, and the
+                                                    project may create none: nothing written
 ]]
 --- @include "includes/statusCodes"
 --- @include "includes/redisTime"
@@ -60,6 +71,9 @@ if ARGV[4] == '1' then
 end
 local info = rcall('HMGET', KEYS[2], 'type', 'created_ms', 'delete_after_ms')
 local stype = info[1]
+if (not info[2] or info[3]) and ARGV[12] == '0' then
+  return {SESSION_LIMIT, ARGV[7]}
+end
 if not info[2] or info[3] then
   stype = false -- new or retired: this input names its type
 elseif not stype then
@@ -76,13 +90,19 @@ local pending = rcall('XLEN', KEYS[1])
 if ARGV[3] == 'reject' and (active ~= '' or pending > 0) then
   return {BUSY, active, pending}
 end
+local max_pending = tonumber(ARGV[11]) or 0
+if max_pending > 0 and pending >= max_pending then
+  return {INBOX_FULL, pending, max_pending}
+end
 local now = redis_now_ms()
 local id = rcall('XADD', KEYS[1], '*', 'run_id', ARGV[1], 'input', ARGV[2],
   'multitask', ARGV[3], 'source', ARGV[8], 'enqueued_ms', now)
 if ARGV[4] == '1' then
   rcall('SET', KEYS[3], ARGV[1], 'PX', ARGV[5])
 end
+local created = 0
 if rcall('HSETNX', KEYS[2], 'created_ms', now) == 1 then
+  created = 1
   rcall('HSET', KEYS[2], 'project', ARGV[6], 'session_id', ARGV[7])
 end
 local revived = 0
@@ -94,4 +114,5 @@ if rcall('HEXISTS', KEYS[2], 'delete_after_ms') == 1 then
 end
 rcall('HSET', KEYS[2], 'status', 'active', 'updated_ms', now, 'type', stype)
 local holder = rcall('HMGET', KEYS[5], 'replica', 'incarnation')
-return {OK, id, active, pending + 1, revived, log_last(), holder[1] or '', holder[2] or '', stype}
+return {OK, id, active, pending + 1, revived, log_last(), holder[1] or '', holder[2] or '', stype,
+  created}

@@ -17,6 +17,9 @@ SEQ_GAP = -5
 BUSY = -6
 NOT_FOUND = -7
 TYPE_MISMATCH = -8
+INBOX_FULL = -9
+SESSION_LIMIT = -10
+RATE_LIMITED = -11
 
 
 class StreamwardError(Exception):
@@ -124,6 +127,52 @@ class TypeMismatch(StreamwardError):
         super().__init__(f"session has type {session_type!r}, the invoke named {requested!r}")
 
 
+class QuotaExceeded(StreamwardError):
+    """Base of the quota refusals (HTTP 429): nothing was enqueued."""
+
+    code = "quota_exceeded"
+    retry_after_s = 1  # what the caller is told to wait; the API may set a better figure
+
+
+class InboxFull(QuotaExceeded):
+    """The session already holds its most pending inputs (the running one included)."""
+
+    code = "inbox_full"
+
+    def __init__(self, pending: int, limit: int) -> None:
+        self.pending = pending
+        self.limit = limit
+        super().__init__(f"session inbox full: {pending} inputs pending, the limit is {limit}")
+
+
+class SessionLimit(QuotaExceeded):
+    """The input would create (or revive) a session in a project at its live-sessions limit."""
+
+    code = "rate_limited"
+    reason = "live_sessions"
+
+    def __init__(self, session_id: str, live: int = -1, limit: int = 0) -> None:
+        self.session_id = session_id
+        self.live = live
+        self.limit = limit
+        super().__init__(
+            f"project at its live-sessions limit ({limit}): session {session_id!r} not created"
+        )
+
+
+class RateLimited(QuotaExceeded):
+    """The project's invokes-per-second bucket is empty."""
+
+    code = "rate_limited"
+    reason = "invokes_per_s"
+
+    def __init__(self, retry_after_ms: int, tokens: float = 0.0) -> None:
+        self.retry_after_ms = retry_after_ms
+        self.tokens = tokens
+        self.retry_after_s = max(1, -(-retry_after_ms // 1000))  # whole seconds, rounded up
+        super().__init__(f"project invoke rate exceeded: retry in {retry_after_ms} ms")
+
+
 # Redis answering but refusing writes, by error code: maxmemory reached under noeviction,
 # a replica or demoted master, failing RDB saves (stop-writes-on-bgsave-error),
 # min-replicas-to-write not met, a replica cut from its master. Transient from a caller's
@@ -191,6 +240,12 @@ def status_error(script: str, reply: Sequence[object]) -> StreamwardError:
         return NotOwner("no lease is held")
     if code == TYPE_MISMATCH:
         return TypeMismatch(rest[0], rest[1])
+    if code == INBOX_FULL:
+        return InboxFull(int(rest[0]), int(rest[1]))
+    if code == SESSION_LIMIT:
+        return SessionLimit(rest[0])
+    if code == RATE_LIMITED:
+        return RateLimited(int(rest[0]), float(rest[1]))
     return ScriptError(f"{script} returned unknown status {code}: {reply!r}")
 
 

@@ -317,6 +317,9 @@ class Indexes(StreamsBase):
             session.history,
         ):
             pipe.pexpire(key, retention_ms)
+        # no longer live: it stops counting against the project's live-sessions limit
+        # (another slot on Cluster: the non-transactional pipeline sends it apart)
+        pipe.zrem(self.keys.quota(session.project).live, session.ref)
         await pipe.execute()
         return delete_after
 

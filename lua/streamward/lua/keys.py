@@ -80,6 +80,15 @@ class ProjectIndexKeys:
 
 
 @dataclass(frozen=True, slots=True)
+class QuotaKeys:
+    """A project's quota keys (admitInvoke-2); they share the hash tag ``{project}``."""
+
+    project: str
+    bucket: str  # invokes-per-second token bucket: hash tokens, ts_ms
+    live: str  # live sessions counted against the limit: zset ref -> counted ms
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaKeys:
     """Keys of one replica; they share the hash tag ``{replica_id}``."""
 
@@ -178,6 +187,11 @@ class Keys:
     def callback_delivery(self, delivery_id: str) -> str:
         """One delivery's record: body, url, state, attempts."""
         return f"{self.callbacks_tag}:d:{validate_id('delivery_id', delivery_id)}"
+
+    def quota(self, project: str) -> QuotaKeys:
+        validate_id("project", project)
+        tag = f"{self.prefix}:quota:{{{project}}}"
+        return QuotaKeys(project=project, bucket=f"{tag}:bucket", live=f"{tag}:live")
 
     def replica(self, replica_id: str) -> ReplicaKeys:
         validate_id("replica_id", replica_id)

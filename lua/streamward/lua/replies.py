@@ -122,6 +122,7 @@ class Queued:
     log_last_id: str
     holder: tuple[str, str] | None  # (replica_id, incarnation) of the session lease
     session_type: str  # the session's type (meta ``type``), set when it was created
+    created: bool = False  # this append created the session (its meta was new)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +208,30 @@ def parse_enqueued(raw: object) -> Queued | DuplicateInput:
         log_last_id=as_str(r[5]),
         holder=(holder, as_str(r[7])) if holder else None,
         session_type=as_str(r[8]),
+        created=as_int(r[9]) == 1,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """admitInvoke-2 (take): the project's quotas let the invoke through."""
+
+    may_create: bool  # False: at the live-sessions limit, the enqueue may not create one
+    reserved: bool  # this call counted the session as live (before the enqueue)
+    tokens_left: float | None  # None: no rate limit
+    live: int | None  # counted live sessions; None: no live-sessions limit
+
+
+def parse_admission(raw: object) -> Admission:
+    """admitInvoke take reply; raises RateLimited."""
+    r = ok_reply("admitInvoke", as_list(raw))
+    tokens = float(as_str(r[3]))
+    live = as_int(r[4])
+    return Admission(
+        may_create=as_int(r[1]) == 1,
+        reserved=as_int(r[2]) == 1,
+        tokens_left=None if tokens < 0 else tokens,
+        live=None if live < 0 else live,
     )
 
 

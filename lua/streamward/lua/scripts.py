@@ -9,7 +9,7 @@ Error statuses the callers never handle themselves become exceptions here, throu
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal, get_args
+from typing import Literal
 
 import orjson
 from redis.asyncio.client import Pipeline
@@ -52,34 +52,8 @@ from streamward.lua.replies import (
 from streamward.lua.replies import (
     parse_renewals as parse_renewals,
 )
-
-ScriptName = Literal[
-    "acquireLease",
-    "addDelivery",
-    "bindSession",
-    "claimDeliveries",
-    "claimLock",
-    "completeInput",
-    "createSession",
-    "enqueueInput",
-    "forceRelease",
-    "ingestEntries",
-    "notifyReplica",
-    "peekInbox",
-    "prunePending",
-    "pruneSessions",
-    "readLease",
-    "recordDelivery",
-    "registerReplica",
-    "releaseLease",
-    "renewLeases",
-    "renewReplica",
-    "saveState",
-    "snapshotSessions",
-    "takeoverLease",
-    "updateSession",
-]
-SCRIPT_NAMES: tuple[ScriptName, ...] = get_args(ScriptName)
+from streamward.lua.scriptnames import SCRIPT_NAMES as SCRIPT_NAMES
+from streamward.lua.scriptnames import ScriptName as ScriptName
 
 _BIND_ACTIONS: dict[str, Literal["started", "queued", "due"]] = {
     "started": "started",
@@ -279,9 +253,12 @@ class Scripts:
         pending: tuple[str, int] | None = None,
         session_type: str = "",
         default_type: str = DEFAULT_TYPE,
+        max_pending: int = 0,
+        may_create: bool = True,
     ) -> Queued | DuplicateInput:
-        """Raises SessionBusy for multitask=reject, TypeMismatch when ``session_type`` names
-        another type than the session's (a new session gets it, else ``default_type``).
+        """Raises SessionBusy (multitask=reject), TypeMismatch (``session_type`` names another
+        type; a new session gets it, else ``default_type``), InboxFull at ``max_pending``
+        inputs (0 = none), SessionLimit (new or retired, not ``may_create``): nothing written.
 
         ``pending`` = (pending index key, score ms): ZADD the session there BEFORE the
         append, in the same pipeline (one round trip); on Cluster (another slot) the ZADD
@@ -289,20 +266,19 @@ class Scripts:
         """
         idem = session.idempotency(idempotency_key or "-")
         keys = [session.inbox, session.meta, idem, session.log, session.lease]
-        use_idem = "1" if idempotency_key else "0"
-        args: list[ArgT] = [run_id, input_json, multitask, use_idem, idempotency_ttl_ms]
-        args += [session.project, session.session_id, source, session_type, default_type]
+        args: list[ArgT] = [run_id, input_json, multitask, "1" if idempotency_key else "0"]
+        args += [idempotency_ttl_ms, session.project, session.session_id, source, session_type]
+        args += [default_type, max_pending, "1" if may_create else "0"]
         script = self._by_name["enqueueInput"]
         if pending is None:
             return parse_enqueued(await script(keys, args))
         index, score_ms = pending
-        ref = session.ref
         if self._cluster:
-            await self._client.zadd(index, {ref: score_ms})
+            await self._client.zadd(index, {session.ref: score_ms})
             return parse_enqueued(await script(keys, args))
 
         def build(pipe: Pipeline) -> None:
-            pipe.zadd(index, {ref: score_ms})
+            pipe.zadd(index, {session.ref: score_ms})
             script.queue(pipe, keys, args)
 
         # execute raises the first refused command: an error never passes for a reply

@@ -37,6 +37,7 @@ class Enqueued:
     log_last_id: str = "0-0"
     holder: tuple[str, str] | None = None  # (replica_id, incarnation)
     session_type: str = DEFAULT_TYPE  # the session's type ("" for a duplicate: not read)
+    created: bool = False  # this append created the session (new meta; revived is apart)
 
     @property
     def enqueued_ms(self) -> int | None:
@@ -76,15 +77,24 @@ class LeaseStore(LeaseCalls):
         source: str = "invoke",
         session_type: str = "",
         default_type: str = DEFAULT_TYPE,
+        max_pending: int = 0,
+        may_create: bool = True,
+        indexed: bool = False,
     ) -> Enqueued:
         """Append an invocation to the inbox. Raises SessionBusy for multitask=reject, and
         TypeMismatch when ``session_type`` (the type the caller names; "" = none) is not the
         session's. A new session gets ``session_type``, else ``default_type``.
 
+        Quotas, checked before anything is written: InboxFull when the inbox holds
+        ``max_pending`` inputs (0 = no limit), SessionLimit when the session is new or
+        retired and ``may_create`` is False (the project is at its live-sessions limit).
+
         The session is added to the pending index (``sw:pending``) first, in the same round
         trip: whatever happens to the wake-up that follows, the watchdog's sweep finds the
         input. The score is this host's clock (ms): the sweep leaves entries younger than
         its grace alone, so hosts need clocks within the sweep interval of Redis's.
+        ``indexed``: the caller did that already (``index_pending``, overlapped with its own
+        call on Cluster, where the ZADD is a round trip of its own).
         """
         r = await self.scripts.enqueue_input(
             session,
@@ -94,9 +104,11 @@ class LeaseStore(LeaseCalls):
             idempotency_key=idempotency_key,
             idempotency_ttl_ms=idempotency_ttl_ms,
             source=source,
-            pending=(self.keys.pending, int(time.time() * 1000)),
+            pending=None if indexed else (self.keys.pending, int(time.time() * 1000)),
             session_type=session_type,
             default_type=default_type,
+            max_pending=max_pending,
+            may_create=may_create,
         )
         if isinstance(r, DuplicateInput):
             return Enqueued(r.run_id, None, True, "", 0, log_last_id=r.log_last_id, session_type="")
@@ -110,7 +122,12 @@ class LeaseStore(LeaseCalls):
             log_last_id=r.log_last_id,
             holder=r.holder,
             session_type=r.session_type,
+            created=r.created,
         )
+
+    async def index_pending(self, session: SessionKeys) -> None:
+        """The pending-index ZADD ``enqueue`` makes first, on its own (see ``indexed``)."""
+        await self.client.zadd(self.keys.pending, {session.ref: int(time.time() * 1000)})
 
     async def notify_replica(
         self,

@@ -54,11 +54,20 @@ UNSET: Any = _Unset()
 class StreamwardAPIError(Exception):
     """A non-2xx answer: ``status``, the problem ``code`` and the whole problem body."""
 
-    def __init__(self, status: int, code: str, detail: str | None, problem: dict[str, Any]):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str | None,
+        problem: dict[str, Any],
+        retry_after_s: int | None = None,
+    ):
         self.status = status
         self.code = code
         self.detail = detail
         self.problem = problem
+        # the Retry-After header (429 inbox_full / rate_limited, 503), in seconds
+        self.retry_after_s = retry_after_s
         super().__init__(f"{status} {code}: {detail or ''}".rstrip(": "))
 
 
@@ -71,11 +80,13 @@ def _raise_for(resp: httpx.Response) -> None:
         body = None
     if not isinstance(body, dict):
         body = {"code": f"http_{resp.status_code}", "detail": resp.text[:200]}
+    retry_after = resp.headers.get("retry-after", "")
     raise StreamwardAPIError(
         resp.status_code,
         str(body.get("code", f"http_{resp.status_code}")),
         body.get("detail"),
         body,
+        int(retry_after) if retry_after.isdigit() else None,
     )
 
 

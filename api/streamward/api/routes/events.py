@@ -27,6 +27,7 @@ from streamward.api.deps import (
     RoutesDep,
     StateDep,
     check_project,
+    quotas_of,
 )
 from streamward.api.lifecycle import bind_event, session_meta
 from streamward.api.problems import ProblemError
@@ -49,7 +50,7 @@ from streamward.api.schemas import (
     SessionReset,
 )
 from streamward.api.sources import EVENT_BODY_OPENAPI, Delivery, load_source, normalise, verify
-from streamward.lua.errors import SessionBusy, TypeMismatch, write_refusal
+from streamward.lua.errors import QuotaExceeded, SessionBusy, TypeMismatch, write_refusal
 from streamward.lua.routes import RouteStore
 from streamward.lua.sources import SourceStore
 
@@ -169,7 +170,11 @@ async def reset_session(
     "/v1/events/{source}",
     response_model=EventResult,
     status_code=202,
-    responses={**_ERRORS, 200: {"description": "duplicate delivery / url_verification"}},
+    responses={
+        **_ERRORS,
+        200: {"description": "duplicate delivery / url_verification"},
+        429: {"description": "inbox_full / rate_limited: quotas refused every route"},
+    },
     openapi_extra=EVENT_BODY_OPENAPI,
 )
 async def post_event(
@@ -227,8 +232,14 @@ async def _route_event(
     )
     results = [session for session, _ in outcomes] + broken
     transient = [exc for _, exc in outcomes if exc is not None and _transient(exc)]
-    if transient and not any(r.action in ("started", "queued") for r in results):
+    delivered = any(r.action in ("started", "queued") for r in results)
+    if transient and not delivered:
         raise transient[0]  # 503 redis_unavailable from the app's handler
+    refused = [exc for _, exc in outcomes if isinstance(exc, QuotaExceeded)]
+    if refused and not delivered:
+        # a quota refused every route that would deliver: 429 with the longest Retry-After,
+        # and the delivery's claim is released, so the sender's retry is routed again
+        raise max(refused, key=lambda e: e.retry_after_s)
     return EventResult(
         matched=len(results),
         runs_started=sum(1 for r in results if r.action == "started"),
@@ -316,6 +327,12 @@ async def _deliver_one(
             once = await start_once(state, route, source, delivery_id, match.input_json)
             return once, None
         return await _deliver(state, routes, project, route, match.key, match.input_json), None
+    except QuotaExceeded as exc:  # nothing enqueued for this route (429 if none delivered)
+        error = RouteOutcomeError(code=exc.code, detail=str(exc))
+        refused = EventSession(
+            route_id=route.route_id, session_key=match.key or None, action="rejected", error=error
+        )
+        return refused, exc
     except Exception as exc:  # this route failed; the others' outcomes stand
         code = "redis_unavailable" if _transient(exc) else "delivery_error"
         log.warning("route %s/%s: delivery failed: %r", project, route.route_id, exc)
@@ -334,10 +351,14 @@ async def _deliver(
     assert cfg is not None  # sessionless routes start in deliveries.start_once
     binding = await bind_event(state, routes, project, route, key)
     sk = state.keys.session(project, binding.session_id)
+    quotas = quotas_of(state)
+    # the project's quotas before the meta write: a refusal leaves the session untouched
+    ticket = await quotas.admit_before_writes(streams, sk)
     await streams.set_meta(sk, **session_meta(route, key, binding))
     run_id = f"run_{uuid.uuid4().hex}"
     try:
-        enq = await store.enqueue(
+        enq = await quotas.enqueue(
+            store,
             sk,
             run_id,
             input_json,
@@ -345,6 +366,7 @@ async def _deliver(
             source=f"event:{route.route_id}",
             session_type=cfg.type or "",
             default_type=state.settings.default_type,
+            admitted=ticket,
         )
     except SessionBusy:
         return EventSession(

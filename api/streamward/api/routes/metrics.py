@@ -15,8 +15,9 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from streamward.api import replicas
-from streamward.api.deps import AppState
+from streamward.api.deps import AppState, quotas_of
 from streamward.api.metrics import ApiMetrics
+from streamward.api.quotas import known_projects
 from streamward.lua.archive import ArchiveCalls
 
 log = logging.getLogger("streamward.metrics")
@@ -49,6 +50,8 @@ async def metrics_endpoint(request: Request) -> Response:
             if state.outbox is not None:
                 depth = await asyncio.wait_for(state.outbox.depth(), timeout=2.0)
                 metrics.callback_outbox_depth.set(depth)
+            if metrics.quota_by_project:
+                await asyncio.wait_for(quota_gauges(state, metrics), timeout=2.0)
             if state.record is not None:
                 lag_s, in_set = await asyncio.wait_for(archive_progress(state), timeout=2.0)
                 metrics.archive_lag.set(lag_s)
@@ -59,6 +62,32 @@ async def metrics_endpoint(request: Request) -> Response:
             log.warning("metrics: fleet gauges unavailable: %s", exc)
             metrics.redis_up.set(0)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def quota_gauges(state: AppState, metrics: ApiMetrics) -> None:
+    """Per project the settings name (bounded by configuration): live sessions, the limits,
+    and the invoke bucket's tokens when it has a rate limit."""
+    quotas = quotas_of(state)
+    live_g, limit_g, tokens_g = (
+        metrics.project_live_sessions,
+        metrics.project_limit,
+        metrics.project_invoke_tokens,
+    )
+    assert live_g is not None and limit_g is not None and tokens_g is not None
+    for project in known_projects(state.settings):
+        lim = quotas.limits(project)
+        if lim.max_live:  # counted only under a limit
+            live_g.labels(project).set(await quotas.calls.live_sessions(project))
+        for name, value in (
+            ("max_live_sessions", lim.max_live),
+            ("invokes_per_s", lim.rate_per_s),
+            ("invokes_burst", lim.burst),
+            ("max_pending_inputs", lim.max_pending),
+        ):
+            limit_g.labels(project, name).set(value)
+        if lim.rate_per_s > 0:
+            bucket = await quotas.calls.bucket(project, lim.rate_per_s, lim.burst)
+            tokens_g.labels(project).set(bucket.tokens)
 
 
 async def archive_progress(state: AppState) -> tuple[float, int]:

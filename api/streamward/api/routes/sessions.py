@@ -24,6 +24,7 @@ from streamward.api.deps import (
     StoreDep,
     StreamsDep,
     mark_changed,
+    quotas_of,
 )
 from streamward.api.listing import decode_cursor, redis_page
 from streamward.api.problems import ProblemError
@@ -111,6 +112,7 @@ async def _meta_or_404(streams: Streams, sk: SessionKeys) -> dict[str, str]:
         202: {"model": InvokeAccepted, "description": "mode=detached: started or queued"},
         409: {"description": "session_busy (multitask=reject)"},
         413: {"description": "body_too_large"},
+        429: {"description": "inbox_full / rate_limited (with Retry-After)"},
     },
 )
 async def invoke(
@@ -132,7 +134,9 @@ async def invoke(
         return OrjsonResponse(
             accepted.model_dump(), status_code=202, headers={RUN_HEADER: accepted.run_id}
         )
-    run_id, after, _ = await invocation.submit(store, streams, settings, sk, body, run_id)
+    run_id, after, _ = await invocation.submit(
+        store, streams, settings, sk, body, run_id, quotas=quotas_of(state)
+    )
     return await _open_tail(
         streams, settings, Tail(sk, after, run_id=run_id), wants_sse(accept), {RUN_HEADER: run_id}
     )

@@ -10,3 +10,6 @@ local SEQ_GAP = -5
 local BUSY = -6
 local NOT_FOUND = -7
 local TYPE_MISMATCH = -8
+local INBOX_FULL = -9
+local SESSION_LIMIT = -10
+local RATE_LIMITED = -11
