@@ -253,10 +253,13 @@ def test_the_dashboard_covers_the_fleet() -> None:
 
 
 def github_anchors(markdown: str) -> set[str]:
-    """The anchors GitHub gives the headings of ``markdown``."""
+    """The anchors GitHub gives the headings of ``markdown`` (not ``#`` lines in code)."""
     out = set()
+    fenced = False
     for line in markdown.splitlines():
-        m = re.match(r"#{1,6}\s+(.*)", line)
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        m = None if fenced else re.match(r"#{1,6}\s+(.*)", line)
         if m:
             text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
             out.add(text.replace(" ", "-"))
