@@ -10,10 +10,13 @@ import re
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
+from streamward.client import StreamwardClient
 from streamward.runner.handlers import load_handlers
+from streamward.tools.fleet import Fleet
 from tests.deploy.kustomize import Doc, KustomizeError, render, split_image
 from tests.deploy.test_manifests import (
     OVERLAYS,
@@ -141,6 +144,29 @@ def test_the_example_handler_image_and_overlay() -> None:
     assert one(docs, "Deployment", "streamward-runner")
     api = next(containers(one(docs, "Deployment", "streamward-api")))
     assert split_image(api["image"])[0] == image["newName"]
+
+
+def test_the_example_handler_serves_its_type_in_a_real_runner(fleet: Fleet) -> None:
+    """The recipe end to end, without Docker: a real runner with the example Deployment's
+    STREAMWARD_HANDLER and the image's PYTHONPATH serves an invoke of type greeter."""
+    c = next(
+        containers(one(_rendered("example-handler"), "Deployment", "streamward-runner-greeter"))
+    )
+    spec = env_value(c, "STREAMWARD_HANDLER")
+    assert spec is not None
+    api = fleet.start_api()
+    fleet.start_runner("greeter-r1", env={"STREAMWARD_HANDLER": spec, "PYTHONPATH": str(EXAMPLE)})
+    resp = httpx.post(
+        f"{api.url}/v1/sessions/greet-1/invoke",
+        json={"input": {"name": "ada"}, "type": "greeter", "mode": "detached"},
+        timeout=30.0,
+    )
+    assert resp.status_code == 202, resp.text
+    with StreamwardClient(api.url) as client:
+        entries = list(client.stream("greet-1", run_id=resp.json()["run_id"]))
+    assert entries[-1].type == "run.completed"
+    outputs = [e.data for e in entries if e.type == "run.output"]
+    assert outputs == [{"greeting": "hello ada", "seen": 1}]
 
 
 # -- the API's HPA -----------------------------------------------------------------------------
