@@ -514,7 +514,16 @@ def test_the_api_is_closed_by_default(overlay: tuple[str, list[Doc]]) -> None:
             "matchLabels": {"app.kubernetes.io/name": "streamward", "streamward.io/role": "runner"}
         }
     }
-    assert api_in[ports["admin"]] == [runner_pods, monitoring]
+    # the second: runner pods from before the role label, while a rollout replaces them
+    legacy_runner_pods = {
+        "podSelector": {
+            "matchLabels": {
+                "app.kubernetes.io/name": "streamward",
+                "app.kubernetes.io/component": "runner",
+            }
+        }
+    }
+    assert api_in[ports["admin"]] == [runner_pods, legacy_runner_pods, monitoring]
     assert set(api_in) == {ports["http"], ports["admin"]}
     assert rules("streamward-runner") == {9100: [monitoring]}
     api_url = one(docs, "ConfigMap", "streamward-config")["data"]["STREAMWARD_API_URL"]
