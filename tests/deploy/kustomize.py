@@ -11,6 +11,10 @@ instead of rendering differently from ``kubectl kustomize``):
 - ``images`` (``name`` → ``newName`` / ``newTag`` / ``digest``, matched on the image name)
 - ``patches``: strategic-merge patches (``path`` or inline, target from the patch's own kind
   and name) and JSON 6902 patches (inline op lists with a ``target``)
+- ``replacements`` (inline; a source field copied into target field paths, which may select
+  list items with ``[key=value]``), run after the other transformers, as kustomize does
+- ``config.kubernetes.io/local-config: "true"`` objects (parameters for replacements) are
+  used while building and left out of the output
 
 Strategic merge follows Kubernetes' merge keys for the lists deploy/k8s patches (containers,
 env, volumes, volumeMounts by name / mountPath); other lists replace. Where ``kubectl`` is
@@ -44,7 +48,9 @@ KUSTOMIZATION_KEYS = {
     "labels",
     "images",
     "patches",
+    "replacements",
 }
+LOCAL_CONFIG = "config.kubernetes.io/local-config"
 # strategic-merge keys of the lists we patch (k8s.io/api patchMergeKey)
 MERGE_KEYS = {
     "containers": "name",
@@ -83,7 +89,13 @@ def _kustomization(directory: Path) -> Doc:
 
 def render(directory: Path) -> list[Doc]:
     """What ``kubectl kustomize <directory>`` prints, as a list of objects."""
-    return _build(directory.resolve(), component=False)
+    docs = _build(directory.resolve(), component=False)
+    return [d for d in docs if not _is_local(d)]
+
+
+def _is_local(d: Doc) -> bool:
+    annotations = d["metadata"].get("annotations") or {}
+    return str(annotations.get(LOCAL_CONFIG, "")).lower() == "true"
 
 
 def _build(directory: Path, component: bool) -> list[Doc]:
@@ -142,7 +154,65 @@ def _transform(directory: Path, k: Doc, docs: list[Doc]) -> list[Doc]:
         for d in docs:
             for container in _containers(d):
                 container["image"] = _retag(container["image"], image)
+    for rep in k.get("replacements", []):
+        _replace(rep, docs, directory)
     return docs
+
+
+def _replace(rep: Doc, docs: list[Doc], where: Path) -> None:
+    """One inline replacement: the source's field value into every target field path."""
+    unknown = set(rep) - {"source", "targets"}
+    if unknown or "path" in rep:
+        raise KustomizeError(f"{where}: unsupported replacement fields {sorted(unknown)}")
+    src = rep["source"]
+    if set(src) - {"kind", "name", "fieldPath"}:
+        raise KustomizeError(f"{where}: unsupported replacement source {src}")
+    sources = [d for d in docs if _matches(d, {k: src[k] for k in ("kind", "name") if k in src})]
+    if len(sources) != 1:
+        raise KustomizeError(f"{where}: replacement source {src} matches {len(sources)} objects")
+    value = _field(sources[0], src.get("fieldPath", "metadata.name"), where)
+    for target in rep["targets"]:
+        if set(target) - {"select", "fieldPaths"}:
+            raise KustomizeError(f"{where}: unsupported replacement target {target}")
+        hits = [d for d in docs if _matches(d, target["select"])]
+        if not hits:
+            raise KustomizeError(f"{where}: replacement target {target['select']} matches nothing")
+        for d in hits:
+            for path in target["fieldPaths"]:
+                *parents, last = _path_parts(path)
+                parent = _field(d, ".".join(parents), where) if parents else d
+                if not isinstance(parent, dict) or last not in parent:
+                    raise KustomizeError(f"{where}: {path} missing in {_id(d)}")
+                parent[last] = copy.deepcopy(value)
+
+
+def _path_parts(path: str) -> list[str]:
+    # a.b.[k=v].c: dots inside [k=v] do not split (they may be in the value)
+    parts, depth, cur = [], 0, ""
+    for ch in path:
+        if ch == "." and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        depth += (ch == "[") - (ch == "]")
+        cur += ch
+    return [*parts, cur]
+
+
+def _field(doc: Any, path: str, where: Path) -> Any:
+    node = doc
+    for part in _path_parts(path):
+        if part.startswith("[") and part.endswith("]") and isinstance(node, list):
+            key, _, want = part[1:-1].partition("=")
+            found = [x for x in node if isinstance(x, dict) and str(x.get(key)) == want]
+            if len(found) != 1:
+                raise KustomizeError(f"{where}: {path}: {part} selects {len(found)} items")
+            node = found[0]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            raise KustomizeError(f"{where}: field {path} not found ({part})")
+    return node
 
 
 def _containers(d: Doc) -> list[Doc]:

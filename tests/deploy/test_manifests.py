@@ -29,12 +29,17 @@ from tests.deploy.kustomize import Doc, render, split_image, strategic_merge
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
+# what gets rendered: every overlay, and the "ship your handler" example built on prod
+TREES = {p.name: p for p in (K8S / "overlays").iterdir() if p.is_dir()} | {
+    "example-handler": ROOT / "deploy" / "examples" / "handler" / "k8s"
+}
+OVERLAYS = sorted(TREES)
 # Kubernetes versions the manifests must be valid for (oldest supported, newest bundled)
 K8S_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 # CRDs: no bundled schema. Their structure is checked by the tests below instead.
 CRDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
 }
@@ -53,7 +58,7 @@ STATUS_OK = 0
 
 
 def _rendered(overlay: str) -> list[Doc]:
-    return render(K8S / "overlays" / overlay)
+    return render(TREES[overlay])
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -90,6 +95,9 @@ def streamward_deployments(docs: list[Doc]) -> list[Doc]:
 
 
 def component(d: Doc) -> str:
+    """api, runner (every runner Deployment, one per session type), archiver, ..."""
+    if d["spec"]["template"]["metadata"]["labels"].get("streamward.io/role") == "runner":
+        return "runner"
     return str(d["metadata"]["labels"]["app.kubernetes.io/component"])
 
 
@@ -119,12 +127,12 @@ def test_every_overlay_renders_the_whole_system(overlay: tuple[str, list[Doc]]) 
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     for expected in [
         ("Deployment", "streamward-api"),
+        ("HorizontalPodAutoscaler", "streamward-api"),
         ("Deployment", "streamward-runner"),
         ("Service", "streamward-api"),
         ("Service", "streamward-runner-metrics"),
         ("PodDisruptionBudget", "streamward-runner"),
         ("PodDisruptionBudget", "streamward-api"),
-        ("ServiceMonitor", "streamward"),
         ("NetworkPolicy", "streamward-runner"),
         ("ConfigMap", "streamward-config"),
     ]:
@@ -186,7 +194,7 @@ def test_renderer_matches_kubectl_kustomize_when_available(name: str) -> None:
     if cmd is None:
         pytest.skip("neither kustomize nor kubectl is installed (CI renders with tests/deploy)")
     out = subprocess.run(
-        [*cmd, str(K8S / "overlays" / name)], capture_output=True, text=True, check=True
+        [*cmd, str(TREES[name])], capture_output=True, text=True, check=True
     ).stdout
     theirs = sorted(
         (d for d in yaml.safe_load_all(out) if d), key=lambda d: (d["kind"], d["metadata"]["name"])
@@ -513,7 +521,13 @@ def test_the_api_is_closed_by_default(overlay: tuple[str, list[Doc]]) -> None:
     monitoring = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
     }
-    runner_pods = {
+    runner_pods = {  # every runner Deployment's pods (one per session type)
+        "podSelector": {
+            "matchLabels": {"app.kubernetes.io/name": "streamward", "streamward.io/role": "runner"}
+        }
+    }
+    # the second: runner pods from before the role label, while a rollout replaces them
+    legacy_runner_pods = {
         "podSelector": {
             "matchLabels": {
                 "app.kubernetes.io/name": "streamward",
@@ -521,7 +535,7 @@ def test_the_api_is_closed_by_default(overlay: tuple[str, list[Doc]]) -> None:
             }
         }
     }
-    assert api_in[ports["admin"]] == [runner_pods, monitoring]
+    assert api_in[ports["admin"]] == [runner_pods, legacy_runner_pods, monitoring]
     assert set(api_in) == {ports["http"], ports["admin"]}
     assert rules("streamward-runner") == {9100: [monitoring]}
     api_url = one(docs, "ConfigMap", "streamward-config")["data"]["STREAMWARD_API_URL"]
@@ -549,12 +563,17 @@ def test_pods_are_hardened_and_sized(overlay: tuple[str, list[Doc]]) -> None:
         image = next(containers(d))["image"]
         repo, tag, digest = split_image(image)
         assert repo != "streamward" and (tag or digest), f"{name}: unpinned image {image}"
-        if name == "prod":
+        if name != "dev":
             assert tag not in ("latest", "dev"), image
 
 
 def test_servicemonitor_scrapes_real_metrics_endpoints(overlay: tuple[str, list[Doc]]) -> None:
-    _, docs = overlay
+    """Where the monitoring component is included (prod): the dev overlay needs no
+    Prometheus operator, so it has no ServiceMonitor and no PrometheusRule."""
+    name, docs = overlay
+    if name == "dev":
+        assert by_kind(docs, "ServiceMonitor") == by_kind(docs, "PrometheusRule") == []
+        return
     sm = one(docs, "ServiceMonitor", "streamward")
     selected = [
         s

@@ -1,0 +1,1 @@
+"""An example handler package, shipped as an image FROM streamward's (see ../Dockerfile)."""
