@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from streamward.api.schemas import LockDetail, LockOut, ReplicaOut
-from streamward.client import StreamwardAPIError, StreamwardClient
+from streamward.client import StreamwardAPIError, StreamwardClient, StreamwardUnavailable
 
 DEFAULT_API_URL = "http://127.0.0.1:8700"
 PAGE = 500  # the admin API's largest page
@@ -212,6 +212,8 @@ class Conn:
 
 def explain(exc: Exception, api_url: str) -> str:
     """What went wrong and what to do about it, in one or two sentences."""
+    if isinstance(exc, StreamwardUnavailable) and isinstance(exc.__cause__, Exception):
+        exc = exc.__cause__  # the transport error says best what to do
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return (
             f"cannot reach the API at {api_url}: start it with `streamward api` "
@@ -258,7 +260,13 @@ def explain(exc: Exception, api_url: str) -> str:
 
 
 # everything a call through the client can raise that is not a bug here
-CALL_ERRORS = (httpx.HTTPError, StreamwardAPIError, orjson.JSONDecodeError, ValidationError)
+CALL_ERRORS = (
+    httpx.HTTPError,
+    StreamwardAPIError,
+    StreamwardUnavailable,
+    orjson.JSONDecodeError,
+    ValidationError,
+)
 
 
 @contextlib.contextmanager
