@@ -138,6 +138,9 @@ def test_watch_refreshes_until_ctrl_c(system: System, monkeypatch: pytest.Monkey
     assert res.exit_code == 0, res.output
     assert sleeps == [0.5, 0.5, 0.5]
     assert "alpha" in res.stdout and "SESSION" in res.stdout
+    # piped (CliRunner is no terminal): one frame per interval, not just the last one
+    assert res.stdout.count("Ctrl-C to stop") == 3
+    assert res.stdout.count("SESSION") == 3
 
 
 # -- locks show / release ---------------------------------------------------------------------
@@ -199,6 +202,17 @@ def test_locks_release_asks_first(system: System) -> None:
     assert "aborted" in res.stderr
     after = _lock(system, "rel-no")
     assert (after.holder, after.token) == (before.holder, before.token)  # nothing happened
+
+
+def test_locks_release_with_stdin_closed_says_how_to_skip(system: System) -> None:
+    system.start_long_run("rel-eof")
+    before = _lock(system, "rel-eof")
+    res = run(system, "locks", "release", "rel-eof", input="")
+    assert res.exit_code == 1
+    assert "--yes skips this question" in res.stderr
+    assert "pass --yes" in res.stderr and "Aborted." not in res.output
+    after = _lock(system, "rel-eof")
+    assert (after.holder, after.token) == (before.holder, before.token)
 
 
 def test_locks_release_confirmed_and_yes(system: System) -> None:

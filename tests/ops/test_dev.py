@@ -110,6 +110,11 @@ def test_dev_no_demo_stops_everything_on_ctrl_c(dev_port: int) -> None:
         assert resp.status_code == 200
         assert len(resp.json()) == 2
         assert f"curl -s {url}/admin/locks -H 'authorization: Bearer {token}'" in dev.output
+        # the banner hands the CLI what it needs, and where the live page is
+        assert f"export STREAMWARD_API_URL={url}" in dev.output
+        assert f"export STREAMWARD_ADMIN_TOKEN={token}" in dev.output
+        assert "/bin/activate" in dev.output and "streamward locks ls -w" in dev.output
+        assert f"live page {url}/admin/ui" in dev.output
         wait_until(lambda: len(dev.children) >= 4, "redis, the API and two runners")
         dev.proc.send_signal(signal.SIGINT)
         assert dev.wait(90) == 0, dev.output
@@ -128,6 +133,8 @@ def test_dev_demo_then_exit(dev_port: int) -> None:
         assert "1. detached invoke" in out and "2. streamed invoke" in out
         assert re.search(r"taken over by \S+ with token \d+", out), out
         assert "run.completed" in out
+        # the failover transcript shows every 10th output: what it leaves out is marked
+        assert re.search(r"\.\.\. \d+ more run\.output entr(y|ies) not shown", out), out
         # the record: an embedded PostgreSQL, an archiver, and a transcript read across the
         # hot tail (its start from PostgreSQL)
         assert re.search(r"postgres +postgresql://sw@127\.0\.0\.1:\d+/postgres", out), out

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -49,6 +50,7 @@ from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 
 log = logging.getLogger("streamward.api")
+startup_log = logging.getLogger("streamward.api.startup")
 # young collections after this many net new GC-tracked objects; Python's default is 700.
 # Measured under load (perf): the API spent 13% of its CPU in the GC with the default, 4-6%
 # at 7000, ~1% at 30000; a young collection then pauses for a few ms at most.
@@ -312,6 +314,9 @@ def serve(
         return 2
     # JSON lines on stdout (readable on a terminal); uvicorn's loggers go through it too
     setup_logging(settings.log_level)
+    # the "listening on" lines show at the default level (warning) too: an operator's first
+    # question is whether the process is up, and where
+    startup_log.setLevel(min(logging.INFO, logging.getLogger().level))
     app = create_app(settings)
     freeze_heap()
     return asyncio.run(_serve_listeners(app, settings))
@@ -338,7 +343,7 @@ async def _serve_listeners(app: FastAPI, settings: Settings) -> int:
 
     servers = [_Listener(config(app, settings.port, False))]
     if settings.admin_port is not None:
-        servers.append(_Listener(config(AdminOnly(app), settings.admin_port, True)))
+        servers.append(_Listener(config(AdminOnly(app), settings.admin_port, True), admin=True))
     for s in servers:
         s.group = servers
     # SIGTERM/SIGINT stop the first listener (and so all); uvicorn re-raises the signal once
@@ -357,9 +362,17 @@ class _Listener(uvicorn.Server):
     """A uvicorn server that stops when any server of its group stops (a signal, a failed
     bind); signals are captured once, around the whole group."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, admin: bool = False) -> None:
         super().__init__(config)
+        self.admin = admin
         self.group: list[_Listener] = [self]
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            cfg = self.config
+            what = "admin listener (/admin, probes, metrics)" if self.admin else "api"
+            startup_log.info("%s listening on http://%s:%d", what, cfg.host, cfg.port)
 
     async def on_tick(self, counter: int) -> bool:
         if any(s.should_exit for s in self.group):

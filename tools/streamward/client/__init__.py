@@ -1,8 +1,17 @@
-"""Python client for the streamward HTTP API (httpx): sync and async flavours."""
+"""Python client for the streamward HTTP API (httpx): sync and async flavours.
+
+Errors: ``StreamwardAPIError`` for an answer that is not 2xx (status, problem code and body),
+``StreamwardUnavailable`` when the API cannot be reached or does not answer in time; both
+are ``StreamwardError``. Idempotent calls (GET, DELETE, an invoke with an idempotency key)
+are retried ``retries`` times after a transport failure or a 503, with backoff (honouring
+Retry-After); other calls only when the connection was never made.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +60,11 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
-class StreamwardAPIError(Exception):
+class StreamwardError(Exception):
+    """Every error this client raises (a bug aside): catch this one to catch them all."""
+
+
+class StreamwardAPIError(StreamwardError):
     """A non-2xx answer: ``status``, the problem ``code`` and the whole problem body."""
 
     def __init__(
@@ -69,6 +82,46 @@ class StreamwardAPIError(Exception):
         # the Retry-After header (429 inbox_full / rate_limited, 503), in seconds
         self.retry_after_s = retry_after_s
         super().__init__(f"{status} {code}: {detail or ''}".rstrip(": "))
+
+
+class StreamwardUnavailable(StreamwardError):
+    """The API could not be reached, or did not answer in time, after the retries the call
+    was allowed (``attempts``). The transport error is ``__cause__``."""
+
+    def __init__(self, base_url: str, exc: httpx.TransportError, attempts: int) -> None:
+        self.base_url = base_url
+        self.attempts = attempts
+        what = (
+            "did not answer in time"
+            if isinstance(exc, httpx.TimeoutException)
+            else ("cannot be reached")
+        )
+        tries = f" ({attempts} attempts)" if attempts > 1 else ""
+        super().__init__(
+            f"the streamward API at {base_url} {what}{tries}: {type(exc).__name__}: {exc}"
+        )
+
+
+# the request never reached the server: safe to send again whatever the method
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+RETRY_BASE_S = 0.1
+RETRY_CAP_S = 2.0
+
+
+def _may_retry(req: _Req, exc: httpx.TransportError | None) -> bool:
+    """Idempotent calls retry any transport failure (and a 503); the others only a
+    connection that was never made, since their request may have been acted on."""
+    if req.idempotent or req.method in _IDEMPOTENT:
+        return True
+    return exc is not None and isinstance(exc, _NOT_SENT)
+
+
+def _retry_delay_s(attempt: int, resp: httpx.Response | None = None) -> float:
+    if resp is not None:
+        with contextlib.suppress(ValueError):
+            return min(RETRY_CAP_S, float(resp.headers.get("retry-after", "")))
+    return float(min(RETRY_CAP_S, RETRY_BASE_S * 2**attempt) * random.uniform(0.5, 1.0))
 
 
 def _raise_for(resp: httpx.Response) -> None:
@@ -114,6 +167,7 @@ class _Req:
     json: Any = None
     params: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    idempotent: bool = False  # a POST that is safe to repeat (it carries an idempotency key)
 
 
 def _invoke_body(
@@ -208,12 +262,38 @@ def _on_line(state: StreamState, line: str) -> LogEntryOut | None:
 
 class _Common:
     def __init__(
-        self, token: str | None, admin_token: str | None, max_resumes: int, resume_delay_s: float
+        self,
+        token: str | None,
+        admin_token: str | None,
+        max_resumes: int,
+        resume_delay_s: float,
+        retries: int,
     ) -> None:
         self.token = token
         self.admin_token = admin_token
         self.max_resumes = max_resumes
         self.resume_delay_s = resume_delay_s
+        self.retries = retries
+
+    def _send_args(self, req: _Req, admin: bool) -> dict[str, Any]:
+        headers = {**(self._admin() if admin else self._headers()), **req.headers}
+        if req.json is not None:
+            headers = {**headers, "Content-Type": "application/json"}
+        return {
+            "content": None if req.json is None else orjson.dumps(req.json),
+            "params": req.params or None,
+            "headers": headers,
+        }
+
+    def _retry_after(
+        self, req: _Req, attempt: int, exc: httpx.TransportError | None, resp: httpx.Response | None
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None: give up."""
+        if attempt >= self.retries or not _may_retry(req, exc):
+            return None
+        if resp is not None and not (resp.status_code == 503 and req.method in _IDEMPOTENT):
+            return None
+        return _retry_delay_s(attempt, resp)
 
     def _headers(self, admin: bool = False) -> dict[str, str]:
         tok = self.admin_token if admin else self.token
@@ -248,8 +328,9 @@ class AsyncStreamwardClient(_Common):
         transport: httpx.AsyncBaseTransport | None = None,
         max_resumes: int = 10,
         resume_delay_s: float = 0.2,
+        retries: int = 2,
     ) -> None:
-        super().__init__(token, admin_token, max_resumes, resume_delay_s)
+        super().__init__(token, admin_token, max_resumes, resume_delay_s, retries)
         # streams idle between entries: no read timeout on the connection, only on connect
         self.http = httpx.AsyncClient(
             base_url=base_url,
@@ -267,17 +348,24 @@ class AsyncStreamwardClient(_Common):
         await self.aclose()
 
     async def _call(self, req: _Req, admin: bool = False) -> Any:
-        headers = self._admin() if admin else self._headers()
-        resp = await self.http.request(
-            req.method,
-            req.path,
-            content=None if req.json is None else orjson.dumps(req.json),
-            params=req.params or None,
-            headers={**headers, **req.headers, "Content-Type": "application/json"}
-            if req.json is not None
-            else {**headers, **req.headers},
-        )
-        return _json(resp)
+        return _json(await self._send(req, admin))
+
+    async def _send(self, req: _Req, admin: bool = False) -> httpx.Response:
+        args = self._send_args(req, admin)
+        attempt = 0
+        while True:
+            try:
+                resp = await self.http.request(req.method, req.path, **args)
+            except httpx.TransportError as exc:
+                delay = self._retry_after(req, attempt, exc, None)
+                if delay is None:
+                    raise StreamwardUnavailable(str(self.http.base_url), exc, attempt + 1) from exc
+            else:
+                delay = self._retry_after(req, attempt, None, resp)
+                if delay is None:
+                    return resp
+            attempt += 1
+            await asyncio.sleep(delay)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -315,10 +403,19 @@ class AsyncStreamwardClient(_Common):
         multitask: Multitask = "enqueue",
         callback: CallbackSpec | None = None,
     ) -> InvokeAccepted | list[LogEntryOut]:
-        """Detached: the 202 answer. Attached: every entry of the run, up to its terminal."""
+        """Detached (the default here): the 202 answer. Attached: every entry of the run, up
+        to its terminal.
+
+        HTTP's default is a streamed invoke; here it is detached, because a call that blocks
+        until the run ends and returns a list is seldom what a program wants. The streamed
+        equivalent of the HTTP default is ``stream(session_id, input=...)``, which yields
+        entries as they come (and resumes after a dropped connection). With an
+        ``idempotency_key`` a detached invoke is retried after a transport failure."""
         if detached:
             body = _invoke_body(input, "detached", idempotency_key, multitask, callback)
-            data = await self._call(_Req("POST", f"/v1/sessions/{session_id}/invoke", body))
+            path = f"/v1/sessions/{session_id}/invoke"
+            req = _Req("POST", path, body, idempotent=idempotency_key is not None)
+            data = await self._call(req)
             return InvokeAccepted.model_validate(data)
         return [
             e
@@ -377,9 +474,12 @@ class AsyncStreamwardClient(_Common):
                             if st.done:
                                 return
                     return  # a clean end: detached, or the log end without follow
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 if st.resumes >= self.max_resumes or (st.run_id is None and input is not UNSET):
-                    raise  # an invoke that never answered cannot be resumed safely
+                    # an invoke that never answered cannot be resumed safely
+                    raise StreamwardUnavailable(
+                        str(self.http.base_url), exc, st.resumes + 1
+                    ) from exc
                 st.resumes += 1
                 await asyncio.sleep(self.resume_delay_s)
                 req = _events_req(st)
@@ -390,7 +490,7 @@ class AsyncStreamwardClient(_Common):
         """The entries after ``after`` up to now (no follow)."""
         st = StreamState(session_id, run_id=run_id, last_id=after)
         req = _events_req(st, follow=False)
-        resp = await self.http.request("GET", req.path, params=req.params, headers=self._headers())
+        resp = await self._send(req)
         _raise_for(resp)
         return [e for line in resp.text.splitlines() if (e := _on_line(st, line)) is not None]
 
@@ -614,8 +714,9 @@ class StreamwardClient(_Common):
         transport: httpx.BaseTransport | None = None,
         max_resumes: int = 10,
         resume_delay_s: float = 0.2,
+        retries: int = 2,
     ) -> None:
-        super().__init__(token, admin_token, max_resumes, resume_delay_s)
+        super().__init__(token, admin_token, max_resumes, resume_delay_s, retries)
         self.http = httpx.Client(
             base_url=base_url, timeout=httpx.Timeout(timeout, read=None), transport=transport
         )
@@ -630,17 +731,24 @@ class StreamwardClient(_Common):
         self.close()
 
     def _call(self, req: _Req, admin: bool = False) -> Any:
-        headers = self._admin() if admin else self._headers()
-        resp = self.http.request(
-            req.method,
-            req.path,
-            content=None if req.json is None else orjson.dumps(req.json),
-            params=req.params or None,
-            headers={**headers, **req.headers, "Content-Type": "application/json"}
-            if req.json is not None
-            else {**headers, **req.headers},
-        )
-        return _json(resp)
+        return _json(self._send(req, admin))
+
+    def _send(self, req: _Req, admin: bool = False) -> httpx.Response:
+        args = self._send_args(req, admin)
+        attempt = 0
+        while True:
+            try:
+                resp = self.http.request(req.method, req.path, **args)
+            except httpx.TransportError as exc:
+                delay = self._retry_after(req, attempt, exc, None)
+                if delay is None:
+                    raise StreamwardUnavailable(str(self.http.base_url), exc, attempt + 1) from exc
+            else:
+                delay = self._retry_after(req, attempt, None, resp)
+                if delay is None:
+                    return resp
+            attempt += 1
+            time.sleep(delay)
 
     @overload
     def invoke(
@@ -676,12 +784,12 @@ class StreamwardClient(_Common):
         multitask: Multitask = "enqueue",
         callback: CallbackSpec | None = None,
     ) -> InvokeAccepted | list[LogEntryOut]:
-        """Detached: the 202 answer. Attached: every entry of the run, up to its terminal."""
+        """Same as ``AsyncStreamwardClient.invoke`` (detached by default: see why there)."""
         if detached:
             body = _invoke_body(input, "detached", idempotency_key, multitask, callback)
-            return InvokeAccepted.model_validate(
-                self._call(_Req("POST", f"/v1/sessions/{session_id}/invoke", body))
-            )
+            path = f"/v1/sessions/{session_id}/invoke"
+            req = _Req("POST", path, body, idempotent=idempotency_key is not None)
+            return InvokeAccepted.model_validate(self._call(req))
         return list(
             self.stream(
                 session_id,
@@ -734,9 +842,11 @@ class StreamwardClient(_Common):
                             if st.done:
                                 return
                     return
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 if st.resumes >= self.max_resumes or (st.run_id is None and input is not UNSET):
-                    raise
+                    raise StreamwardUnavailable(
+                        str(self.http.base_url), exc, st.resumes + 1
+                    ) from exc
                 st.resumes += 1
                 time.sleep(self.resume_delay_s)
                 req = _events_req(st)

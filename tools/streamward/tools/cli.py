@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.main
 
 from streamward.tools.bench.cli import app as bench_app
+from streamward.tools.clikit import port_in_use, quiet_flags, settings_or_exit, version
 from streamward.tools.probe_cli import probe_command
 from streamward.tools.record_cli import archiver_command, db_app
 from streamward.tools.routes_cli import routes_app, sources_app
@@ -33,18 +35,47 @@ app.add_typer(token_app, name="token")
 app.command("archiver")(archiver_command)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"streamward {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_show_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Redis-backed session stream ownership: runners, HTTP API, SRE tools."""
+
+
+API_FLAGS = {"host": "--host", "port": "--port", "redis_url": "--redis-url"}
+
+
 @app.command("api")
 def api_command(
-    host: Annotated[str | None, typer.Option(help="Bind address [env STREAMWARD_HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env STREAMWARD_PORT, 8700].")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (env STREAMWARD_HOST; default 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (env STREAMWARD_PORT; default 8700).")
+    ] = None,
     redis_url: Annotated[
-        str | None, typer.Option(help="Redis URL [env STREAMWARD_REDIS_URL].")
+        str | None,
+        typer.Option(help="Redis URL (env STREAMWARD_REDIS_URL; default redis://127.0.0.1:6379)."),
     ] = None,
     admin_port: Annotated[
         int | None,
         typer.Option(
             help="Second listener for /admin (runners' ingest), probes and metrics, with its "
-            "own connection limit [env STREAMWARD_ADMIN_PORT]."
+            "own connection limit (env STREAMWARD_ADMIN_PORT; default: none, all on --port)."
         ),
     ] = None,
     insecure_no_auth: Annotated[
@@ -52,13 +83,21 @@ def api_command(
         typer.Option(
             "--insecure-no-auth",
             help="Serve /v1 without API tokens on a non-loopback bind "
-            "[env STREAMWARD_INSECURE_NO_AUTH].",
+            "(env STREAMWARD_INSECURE_NO_AUTH).",
         ),
     ] = False,
 ) -> None:
     """Serve the HTTP API (public /v1 and admin /admin)."""
+    from streamward.api.config import get_settings
     from streamward.api.main import serve
+    from streamward.tools.server import port_free
 
+    settings = settings_or_exit(get_settings, API_FLAGS)
+    bind = host or settings.host
+    for number, flag in ((port or settings.port, "--port"), (admin_port, "--admin-port")):
+        if number is not None and not port_free(number, bind):
+            typer.echo(f"error: {port_in_use(number, flag, 'api')}", err=True)
+            raise typer.Exit(2)
     code = serve(
         host=host,
         port=port,
@@ -83,7 +122,7 @@ def dev_command(
     handler: Annotated[
         list[str] | None,
         typer.Option(
-            help="[type=]module:callable, repeatable, as for `streamward runner` (default: "
+            help="\\[type=]module:callable, repeatable, as for `streamward runner` (default: "
             "echo; with a handler of your own the echo demo is skipped)."
         ),
     ] = None,
@@ -152,8 +191,13 @@ def chaos_command(
     )
 
 
+def command() -> Any:
+    """The click command tree behind ``app``, with flags shown without a type."""
+    return quiet_flags(typer.main.get_command(app))
+
+
 def main() -> None:
-    app()
+    command()(prog_name="streamward")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import time
 from types import FrameType
 from typing import Any
@@ -155,9 +157,18 @@ def _banner(fleet: Fleet, api: Proc, runners: int, specs: dict[str, str]) -> Non
     console.print(f"runners   {runners}, logs in {fleet.workdir}")
     for session_type, spec in specs.items():  # what the runners were really started with
         console.print(f"handler   type {session_type}: {spec}")
-    print(f"admin token: {fleet.admin_token}", flush=True)
-    console.print("\n[bold]try:[/]")
     tok = fleet.admin_token
+    print(f"admin token: {tok}", flush=True)
+    console.print(f"live page {url}/admin/ui  (paste the admin token when it asks)")
+    console.print("\n[bold]in another shell[/] (the CLI reads these):")
+    # plain print: a terminal's copy of these lines must paste exactly
+    print(f"  . {_venv_hint()}/bin/activate   # puts `streamward` on PATH", flush=True)
+    print(f"  export STREAMWARD_API_URL={url}", flush=True)
+    print(f"  export STREAMWARD_ADMIN_TOKEN={tok}", flush=True)
+    print("  streamward replicas ls            # the runners and their leases", flush=True)
+    print("  streamward locks ls -w            # who owns which session, live", flush=True)
+    print("  streamward locks history demo-failover   # why it moved (after the demo)", flush=True)
+    console.print("\n[bold]try:[/]")
     console.print(
         f"  curl -s -XPOST {url}/v1/sessions/hello/invoke -H 'content-type: application/json' \\\n"
         """     -d '{"input": {"text": "hi", "chunks": 3, "delay_ms": 300}}'"""
@@ -169,6 +180,20 @@ def _banner(fleet: Fleet, api: Proc, runners: int, specs: dict[str, str]) -> Non
     console.print(f"  curl -s {url}/v1/sessions/hello/liveness")
     console.print(f"  curl -s {url}/admin/replicas -H 'authorization: Bearer {tok}'")
     console.print(f"  curl -s {url}/admin/locks -H 'authorization: Bearer {tok}'")
+
+
+def _venv_hint() -> str:
+    """The virtualenv this CLI runs from (``.venv`` under ``make dev``), for the hint."""
+    prefix = sys.prefix
+    with contextlib.suppress(ValueError):  # another drive (Windows)
+        rel = os.path.relpath(prefix)
+        if not rel.startswith(".."):
+            return rel
+    return prefix
+
+
+def _elided(count: int) -> str:
+    return f"  [dim]... {count} more run.output entr{'y' if count == 1 else 'ies'} not shown[/]"
 
 
 def _line(entry: dict[str, Any]) -> str:
@@ -225,13 +250,20 @@ def _demo(fleet: Fleet, api: Proc) -> None:
         )
         console.print("  transcript of the interrupted run as it finishes on the new owner:")
         params: dict[str, str] = {"follow": "true", "run_id": started["run_id"]}
+        console.print("  (every 10th run.output shown; the seq numbers have no gaps)")
+        skipped = 0
         with http.stream("GET", "/v1/sessions/demo-failover/events", params=params) as resp:
             for raw in resp.iter_lines():
                 if not raw:
                     continue
                 e = orjson.loads(raw)
                 if e["type"] != "run.output" or e["data"].get("i", 0) % 10 == 0:
+                    if skipped:
+                        console.print(_elided(skipped))
+                        skipped = 0
                     console.print(_line(e))
+                else:
+                    skipped += 1
         with contextlib.suppress(RuntimeError):
             fleet.start_runner(f"{owner}-restarted")
             console.print(f"  started a replacement runner {owner}-restarted")

@@ -6,8 +6,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from streamward.tools.clikit import settings_error
+
 if TYPE_CHECKING:
     from streamward.lua.config import RedisSettings
+
+
+PROBE_FLAGS = {
+    "redis_url": "--redis-url",
+    "redis_mode": "--mode",
+    "sentinels": "--sentinels",
+    "sentinel_master": "--sentinel-master",
+}
 
 
 def probe_settings(**overrides: Any) -> RedisSettings:
@@ -61,7 +71,7 @@ def probe_command(
     try:
         settings = probe_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        typer.echo(f"error: invalid redis settings:\n{exc}", err=True)
+        typer.echo(f"error: {settings_error(exc, PROBE_FLAGS)}", err=True)
         raise typer.Exit(2) from None
     cfg = settings.redis_config()
     try:

@@ -10,8 +10,10 @@ from typing import Annotated
 
 import typer
 
+from streamward.tools.clikit import settings_or_exit
+
 db_app = typer.Typer(help="The durable record's schema in PostgreSQL (STREAMWARD_DATABASE_URL).")
-URL_HELP = "PostgreSQL URL [env STREAMWARD_DATABASE_URL]."
+URL_HELP = "PostgreSQL URL (env STREAMWARD_DATABASE_URL)."
 
 
 NEEDS_EXTRA = "the record needs the db extra: pip install 'streamward[db]'"
@@ -30,7 +32,7 @@ def _url(url: str | None) -> str:
     from streamward.api.config import Settings
 
     _need_extra()
-    found = url or Settings().database_url
+    found = url or settings_or_exit(Settings).database_url
     if not found:
         typer.echo("no database: set STREAMWARD_DATABASE_URL or pass --database-url", err=True)
         raise typer.Exit(2)
@@ -87,7 +89,7 @@ def db_current(database_url: Annotated[str | None, typer.Option(help=URL_HELP)] 
 def archiver_command(
     database_url: Annotated[str | None, typer.Option(help=URL_HELP)] = None,
     redis_url: Annotated[
-        str | None, typer.Option(help="Redis URL [env STREAMWARD_REDIS_URL].")
+        str | None, typer.Option(help="Redis URL (env STREAMWARD_REDIS_URL).")
     ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port.")
@@ -99,7 +101,7 @@ def archiver_command(
     url = _url(database_url)  # first: says what to install when the db extra is missing
     from streamward.api.record.service import run_archiver
 
-    settings = Settings()
+    settings = settings_or_exit(Settings)
     if redis_url:
         settings = settings.model_copy(update={"redis_url": redis_url})
     stop = asyncio.Event()

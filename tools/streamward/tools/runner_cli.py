@@ -11,6 +11,20 @@ from typing import Annotated, Any
 
 import typer
 
+from streamward.tools.clikit import settings_error
+
+# settings field -> the flag that sets it, named in one-line settings errors
+RUNNER_FLAGS = {
+    "replica_id": "--replica-id",
+    "handler": "--handler",
+    "max_sessions": "--max-sessions",
+    "redis_url": "--redis-url",
+    "api_url": "--api-url",
+    "admin_token": "--admin-token",
+    "drain_timeout_s": "--drain-timeout",
+    "metrics_port": "--metrics-port",
+}
+
 GC_GEN0_THRESHOLD = 30_000  # Python's default is 700; as the API's (api/main.py)
 
 app = typer.Typer(
@@ -32,7 +46,7 @@ def run(
     handler: Annotated[
         list[str] | None,
         typer.Option(
-            help="[type=]module:callable, repeatable: the session types served and their "
+            help="\\[type=]module:callable, repeatable: the session types served and their "
             "handlers; no type= means the default type (env STREAMWARD_HANDLER, "
             "comma-separated; default: the echo handler)."
         ),
@@ -45,6 +59,13 @@ def run(
     ] = None,
     api_url: Annotated[
         str | None, typer.Option(help="API base URL for ingest (env STREAMWARD_API_URL).")
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            help="The API's admin token, for ingest (env STREAMWARD_ADMIN_TOKEN); checked at "
+            "start: a missing or refused token exits 2 before any session is claimed."
+        ),
     ] = None,
     drain_timeout: Annotated[
         float | None,
@@ -63,6 +84,7 @@ def run(
         "max_sessions": max_sessions,
         "redis_url": redis_url,
         "api_url": api_url,
+        "admin_token": admin_token,
         "drain_timeout_s": drain_timeout,
         "metrics_port": metrics_port,
     }
@@ -80,7 +102,7 @@ def _run(overrides: dict[str, Any]) -> int:
     try:
         settings = RunnerSettings(**overrides)
     except ValidationError as exc:
-        typer.echo(f"error: invalid runner settings:\n{exc}", err=True)
+        typer.echo(f"error: {settings_error(exc, RUNNER_FLAGS)}", err=True)
         return 2
     try:
         handler = load_handlers(settings.handler, settings.default_type)
@@ -90,6 +112,9 @@ def _run(overrides: dict[str, Any]) -> int:
     # JSON lines on stdout (human-readable on a terminal), every line with the replica id
     setup_logging(settings.log_level, replica_id=settings.replica_id)
     code = _probe(settings)
+    if code:
+        return code
+    code = _check_api(settings)
     if code:
         return code
     # the imported code and settings live as long as the process: keep them out of the cyclic
@@ -110,6 +135,19 @@ def _loop_runner() -> asyncio.Runner:
     except ImportError:  # pragma: no cover - uvloop is absent on Windows
         return asyncio.Runner()
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def _check_api(settings: Any) -> int:
+    """2 when the API refuses this runner's admin token: checked before any session is
+    claimed (an API that is down is waited for, as Redis is)."""
+    from streamward.runner.api_check import TokenRefused, check_ingest_token
+
+    try:
+        asyncio.run(check_ingest_token(settings.api_url, settings.admin_token))
+    except TokenRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    return 0
 
 
 def _probe(settings: Any) -> int:
@@ -158,7 +196,7 @@ def check(
     try:
         settings = RunnerSettings(replica_id=replica_id or "check")
     except ValidationError as exc:
-        typer.echo(f"error: invalid runner settings:\n{exc}", err=True)
+        typer.echo(f"error: {settings_error(exc, RUNNER_FLAGS)}", err=True)
         raise typer.Exit(2) from None
     rid = replica_id or os.environ.get("STREAMWARD_REPLICA_ID") or os.environ.get("POD_NAME")
     path = heartbeat_file or (Path(settings.heartbeat_file) if settings.heartbeat_file else None)

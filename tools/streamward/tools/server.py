@@ -89,6 +89,8 @@ def wait_ready(
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether ``port`` can be bound on ``host`` right now."""
     with socket.socket() as s:
+        # as uvicorn binds: a port with connections in TIME_WAIT is free, a listener is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from streamward.api.schemas import LockDetail, LockOut, ReplicaOut
-from streamward.client import StreamwardAPIError, StreamwardClient
+from streamward.client import StreamwardAPIError, StreamwardClient, StreamwardUnavailable
 
 DEFAULT_API_URL = "http://127.0.0.1:8700"
 PAGE = 500  # the admin API's largest page
@@ -212,6 +212,8 @@ class Conn:
 
 def explain(exc: Exception, api_url: str) -> str:
     """What went wrong and what to do about it, in one or two sentences."""
+    if isinstance(exc, StreamwardUnavailable) and isinstance(exc.__cause__, Exception):
+        exc = exc.__cause__  # the transport error says best what to do
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return (
             f"cannot reach the API at {api_url}: start it with `streamward api` "
@@ -258,7 +260,13 @@ def explain(exc: Exception, api_url: str) -> str:
 
 
 # everything a call through the client can raise that is not a bug here
-CALL_ERRORS = (httpx.HTTPError, StreamwardAPIError, orjson.JSONDecodeError, ValidationError)
+CALL_ERRORS = (
+    httpx.HTTPError,
+    StreamwardAPIError,
+    StreamwardUnavailable,
+    orjson.JSONDecodeError,
+    ValidationError,
+)
 
 
 @contextlib.contextmanager
@@ -295,6 +303,10 @@ def _emit(render: Callable[[], RenderableType | str], watch: bool, interval: flo
         return Group(stamp, Text(body) if isinstance(body, str) else body)
 
     last: RenderableType | str = first
+    if not out.is_terminal:
+        # piped: a Live display draws only its last frame there; print one frame per interval
+        _frames(render, first, frame, out, interval)
+        return
     try:
         with Live(frame(first), console=out, auto_refresh=False, transient=False) as live:
             while True:
@@ -307,6 +319,29 @@ def _emit(render: Callable[[], RenderableType | str], watch: bool, interval: flo
                     note = f"  [last refresh failed: {explain(exc, '')[:120]}]"
                 live.update(frame(last, note), refresh=True)
     except KeyboardInterrupt:
+        return
+
+
+def _frames(
+    render: Callable[[], RenderableType | str],
+    first: RenderableType | str,
+    frame: Callable[[RenderableType | str, str], RenderableType],
+    out: Console,
+    interval: float,
+) -> None:
+    body, note = first, ""
+    try:
+        while True:
+            shown = frame(body, note)
+            out.print(shown)
+            out.file.flush()
+            pause(interval)
+            note = ""
+            try:
+                body = render()
+            except CALL_ERRORS as exc:
+                note = f"  [last refresh failed: {explain(exc, '')[:120]}]"
+    except (KeyboardInterrupt, BrokenPipeError):
         return
 
 
@@ -626,9 +661,15 @@ def locks_release(
         if not yes:
             question = (
                 f"Force-release {ref}? {before.holder} is fenced at once (its next write is "
-                "refused) and any pending input goes to another runner."
+                "refused) and any pending input goes to another runner. (--yes skips this "
+                "question)"
             )
-            if not typer.confirm(question, default=False, err=True):
+            try:
+                answer = typer.confirm(question, default=False, err=True)
+            except typer.Abort:  # stdin closed or not a terminal: no answer
+                answer = False
+                _err.print("")
+            if not answer:
                 _fail("aborted: nothing was released (pass --yes to skip the question)")
         res = client.release_lock(sid, proj, reason=reason)
     if output in (Output.json, Output.yaml):

@@ -58,6 +58,13 @@ _AUTH_RESPONSES: dict[int | str, dict[str, str]] = {
 }
 
 
+@ingest_router.get("/sessions/transcripts/ingest", responses=_AUTH_RESPONSES)
+async def ingest_check() -> Response:
+    """Whether the bearer token may ingest: what a runner asks once at start, so a missing or
+    wrong token stops it before it claims a session (no Redis call)."""
+    return OrjsonResponse({"ok": True})
+
+
 @ingest_router.post(
     "/sessions/transcripts/ingest",
     response_model=IngestResult,
