@@ -101,10 +101,17 @@ async def test_every_operation_declares_a_scope() -> None:
     for method, path, op in ops:
         scope = op.get(SCOPE_EXTENSION)
         assert scope in (*SCOPES, PUBLIC), f"{method} {path} declares no scope"
-        want = [] if scope == PUBLIC else [{"bearerAuth": [scope]}]
+        if scope == PUBLIC:
+            want: list[dict[str, list[str]]] = []
+        elif scope == ADMIN:
+            want = [{"adminBearer": [ADMIN]}]
+        else:  # a project's token or the admin one: either works
+            want = [{"userBearer": [scope]}, {"adminBearer": [scope]}]
         assert op.get("security") == want, (method, path)
     doc = create_app(Settings()).openapi()
-    assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    schemes = doc["components"]["securitySchemes"]
+    assert set(schemes) == {"userBearer", "adminBearer"}
+    assert all(s == {**s, "type": "http", "scheme": "bearer"} for s in schemes.values())
 
 
 async def test_every_endpoint_by_every_scope(scoped_url: str) -> None:

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -156,3 +156,63 @@ def test_page_is_served_without_a_token_and_locked_down(system: System) -> None:
     assert "connect-src 'self'" in csp and "frame-ancestors 'none'" in csp
     # the data behind it still needs the admin token
     assert httpx.get(f"{system.url}/admin/replicas").status_code == 401
+
+
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def _offline(page: Page) -> list[str]:
+    """Abort every request to a non-local host and return the list they are recorded in
+    (the docs pages must not need one: an empty list is the assertion)."""
+    from urllib.parse import urlsplit
+
+    outside: list[str] = []
+
+    def handle(route: Any) -> None:
+        url = route.request.url
+        if urlsplit(url).hostname in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+
+    page.route("**/*", handle)
+    return outside
+
+
+def test_swagger_ui_renders_offline_and_authorizes(browser: BrowserContext, system: System) -> None:
+    """/docs renders every operation from the bundled assets alone, and its Authorize
+    dialog takes the admin token, which an admin operation then runs with."""
+    page = browser.new_page()
+    outside = _offline(page)
+    page.goto(f"{system.url}/docs")
+    page.wait_for_selector(".opblock", timeout=WAIT_MS)
+    assert page.locator(".opblock").count() > 20
+    page.click(".auth-wrapper .authorize")
+    page.wait_for_selector(".auth-container", timeout=WAIT_MS)
+    names = page.locator(".auth-container h4").all_inner_texts()
+    assert any("userBearer" in n for n in names) and any("adminBearer" in n for n in names)
+    admin = page.locator(".auth-container").filter(has_text="adminBearer")
+    admin.locator("input").fill(system.admin_token)
+    admin.locator("button.authorize").click()
+    page.click(".btn-done")
+    block = page.locator(".opblock-get").filter(
+        has=page.locator('.opblock-summary-path[data-path="/admin/replicas"]')
+    )
+    block.locator(".opblock-summary").first.click()
+    block.locator(".try-out__btn").click()
+    block.locator(".execute").click()
+    status = block.locator(".live-responses-table tbody .response-col_status").first
+    status.wait_for(timeout=WAIT_MS)
+    assert status.inner_text().strip() == "200"
+    assert outside == []
+
+
+def test_redoc_renders_offline(browser: BrowserContext, system: System) -> None:
+    page = browser.new_page()
+    outside = _offline(page)
+    page.goto(f"{system.url}/redoc")
+    # redoc renders one section per operation, each with an id "operation/<operationId>"
+    page.wait_for_selector('[id^="operation/"]', timeout=WAIT_MS)
+    assert page.locator('[id^="operation/"]').count() > 20
+    assert outside == []

@@ -21,6 +21,7 @@ from streamward.api.audit import IngestAudit
 from streamward.api.callbackworker import CallbackWorker
 from streamward.api.config import Settings, get_settings
 from streamward.api.deps import AppState, ensure_ready
+from streamward.api.docspages import install_docs
 from streamward.api.metrics import ApiMetrics, HttpMetrics, route_index
 from streamward.api.problems import install_handlers, install_refusal_handlers, problem_response
 from streamward.api.responses import OrjsonResponse
@@ -237,6 +238,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Session stream ownership: invoke, stream, inspect.",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        docs_url=None,  # served without a CDN: install_docs, after the API's routes
+        redoc_url=None,
     )
     app.state.metrics = metrics
     install_handlers(app, settings.retry_after_s)
@@ -264,6 +267,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for r in routers:
         app.include_router(r)
     declare_scopes(app, routers)
+    install_docs(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # outermost: counted and logged even when the body limit answers before routing
     app.add_middleware(HttpMetrics, metrics=metrics, routes=route_index(routers))

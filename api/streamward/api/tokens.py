@@ -36,7 +36,11 @@ Scope = Literal["sessions:run", "sessions:view", "routes:admin", "admin"]
 
 # the OpenAPI extension naming an operation's scope: declared there, enforced from there
 SCOPE_EXTENSION = "x-streamward-scope"
-SECURITY_SCHEME = "bearerAuth"
+# two HTTP bearer schemes, so Swagger UI's "Authorize" takes a project token and an admin
+# token side by side: /v1 and routes:admin operations accept either, the rest of /admin
+# only the admin one (both are the same Authorization header on the wire)
+USER_SCHEME = "userBearer"
+ADMIN_SCHEME = "adminBearer"
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/metrics", "/admin/ui"})
 _ROUTES_PREFIXES = ("/admin/routes", "/admin/sources")
 _READ_METHODS = frozenset({"GET", "HEAD"})
@@ -182,6 +186,15 @@ _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def security_requirement(scope: str) -> list[dict[str, list[str]]]:
+    """The OpenAPI ``security`` of an operation needing ``scope`` (alternatives: any one)."""
+    if scope == PUBLIC:
+        return []
+    if scope == ADMIN:
+        return [{ADMIN_SCHEME: [scope]}]
+    return [{USER_SCHEME: [scope]}, {ADMIN_SCHEME: [scope]}]
+
+
 def _declare(route: APIRoute) -> None:
     extra: dict[str, Any] = dict(route.openapi_extra or {})
     scope = extra.get(SCOPE_EXTENSION)
@@ -193,7 +206,7 @@ def _declare(route: APIRoute) -> None:
     if scope != PUBLIC and scope not in SCOPES:
         raise ValueError(f"{route.path_format}: unknown scope {scope!r}")
     extra[SCOPE_EXTENSION] = scope
-    extra["security"] = [] if scope == PUBLIC else [{SECURITY_SCHEME: [scope]}]
+    extra["security"] = security_requirement(scope)
     # new dicts: never write into one the route was given (EVENT_BODY_OPENAPI, _ERRORS, ...)
     route.openapi_extra = extra
     if scope != PUBLIC:
@@ -221,11 +234,18 @@ def declare_scopes(app: FastAPI, routers: Iterable[APIRouter]) -> None:
             return app.openapi_schema
         doc = build()
         schemes = doc.setdefault("components", {}).setdefault("securitySchemes", {})
-        schemes[SECURITY_SCHEME] = {
+        schemes[USER_SCHEME] = {
             "type": "http",
             "scheme": "bearer",
-            "description": "A streamward token; each operation names the scope it needs in "
-            f"`{SCOPE_EXTENSION}` (`admin` implies every scope).",
+            "description": "A project's token (`sessions:run`, `sessions:view`, "
+            "`routes:admin`); each operation names the scope it needs in "
+            f"`{SCOPE_EXTENSION}`.",
+        }
+        schemes[ADMIN_SCHEME] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A token with scope `admin` (`STREAMWARD_ADMIN_TOKEN`, the "
+            "runners' and the CLI's token): every operation, `admin` implies every scope.",
         }
         app.openapi_schema = doc
         return doc
