@@ -135,7 +135,7 @@ OPTIONAL_PARTS = {"state_not_found", "run_not_found"}
 def _validate(case: Any, response: Any, **kwargs: Any) -> None:
     """Every built-in check (5xx, status codes, content types, schemas, Allow, negative and
     positive data), less positive-data acceptance for a semantic 422."""
-    excluded = []
+    excluded: list[Any] = []
     if response.status_code == 422 and orjson.loads(response.content)["code"] in SEMANTIC_422:
         excluded.append(positive_data_acceptance)
     if response.status_code == 404 and orjson.loads(response.content)["code"] in OPTIONAL_PARTS:
