@@ -3,6 +3,7 @@ nothing half-enqueued, refunds, per-project overrides, the usage endpoint, metri
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import httpx
@@ -305,3 +306,19 @@ async def test_python_client_reports_the_refusal_and_retry_after(
         assert (err.value.status, err.value.code) == (429, "rate_limited")
         assert err.value.retry_after_s is not None and err.value.retry_after_s >= 90
         assert err.value.problem["reason"] == "invokes_per_s"
+
+
+def test_metric_labels_name_the_projects_of_hashed_tokens() -> None:
+    from streamward.api.config import Settings
+    from streamward.api.quotas import known_projects
+
+    digest = hashlib.sha256(b"team-h-token").hexdigest()
+    settings = Settings.model_validate(
+        {
+            "tokens": [{"sha256": digest, "project": "team-h", "scopes": ["sessions:run"]}],
+            "api_tokens": {"legacy": "team-l"},
+            "quotas_by_project": {"team-q": {"invokes_per_s": 5}},
+        }
+    )
+    assert known_projects(settings) == ["team-h", "team-l", "team-q"]
+    assert known_projects(Settings()) == ["default"]  # no tokens: every call is in default

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from streamward.api.config import ProjectQuota, Settings
 from streamward.api.metrics import ApiMetrics
+from streamward.api.tokens import TokenConfigError, build_table
 from streamward.lua import errors as E
 from streamward.lua.keys import DEFAULT_TYPE, SessionKeys
 from streamward.lua.quotas import QuotaCalls
@@ -70,8 +71,13 @@ def resolve_limits(settings: Settings, project: str) -> Limits:
 def known_projects(settings: Settings) -> list[str]:
     """Projects the settings name (tokens, overrides; ``default`` without tokens): the only
     values the quota metrics label with, so their series stay bounded by configuration."""
-    names = set(settings.api_tokens.values()) | set(settings.quotas_by_project)
-    if not settings.api_tokens:
+    try:
+        # every token setting: hashed scoped tokens, their file, the legacy ones
+        tokens = build_table(settings).projects
+    except TokenConfigError:  # the API refuses to start on it; name what the env says
+        tokens = frozenset(settings.api_tokens.values())
+    names = set(tokens) | set(settings.quotas_by_project)
+    if not (settings.api_tokens or settings.tokens or settings.tokens_file):
         names.add("default")
     return sorted(names)
 
