@@ -9,7 +9,9 @@ import orjson
 from streamward.api.problems import ProblemError
 
 
-def encode_input(value: Any, max_bytes: int, what: str = "input") -> str:
+def encode_input(
+    value: Any, max_bytes: int, what: str = "input", code: str = "input_too_large"
+) -> str:
     """``value`` as the JSON text the inbox stores; 413 ``input_too_large`` above
     ``max_bytes`` (``STREAMWARD_MAX_INPUT_BYTES``).
 
@@ -24,7 +26,7 @@ def encode_input(value: Any, max_bytes: int, what: str = "input") -> str:
     if len(raw) > max_bytes:
         raise ProblemError(
             413,
-            "input_too_large",
+            code,
             f"{what} is {len(raw)} bytes as JSON; the limit is {max_bytes}",
             bytes=len(raw),
             max_bytes=max_bytes,

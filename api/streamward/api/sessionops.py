@@ -43,16 +43,8 @@ def new_session_id(project: str, idempotency_key: str | None) -> str:
 
 
 def encode_metadata(value: dict[str, Any]) -> str:
-    raw = orjson.dumps(value)
-    if len(raw) > METADATA_MAX_BYTES:
-        raise ProblemError(
-            413,
-            "metadata_too_large",
-            f"metadata is {len(raw)} bytes as JSON, the limit is {METADATA_MAX_BYTES}",
-            bytes=len(raw),
-            max_bytes=METADATA_MAX_BYTES,
-        )
-    return raw.decode()
+    """The metadata's JSON text; 413 ``metadata_too_large`` over ``METADATA_MAX_BYTES``."""
+    return encode_input(value, METADATA_MAX_BYTES, "metadata", code="metadata_too_large")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
