@@ -286,3 +286,128 @@ async def test_a_crashed_sender_stops_the_shipper_and_wakes_its_waiters() -> Non
         await asyncio.wait_for(shipper.flush(), 2)  # woken, not left waiting forever
     assert len(stops) == 1 and "AssertionError" in str(stops[0])
     await shipper.close()
+
+
+# -- coalescing (IngestHTTP(coalesce=True)) ---------------------------------------------------
+
+
+def _batch_answer(request: bytes, statuses: list[int]) -> bytes:
+    """The batch endpoint's answer to ``request``: item i gets ``statuses[i]``, and a body that
+    names the item it answers (its ``n``), so a test sees who got what."""
+    body = orjson.loads(request.partition(b"\r\n\r\n")[2])
+    results = []
+    for i, item in enumerate(body["batches"]):
+        status = statuses[i % len(statuses)]
+        answer: dict[str, Any] = {"n": item["n"]}
+        if status != 200:
+            answer["code"] = "stale_token"
+        results.append({"status": status, "body": answer})
+    return plain(orjson.dumps({"results": results}))
+
+
+def _path(request: bytes) -> bytes:
+    return request.split(b" ", 2)[1]
+
+
+async def test_posts_of_one_loop_turn_leave_as_one_batch_and_each_gets_its_answer(
+    serve: Any,
+) -> None:
+    s: Server
+
+    def respond(n: int) -> bytes:
+        return _batch_answer(s.requests[n - 1], [200, 409, 200])
+
+    s = await serve(respond)
+    http = IngestHTTP(coalesce=True)
+    try:
+        bodies = [orjson.dumps({"n": i}) for i in range(6)]
+        answers = await asyncio.gather(*(post(http, s.url, b) for b in bodies))
+    finally:
+        await http.aclose()
+    assert [_path(r) for r in s.requests] == [b"/admin/ingest/batch"]
+    sent = orjson.loads(s.requests[0].partition(b"\r\n\r\n")[2])
+    assert sent == {"batches": [{"n": i} for i in range(6)]}  # the bodies as posted, in order
+    assert [(a.status_code, a.json()["n"]) for a in answers] == [
+        (200 if i % 3 != 1 else 409, i) for i in range(6)
+    ]
+    assert answers[1].json()["code"] == "stale_token"
+
+
+async def test_a_lone_post_goes_to_the_single_endpoint(serve: Any) -> None:
+    s = await serve(lambda n: plain())
+    http = IngestHTTP(coalesce=True)
+    try:
+        for _ in range(3):
+            assert (await post(http, s.url, b'{"n":1}')).json() == {"accepted": 1}
+    finally:
+        await http.aclose()
+    assert [_path(r) for r in s.requests] == [b"/admin/ingest"] * 3
+
+
+async def test_an_api_without_the_batch_endpoint_gets_the_posts_one_by_one(serve: Any) -> None:
+    not_found = plain(b'{"code":"not_found"}', 404)
+    s: Server
+    s = await serve(lambda n: not_found if b"/batch" in _path(s.requests[n - 1]) else plain())
+    http = IngestHTTP(coalesce=True)
+    try:
+        first = await asyncio.gather(*(post(http, s.url, b'{"n":1}') for _ in range(3)))
+        later = await asyncio.gather(*(post(http, s.url, b'{"n":1}') for _ in range(3)))
+    finally:
+        await http.aclose()
+    assert all(a.status_code == 200 for a in first + later)
+    paths = [_path(r) for r in s.requests]
+    # one refused batch, then every post alone (the endpoint is not asked again for a while)
+    assert paths == [b"/admin/ingest/batch"] + [b"/admin/ingest"] * 6
+
+
+async def test_a_batch_refused_as_a_whole_is_retried_one_by_one(serve: Any) -> None:
+    too_large = plain(b'{"code":"body_too_large"}', 413)
+    s: Server
+    s = await serve(lambda n: too_large if b"/batch" in _path(s.requests[n - 1]) else plain())
+    http = IngestHTTP(coalesce=True)
+    try:
+        answers = await asyncio.gather(*(post(http, s.url, b'{"n":1}') for _ in range(4)))
+        again = await asyncio.gather(*(post(http, s.url, b'{"n":1}') for _ in range(2)))
+    finally:
+        await http.aclose()
+    assert all(a.status_code == 200 for a in answers + again)
+    paths = [_path(r) for r in s.requests]
+    # a 413 is about that batch: the next one is tried as a batch again
+    assert paths.count(b"/admin/ingest/batch") == 2 and paths.count(b"/admin/ingest") == 6
+
+
+async def test_a_failed_batch_answers_every_post_as_a_failure(serve: Any) -> None:
+    unavailable = plain(b'{"code":"redis_unavailable"}', 503)
+    s = await serve(lambda n: unavailable if n == 1 else None)
+    http = IngestHTTP(coalesce=True)
+    try:
+        answers = await asyncio.gather(*(post(http, s.url, b'{"n":1}') for _ in range(3)))
+        assert [a.status_code for a in answers] == [503] * 3  # the shippers back off, retry
+        # no answer at all (the server hangs up): every post raises, none is answered twice
+        outcomes = await asyncio.gather(
+            *(post(http, s.url, b'{"n":1}') for _ in range(3)), return_exceptions=True
+        )
+    finally:
+        await http.aclose()
+    assert all(isinstance(o, IngestHTTPError) for o in outcomes)
+
+
+async def test_a_cancelled_post_is_dropped_and_the_rest_still_ship(serve: Any) -> None:
+    s: Server
+
+    def respond(n: int) -> bytes:
+        return _batch_answer(s.requests[n - 1], [200])
+
+    s = await serve(respond)
+    http = IngestHTTP(coalesce=True)
+    try:
+        tasks = [asyncio.create_task(post(http, s.url, orjson.dumps({"n": i}))) for i in range(3)]
+        await asyncio.sleep(0)  # all three queued; the first then stops waiting
+        tasks[0].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await http.aclose()
+    assert isinstance(done[0], asyncio.CancelledError)
+    assert [cast(Any, d).json()["n"] for d in done[1:]] == [1, 2]
+    sent = orjson.loads(s.requests[0].partition(b"\r\n\r\n")[2])
+    assert sent == {"batches": [{"n": 1}, {"n": 2}]}

@@ -104,12 +104,30 @@ async def register(
     await outbox.register(cb, settings.callback_retention_s * 1000)
 
 
+def may_have_callback(
+    outbox: Outbox | None, settings: Settings, sk: SessionKeys, entries: Sequence[Entry]
+) -> bool:
+    """Whether a batch of ``sk``'s entries may owe callback deliveries: an entry a callback may
+    name, in a project with a callback secret (without one no invoke can register a callback,
+    see ``register``: the run's callback is not even read, which saves a Redis round trip per
+    run). Every API process must share the secrets' configuration (docs/api.md)."""
+    return (
+        outbox is not None
+        and any(e.type in _NAMEABLE for e in entries)
+        and bool(project_secrets(settings, sk.project))
+    )
+
+
 def lookup(
-    outbox: Outbox | None, run_id: str, entries: Sequence[Entry]
+    outbox: Outbox | None,
+    settings: Settings,
+    sk: SessionKeys,
+    run_id: str,
+    entries: Sequence[Entry],
 ) -> Awaitable[RunCallback | None] | None:
-    """The run's callback read, when the batch holds an entry a callback may name (else None:
-    nothing to do, no Redis call)."""
-    if outbox is None or not any(e.type in _NAMEABLE for e in entries):
+    """The run's callback read, when the batch may owe deliveries (else None: nothing to do,
+    no Redis call)."""
+    if outbox is None or not may_have_callback(outbox, settings, sk, entries):
         return None
     return outbox.run_callback(run_id)
 
@@ -188,7 +206,7 @@ async def after_api_writes(
 ) -> None:
     """Entries the API wrote itself (a delete's ``run.cancelled``): their deliveries too."""
     for run_id, entry in written:
-        read = lookup(outbox, run_id, [entry])
+        read = lookup(outbox, settings, sk, run_id, [entry])
         cb = await read if read is not None else None
         if cb is not None and outbox is not None:
             await add_deliveries(outbox, settings, sk, cb, [entry])

@@ -97,6 +97,18 @@ def problem_response(
     )
 
 
+def refusal_problem(exc: ProblemError | E.StreamwardError) -> Response:
+    """The problem a ProblemError or a write refusal answers (stale token, not owner, seq gap,
+    any other lease error): the exception handlers' answer, and the batch ingest's per item."""
+    if isinstance(exc, ProblemError):
+        return problem_response(exc.status, exc.code, exc.detail, exc.headers, **exc.extra)
+    if isinstance(exc, E.StaleToken):
+        return problem_response(409, "stale_token", str(exc), epoch=exc.epoch)
+    if isinstance(exc, E.SeqGap):
+        return problem_response(422, "seq_gap", str(exc), last_seq=exc.last_seq, seq=exc.seq)
+    return problem_response(409, exc.code, str(exc))
+
+
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     # FastAPI's raw errors carry the offending input and exception objects in ctx; keep
     # only what a caller needs (and what is always JSON-serialisable).
@@ -123,7 +135,7 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
 
     async def on_problem(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
-        return problem_response(exc.status, exc.code, exc.detail, exc.headers, **exc.extra)
+        return refusal_problem(exc)
 
     async def on_validation(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -152,11 +164,11 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
 
     async def on_stale(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, E.StaleToken)
-        return problem_response(409, "stale_token", str(exc), epoch=exc.epoch)
+        return refusal_problem(exc)
 
     async def on_seq_gap(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, E.SeqGap)
-        return problem_response(422, "seq_gap", str(exc), last_seq=exc.last_seq, seq=exc.seq)
+        return refusal_problem(exc)
 
     async def on_busy(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, E.SessionBusy)
@@ -182,7 +194,7 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
 
     async def on_lease(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, E.StreamwardError)
-        return problem_response(409, exc.code, str(exc))
+        return refusal_problem(exc)
 
     async def on_redis_down(_: Request, exc: Exception) -> Response:
         log.warning("redis unavailable: %s", exc)

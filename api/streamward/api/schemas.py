@@ -30,6 +30,8 @@ from streamward.api.routeschemas import SessionReset as SessionReset
 from streamward.api.routeschemas import SessionResetResult as SessionResetResult
 from streamward.api.routeschemas import SessionType as SessionType
 from streamward.core.contract import Id, Model
+from streamward.core.contract import IngestBatchRequest as IngestBatchRequest
+from streamward.core.contract import IngestBatchResult as IngestBatchResult
 from streamward.core.contract import IngestEntry as IngestEntry
 from streamward.core.contract import IngestRequest as IngestRequest
 from streamward.core.contract import IngestResult as IngestResult

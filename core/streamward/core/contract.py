@@ -62,6 +62,28 @@ class IngestResult(Model):
     last_seq: int
 
 
+# sessions per batch ingest request (a replica's shippers coalesced, runner/ingest_http.py)
+INGEST_BATCH_MAX = 256
+
+
+class IngestBatchRequest(Model):
+    """Several ``IngestRequest`` bodies in one request (``POST .../ingest/batch``)."""
+
+    batches: Annotated[list[IngestRequest], Field(min_length=1, max_length=INGEST_BATCH_MAX)]
+
+
+class IngestItemResult(Model):
+    """One batch's answer, as ``POST .../ingest`` would give it alone: the HTTP status and
+    its body (an ``IngestResult``, or a problem: stale_token, not_owner, seq_gap...)."""
+
+    status: int
+    body: dict[str, Any]
+
+
+class IngestBatchResult(Model):
+    results: list[IngestItemResult]
+
+
 class IngestEncoder:
     """``IngestRequest`` bodies for one session lease, as the runner's shipper sends them.
 

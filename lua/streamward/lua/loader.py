@@ -139,12 +139,14 @@ class Script:
 
 
 async def execute_pipeline(
-    client: RedisClient, script: Script, build: Callable[[Any], None]
+    client: RedisClient, script: Script | Sequence[Script], build: Callable[[Any], None]
 ) -> list[Any]:
-    """Build and run a pipeline of ``script`` calls; on NOSCRIPT load it and run again.
+    """Build and run a pipeline of ``script`` calls (several scripts: the first names the
+    timing); on NOSCRIPT load them and run again.
 
     The round trip is reported to ``on_script_timing`` under the script's name, as a direct
     call is: a script moved into a pipeline keeps its latency metric."""
+    scripts = [script] if isinstance(script, Script) else list(script)
     hook = on_script_timing
     t0 = time.perf_counter()
     ok = False
@@ -159,8 +161,9 @@ async def execute_pipeline(
             except NoScriptError:
                 if attempt == 2:
                     raise
-                await script.load(client)
+                for s in scripts:
+                    await s.load(client)
         raise AssertionError("unreachable")
     finally:
         if hook is not None:
-            hook(script.src.name, time.perf_counter() - t0, ok)
+            hook(scripts[0].src.name, time.perf_counter() - t0, ok)

@@ -8,8 +8,8 @@ Error statuses the callers never handle themselves become exceptions here, throu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio.client import Pipeline
@@ -67,6 +67,28 @@ def _field_args(incarnation: str, ttl_ms: int, fields: Mapping[str, str] | None)
     for k, v in (fields or {}).items():
         args += [k, v]
     return args
+
+
+# one ingest_entries call: session, token, run_id, owner ("" = no check), entries
+IngestCall = tuple[SessionKeys, int, str, str, Sequence[Entry]]
+
+
+def _ingest_call(
+    session: SessionKeys, token: int, run_id: str, owner: str, entries: Sequence[Entry]
+) -> tuple[list[str], list[ArgT]]:
+    args: list[ArgT] = [token, run_id, len(entries), owner]
+    for e in entries:
+        # the data as JSON text (an orjson.Fragment's JSON passes through as is)
+        args += [e.seq, e.type, orjson.dumps(e.data), "" if e.ts_ms is None else e.ts_ms]
+    return [session.epoch, session.log, session.meta, session.runs, session.lease], args
+
+
+def _ingest_reply(token: int, raw: object) -> IngestResult:
+    r = as_list(raw)
+    if status(r) == E.STALE_TOKEN:
+        raise E.StaleToken(token, as_int(r[1]))
+    _ok("ingestEntries", r)
+    return IngestResult(as_int(r[1]), as_int(r[2]), as_int(r[3]))
 
 
 class Scripts:
@@ -227,18 +249,31 @@ class Scripts:
         entries: Sequence[Entry],
     ) -> IngestResult:
         """Raises StaleToken, NotOwner or SeqGap (nothing written then)."""
-        args: list[ArgT] = [token, run_id, len(entries), owner]
-        for e in entries:
-            # the data as JSON text (an orjson.Fragment's JSON passes through as is)
-            args += [e.seq, e.type, orjson.dumps(e.data), "" if e.ts_ms is None else e.ts_ms]
-        raw = await self._by_name["ingestEntries"](
-            [session.epoch, session.log, session.meta, session.runs, session.lease], args
-        )
-        r = as_list(raw)
-        if status(r) == E.STALE_TOKEN:
-            raise E.StaleToken(token, as_int(r[1]))
-        _ok("ingestEntries", r)
-        return IngestResult(as_int(r[1]), as_int(r[2]), as_int(r[3]))
+        keys, args = _ingest_call(session, token, run_id, owner, entries)
+        raw = await self._by_name["ingestEntries"](keys, args)
+        return _ingest_reply(token, raw)
+
+    async def ingest_many(
+        self, calls: Sequence[IngestCall]
+    ) -> list[IngestResult | E.StreamwardError]:
+        """Several sessions' ``ingest_entries`` in one pipelined round trip; each call's
+        refusal (StaleToken, NotOwner, SeqGap) is returned in its place, not raised: one
+        stale owner must not fail the others' batches."""
+        script = self._by_name["ingestEntries"]
+        built = [_ingest_call(*c) for c in calls]
+
+        def build(pipe: Pipeline) -> None:
+            for keys, args in built:
+                script.queue(pipe, keys, args)
+
+        replies = await execute_pipeline(self._client, script, build)
+        out: list[IngestResult | E.StreamwardError] = []
+        for call, raw in zip(calls, replies, strict=True):
+            try:
+                out.append(_ingest_reply(call[1], raw))
+            except E.StreamwardError as exc:
+                out.append(exc)
+        return out
 
     async def enqueue_input(
         self,
@@ -255,6 +290,8 @@ class Scripts:
         default_type: str = DEFAULT_TYPE,
         max_pending: int = 0,
         may_create: bool = True,
+        then: Callable[[Pipeline], list[Script]] | None = None,
+        then_replies: list[Any] | None = None,
     ) -> Queued | DuplicateInput:
         """Raises SessionBusy (multitask=reject), TypeMismatch (``session_type`` names another
         type; a new session gets it, else ``default_type``), InboxFull at ``max_pending``
@@ -270,6 +307,23 @@ class Scripts:
         args += [idempotency_ttl_ms, session.project, session.session_id, source, session_type]
         args += [default_type, max_pending, "1" if may_create else "0"]
         script = self._by_name["enqueueInput"]
+        if then is not None and not self._cluster:
+            # commands that follow the append in the same round trip (the predicted owner's
+            # mail, see LeaseStore.enqueue); their replies go to ``then_replies``
+            more: list[Script] = []
+
+            def build_then(pipe: Pipeline) -> None:
+                if pending is not None:
+                    pipe.zadd(pending[0], {session.ref: pending[1]})
+                script.queue(pipe, keys, args)
+                more.extend(then(pipe))
+
+            loaded = [script, *{s.src.name: s for s in more}.values()]
+            replies = await execute_pipeline(self._client, loaded, build_then)
+            first = 1 if pending is not None else 0
+            if then_replies is not None:
+                then_replies.extend(replies[first + 1 :])
+            return parse_enqueued(replies[first])
         if pending is None:
             return parse_enqueued(await script(keys, args))
         index, score_ms = pending

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio.client import Pipeline
 
+from streamward.lua.client import RedisClient
 from streamward.lua.entries import Entry as Entry  # re-exported: callers built entries from here
+from streamward.lua.errors import StreamwardError
 from streamward.lua.indexes import queue_touch
-from streamward.lua.keys import DEFAULT_TYPE, SessionKeys
+from streamward.lua.keys import DEFAULT_TYPE, Keys, SessionKeys
 from streamward.lua.leases import LeaseCalls
-from streamward.lua.loader import execute_pipeline
+from streamward.lua.loader import Script, execute_pipeline
 from streamward.lua.replies import DuplicateInput, InboxPeek, IngestResult, LockClaim
+from streamward.lua.scripts import IngestCall as IngestCall  # re-exported for the API
 from streamward.lua.scripts import parse_notified
 from streamward.lua.sessionmeta import Created, Updated, create_session, update_session
 from streamward.lua.work import MAIL_MAXLEN
+
+# sessions whose last seen holder an API process remembers (enqueue's predict_mail)
+HOLDERS_REMEMBERED = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,9 @@ class Enqueued:
     holder: tuple[str, str] | None = None  # (replica_id, incarnation)
     session_type: str = DEFAULT_TYPE  # the session's type ("" for a duplicate: not read)
     created: bool = False  # this append created the session (new meta; revived is apart)
+    # the predicted holder mailed in the append's round trip (enqueue's ``mail``), when its
+    # replica lease named it: the caller's wake-up is done
+    mailed: tuple[str, str] | None = None
 
     @property
     def enqueued_ms(self) -> int | None:
@@ -47,6 +56,11 @@ class Enqueued:
 
 class LeaseStore(LeaseCalls):
     """Async, typed calls over one Redis client (standalone, Sentinel master or Cluster)."""
+
+    def __init__(self, client: RedisClient, keys: Keys | None = None) -> None:
+        super().__init__(client, keys)
+        # session ref -> the lease holder its last append saw (enqueue's predict_mail)
+        self._holders: dict[str, tuple[str, str]] = {}
 
     # -- transcript and inbox ----------------------------------------------------------
 
@@ -65,6 +79,13 @@ class LeaseStore(LeaseCalls):
         owner = f"{replica_id}|{incarnation}|{token}" if replica_id and incarnation else ""
         return await self.scripts.ingest_entries(session, token, run_id, owner, list(entries))
 
+    async def ingest_many(
+        self, calls: Sequence[IngestCall]
+    ) -> list[IngestResult | StreamwardError]:
+        """``ingest`` for several sessions in one round trip (``calls``: session, token,
+        run_id, owner signature or "", entries); a refused call's error is in its place."""
+        return await self.scripts.ingest_many(calls)
+
     async def enqueue(
         self,
         session: SessionKeys,
@@ -80,6 +101,7 @@ class LeaseStore(LeaseCalls):
         max_pending: int = 0,
         may_create: bool = True,
         indexed: bool = False,
+        predict_mail: bool = False,
     ) -> Enqueued:
         """Append an invocation to the inbox. Raises SessionBusy for multitask=reject, and
         TypeMismatch when ``session_type`` (the type the caller names; "" = none) is not the
@@ -96,6 +118,25 @@ class LeaseStore(LeaseCalls):
         ``indexed``: the caller did that already (``index_pending``, overlapped with its own
         call on Cluster, where the ZADD is a round trip of its own).
         """
+        now_ms = int(time.time() * 1000)
+        then = None
+        then_replies: list[object] = []
+        mail = self._holders.get(session.ref) if predict_mail and not self.cluster else None
+        if mail is not None:
+            # the holder seen by this session's last append, mailed in the same round trip
+            # (after the append: the mail never precedes its input). A wrong guess writes
+            # nothing (the replica lease must name it); a spare mail, for an input refused
+            # or a duplicate, costs the owner one idle inbox read
+            call = (self.keys.replica(mail[0]), mail[1], "input", session.ref, "", MAIL_MAXLEN)
+            notify = self.scripts.script("notifyReplica")
+
+            def then(pipe: Pipeline) -> list[Script]:
+                keys, args = self.scripts.notify_replica_call(*call)
+                notify.queue(pipe, keys, args)
+                # host time for the index score (the append's Redis time is not known yet)
+                queue_touch(pipe, self.keys, session, now_ms)
+                return [notify]
+
         r = await self.scripts.enqueue_input(
             session,
             run_id,
@@ -104,14 +145,28 @@ class LeaseStore(LeaseCalls):
             idempotency_key=idempotency_key,
             idempotency_ttl_ms=idempotency_ttl_ms,
             source=source,
-            pending=None if indexed else (self.keys.pending, int(time.time() * 1000)),
+            pending=None if indexed else (self.keys.pending, now_ms),
             session_type=session_type,
             default_type=default_type,
             max_pending=max_pending,
             may_create=may_create,
+            then=then,
+            then_replies=then_replies,
         )
+        mailed = mail if then_replies and parse_notified(then_replies[0]) else None
+        if predict_mail and not isinstance(r, DuplicateInput):
+            self._remember_holder(session, r.holder)
         if isinstance(r, DuplicateInput):
-            return Enqueued(r.run_id, None, True, "", 0, log_last_id=r.log_last_id, session_type="")
+            return Enqueued(
+                r.run_id,
+                None,
+                True,
+                "",
+                0,
+                log_last_id=r.log_last_id,
+                session_type="",
+                mailed=mailed,
+            )
         return Enqueued(
             run_id,
             r.entry_id,
@@ -123,7 +178,16 @@ class LeaseStore(LeaseCalls):
             holder=r.holder,
             session_type=r.session_type,
             created=r.created,
+            mailed=mailed,
         )
+
+    def _remember_holder(self, session: SessionKeys, holder: tuple[str, str] | None) -> None:
+        if holder is None:
+            self._holders.pop(session.ref, None)
+            return
+        if len(self._holders) >= HOLDERS_REMEMBERED and session.ref not in self._holders:
+            self._holders.clear()  # a bounded guess, not a record: start over
+        self._holders[session.ref] = holder
 
     async def index_pending(self, session: SessionKeys) -> None:
         """The pending-index ZADD ``enqueue`` makes first, on its own (see ``indexed``)."""

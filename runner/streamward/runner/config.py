@@ -64,6 +64,8 @@ class RunnerSettings(RedisSettings, BaseSettings):
     # tuning knobs: rarely changed, documented in docs/runner.md
     sweep_interval_s: Annotated[float, Field(gt=0)] = 5.0
     ship_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 5
+    # concurrent sessions' batches leave in one POST .../ingest/batch (runner/ingest_http.py)
+    ship_coalesce: bool = True
     ship_batch_max: Annotated[int, Field(ge=1, le=10_000)] = 500
     ship_batch_max_bytes: Annotated[int, Field(ge=1024)] = 512 * 1024
     ship_buffer_max: Annotated[int, Field(ge=1)] = 1000

@@ -153,7 +153,8 @@ class Replica:
         )
         store = LeaseStore(self._client, self.keys)
         streams = Streams(self._client, self.keys)
-        self._http = IngestHTTP(connect_timeout_s=1.0)  # the shipper's client (aiohttp)
+        # the shippers' one client (aiohttp); their concurrent posts leave as one request
+        self._http = IngestHTTP(connect_timeout_s=1.0, coalesce=s.ship_coalesce)
         st, m = self.state, self.metrics
         sessions = SessionBook(st, s, self.keys, store, streams, self._http, m, self.handler)
         mailbox = Mailbox(st, self.keys, streams, sessions, self.request_shutdown)

@@ -1,0 +1,76 @@
+"""``POST /admin/sessions/transcripts/ingest/batch``: several sessions' ingests in one request,
+each answered as the single ingest would answer it alone (real Redis, the real scripts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from streamward.lua.streams import Streams
+from tests.api.helpers import ADMIN, RunnerSide, assert_problem
+
+pytestmark = pytest.mark.usefixtures("no_start_wait")
+URL = "/admin/sessions/transcripts/ingest"
+
+
+def _body(session: str, token: int, *entries: dict[str, Any], run_id: str = "run_x") -> Any:
+    return {"session_id": session, "run_id": run_id, "token": token, "entries": list(entries)}
+
+
+def _e(seq: int, type_: str = "run.output", data: Any = None) -> dict[str, Any]:
+    return {"seq": seq, "type": type_, "data": data}
+
+
+async def test_batch_answers_each_item_as_the_single_ingest_would(
+    client: httpx.AsyncClient, runner: RunnerSide, streams: Streams
+) -> None:
+    a, b, c = [await runner.claim(s) for s in ("a", "b", "c")]
+    await runner.claim("d")
+    items = [
+        _body("a", a, _e(1, "run.started", {"r": 1}), _e(2, data=[1, 2])),
+        _body("b", b + 1, _e(1, "run.started")),  # a stale token: refused alone
+        _body("c", c, _e(1), _e(3)),  # a gap: refused alone
+        _body("d", 1, {"seq": 1, "type": "run.started", "ts": "yesterday"}),  # bad timestamp
+        _body("a", a, _e(2, data=[1, 2]), _e(3, "run.completed")),  # a's next batch, after
+    ]
+    r = await client.post(f"{URL}/batch", headers=ADMIN, json={"batches": items})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [200, 409, 422, 422, 200]
+    assert results[0]["body"] == {"accepted": 2, "duplicates": 0, "last_seq": 2}
+    assert results[4]["body"] == {"accepted": 1, "duplicates": 1, "last_seq": 3}
+    assert results[1]["body"]["code"] == "stale_token"
+    assert results[2]["body"]["code"] == "seq_gap"
+    assert results[3]["body"]["code"] == "invalid_timestamp"
+    assert "batches.3.entries.0.ts" in results[3]["body"]["detail"]
+    # the same refusals as the single endpoint, field for field
+    for i, item in ((1, items[1]), (2, items[2])):
+        alone = await client.post(URL, headers=ADMIN, json=item)
+        assert alone.status_code == results[i]["status"]
+        assert alone.json() == results[i]["body"]
+    # only the accepted items were written
+    log_a = await streams.read_log(streams.keys.session("default", "a"))
+    assert [(e.seq, e.type) for e in log_a] == [
+        (1, "run.started"),
+        (2, "run.output"),
+        (3, "run.completed"),
+    ]
+    for s in ("b", "c", "d"):
+        assert await streams.read_log(streams.keys.session("default", s)) == []
+    # a replayed batch request (a retry after a lost answer) duplicates nothing
+    again = await client.post(f"{URL}/batch", headers=ADMIN, json={"batches": items[:1]})
+    assert again.json()["results"][0]["body"] == {"accepted": 0, "duplicates": 2, "last_seq": 3}
+
+
+async def test_batch_request_refusals(client: httpx.AsyncClient, runner: RunnerSide) -> None:
+    token = await runner.claim("a")
+    one = _body("a", token, _e(1, "run.started"))
+    assert_problem(await client.post(f"{URL}/batch", json={"batches": [one]}), 401, "missing_token")
+    r = await client.post(f"{URL}/batch", headers=ADMIN, json={"batches": []})
+    assert_problem(r, 422, "validation_error")
+    r = await client.post(f"{URL}/batch", headers=ADMIN, json={"batches": [one] * 257})
+    assert_problem(r, 422, "validation_error")
+    r = await client.post(f"{URL}/batch", headers=ADMIN, json={"batches": [{**one, "token": 0}]})
+    assert_problem(r, 422, "validation_error")  # one invalid item refuses the request
