@@ -228,3 +228,44 @@ async def test_invoke_bad_body_is_422_problem(app: FastAPI, body: object) -> Non
     async with asgi_client(app) as c:
         r = await c.post("/v1/sessions/s1/invoke", json=body)
     assert_problem(r, 422, "validation_error")
+
+
+async def test_the_plain_detached_invoke_skips_fastapi_routing_and_the_rest_do_not(
+    make_settings: SettingsFactory, redis_client: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """api/fastinvoke.py serves the plain detached invoke itself; what it does not serve
+    reaches the FastAPI route, and every answer has the app's own shape."""
+    from streamward.api import invoke as invocation
+    from streamward.api.routes import sessions
+
+    reached: list[str] = []
+
+    class Spy:  # the route module's view of api/invoke.py (the fast path has its own)
+        def __getattr__(self, name: str) -> object:
+            reached.append(name)
+            return getattr(invocation, name)
+
+    monkeypatch.setattr(sessions, "invocation", Spy())
+    async with running_app(make_settings(start_timeout_s=0)) as app, asgi_client(app) as c:
+        ok = await c.post("/v1/sessions/s1/invoke", json={"input": 1, "mode": "detached"})
+        assert ok.status_code == 202 and ok.json()["status"] == "queued"
+        assert ok.headers["x-streamward-run-id"] == ok.json()["run_id"]
+        busy = await c.post(
+            "/v1/sessions/s1/invoke", json={"mode": "detached", "multitask": "reject"}
+        )
+        assert_problem(busy, 409, "session_busy")  # raised after the submit: the app's handler
+        assert reached == []  # both served below the router
+        bad = await c.post("/v1/sessions/s1/invoke", json={"mode": "detached", "x": 1})
+        assert_problem(bad, 422, "validation_error")
+        weird = await c.post("/v1/sessions/a%20b/invoke", json={"mode": "detached"})
+        assert weird.status_code == 422
+        text = await c.post(
+            "/v1/sessions/s2/invoke",
+            content=b'{"mode": "detached"}',
+            headers={"content-type": "text/plain"},
+        )
+        assert text.status_code == 422  # the app's own answer to a body not sent as JSON
+        assert reached == []  # refused by FastAPI before its endpoint
+        streamed = await c.post("/v1/sessions/s3/invoke", json={"mode": "stream"}, timeout=1)
+        assert streamed.status_code == 200
+        assert "submit" in reached  # the streamed invoke is the route's

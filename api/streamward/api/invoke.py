@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+from starlette.responses import Response
+
 from streamward.api.config import Settings
 from streamward.api.deps import AppState, quotas_of
 from streamward.api.inputs import encode_input
 from streamward.api.quotas import Quotas
+from streamward.api.responses import OrjsonResponse
 from streamward.api.schemas import InvokeAccepted, InvokeRequest, Owner
 from streamward.api.starts import LOCAL_WAIT_S, starts_or_ends
 from streamward.core.contract import RUN_STARTED, TERMINAL_STATUSES, Entry
@@ -142,6 +145,8 @@ async def submit(
         idempotency_ttl_ms=settings.idempotency_ttl_s * 1000,
         session_type=body.type or "",
         default_type=settings.default_type,
+        # the owner this session's last invoke saw is mailed in the append's round trip
+        predict_mail=True,
     )
     # the log position the script read before the append (for a duplicate: before the run
     # state is read below), so the run's first entry is always after it
@@ -175,6 +180,8 @@ async def wake_owner(
         await streams.revive_session(sk)
     if multitask == "interrupt" and enq.active_run_id:
         await cancel_run(streams, sk, await store.ownership(sk), enq.active_run_id)
+    if enq.mailed is not None and enq.mailed == enq.holder and not enq.revived:
+        return  # the holder was mailed (and the index touched) with the append
     # the entry id carries Redis time: no TIME round trip for the index score
     touch = (sk, enq.enqueued_ms or 0)
     if enq.holder is not None and await store.notify_replica(
@@ -190,6 +197,16 @@ async def wake_owner(
         )
     else:  # held by a dead replica (the index is scored already): the fleet takes it over
         await streams.publish_work(sk.ref, reason, work_type)
+
+
+RUN_HEADER = "X-Streamward-Run-Id"
+
+
+def accepted_response(accepted: InvokeAccepted) -> Response:
+    """A detached invoke's answer: 202, the run id also in a header."""
+    return OrjsonResponse(
+        accepted.model_dump(), status_code=202, headers={RUN_HEADER: accepted.run_id}
+    )
 
 
 async def invoke_detached(

@@ -29,7 +29,6 @@ from streamward.api.deps import (
 from streamward.api.listing import decode_cursor, redis_page
 from streamward.api.problems import ProblemError
 from streamward.api.replicas import served_types
-from streamward.api.responses import OrjsonResponse
 from streamward.api.routes.common import entry_out, owner_detail, u64_ok
 from streamward.api.routes.listing import (
     ListParams,
@@ -70,7 +69,7 @@ router = APIRouter(prefix="/v1", tags=["sessions"])
 invoke_router = APIRouter(prefix="/v1", tags=["sessions"])
 
 CONNECTION_HEADER = "X-Streamward-Connection"
-RUN_HEADER = "X-Streamward-Run-Id"
+RUN_HEADER = invocation.RUN_HEADER
 AFTER_HEADER = "X-Streamward-After"  # the log position the tail starts after (for resuming)
 LOG_ID = re.compile(r"^(0|[0-9]{1,20}(-[0-9]{1,20})?)$")
 LOG_ID_PATTERN = LOG_ID.pattern
@@ -129,11 +128,9 @@ async def invoke(
     if body.callback is not None and state.outbox is not None:
         # stored before the enqueue: no entry of the run can be ingested before it
         await callbacks.register(state.outbox, settings, sk, body.callback, run_id)
-    if body.mode == "detached":
+    if body.mode == "detached":  # (the plain case is served by api/fastinvoke.py)
         accepted = await invocation.invoke_detached(state, sk, body, run_id)
-        return OrjsonResponse(
-            accepted.model_dump(), status_code=202, headers={RUN_HEADER: accepted.run_id}
-        )
+        return invocation.accepted_response(accepted)
     run_id, after, _ = await invocation.submit(
         store, streams, settings, sk, body, run_id, quotas=quotas_of(state)
     )

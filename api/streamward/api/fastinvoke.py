@@ -1,0 +1,140 @@
+"""The detached invoke, the API's hottest request, served below FastAPI's routing.
+
+A detached invoke through FastAPI walks its exception and exit-stack middlewares, the
+router's route-by-route match, the dependency solver and a ``json.loads`` + model validation
+of the body: measured under the invoke bench, about a fifth of the API's CPU per invoke
+(docs/performance.md). ``FastInvoke`` sits inside streamward's own middlewares (request
+context, metrics, body limit: they apply as for any request) and serves ``POST
+/v1/sessions/{id}/invoke`` itself when the request is the plain case: a JSON body that
+validates as ``InvokeRequest`` (pydantic's JSON parser), ``mode=detached``, no callback,
+and a token the route's scope admits. It then runs the endpoint's own code (auth,
+``invoke_detached``, the same response), and an exception raised after the submit started is
+answered by the app's own exception handler for it.
+
+Anything else (another path or mode, a body or token the app would refuse) is handed to the
+app with the body replayed, so every error answer is the app's own, byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from streamward.api import invoke as invocation
+from streamward.api.deps import AppState, caller_project
+from streamward.api.problems import ProblemError
+from streamward.api.schemas import InvokeRequest
+from streamward.lua.errors import InvalidId
+
+INVOKE_PATH = re.compile(r"^/v1/sessions/([A-Za-z0-9._:-]{1,200})/invoke$")
+INVOKE_TEMPLATE = "/v1/sessions/{session_id}/invoke"
+
+
+class FastInvoke:
+    """ASGI middleware: the plain detached invoke without FastAPI's per-request machinery."""
+
+    def __init__(self, app: ASGIApp, api: FastAPI, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.api = api
+        # the invoke route object routing would match (FastAPI matches the including
+        # routers' own route objects): its declared scope is what the auth check reads
+        self.route = next(
+            r
+            for r in routes
+            if getattr(r, "path", None) == INVOKE_TEMPLATE
+            and "POST" in (getattr(r, "methods", None) or ())
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        m = INVOKE_PATH.match(scope["path"])
+        if m is None or not _json_content(scope):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        if body is None:  # the client went away mid-body: nothing to answer
+            return
+        replay = _replay(body, receive)
+        try:
+            req = InvokeRequest.model_validate_json(body)
+        except ValidationError:
+            req = None
+        if req is None or req.mode != "detached" or req.callback is not None:
+            await self.app(scope, replay, send)
+            return
+        state: AppState = scope["app"].state.sw
+        # what routing would have set: the scope check and the metrics read the route
+        scope["route"] = self.route
+        scope["path_params"] = {"session_id": m.group(1)}
+        request = Request(scope, replay)
+        try:
+            project = await caller_project(request, state)
+            sk = state.keys.session(project, m.group(1))
+        except (ProblemError, InvalidId):
+            await self.app(scope, replay, send)  # the app answers the refusal
+            return
+        run_id = f"run_{uuid.uuid4().hex}"
+        try:
+            accepted = await invocation.invoke_detached(state, sk, req, run_id)
+        except Exception as exc:
+            handler = _handler_for(self.api, exc)
+            if handler is None:
+                raise  # to the server error middleware, as from the endpoint
+            response = await handler(request, exc)
+        else:
+            response = invocation.accepted_response(accepted)
+        await response(scope, replay, send)
+
+
+def _json_content(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bool(value.split(b";", 1)[0].strip().lower() == b"application/json")
+    return False
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body read already, then the connection's own messages (a streamed answer
+    listens for the client's disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _handler_for(api: FastAPI, exc: Exception) -> Any:
+    """The app's handler for ``exc`` (by its class's MRO), as Starlette's exception
+    middleware finds it; None for ``Exception`` itself (the server error middleware's)."""
+    handlers = api.exception_handlers
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        if cls in handlers:
+            return handlers[cls]
+    return None
