@@ -41,6 +41,8 @@ from streamward.api.routes import (
 from streamward.api.routes.metrics import router as metrics_router
 from streamward.api.serving import AdminOnly, auth_refusal, uvicorn_options
 from streamward.api.tokens import TokenConfigError, build_table, declare_scopes
+from streamward.api.tracing import FASTAPI_TELEMETRY, TraceContext
+from streamward.core import tracing
 from streamward.core.logs import RequestContext, setup_logging
 from streamward.lua.client import RedisClient, connect_from_config
 from streamward.lua.keys import Keys
@@ -240,6 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=OrjsonResponse,
         docs_url=None,  # served without a CDN: install_docs, after the API's routes
         redoc_url=None,
+        telemetry=FASTAPI_TELEMETRY,  # FastAPI's own spans off: api/tracing.py
     )
     app.state.metrics = metrics
     install_handlers(app, settings.retry_after_s)
@@ -268,6 +271,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(r)
     declare_scopes(app, routers)
     install_docs(app)
+    if tracing.TRACING_ON:  # innermost: the caller's trace context, for the routes' spans
+        app.add_middleware(TraceContext)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # outermost: counted and logged even when the body limit answers before routing
     app.add_middleware(HttpMetrics, metrics=metrics, routes=route_index(routers))
@@ -318,6 +323,7 @@ def serve(
         return 2
     # JSON lines on stdout (readable on a terminal); uvicorn's loggers go through it too
     setup_logging(settings.log_level)
+    tracing.setup_tracing("streamward-api")  # only when OTEL_* asks for it (docs/operations.md)
     # the "listening on" lines show at the default level (warning) too: an operator's first
     # question is whether the process is up, and where
     startup_log.setLevel(min(logging.INFO, logging.getLogger().level))

@@ -143,6 +143,7 @@ class Quotas:
         session_type: str = "",
         default_type: str = DEFAULT_TYPE,
         admitted: Ticket | None = None,
+        traceparent: str = "",
     ) -> Enqueued:
         """``LeaseStore.enqueue`` under the project's and the session's limits (``admitted``:
         the project's admission, taken by the caller before writes of its own).
@@ -184,6 +185,7 @@ class Quotas:
                 max_pending=lim.max_pending,
                 may_create=ticket.may_create,
                 indexed=indexed,
+                traceparent=traceparent,
             )
         except (E.QuotaExceeded, E.SessionBusy, E.TypeMismatch) as exc:
             await self.refund(ticket)  # nothing appended: no invoke spent

@@ -27,6 +27,8 @@
   ARGV[11] max pending inputs     0 = no limit; at it, nothing is written (INBOX_FULL)
   ARGV[12] may create             "1", or "0": the project is at its live-sessions limit,
                                   so creating (or reviving) the session is refused
+  ARGV[13] traceparent            W3C trace context the run continues ("" or absent = none:
+                                  the entry then has no `trace` field, as before tracing)
 
   The session type (meta `type`) is set once, when the script creates the session (or
   revives a retired one); a later input naming another type is refused before anything
@@ -95,8 +97,13 @@ if max_pending > 0 and pending >= max_pending then
   return {INBOX_FULL, pending, max_pending}
 end
 local now = redis_now_ms()
-local id = rcall('XADD', KEYS[1], '*', 'run_id', ARGV[1], 'input', ARGV[2],
-  'multitask', ARGV[3], 'source', ARGV[8], 'enqueued_ms', now)
+local fields = {'run_id', ARGV[1], 'input', ARGV[2], 'multitask', ARGV[3], 'source', ARGV[8],
+  'enqueued_ms', now}
+if ARGV[13] and ARGV[13] ~= '' then
+  fields[#fields + 1] = 'trace'
+  fields[#fields + 1] = ARGV[13]
+end
+local id = rcall('XADD', KEYS[1], '*', unpack(fields))
 if ARGV[4] == '1' then
   rcall('SET', KEYS[3], ARGV[1], 'PX', ARGV[5])
 end

@@ -255,6 +255,7 @@ class Scripts:
         default_type: str = DEFAULT_TYPE,
         max_pending: int = 0,
         may_create: bool = True,
+        traceparent: str = "",
     ) -> Queued | DuplicateInput:
         """Raises SessionBusy (multitask=reject), TypeMismatch (``session_type`` names another
         type; a new session gets it, else ``default_type``), InboxFull at ``max_pending``
@@ -263,12 +264,13 @@ class Scripts:
         ``pending`` = (pending index key, score ms): ZADD the session there BEFORE the
         append, in the same pipeline (one round trip); on Cluster (another slot) the ZADD
         is awaited first. An entry whose append was refused is pruned by the sweep.
+        ``traceparent``: the W3C trace context stored with the entry (its ``trace`` field).
         """
         idem = session.idempotency(idempotency_key or "-")
         keys = [session.inbox, session.meta, idem, session.log, session.lease]
         args: list[ArgT] = [run_id, input_json, multitask, "1" if idempotency_key else "0"]
         args += [idempotency_ttl_ms, session.project, session.session_id, source, session_type]
-        args += [default_type, max_pending, "1" if may_create else "0"]
+        args += [default_type, max_pending, "1" if may_create else "0", traceparent]
         script = self._by_name["enqueueInput"]
         if pending is None:
             return parse_enqueued(await script(keys, args))

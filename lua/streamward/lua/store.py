@@ -80,6 +80,7 @@ class LeaseStore(LeaseCalls):
         max_pending: int = 0,
         may_create: bool = True,
         indexed: bool = False,
+        traceparent: str = "",
     ) -> Enqueued:
         """Append an invocation to the inbox. Raises SessionBusy for multitask=reject, and
         TypeMismatch when ``session_type`` (the type the caller names; "" = none) is not the
@@ -94,7 +95,8 @@ class LeaseStore(LeaseCalls):
         input. The score is this host's clock (ms): the sweep leaves entries younger than
         its grace alone, so hosts need clocks within the sweep interval of Redis's.
         ``indexed``: the caller did that already (``index_pending``, overlapped with its own
-        call on Cluster, where the ZADD is a round trip of its own).
+        call on Cluster, where the ZADD is a round trip of its own). ``traceparent``: the
+        trace context the run continues (docs/operations.md, "Tracing"), kept in the entry.
         """
         r = await self.scripts.enqueue_input(
             session,
@@ -109,6 +111,7 @@ class LeaseStore(LeaseCalls):
             default_type=default_type,
             max_pending=max_pending,
             may_create=may_create,
+            traceparent=traceparent,
         )
         if isinstance(r, DuplicateInput):
             return Enqueued(r.run_id, None, True, "", 0, log_last_id=r.log_last_id, session_type="")

@@ -40,6 +40,8 @@ from streamward.api.schemas import (
     StreamDetachRequest,
     StreamDetachResult,
 )
+from streamward.api.tracing import traced_ingest
+from streamward.core import tracing
 from streamward.core.contract import Entry
 from streamward.core.timefmt import rfc3339_opt
 from streamward.lua.errors import NotOwner, SeqGap, StaleToken
@@ -77,6 +79,11 @@ async def ingest_check() -> Response:
 )
 async def ingest(body: IngestRequest, request: Request) -> Response:
     """Fenced, idempotent append of one run's entries (the runner's transcript shipper)."""
+    work = _ingest(body, request)
+    return await (traced_ingest(work, body) if tracing.TRACING_ON else work)
+
+
+async def _ingest(body: IngestRequest, request: Request) -> Response:
     # the runners' hot path: state from the app (no dependency to solve) and the answer
     # rendered directly (no response-model validation); the schema is the same IngestResult
     state: AppState = request.app.state.sw
