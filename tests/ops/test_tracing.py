@@ -159,6 +159,28 @@ def test_one_invoke_is_one_trace_across_the_api_and_the_runner(
     assert trace_id in {x.get("trace_id") for x in ingest_lines}
 
 
+def test_spans_still_buffered_are_exported_when_the_processes_stop(
+    fleet: Fleet, receiver: Receiver
+) -> None:
+    # an export interval far longer than the test: only the flush at exit can send them
+    api = _start(
+        fleet,
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "600000"},
+    )
+    trace_id, caller_span, header = _traceparent()
+    with httpx.stream(
+        "POST",
+        f"{api.url}/v1/sessions/s1/invoke",
+        json={"input": {"text": "bye"}},
+        headers={"traceparent": header},
+        timeout=30,
+    ) as streamed:
+        assert [json.loads(x) for x in streamed.iter_lines() if x][-1]["type"] == "run.completed"
+    assert receiver.trace(trace_id) == []  # still buffered in both processes
+    fleet.stop()  # SIGTERM: each process shuts its tracer provider down on the way out
+    _check_trace(receiver.trace(trace_id), caller_span, "stream")
+
+
 def _json_lines(proc: Proc) -> list[dict[str, object]]:
     out = []
     for line in proc.log().splitlines():

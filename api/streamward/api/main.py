@@ -365,6 +365,8 @@ async def _serve_listeners(app: FastAPI, settings: Settings) -> int:
         except ProbeError as exc:  # Redis answers but cannot run streamward
             log.error("%s", exc)
             return 1
+        finally:  # the captured signal is re-raised below: exit handlers would never run
+            tracing.shutdown_tracing()  # exports the spans still buffered (tracing on)
     return 0 if all(s.started for s in servers) else 1
 
 
