@@ -55,11 +55,10 @@ def _complete(receiver: Receiver, trace_id: str) -> Callable[[], bool]:
     def done() -> bool:
         spans = receiver.trace(trace_id)
         runs = [s for s in spans if s.name == "run"]
-        return (
-            bool(runs)
-            and "streamward.run.outcome" in runs[0].attributes
-            and any(s.name == "ingest" for s in spans)
-        )
+        ended = bool(runs) and "streamward.run.outcome" in runs[0].attributes
+        # the runner's other spans ended before its run span; the API's invoke and first
+        # ingest before the run did
+        return ended and {"invoke", "ingest", "completeInput"} <= {s.name for s in spans}
 
     return done
 
