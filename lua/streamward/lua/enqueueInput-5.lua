@@ -97,13 +97,14 @@ if max_pending > 0 and pending >= max_pending then
   return {INBOX_FULL, pending, max_pending}
 end
 local now = redis_now_ms()
-local fields = {'run_id', ARGV[1], 'input', ARGV[2], 'multitask', ARGV[3], 'source', ARGV[8],
-  'enqueued_ms', now}
-if ARGV[13] and ARGV[13] ~= '' then
-  fields[#fields + 1] = 'trace'
-  fields[#fields + 1] = ARGV[13]
+local id
+if (ARGV[13] or '') == '' then
+  id = rcall('XADD', KEYS[1], '*', 'run_id', ARGV[1], 'input', ARGV[2],
+    'multitask', ARGV[3], 'source', ARGV[8], 'enqueued_ms', now)
+else -- the run's trace context (docs/operations.md, "Tracing"): no table built without one
+  id = rcall('XADD', KEYS[1], '*', 'run_id', ARGV[1], 'input', ARGV[2],
+    'multitask', ARGV[3], 'source', ARGV[8], 'enqueued_ms', now, 'trace', ARGV[13])
 end
-local id = rcall('XADD', KEYS[1], '*', unpack(fields))
 if ARGV[4] == '1' then
   rcall('SET', KEYS[3], ARGV[1], 'PX', ARGV[5])
 end
