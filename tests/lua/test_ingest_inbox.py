@@ -3,6 +3,8 @@ notifyReplica-2 (owner mail)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -291,6 +293,22 @@ async def test_enqueue_appends_and_creates_meta(
     meta = await redis_client.hgetall(session.meta)
     assert (meta["project"], meta["session_id"], meta["status"]) == ("proj", "sess-1", "active")
     assert int(meta["created_ms"]) <= int(meta["updated_ms"])
+
+
+async def test_enqueue_keeps_a_trace_context_only_when_given(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    traced = await store.enqueue(session, "run_1", "{}", traceparent=tp)
+    plain = await store.enqueue(session, "run_2", "{}")
+    c: Any = redis_client
+    raw: dict[str, Any] = {str(i): f for i, f in await c.xrange(session.inbox)}
+    assert raw[str(traced.entry_id)]["trace"] == tp
+    assert "trace" not in raw[str(plain.entry_id)]  # an entry as it was before tracing
+    items = await Streams(redis_client).read_inbox(session)
+    assert [i.traceparent for i in items] == [tp, ""]
+    head = (await store.peek_inbox(session, 10)).head  # what the owner reads
+    assert head is not None and head.parse().traceparent == tp
 
 
 async def test_enqueue_reports_active_run(

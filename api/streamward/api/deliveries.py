@@ -14,6 +14,7 @@ from streamward.api import invoke as invocation
 from streamward.api.deps import AppState, quotas_of
 from streamward.api.problems import ProblemError
 from streamward.api.schemas import EventResult, EventSession, Route
+from streamward.core.tracing import inbox_traceparent
 from streamward.lua.errors import SessionBusy
 from streamward.lua.sources import IN_FLIGHT, SourceStore
 
@@ -52,6 +53,7 @@ async def start_once(
             input_json,
             idempotency_key=run_id,
             source=f"event:{route.route_id}",
+            traceparent=inbox_traceparent(),
             default_type=state.settings.default_type,  # no session config: the default type
             admitted=ticket,
         )

@@ -12,7 +12,8 @@ and a token the route's scope admits. It then runs the endpoint's own code (auth
 answered by the app's own exception handler for it.
 
 Anything else (another path or mode, a body or token the app would refuse) is handed to the
-app with the body replayed, so every error answer is the app's own, byte for byte.
+app with the body replayed, so every error answer is the app's own, byte for byte. With
+tracing on (OTEL_*), every invoke goes through the route, which makes the invoke span.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from streamward.api import invoke as invocation
 from streamward.api.deps import AppState, caller_project
 from streamward.api.problems import ProblemError
 from streamward.api.schemas import InvokeRequest
+from streamward.core import tracing
 from streamward.lua.errors import InvalidId
 
 INVOKE_PATH = re.compile(r"^/v1/sessions/([A-Za-z0-9._:-]{1,200})/invoke$")
@@ -53,7 +55,8 @@ class FastInvoke:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or tracing.TRACING_ON:
+            # with tracing on, the route makes the invoke span (api/tracing.py)
             await self.app(scope, receive, send)
             return
         m = INVOKE_PATH.match(scope["path"])

@@ -19,6 +19,7 @@ from streamward.api.responses import OrjsonResponse
 from streamward.api.schemas import InvokeAccepted, InvokeRequest, Owner
 from streamward.api.starts import LOCAL_WAIT_S, starts_or_ends
 from streamward.core.contract import RUN_STARTED, TERMINAL_STATUSES, Entry
+from streamward.core.tracing import inbox_traceparent
 from streamward.lua.inbox import RunState
 from streamward.lua.keys import SessionKeys
 from streamward.lua.leases import Ownership
@@ -140,6 +141,7 @@ async def submit(
         sk,
         run_id,
         encode_input(body.input, settings.max_input_bytes),
+        traceparent=inbox_traceparent(),
         multitask=body.multitask,
         idempotency_key=body.idempotency_key,
         idempotency_ttl_ms=settings.idempotency_ttl_s * 1000,

@@ -14,22 +14,23 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from redis.exceptions import RedisError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from streamward.api.audit import IngestAudit
+from streamward.api.bodylimit import BodyLimit
 from streamward.api.callbackworker import CallbackWorker
 from streamward.api.config import Settings, get_settings
 from streamward.api.deps import AppState, ensure_ready
 from streamward.api.docspages import install_docs
 from streamward.api.fastinvoke import FastInvoke
 from streamward.api.metrics import ApiMetrics, HttpMetrics, route_index
-from streamward.api.problems import install_handlers, install_refusal_handlers, problem_response
+from streamward.api.problems import install_handlers, install_refusal_handlers
 from streamward.api.responses import OrjsonResponse
 from streamward.api.routes import (
     admin,
     events,
     health,
+    ingest,
     manage,
     ops,
     resets,
@@ -42,6 +43,8 @@ from streamward.api.routes import (
 from streamward.api.routes.metrics import router as metrics_router
 from streamward.api.serving import AdminOnly, auth_refusal, uvicorn_options
 from streamward.api.tokens import TokenConfigError, build_table, declare_scopes
+from streamward.api.tracing import FASTAPI_TELEMETRY, TraceContext
+from streamward.core import tracing
 from streamward.core.logs import RequestContext, setup_logging
 from streamward.lua.client import RedisClient, connect_from_config
 from streamward.lua.keys import Keys
@@ -57,71 +60,6 @@ startup_log = logging.getLogger("streamward.api.startup")
 # Measured under load (perf): the API spent 13% of its CPU in the GC with the default, 4-6%
 # at 7000, ~1% at 30000; a young collection then pauses for a few ms at most.
 GC_GEN0_THRESHOLD = 30_000
-
-
-class BodyLimit:
-    """413 for bodies over ``max_bytes``: checks Content-Length and counts the streamed body."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared < 0:
-                    await self._reject(scope, receive, send, 400, "bad_content_length")
-                    return
-                if declared > self.max_bytes:
-                    await self._reject(scope, receive, send, 413, "body_too_large")
-                    return
-        seen = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    # chunked bodies carry no Content-Length: stop reading at the limit.
-                    # An HTTPException, because FastAPI re-raises those from body parsing
-                    # (anything else becomes a generic 400).
-                    raise StarletteHTTPException(
-                        413, f"request body exceeds {self.max_bytes} bytes"
-                    )
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except StarletteHTTPException as exc:
-            # raised from receive outside a route's own error handling (e.g. a middleware)
-            if started or exc.status_code != 413:
-                raise
-            await problem_response(413, "body_too_large", str(exc.detail))(scope, receive, send)
-
-    async def _reject(
-        self, scope: Scope, receive: Receive, send: Send, status: int, code: str
-    ) -> None:
-        detail = (
-            f"request body exceeds {self.max_bytes} bytes"
-            if status == 413
-            else "invalid Content-Length"
-        )
-        await problem_response(status, code, detail, {"Connection": "close"})(scope, receive, send)
 
 
 def make_redis(settings: Settings) -> RedisClient:
@@ -241,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=OrjsonResponse,
         docs_url=None,  # served without a CDN: install_docs, after the API's routes
         redoc_url=None,
+        telemetry=FASTAPI_TELEMETRY,  # FastAPI's own spans off: api/tracing.py
     )
     app.state.metrics = metrics
     install_handlers(app, settings.retry_after_s)
@@ -249,7 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # (invoke, the runners' ingest) first, so routing them tries one or two routes, not twenty
     routers = [
         sessions.invoke_router,
-        admin.ingest_router,
+        ingest.ingest_router,
         health.router,
         metrics_router,
         sessions.router,
@@ -269,6 +208,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(r)
     declare_scopes(app, routers)
     install_docs(app)
+    if tracing.TRACING_ON:  # innermost: the caller's trace context, for the routes' spans
+        app.add_middleware(TraceContext)
     # innermost: the plain detached invoke, served without FastAPI's routing machinery
     app.add_middleware(FastInvoke, api=app, routes=sessions.invoke_router.routes)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -321,6 +262,7 @@ def serve(
         return 2
     # JSON lines on stdout (readable on a terminal); uvicorn's loggers go through it too
     setup_logging(settings.log_level)
+    tracing.setup_tracing("streamward-api")  # only when OTEL_* asks for it (docs/operations.md)
     # the "listening on" lines show at the default level (warning) too: an operator's first
     # question is whether the process is up, and where
     startup_log.setLevel(min(logging.INFO, logging.getLogger().level))
@@ -374,6 +316,8 @@ async def _serve_listeners(app: FastAPI, settings: Settings) -> int:
         except ProbeError as exc:  # Redis answers but cannot run streamward
             log.error("%s", exc)
             return 1
+        finally:  # the captured signal is re-raised below: exit handlers would never run
+            tracing.shutdown_tracing()  # exports the spans still buffered (tracing on)
     return 0 if all(s.started for s in servers) else 1
 
 

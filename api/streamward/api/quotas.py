@@ -144,6 +144,7 @@ class Quotas:
         default_type: str = DEFAULT_TYPE,
         admitted: Ticket | None = None,
         predict_mail: bool = False,
+        traceparent: str = "",
     ) -> Enqueued:
         """``LeaseStore.enqueue`` under the project's and the session's limits (``admitted``:
         the project's admission, taken by the caller before writes of its own).
@@ -186,6 +187,7 @@ class Quotas:
                 may_create=ticket.may_create,
                 indexed=indexed,
                 predict_mail=predict_mail,
+                traceparent=traceparent,
             )
         except (E.QuotaExceeded, E.SessionBusy, E.TypeMismatch) as exc:
             await self.refund(ticket)  # nothing appended: no invoke spent

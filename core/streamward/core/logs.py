@@ -2,7 +2,9 @@
 
 Every line carries ``ts, level, logger, msg`` and the context fields ``replica_id,
 session_id, run_id, token`` (null when unknown), plus ``trace_id`` / ``span_id`` while a
-request that came in with a W3C ``traceparent`` header is being served. Context comes from
+request that came in with a W3C ``traceparent`` header is being served, or while a span is
+current when OpenTelemetry tracing is on (``core/tracing.py``: its ids then, the same trace
+id as the header's when the span continues it). Context comes from
 contextvars (``bind()``), so concurrent requests and session actors never mix fields up;
 ``set_process_fields()`` sets defaults for the whole process (a runner's ``replica_id``).
 """
@@ -14,7 +16,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, TextIO
 
@@ -33,6 +35,8 @@ _vars: dict[str, ContextVar[ContextValue]] = {
 }
 # process-wide defaults, used when the contextvar is unset (a runner's own replica id)
 _process: dict[str, ContextValue] = {}
+# set by tracing.setup_tracing: (trace id, span id) of the current OpenTelemetry span, if any
+span_ids: Callable[[], tuple[str, str] | None] | None = None
 
 # the attributes every LogRecord has; anything else came in through ``extra=``
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -89,7 +93,18 @@ def current_fields() -> dict[str, ContextValue]:
     for name, var in _vars.items():
         value = var.get()
         out[name] = value if value is not None else _process.get(name)
+    if span_ids is not None and (ids := span_ids()) is not None:
+        out["trace_id"], out["span_id"] = ids  # the span's ids: what the trace backend shows
     return out
+
+
+def bound_traceparent() -> str:
+    """The caller's trace ids bound for this request (``RequestContext``) as a traceparent,
+    "" when none: with tracing off, what the inbox carries to the run's owner."""
+    trace_id = _vars["trace_id"].get()
+    if trace_id is None:
+        return ""
+    return f"00-{trace_id}-{_vars['span_id'].get()}-01"
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:

@@ -27,6 +27,8 @@
   ARGV[11] max pending inputs     0 = no limit; at it, nothing is written (INBOX_FULL)
   ARGV[12] may create             "1", or "0": the project is at its live-sessions limit,
                                   so creating (or reviving) the session is refused
+  ARGV[13] traceparent            W3C trace context the run continues ("" or absent = none:
+                                  the entry then has no `trace` field, as before tracing)
 
   The session type (meta `type`) is set once, when the script creates the session (or
   revives a retired one); a later input naming another type is refused before anything
@@ -95,8 +97,14 @@ if max_pending > 0 and pending >= max_pending then
   return {INBOX_FULL, pending, max_pending}
 end
 local now = redis_now_ms()
-local id = rcall('XADD', KEYS[1], '*', 'run_id', ARGV[1], 'input', ARGV[2],
-  'multitask', ARGV[3], 'source', ARGV[8], 'enqueued_ms', now)
+local id
+if (ARGV[13] or '') == '' then
+  id = rcall('XADD', KEYS[1], '*', 'run_id', ARGV[1], 'input', ARGV[2],
+    'multitask', ARGV[3], 'source', ARGV[8], 'enqueued_ms', now)
+else -- the run's trace context (docs/operations.md, "Tracing"): no table built without one
+  id = rcall('XADD', KEYS[1], '*', 'run_id', ARGV[1], 'input', ARGV[2],
+    'multitask', ARGV[3], 'source', ARGV[8], 'enqueued_ms', now, 'trace', ARGV[13])
+end
 if ARGV[4] == '1' then
   rcall('SET', KEYS[3], ARGV[1], 'PX', ARGV[5])
 end

@@ -24,12 +24,14 @@ class InboxMeta:
 
 @dataclass(frozen=True, slots=True)
 class InboxItem(InboxMeta):
-    """A pending invocation in a session inbox, its input parsed (``input_json``: as stored)."""
+    """A pending invocation in a session inbox, its input parsed (``input_json``: as stored;
+    ``traceparent``: the W3C trace context its run continues, "" for none or an older entry)."""
 
     input: Any
     source: str
     enqueued_ms: int
     input_json: str = "null"
+    traceparent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ def parse_inbox(entry_id: str, fields: dict[str, str]) -> InboxItem:
         multitask=fields.get("multitask", "enqueue"),
         source=fields.get("source", "invoke"),
         enqueued_ms=int(fields.get("enqueued_ms") or 0),
+        traceparent=fields.get("trace", ""),
     )
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-import orjson
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 
 from streamward.lua import errors as E
 from streamward.lua.client import RedisClient
-from streamward.lua.entries import Entry
 from streamward.lua.inbox import InboxMeta, RawInboxEntry, parse_run_state
+from streamward.lua.ingestscripts import IngestCall as IngestCall  # re-exported
+from streamward.lua.ingestscripts import IngestScripts
 from streamward.lua.keys import DEFAULT_TYPE, ReplicaKeys, SessionKeys
 from streamward.lua.loader import ArgT, Script, execute_pipeline, script_sources
 from streamward.lua.replies import (
@@ -27,7 +27,6 @@ from streamward.lua.replies import (
     ForceReleased,
     Grant,
     InboxPeek,
-    IngestResult,
     LeaseRecord,
     LockClaim,
     NoLease,
@@ -69,30 +68,9 @@ def _field_args(incarnation: str, ttl_ms: int, fields: Mapping[str, str] | None)
     return args
 
 
-# one ingest_entries call: session, token, run_id, owner ("" = no check), entries
-IngestCall = tuple[SessionKeys, int, str, str, Sequence[Entry]]
-
-
-def _ingest_call(
-    session: SessionKeys, token: int, run_id: str, owner: str, entries: Sequence[Entry]
-) -> tuple[list[str], list[ArgT]]:
-    args: list[ArgT] = [token, run_id, len(entries), owner]
-    for e in entries:
-        # the data as JSON text (an orjson.Fragment's JSON passes through as is)
-        args += [e.seq, e.type, orjson.dumps(e.data), "" if e.ts_ms is None else e.ts_ms]
-    return [session.epoch, session.log, session.meta, session.runs, session.lease], args
-
-
-def _ingest_reply(token: int, raw: object) -> IngestResult:
-    r = as_list(raw)
-    if status(r) == E.STALE_TOKEN:
-        raise E.StaleToken(token, as_int(r[1]))
-    _ok("ingestEntries", r)
-    return IngestResult(as_int(r[1]), as_int(r[2]), as_int(r[3]))
-
-
-class Scripts:
-    """Every script for one client, each behind its typed method."""
+class Scripts(IngestScripts):
+    """Every script for one client, each behind its typed method (the transcript's in the
+    ``IngestScripts`` mixin)."""
 
     def __init__(self, client: RedisClient) -> None:
         sources = script_sources()
@@ -240,41 +218,6 @@ class Scripts:
 
     # -- transcript and inbox ------------------------------------------------------------
 
-    async def ingest_entries(
-        self,
-        session: SessionKeys,
-        token: int,
-        run_id: str,
-        owner: str,
-        entries: Sequence[Entry],
-    ) -> IngestResult:
-        """Raises StaleToken, NotOwner or SeqGap (nothing written then)."""
-        keys, args = _ingest_call(session, token, run_id, owner, entries)
-        raw = await self._by_name["ingestEntries"](keys, args)
-        return _ingest_reply(token, raw)
-
-    async def ingest_many(
-        self, calls: Sequence[IngestCall]
-    ) -> list[IngestResult | E.StreamwardError]:
-        """Several sessions' ``ingest_entries`` in one pipelined round trip; each call's
-        refusal (StaleToken, NotOwner, SeqGap) is returned in its place, not raised: one
-        stale owner must not fail the others' batches."""
-        script = self._by_name["ingestEntries"]
-        built = [_ingest_call(*c) for c in calls]
-
-        def build(pipe: Pipeline) -> None:
-            for keys, args in built:
-                script.queue(pipe, keys, args)
-
-        replies = await execute_pipeline(self._client, script, build)
-        out: list[IngestResult | E.StreamwardError] = []
-        for call, raw in zip(calls, replies, strict=True):
-            try:
-                out.append(_ingest_reply(call[1], raw))
-            except E.StreamwardError as exc:
-                out.append(exc)
-        return out
-
     async def enqueue_input(
         self,
         session: SessionKeys,
@@ -292,6 +235,7 @@ class Scripts:
         may_create: bool = True,
         then: Callable[[Pipeline], list[Script]] | None = None,
         then_replies: list[Any] | None = None,
+        traceparent: str = "",
     ) -> Queued | DuplicateInput:
         """Raises SessionBusy (multitask=reject), TypeMismatch (``session_type`` names another
         type; a new session gets it, else ``default_type``), InboxFull at ``max_pending``
@@ -300,12 +244,13 @@ class Scripts:
         ``pending`` = (pending index key, score ms): ZADD the session there BEFORE the
         append, in the same pipeline (one round trip); on Cluster (another slot) the ZADD
         is awaited first. An entry whose append was refused is pruned by the sweep.
+        ``traceparent``: the W3C trace context stored with the entry (its ``trace`` field).
         """
         idem = session.idempotency(idempotency_key or "-")
         keys = [session.inbox, session.meta, idem, session.log, session.lease]
         args: list[ArgT] = [run_id, input_json, multitask, "1" if idempotency_key else "0"]
         args += [idempotency_ttl_ms, session.project, session.session_id, source, session_type]
-        args += [default_type, max_pending, "1" if may_create else "0"]
+        args += [default_type, max_pending, "1" if may_create else "0", traceparent]
         script = self._by_name["enqueueInput"]
         if then is not None and not self._cluster:
             # commands that follow the append in the same round trip (the predicted owner's

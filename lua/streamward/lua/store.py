@@ -102,6 +102,7 @@ class LeaseStore(LeaseCalls):
         may_create: bool = True,
         indexed: bool = False,
         predict_mail: bool = False,
+        traceparent: str = "",
     ) -> Enqueued:
         """Append an invocation to the inbox. Raises SessionBusy for multitask=reject, and
         TypeMismatch when ``session_type`` (the type the caller names; "" = none) is not the
@@ -116,7 +117,8 @@ class LeaseStore(LeaseCalls):
         input. The score is this host's clock (ms): the sweep leaves entries younger than
         its grace alone, so hosts need clocks within the sweep interval of Redis's.
         ``indexed``: the caller did that already (``index_pending``, overlapped with its own
-        call on Cluster, where the ZADD is a round trip of its own).
+        call on Cluster, where the ZADD is a round trip of its own). ``traceparent``: the
+        trace context the run continues (docs/operations.md, "Tracing"), kept in the entry.
         """
         now_ms = int(time.time() * 1000)
         then = None
@@ -152,6 +154,7 @@ class LeaseStore(LeaseCalls):
             may_create=may_create,
             then=then,
             then_replies=then_replies,
+            traceparent=traceparent,
         )
         mailed = mail if then_replies and parse_notified(then_replies[0]) else None
         if predict_mail and not isinstance(r, DuplicateInput):

@@ -301,7 +301,8 @@ class SessionActor(ActorControl):
         assert raw is not None, "peekInbox returns the head input in full"
         item = await parse_input(raw)  # only now, and off the loop when large
         attempt = (state.attempt or 1) + 1 if state is not None else 1
-        await self._execute(item, attempt)
+        with self.shipper.trace_run(item, attempt):  # tracing: docs/operations.md
+            await self._execute(item, attempt)
 
     async def _execute(self, item: InboxItem, attempt: int) -> None:
         r = self.host

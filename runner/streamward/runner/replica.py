@@ -14,6 +14,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry as SyncRetry
 
+from streamward.core import tracing
 from streamward.core.backoff import backoff_s
 from streamward.lua.client import RedisClient, connect_from_config, connect_sync
 from streamward.lua.keys import Keys
@@ -30,6 +31,7 @@ from streamward.runner.lifecycle import HandlerSpec
 from streamward.runner.loop import Loop
 from streamward.runner.mailbox import InboxSweep, Mailbox
 from streamward.runner.metrics import Metrics
+from streamward.runner.runtrace import TracedStore
 from streamward.runner.sessions import SessionBook
 from streamward.runner.shipper import HttpPoster
 from streamward.runner.state import ReplicaState
@@ -151,7 +153,8 @@ class Replica:
             # one quick retry for a dropped connection; the loops do their own backoff
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
         )
-        store = LeaseStore(self._client, self.keys)
+        # tracing on: a run's Redis writes are spans of its trace (runner/runtrace.py)
+        store = (TracedStore if tracing.TRACING_ON else LeaseStore)(self._client, self.keys)
         streams = Streams(self._client, self.keys)
         # the shippers' one client (aiohttp); their concurrent posts leave as one request
         self._http = IngestHTTP(connect_timeout_s=1.0, coalesce=s.ship_coalesce)

@@ -9,11 +9,13 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
 import orjson
 
+from streamward.core import tracing
 from streamward.core.backoff import backoff_s
 from streamward.core.contract import (
     RUN_INTERRUPTED,
@@ -22,7 +24,9 @@ from streamward.core.contract import (
     Entry,
     IngestEncoder,
 )
+from streamward.lua.inbox import InboxItem
 from streamward.lua.keys import SessionKeys
+from streamward.runner import runtrace
 from streamward.runner.ingest_http import IngestHTTP, IngestHTTPError
 from streamward.runner.offloop import dumps
 
@@ -58,6 +62,7 @@ class ShipRejected(ShipStopped):
 
 
 _NO_ANSWER: tuple[type[Exception], ...] = (httpx.HTTPError, IngestHTTPError)
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 class Shipper:
@@ -97,6 +102,9 @@ class Shipper:
             self.headers["authorization"] = f"Bearer {admin_token}"
         self.session = session
         self.token = token
+        self.replica_id = replica_id
+        # run id -> trace context its ingest requests carry (only runs with one: trace_run)
+        self.traces: dict[str, tuple[str, Any]] = {}
         self._next_seq = next_seq
         self.can_write = can_write
         self.on_stop = on_stop
@@ -272,12 +280,7 @@ class Shipper:
             if not self.can_write():
                 raise Fenced("replica is fenced: not shipping")
             try:
-                resp = await self.http.post(
-                    self.url,
-                    content=self._encoder.encode(batch[0].run_id, batch),
-                    headers=self.headers,
-                    timeout=self.timeout_s,
-                )
+                resp = await self._post(batch)
             except _NO_ANSWER as exc:
                 why = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # a client bug must not end shipping silently: retried
@@ -316,6 +319,27 @@ class Shipper:
                 self.session.ref, batch[0].seq, batch[-1].seq, why, attempt, delay,
             )  # fmt: skip
             await asyncio.sleep(delay)
+
+    async def _post(self, batch: list[Entry]) -> Any:
+        content = self._encoder.encode(batch[0].run_id, batch)
+        trace = self.traces.get(batch[0].run_id) if self.traces else None
+        if trace is None:
+            return await self.http.post(
+                self.url, content=content, headers=self.headers, timeout=self.timeout_s
+            )
+        with runtrace.ship_span(trace, self.url, batch) if tracing.TRACING_ON else _NO_SPAN as span:
+            headers = runtrace.ship_headers(self.headers, trace)
+            resp = await self.http.post(
+                self.url, content=content, headers=headers, timeout=self.timeout_s
+            )
+            runtrace.note_status(span, resp.status_code)
+            return resp
+
+    def trace_run(self, item: InboxItem, attempt: int) -> AbstractContextManager[None]:
+        """Around one run: its span, its batches' trace context (runner/runtrace.py)."""
+        if not (tracing.TRACING_ON or item.traceparent):
+            return _NO_SPAN  # tracing off and no caller's trace: nothing to carry
+        return runtrace.run_scope(self, item, attempt)
 
 
 def _problem_code(resp: Any) -> str:

@@ -95,6 +95,7 @@ def _run(overrides: dict[str, Any]) -> int:
     from pydantic import ValidationError
 
     from streamward.core.logs import setup_logging
+    from streamward.core.tracing import setup_tracing
     from streamward.runner.config import RunnerSettings
     from streamward.runner.handlers import HandlerLoadError, load_handlers
     from streamward.runner.replica import Replica
@@ -111,6 +112,7 @@ def _run(overrides: dict[str, Any]) -> int:
         return 2
     # JSON lines on stdout (human-readable on a terminal), every line with the replica id
     setup_logging(settings.log_level, replica_id=settings.replica_id)
+    setup_tracing("streamward-runner")  # only when OTEL_* asks for it (docs/operations.md)
     code = _probe(settings)
     if code:
         return code

@@ -50,6 +50,7 @@ from streamward.api.schemas import (
     SessionReset,
 )
 from streamward.api.sources import EVENT_BODY_OPENAPI, Delivery, load_source, normalise, verify
+from streamward.core.tracing import inbox_traceparent
 from streamward.lua.errors import QuotaExceeded, SessionBusy, TypeMismatch, write_refusal
 from streamward.lua.routes import RouteStore
 from streamward.lua.sources import SourceStore
@@ -364,6 +365,7 @@ async def _deliver(
             input_json,
             multitask=cfg.multitask,
             source=f"event:{route.route_id}",
+            traceparent=inbox_traceparent(),
             session_type=cfg.type or "",
             default_type=state.settings.default_type,
             admitted=ticket,

@@ -16,6 +16,7 @@ from streamward.api import invoke as invocation
 from streamward.api.config import Settings
 from streamward.api.deletion import end_deleted_runs
 from streamward.api.deps import (
+    AppState,
     ProjectDep,
     SessionDep,
     SettingsDep,
@@ -59,6 +60,8 @@ from streamward.api.schemas import (
     TranscriptPage,
 )
 from streamward.api.sessionview import session_out
+from streamward.api.tracing import traced_invoke
+from streamward.core import tracing
 from streamward.core.contract import TERMINAL_STATUSES
 from streamward.lua.keys import DEFAULT_TYPE, SessionKeys
 from streamward.lua.streams import Streams
@@ -123,8 +126,15 @@ async def invoke(
     # one dependency for state, auth and session keys: each resolved dependency costs
     # measurable CPU on the hottest endpoint
     state, sk = ctx
-    store, streams, settings = state.store, state.streams, state.settings
     run_id = f"run_{uuid.uuid4().hex}"
+    work = _invoke(state, sk, body, run_id, accept)
+    return await (traced_invoke(work, sk, body) if tracing.TRACING_ON else work)
+
+
+async def _invoke(
+    state: AppState, sk: SessionKeys, body: InvokeRequest, run_id: str, accept: str | None
+) -> Response:
+    store, streams, settings = state.store, state.streams, state.settings
     if body.callback is not None and state.outbox is not None:
         # stored before the enqueue: no entry of the run can be ingested before it
         await callbacks.register(state.outbox, settings, sk, body.callback, run_id)
