@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from streamward.tools.server import RedisServer
-from tests.ops.conftest import TOKEN_A, WAIT_MS, System, open_page, start_system
+from tests.ops.conftest import TOKEN_A, WAIT_MS, System, open_page, start_system, wait_until
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page
@@ -138,10 +138,25 @@ def test_a_running_invoke_streams_into_the_open_session(
     assert "reason: ui-check" in page.inner_text('#ownership-list li[data-event="force_released"]')
     page.screenshot(path=str(tmp_path / "sessions.png"), full_page=True)
 
+    # the leases view closes the pane's stream (an attached stream keeps a session from
+    # passivating); back on sessions, the same session opens again
+    with _user(system) as c:
+
+        def attached() -> int:
+            return int(c.get("/v1/sessions/ui-live/liveness").json()["attached"])
+
+        assert attached() >= 1
+        page.click("#tab-leases")
+        wait_until(lambda: attached() == 0, "the hidden pane's stream to end")
+        page.click("#tab-sessions")
+        page.wait_for_selector("#stream-state[data-state=live]", timeout=WAIT_MS)
+        wait_until(lambda: attached() >= 1, "the pane's stream to be back")
+        assert page.inner_text("#d-id") == "ui-live"
+
 
 def test_filters_narrow_the_session_list(browser: BrowserContext, ui_system: System) -> None:
     system = ui_system
-    _create(system, "flt-alpha", type="kind-a", title="first")
+    _create(system, "flt-alpha", type="kind-a", title="<b>first</b>")
     _create(system, "flt-beta", type="kind-b")
     _create(system, "flt-gamma", type="kind-a")
     with _user(system) as c:  # an invoked one: status active
@@ -162,6 +177,9 @@ def test_filters_narrow_the_session_list(browser: BrowserContext, ui_system: Sys
 
     page.fill("#s-text", "flt-")  # on the page: id, title, route, type, owner
     narrowed_to({"flt-alpha", "flt-beta", "flt-gamma", "flt-run"})
+    # caller data is text, never markup
+    assert "<b>first</b>" in page.inner_text('#session-list tr[data-session-id="flt-alpha"]')
+    assert page.locator("#session-list b").count() == 0
 
     page.fill("#s-type", "kind-a")  # server side: GET /v1/sessions?type=kind-a
     page.dispatch_event("#s-type", "change")
