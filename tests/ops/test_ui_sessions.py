@@ -202,3 +202,51 @@ def test_filters_narrow_the_session_list(browser: BrowserContext, ui_system: Sys
     page.fill("#s-text", "no-such-session")
     page.wait_for_selector("#sessions-empty:not([hidden])", timeout=WAIT_MS)
     assert _listed(page) == []
+
+
+@pytest.fixture
+def takeover_system() -> Iterator[System]:
+    """Its own Redis and two runners: this test kills one."""
+    server = RedisServer().start()
+    try:
+        system = start_system(server)
+        try:
+            yield system
+        finally:
+            system.fleet.stop()
+    finally:
+        server.cleanup()
+
+
+def test_a_takeover_shows_as_a_move_an_interruption_and_a_restart(
+    browser: BrowserContext, takeover_system: System
+) -> None:
+    system = takeover_system
+    _create(system, "ui-take")
+    page = _sessions_view(browser, system)
+    row = '#session-list tr[data-session-id="ui-take"]'
+    page.wait_for_selector(row, timeout=WAIT_MS)
+    page.click(row)
+    page.wait_for_selector("#stream-state[data-state=live]", timeout=WAIT_MS)
+    with _user(system) as c:
+        resp = c.post("/v1/sessions/ui-take/invoke", json={"input": SLOW_RUN, "mode": "detached"})
+    assert resp.status_code == 202, resp.text
+    run_id, owner = resp.json()["run_id"], resp.json()["owner"]["replica_id"]
+    other = next(r for r in system.runners if r != owner)
+    page.wait_for_selector(
+        f'#transcript li[data-type="run.output"][data-run-id="{run_id}"]', timeout=WAIT_MS
+    )
+
+    system.runners[owner].kill()
+
+    move = f'#ownership-list li[data-event="taken_over"][data-replica="{other}"]'
+    page.wait_for_selector(move, timeout=WAIT_MS)
+    assert f"reason: from {owner}|" in page.inner_text(move)  # the previous owner
+    page.wait_for_selector(
+        f'#transcript li[data-type="run.interrupted"][data-run-id="{run_id}"]', timeout=WAIT_MS
+    )
+    done = f'#run-list tr[data-run-id="{run_id}"][data-status="completed"]'
+    page.wait_for_selector(done, timeout=WAIT_MS)
+    cells = page.eval_on_selector_all(f"{done} td", "tds => tds.map(td => td.textContent)")
+    assert cells[2:5] == [other, cells[3], "2"]  # the new owner's second attempt
+    assert int(cells[3]) > 1  # a newer token
