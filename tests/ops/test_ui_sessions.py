@@ -153,6 +153,18 @@ def test_a_running_invoke_streams_into_the_open_session(
         wait_until(lambda: attached() >= 1, "the pane's stream to be back")
         assert page.inner_text("#d-id") == "ui-live"
 
+    # the URL keeps the view and the open session: a reload (or a shared link) reopens it,
+    # from the leases view too once it switches back
+    page.reload()
+    page.wait_for_selector("#stream-state[data-state=live]", timeout=WAIT_MS)
+    assert page.inner_text("#d-id") == "ui-live"
+    page.click("#tab-leases")
+    page.reload()
+    page.wait_for_selector("#leases-view:not([hidden])", timeout=WAIT_MS)
+    page.click("#tab-sessions")
+    page.wait_for_selector("#stream-state[data-state=live]", timeout=WAIT_MS)
+    assert page.inner_text("#d-id") == "ui-live"
+
 
 def test_filters_narrow_the_session_list(browser: BrowserContext, ui_system: System) -> None:
     system = ui_system
