@@ -149,6 +149,14 @@ async def test_locks_states_list_get_and_force_release(
     work = await streams.client.xrange(streams.keys.work)
     assert ("default/held", "force_release") in [(f["session"], f["reason"]) for _, f in work]
 
+    # the ownership history names the move and says it is Redis's alone (no record here)
+    hist = (await client.get("/admin/sessions/held/history", headers=ADMIN)).json()
+    assert [(e["event"], e["reason"]) for e in hist["events"]][:2] == [
+        ("force_released", "admin"),
+        ("acquired", ""),
+    ]
+    assert hist["record"] is False
+
 
 async def test_replicas_list_and_drain(
     client: httpx.AsyncClient, runner: RunnerSide, store: LeaseStore, streams: Streams

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import orjson
@@ -13,6 +18,9 @@ import pytest
 from streamward.client import StreamwardClient
 from streamward.tools.fleet import Fleet, Proc
 from streamward.tools.server import RedisServer
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext, Page
 
 # project B's callers use TOKEN_B; default-project callers TOKEN_A
 TOKEN_A = "ops-token-a"
@@ -111,3 +119,69 @@ def system(ops_redis: RedisServer) -> Iterator[System]:
 
 def http_get(url: str, headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.get(url, headers=headers or {}, timeout=10.0)
+
+
+# -- the live page in headless Chromium (test_ui*.py) ----------------------------------------
+# Needs Debian's ``chromium`` (``make test`` installs it when it runs as root with apt) and the
+# ``playwright`` Python package (dev extra) driving it with ``executable_path``; Playwright's
+# own browser download is never used. Skipped, saying why, only when Chromium is missing or
+# cannot start here.
+
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 30_000
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("STREAMWARD_CHROMIUM"), "/usr/bin/chromium"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def browser() -> Iterator[BrowserContext]:
+    """A fresh headless Chromium profile (its own --user-data-dir)."""
+    exe = _chromium()
+    if exe is None:
+        pytest.skip(
+            "chromium not found (install Debian's package: apt-get install -y chromium; "
+            "`make test` does it when run as root)"
+        )
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the playwright package (dev extra) is not installed"
+    )
+    profile = tempfile.mkdtemp(prefix="streamward-chromium-")
+    with sync_api.sync_playwright() as pw:
+        try:
+            ctx = pw.chromium.launch_persistent_context(
+                profile,
+                executable_path=exe,
+                headless=True,
+                args=LAUNCH_ARGS,
+                viewport={"width": 1280, "height": 800},
+            )
+        except sync_api.Error as exc:
+            pytest.skip(f"chromium at {exe} cannot be launched here: {str(exc)[:500]}")
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_page(ctx: BrowserContext, system: System, token: str, query: str = "") -> Page:
+    """The live page, logged in with ``token``."""
+    page = ctx.new_page()
+    page.goto(f"{system.url}/admin/ui{query}")
+    page.fill("#token", token)
+    page.click("#login-form button[type=submit]")
+    return page

@@ -8,9 +8,6 @@ start here.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,60 +16,10 @@ import httpx
 import pytest
 
 from streamward.tools.server import RedisServer
-from tests.ops.conftest import System, start_system
+from tests.ops.conftest import WAIT_MS, System, open_page, start_system
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page
-
-LAUNCH_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-WAIT_MS = 30_000
-
-
-def _chromium() -> str | None:
-    for candidate in (os.environ.get("STREAMWARD_CHROMIUM"), "/usr/bin/chromium"):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture
-def browser() -> Iterator[BrowserContext]:
-    """A fresh headless Chromium profile (its own --user-data-dir)."""
-    exe = _chromium()
-    if exe is None:
-        pytest.skip(
-            "chromium not found (install Debian's package: apt-get install -y chromium; "
-            "`make test` does it when run as root)"
-        )
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="the playwright package (dev extra) is not installed"
-    )
-    profile = tempfile.mkdtemp(prefix="streamward-chromium-")
-    with sync_api.sync_playwright() as pw:
-        try:
-            ctx = pw.chromium.launch_persistent_context(
-                profile,
-                executable_path=exe,
-                headless=True,
-                args=LAUNCH_ARGS,
-                viewport={"width": 1280, "height": 800},
-            )
-        except sync_api.Error as exc:
-            pytest.skip(f"chromium at {exe} cannot be launched here: {str(exc)[:500]}")
-        try:
-            yield ctx
-        finally:
-            ctx.close()
-            shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture
@@ -89,21 +36,13 @@ def page_system() -> Iterator[System]:
         server.cleanup()
 
 
-def _open(ctx: BrowserContext, system: System, token: str) -> Page:
-    page = ctx.new_page()
-    page.goto(f"{system.url}/admin/ui")
-    page.fill("#token", token)
-    page.click("#login-form button[type=submit]")
-    return page
-
-
 def test_page_follows_a_takeover(
     browser: BrowserContext, page_system: System, tmp_path: Path
 ) -> None:
     system = page_system
     owner = system.start_long_run("page-s")
     other = next(r for r in system.runners if r != owner)
-    page = _open(browser, system, system.admin_token)
+    page = open_page(browser, system, system.admin_token)
     for rid in system.runners:
         page.wait_for_selector(f'[data-replica="{rid}"][data-state="ready"]', timeout=WAIT_MS)
     before = f'[data-replica="{owner}"] [data-session="default/page-s"]'
@@ -137,7 +76,7 @@ def test_page_follows_a_takeover(
 
 
 def test_page_rejects_a_wrong_token(browser: BrowserContext, system: System) -> None:
-    page = _open(browser, system, "not-the-token")
+    page = open_page(browser, system, "not-the-token")
     page.wait_for_function(
         "() => document.getElementById('login-error').textContent.length > 0", timeout=WAIT_MS
     )

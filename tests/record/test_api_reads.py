@@ -76,7 +76,9 @@ async def test_transcript_and_resume_across_the_hot_tail_read_like_redis(
         assert "streamward_archive_lag_seconds 0.0" in scrape
         assert "streamward_archive_backlog_sessions 0.0" in scrape
         # ownership history: the archived acquire/release, merged with Redis's
-        hist = (await c.get("/admin/sessions/t1/history", headers=_admin())).json()["events"]
+        answer = (await c.get("/admin/sessions/t1/history", headers=_admin())).json()
+        assert answer["record"] is True  # the live page says older moves come from it
+        hist = answer["events"]
         assert [e["event"] for e in hist] == ["released", "acquired"]
         await redis_client.delete(sk.history)  # Redis forgot: the record still knows
         again = (await c.get("/admin/sessions/t1/history", headers=_admin())).json()["events"]

@@ -247,6 +247,9 @@ class OwnershipHistory(Model):
     session_id: str
     project: str
     events: list[OwnershipEvent]  # newest first; the last ~200 are kept
+    # whether the record (PostgreSQL) was asked for events older than Redis keeps: the live
+    # page says where its ownership pane comes from
+    record: bool = False
 
 
 class ForceReleaseResult(Model):

@@ -180,7 +180,9 @@ async def ownership_history(
         from streamward.api.record.reads import with_archived_history
 
         events = await with_archived_history(state.record, sk, events, limit)
-    return OwnershipHistory(session_id=session_id, project=project, events=events)
+    return OwnershipHistory(
+        session_id=session_id, project=project, events=events, record=state.record is not None
+    )
 
 
 @router.get("/replicas", response_model=list[ReplicaOut], responses=_AUTH_RESPONSES)
