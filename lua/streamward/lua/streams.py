@@ -51,6 +51,15 @@ class Streams(WorkQueue, SessionState, Indexes, SessionListing):
     async def last_seq(self, session: SessionKeys) -> int:
         return int(self.log_last_id_seq(await self.log_last_id(session)))
 
+    async def last_seq_and_meta(self, session: SessionKeys) -> tuple[int, dict[str, str]]:
+        """``last_seq`` and the session's meta hash in one round trip (an owner opening)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xrevrange(session.log, count=1)
+        pipe.hgetall(session.meta)
+        tail, meta = await pipe.execute()
+        last_id = _s(tail[0][0]) if tail else "0-0"
+        return self.log_last_id_seq(last_id), {_s(k): _s(v) for k, v in dict(meta).items()}
+
     @staticmethod
     def log_last_id_seq(entry_id: str) -> int:
         return int(entry_id.split("-", 1)[0])

@@ -221,15 +221,14 @@ class SessionActor(ActorControl):
 
     async def _open(self) -> None:
         """Set up shipping; finish the previous owner's broken run per ``on_owner_death``."""
-        r = self.host
+        r = self.host  # the only writer reads the last seq once (with the meta: one trip)
+        last_seq, meta = await r.streams.last_seq_and_meta(self.session)
         if self.shipper is None:
-            # the owner is the only writer: read the last seq once and count from there
-            last_seq = await r.streams.last_seq(self.session)
             self.shipper = self.life.shipper = r.make_shipper(self, last_seq + 1)
         if self._state.drop_until is not None:
             await self._owner_death().drop_inputs()  # resumed after a Redis error
             return
-        meta = self.life.meta = await r.streams.meta(self.session)
+        self.life.meta = meta
         self._state.meta_exists = bool(meta)
         self._state.hold_until = meta.get("hold_until_id") or None
         self._close_delay_s = r.settings.session_close_delay_s(meta.get("idle_timeout_ms"))
