@@ -181,6 +181,10 @@ class CorkedTransport:
         self.flush()
         self._t.close()
 
+    def write_eof(self) -> None:
+        self.flush()  # never ahead of what was written before it
+        self._t.write_eof()
+
     def get_write_buffer_size(self) -> int:
         self.flush()
         return self._t.get_write_buffer_size()

@@ -154,30 +154,37 @@ class IngestHTTP:
 
     async def _send_group(self, group: list[_Pending]) -> None:
         try:
-            if len(group) == 1 or time.monotonic() < self._no_batch_until:
-                await asyncio.gather(*(self._send_one(p) for p in group))
-                return
-            head = group[0]
-            body = b'{"batches":[' + b",".join(p.content for p in group) + b"]}"
-            try:
-                resp = await self._post(f"{head.url}/batch", body, head.headers, head.timeout)
-            except IngestHTTPError as exc:
-                for p in group:
-                    _settle(p, exc)
-                return
-            if resp.status_code == 200:
-                self._answer(group, resp)
-            elif resp.status_code in (400, 404, 405, 413, 422):
-                # no batch endpoint (an older API), or the batch as a whole refused: one by
-                # one, so each shipper gets its own post's answer
-                if resp.status_code in (404, 405):
-                    self._no_batch_until = time.monotonic() + BATCH_RETRY_S
-                await asyncio.gather(*(self._send_one(p) for p in group))
-            else:  # 401/403/408/429/5xx: what each post would have got; the shippers retry
-                for p in group:
-                    _settle(p, resp)
+            await self._send_group_now(group)
+        except asyncio.CancelledError:  # the client closes: no shipper waits for ever
+            for p in group:
+                _settle(p, IngestHTTPError("client closed"))
+            raise
         finally:
             self._slots.release()
+
+    async def _send_group_now(self, group: list[_Pending]) -> None:
+        if len(group) == 1 or time.monotonic() < self._no_batch_until:
+            await asyncio.gather(*(self._send_one(p) for p in group))
+            return
+        head = group[0]
+        body = b'{"batches":[' + b",".join(p.content for p in group) + b"]}"
+        try:
+            resp = await self._post(f"{head.url}/batch", body, head.headers, head.timeout)
+        except IngestHTTPError as exc:
+            for p in group:
+                _settle(p, exc)
+            return
+        if resp.status_code == 200:
+            self._answer(group, resp)
+        elif resp.status_code in (400, 404, 405, 413, 422):
+            # no batch endpoint (an older API), or the batch as a whole refused: one by
+            # one, so each shipper gets its own post's answer
+            if resp.status_code in (404, 405):
+                self._no_batch_until = time.monotonic() + BATCH_RETRY_S
+            await asyncio.gather(*(self._send_one(p) for p in group))
+        else:  # 401/403/408/429/5xx: what each post would have got; the shippers retry
+            for p in group:
+                _settle(p, resp)
 
     def _answer(self, group: list[_Pending], resp: IngestResponse) -> None:
         try:
