@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from streamward.lua.keys import SessionKeys
 from streamward.lua.streams import LogEntry, Streams
+from streamward.runner.archive_reads import ArchiveReads
 
 # The handler contract: ``async def handler(ctx, input)`` yielding JSON-serialisable outputs.
 Handler = Callable[["RunContext", Any], AsyncIterator[Any]]
@@ -33,19 +34,37 @@ class SessionLink(Protocol):
 
 
 async def read_history(
-    streams: Streams, session: SessionKeys, after_seq: int, page: int, below_seq: int | None
+    streams: Streams,
+    session: SessionKeys,
+    after_seq: int,
+    page: int,
+    below_seq: int | None,
+    archive: ArchiveReads | None = None,
 ) -> AsyncIterator[LogEntry]:
-    """The session log from ``after_seq`` (exclusive), oldest first, up to ``below_seq``."""
-    after = f"{after_seq}-0"
-    while True:
-        entries = await streams.read_log(session, after=after, count=page)
+    """The session log from ``after_seq`` (exclusive), oldest first, up to ``below_seq``:
+    Redis's hot tail, and through ``archive`` what the hot-tail trim removed below it."""
+    after = after_seq
+    while below_seq is None or after + 1 < below_seq:
+        entries = await streams.read_log(session, after=f"{after}-0", count=page)
+        if archive is not None and await _trimmed(streams, session, after, entries):
+            entries = await archive.page(session, after, page)  # the API spans both
         for e in entries:
             if below_seq is not None and e.seq >= below_seq:
                 return
             yield e
         if len(entries) < page:
             return
-        after = entries[-1].id
+        after = entries[-1].seq
+
+
+async def _trimmed(
+    streams: Streams, session: SessionKeys, after_seq: int, entries: list[LogEntry]
+) -> bool:
+    """Whether Redis lacks entries right after ``after_seq`` (the API's rule, record/reads):
+    its page does not start at the next seq, or it is empty short of the log's end."""
+    if entries:
+        return entries[0].seq != after_seq + 1
+    return after_seq < await streams.last_seq(session)
 
 
 @dataclass
@@ -63,6 +82,8 @@ class RunContext:
     streams: Streams = field(repr=False)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     link: SessionLink | None = field(default=None, repr=False)  # set by the runner
+    # below Redis's hot tail (the record on): the API's transcript page; None: Redis alone
+    archive: ArchiveReads | None = field(default=None, repr=False)
 
     @property
     def is_cancelled(self) -> bool:
@@ -99,4 +120,6 @@ class RunContext:
 
     def history(self, after_seq: int = 0, page: int = 200) -> AsyncIterator[LogEntry]:
         """Iterate the session's transcript from ``after_seq`` up to (not incl.) this run."""
-        return read_history(self.streams, self.session, after_seq, page, self.started_seq)
+        return read_history(
+            self.streams, self.session, after_seq, page, self.started_seq, self.archive
+        )

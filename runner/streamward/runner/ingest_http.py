@@ -225,6 +225,24 @@ class IngestHTTP:
         except aiohttp.ClientError as exc:
             raise IngestHTTPError(f"{type(exc).__name__}: {exc}") from exc
 
+    async def get(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str],
+        timeout: float,  # noqa: ASYNC109
+    ) -> IngestResponse:
+        """A GET with the same errors as ``post`` (``ctx.transcript()``'s archive reads)."""
+        session = self._session or self._open()
+        limits = aiohttp.ClientTimeout(total=timeout, connect=self.connect_timeout_s)
+        try:
+            async with session.get(url, headers=headers, timeout=limits) as resp:
+                return IngestResponse(resp.status, await resp.read())
+        except TimeoutError:
+            raise IngestHTTPError(f"no answer within {timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise IngestHTTPError(f"{type(exc).__name__}: {exc}") from exc
+
     async def aclose(self) -> None:
         for task in [self._pump, *self._sends]:
             if task is not None:

@@ -25,6 +25,7 @@ from streamward.lua.keys import SessionKeys
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import LogEntry, Streams
 from streamward.runner.activation import record_failure
+from streamward.runner.archive_reads import ArchiveReads
 from streamward.runner.context import (
     Handler,
     RunContext,
@@ -114,6 +115,8 @@ class SessionContext:
     # a new generation knows it was reset (docs/routing.md): why, and the generation before
     reset_reason: str | None = None  # idle | daily | timeout | manual | dead
     previous_session_id: str | None = None
+    # below Redis's hot tail (the record on): the API's transcript page; None: Redis alone
+    archive: ArchiveReads | None = field(default=None, repr=False)
 
     @property
     def can_write(self) -> bool:
@@ -135,7 +138,7 @@ class SessionContext:
 
     def history(self, after_seq: int = 0, page: int = 200) -> AsyncIterator[LogEntry]:
         """Iterate the whole transcript from ``after_seq``, oldest first."""
-        return read_history(self.streams, self.session, after_seq, page, None)
+        return read_history(self.streams, self.session, after_seq, page, None, self.archive)
 
 
 def activation_reason(taken_over: bool, meta: dict[str, str]) -> ActivationReason:
@@ -173,8 +176,10 @@ class Activation:
         activation_max_failures: int,
         input_max_bytes: int,  # run.merged copies an input up to this, like run.started
         taken_over: bool,
+        archive: ArchiveReads | None = None,
     ) -> None:
         self.factory = factory
+        self.archive = archive
         self.store = store
         self.streams = streams
         self.session = session
@@ -244,6 +249,7 @@ class Activation:
             activation=self,
             reset_reason=meta.get("reset_reason") or None,
             previous_session_id=meta.get("previous_session_id") or None,
+            archive=self.archive,
         )
         try:
             await host.activate(self.ctx)

@@ -14,6 +14,7 @@ from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 from streamward.runner.actor import SessionActor
 from streamward.runner.admission import Evictable, busy_count, make_room
+from streamward.runner.archive_reads import ApiTranscript
 from streamward.runner.config import RunnerSettings
 from streamward.runner.lifecycle import Activation, HandlerSpec, HostFactory, host_factory
 from streamward.runner.metrics import Metrics
@@ -49,6 +50,8 @@ class SessionBook:
         self.store = store
         self.streams = streams
         self.http = http
+        # a handler's transcript below the hot tail: asked of the API, never of PostgreSQL
+        self.transcripts = ApiTranscript(http, settings.api_url, settings.admin_token)
         self.metrics = metrics
         # session type -> host factory: the types this replica serves (one handler = the
         # default type); each activation makes a host of its session's type's factory
@@ -250,6 +253,7 @@ class SessionBook:
             activation_max_failures=s.activation_max_failures,
             input_max_bytes=min(s.started_input_max_bytes, s.ship_entry_max_bytes // 2),
             taken_over=taken_over,
+            archive=self.transcripts,
         )
         actor = SessionActor(self, lease, life)
         if start:

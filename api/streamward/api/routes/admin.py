@@ -19,7 +19,7 @@ from streamward.api.deps import (
     mark_changed,
 )
 from streamward.api.problems import ProblemError
-from streamward.api.routes.common import lock_out, scan_cursor
+from streamward.api.routes.common import entry_out, lock_out, read_transcript, scan_cursor
 from streamward.api.schemas import (
     DrainResult,
     ForceReleaseResult,
@@ -32,6 +32,7 @@ from streamward.api.schemas import (
     ReplicaOut,
     StreamDetachRequest,
     StreamDetachResult,
+    TranscriptPage,
 )
 from streamward.core.timefmt import rfc3339_opt
 from streamward.lua.keys import SessionKeys
@@ -182,6 +183,39 @@ async def ownership_history(
         events = await with_archived_history(state.record, sk, events, limit)
     return OwnershipHistory(
         session_id=session_id, project=project, events=events, record=state.record is not None
+    )
+
+
+@router.get(
+    "/sessions/{session_id}/transcript",
+    response_model=TranscriptPage,
+    responses={
+        **_AUTH_RESPONSES,
+        404: {"description": "no such session"},
+        503: {"description": "archive_unavailable"},
+    },
+)
+async def runner_transcript(
+    session_id: SessionIdPath,
+    state: StateDep,
+    streams: StreamsDep,
+    project: ProjectQuery = "default",
+    after_seq: Annotated[int, Query(ge=0, le=2**62, description="Entries after this seq.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> TranscriptPage:
+    """The runner's ``ctx.transcript()`` below Redis's hot tail: the page
+    ``GET /v1/sessions/{id}/transcript`` answers (Redis, and the archive below the hot
+    tail), for any project, under the runners' admin token."""
+    sk = state.keys.session(project, session_id)
+    if not await streams.meta(sk):
+        raise ProblemError(404, "session_not_found", f"no session {session_id!r}")
+    entries = await read_transcript(
+        streams, sk, f"{after_seq}-0", limit, state.record, state.settings.retry_after_s
+    )
+    more = len(entries) == limit
+    return TranscriptPage(
+        items=[entry_out(e, session_id) for e in entries],
+        next_after=entries[-1].id if more else None,
     )
 
 

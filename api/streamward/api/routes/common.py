@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from streamward.api.problems import ProblemError
 from streamward.api.schemas import LockOut, LogEntryOut, OwnerDetail
@@ -12,6 +12,10 @@ from streamward.core.timefmt import rfc3339_opt as rfc3339_opt  # re-exported fo
 from streamward.lua.entries import Entry
 from streamward.lua.keys import SessionKeys
 from streamward.lua.leases import Ownership
+from streamward.lua.streams import Streams
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def parse_rfc3339_ms(value: str, field: str = "ts") -> int:
@@ -40,6 +44,33 @@ def entry_out(entry: Entry, session_id: str) -> LogEntryOut:
         data=entry.data,
         ts=rfc3339(entry.ts_ms or 0),
     )
+
+
+async def read_transcript(
+    streams: Streams,
+    sk: SessionKeys,
+    after: str,
+    limit: int,
+    record: AsyncEngine | None,
+    retry_after_s: int,
+) -> list[Entry]:
+    """The first ``limit`` entries after the log id ``after``, oldest first: Redis's hot
+    tail, and with the record configured the archive below it (same ids, order, cursors).
+    One function for the client's transcript page and the runner's ``ctx.transcript()``."""
+    entries = await streams.read_log(sk, after, count=limit)
+    if record is None:
+        return entries
+    from streamward.api.record.reads import span  # the `db` extra: only when configured
+
+    try:
+        return await span(record, streams, sk, after, limit, entries)
+    except Exception as exc:  # the database is down: Redis alone cannot answer this page
+        raise ProblemError(
+            503,
+            "archive_unavailable",
+            f"archive unreachable: {type(exc).__name__}",
+            headers={"Retry-After": str(retry_after_s)},
+        ) from exc
 
 
 def entry_dict(entry: Entry, session_id: str) -> dict[str, object]:

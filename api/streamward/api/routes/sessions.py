@@ -30,7 +30,7 @@ from streamward.api.deps import (
 from streamward.api.listing import decode_cursor, redis_page
 from streamward.api.problems import ProblemError
 from streamward.api.replicas import served_types
-from streamward.api.routes.common import entry_out, owner_detail, u64_ok
+from streamward.api.routes.common import entry_out, owner_detail, read_transcript, u64_ok
 from streamward.api.routes.listing import (
     ListParams,
     RecordFilters,
@@ -379,19 +379,9 @@ async def transcript(
     """A page of the transcript, oldest first; ``next_after`` is null at the end."""
     await _meta_or_404(streams, sk)
     cursor = _log_id(after) if after else "0-0"
-    entries = await streams.read_log(sk, cursor, count=limit)
-    if state.record is not None:  # below the hot tail, entries come from the archive
-        from streamward.api.record.reads import span  # the `db` extra: only when configured
-
-        try:
-            entries = await span(state.record, streams, sk, cursor, limit, entries)
-        except Exception as exc:  # the database is down: Redis alone cannot answer this page
-            raise ProblemError(
-                503,
-                "archive_unavailable",
-                f"archive unreachable: {type(exc).__name__}",
-                headers={"Retry-After": str(state.settings.retry_after_s)},
-            ) from exc
+    entries = await read_transcript(
+        streams, sk, cursor, limit, state.record, state.settings.retry_after_s
+    )
     items = [entry_out(e, sk.session_id) for e in entries]
     more = len(entries) == limit
     return TranscriptPage(items=items, next_after=entries[-1].id if more else None)
