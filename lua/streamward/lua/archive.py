@@ -8,11 +8,47 @@ with ``SET NX PX`` (a crashed archiver's claim expires and the session is due ag
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from streamward.lua.base import StreamsBase
 from streamward.lua.base import as_text as _s
 from streamward.lua.keys import SessionKeys
+
+
+@dataclass(frozen=True, slots=True)
+class RawEntry:
+    """A log entry as the archiver copies it: ``data`` is the JSON text Redis holds, passed
+    to PostgreSQL as it is (never decoded and encoded again)."""
+
+    seq: int
+    type: str
+    run_id: str
+    token: int
+    ts_ms: int
+    data: str
+
+
+def raw_entry(fields: dict[Any, Any]) -> RawEntry:
+    return RawEntry(
+        int(fields["seq"]),
+        _s(fields["type"]),
+        _s(fields.get("run_id", "")),
+        int(fields.get("token") or 0),
+        int(fields.get("ts") or 0),
+        _s(fields.get("data") or "null"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one archive pass reads of a session, in one round trip."""
+
+    meta: dict[str, str]
+    runs: dict[str, str]
+    history: list[tuple[str, dict[str, str]]]
+    entries: list[RawEntry]  # the first batch after the archived position
+    busy: bool  # owned, or input waiting (``busy``), read in the same round trip
 
 
 class ArchiveCalls(StreamsBase):
@@ -72,34 +108,45 @@ class ArchiveCalls(StreamsBase):
         (every write is idempotent), merely wasted."""
         await self.client.delete(self.keys.archive_claim(ref))
 
-    async def revisit(self, ref: str, due_ms: int) -> None:
-        await self.client.zadd(self.keys.archive_dirty, {ref: due_ms})
+    async def revisit(self, ref: str, due_ms: int, *, unclaim: bool = False) -> None:
+        """Due again at ``due_ms``; ``unclaim``: and the claim dropped, in the same round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.keys.archive_dirty, {ref: due_ms})
+        if unclaim:
+            pipe.delete(self.keys.archive_claim(ref))
+        await pipe.execute()
 
     async def settle(self, ref: str) -> None:
         await self.client.zrem(self.keys.archive_dirty, ref)
 
-    async def busy(self, session: SessionKeys) -> bool:
-        """Owned, or input waiting: more writes may come without a new invoke."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.exists(session.lease)
-        pipe.xlen(session.inbox)
-        held, pending = await pipe.execute()
-        return bool(held) or int(pending) > 0
-
     async def snapshot(
-        self, session: SessionKeys, history_after: str
-    ) -> tuple[dict[str, str], dict[str, str], list[tuple[str, dict[str, str]]]]:
-        """Meta, the runs hash and the ownership history after ``history_after``."""
+        self, session: SessionKeys, history_after: str, log_after_seq: int, count: int
+    ) -> Snapshot:
+        """Meta, the runs hash, the ownership history after ``history_after``, the first
+        ``count`` log entries after ``log_after_seq`` and whether the session is busy: one
+        pipelined round trip."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(session.meta)
         pipe.hgetall(session.runs)
         pipe.xrange(session.history, min=f"({history_after}")
-        meta, runs, history = await pipe.execute()
-        return (
+        pipe.xrange(session.log, min=f"({log_after_seq}-0", count=count)
+        pipe.exists(session.lease)
+        pipe.xlen(session.inbox)
+        meta, runs, history, log, held, pending = await pipe.execute()
+        return Snapshot(
             {_s(k): _s(v) for k, v in meta.items()},
             {_s(k): _s(v) for k, v in runs.items()},
             [(_s(i), {_s(k): _s(v) for k, v in f.items()}) for i, f in history],
+            [raw_entry(f) for _, f in log],
+            bool(held) or int(pending) > 0,
         )
+
+    async def read_log_raw(
+        self, session: SessionKeys, after_seq: int, count: int
+    ) -> list[RawEntry]:
+        """The first ``count`` log entries after ``after_seq``, their data left as text."""
+        log: Any = await self.client.xrange(session.log, min=f"({after_seq}-0", count=count)
+        return [raw_entry(f) for _, f in log]
 
     async def first_seq(self, session: SessionKeys) -> int | None:
         """The seq of the oldest entry still in the Redis log (None: the log is empty)."""

@@ -25,9 +25,8 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from streamward.api.record import db
-from streamward.lua.archive import ArchiveCalls
-from streamward.lua.entries import Entry
+from streamward.api.record import db, writes
+from streamward.lua.archive import ArchiveCalls, RawEntry
 from streamward.lua.keys import SessionKeys
 from streamward.lua.streams import Streams
 
@@ -142,45 +141,56 @@ class Archiver:
         for ref, _ in await self.calls.due(now, s.sessions_per_pass):
             if not await self.calls.claim(ref, self.owner, claim_ms, now):
                 continue
+            unclaimed = False
             try:
-                await self.archive(ref)
+                unclaimed = await self.archive(ref, now)
                 done += 1
             except DB_DOWN as exc:
                 # due again soon (not at once: a dead database is not hammered)
-                await self.calls.revisit(ref, now + int(s.revisit_s * 1000))
+                await self.calls.revisit(ref, now + int(s.revisit_s * 1000), unclaim=True)
+                unclaimed = True
                 self._db_down(exc)
                 break
             finally:
-                await self.calls.unclaim(ref)
+                if not unclaimed:
+                    await self.calls.unclaim(ref)
         if done:
             self.stats.db_up = True
         return done
 
-    async def archive(self, ref: str) -> None:
-        """One session's pass; then revisit it while it is busy, else let it go."""
+    async def archive(self, ref: str, now_ms: int | None = None) -> bool:
+        """One session's pass; then revisit it while it is busy, else let it go. ``now_ms``:
+        the tick's Redis time (a revisit is due that long after it). True when the claim
+        was dropped here (with the revisit, in its round trip)."""
         sk = self.streams.keys.session_ref(ref)
-        await self.archive_once(sk)
+        _, busy = await self.archive_once(sk)
         revisit_ms = int(self.settings.revisit_s * 1000)
-        if await self.calls.busy(sk):
-            await self.calls.revisit(ref, await self.calls.now_ms() + revisit_ms)
-            return
+        if busy:
+            now = now_ms if now_ms is not None else await self.calls.now_ms()
+            await self.calls.revisit(ref, now + revisit_ms, unclaim=True)
+            return True
         # idle: leave the work set, then look once more. Writes before the ZREM are seen by
         # this second pass; an invoke after it feeds the session again.
         await self.calls.settle(ref)
-        if await self.archive_once(sk) or await self.calls.busy(sk):
+        new, busy = await self.archive_once(sk)
+        if new or busy:
             await self.calls.mark(ref, await self.calls.now_ms())
+        return False
 
-    async def archive_once(self, sk: SessionKeys) -> bool:
-        """Copy what is new since the last pass; True when anything new was written."""
+    async def archive_once(self, sk: SessionKeys) -> tuple[bool, bool]:
+        """Copy what is new since the last pass: (anything new written, the session busy:
+        owned or input waiting, as read with the pass's snapshot)."""
         seen = self._seen.get(sk.ref)
         if seen is None:
             async with self.engine.connect() as conn:
                 at = await db.archived(conn, sk.project, sk.session_id)
         else:
             at = seen.at
-        meta, runs_raw, history = await self.calls.snapshot(sk, at.archived_history_id)
+        batch = self.settings.batch_entries
+        snap = await self.calls.snapshot(sk, at.archived_history_id, at.archived_seq, batch)
+        meta, runs_raw, history, entries = snap.meta, snap.runs, snap.history, snap.entries
         if not meta and at.archived_seq == 0:
-            return False  # gone (or never written): nothing to record
+            return False, snap.busy  # gone (or never written): nothing to record
         meta_fp = hash(frozenset(meta.items()))
         run_fps = {run_id: hash(raw) for run_id, raw in runs_raw.items()}
         last_seq = int(meta.get("last_seq") or 0)
@@ -190,7 +200,7 @@ class Archiver:
             and not history
             and (last_seq <= at.archived_seq and seen.run_fps == run_fps)
         ):
-            return False  # nothing changed since this archiver's last pass
+            return False, snap.busy  # nothing changed since this archiver's last pass
         # only the runs that changed since this archiver wrote them (a session has many)
         known = seen.run_fps if seen is not None else {}
         runs = {
@@ -203,7 +213,8 @@ class Archiver:
         new = bool(history)
         first = True
         while True:
-            entries = await self.streams.read_log(sk, f"{seq}-0", count=self.settings.batch_entries)
+            if not first:
+                entries = await self.calls.read_log_raw(sk, seq, batch)
             if entries and entries[0].seq != seq + 1:
                 # the log lost entries we never archived (Redis flushed or restored): record
                 # what exists, and say so
@@ -218,14 +229,14 @@ class Archiver:
             first = False
             self.stats.entries += len(entries)
             new = new or bool(entries)
-            if len(entries) < self.settings.batch_entries:
+            if len(entries) < batch:
                 break
         self.stats.sessions += 1
         if len(self._seen) >= SEEN_MAX:
             self._seen.clear()  # bounded memory; the next passes read the position again
         trimmed = await self._trim(sk, seq, max(last_seq, seq), seen.trimmed_below if seen else 0)
         self._seen[sk.ref] = Seen(db.ArchivedSession(seq, history_id), meta_fp, run_fps, trimmed)
-        return new
+        return new, snap.busy
 
     async def _write(
         self,
@@ -233,23 +244,20 @@ class Archiver:
         meta: dict[str, str],
         runs: dict[str, dict[str, Any]],
         history: list[tuple[str, dict[str, str]]],
-        entries: list[Entry],
+        entries: list[RawEntry],
         archived_seq: int,
         history_id: str,
     ) -> None:
-        """One transaction: the entries and the position that covers them commit together."""
-        now = int(time.time() * 1000)
-        activity = int(meta.get("updated_ms") or 0)
+        """One statement (record/writes.py): the entries and the position that covers them
+        commit together."""
+        args = writes.pass_args(
+            sk.project, sk.session_id, entries=entries, runs=runs, history=history, meta=meta,
+            archived_seq=archived_seq, archived_history_id=history_id,
+            last_activity_ms=int(meta.get("updated_ms") or 0), now_ms=int(time.time() * 1000),
+        )  # fmt: skip
+        # on the archiver's autocommit engine begin() sends nothing: the statement is atomic
         async with self.engine.begin() as conn:
-            await db.put_entries(conn, sk.project, sk.session_id, entries)
-            await db.put_runs(conn, sk.project, sk.session_id, runs)
-            await db.put_run_facts(conn, sk.project, sk.session_id, db.run_facts(entries))
-            await db.put_history(conn, sk.project, sk.session_id, history)
-            await db.put_session(
-                conn, sk.project, sk.session_id, meta,
-                archived_seq=archived_seq, archived_history_id=history_id,
-                last_activity_ms=activity, now_ms=now,
-            )  # fmt: skip
+            await writes.write_pass(conn, args)
 
     async def _trim(
         self, sk: SessionKeys, archived_seq: int, last_seq: int, trimmed_below: int

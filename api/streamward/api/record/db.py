@@ -1,19 +1,18 @@
 """The record's database access: the engine (SQLAlchemy 2 async over asyncpg), the
-archiver's idempotent writes and the API's reads. Only this module writes SQL."""
+archiver's position and the API's reads. Only this module and ``writes`` (the archiver's
+one-statement batch) write SQL."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from streamward.api.record.tables import ownership_events, runs, sessions, transcript_entries
+from streamward.api.record.tables import ownership_events, sessions, transcript_entries
 from streamward.lua.entries import Entry
 
 
@@ -25,11 +24,17 @@ def async_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
+def make_engine(url: str, pool_size: int = 5, *, writer: bool = False) -> AsyncEngine:
+    """``writer``: the archiver's engine. Autocommit (its one write per batch is a single
+    statement, atomic on its own: no BEGIN / COMMIT round trips) and no ping per checkout
+    (three round trips outside a transaction; a dead connection fails the pass instead,
+    is invalidated, and the pass is retried)."""
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if writer else {}
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=not writer,
+        **options,
         # a dead database must fail a call quickly, not hang a request or the archiver
         connect_args={"timeout": 5, "command_timeout": 30},
         json_serializer=lambda v: orjson.dumps(v).decode(),
@@ -67,218 +72,12 @@ async def archived(conn: AsyncConnection, project: str, session_id: str) -> Arch
     return ArchivedSession(0, "0-0") if row is None else ArchivedSession(row[0], row[1])
 
 
-async def put_entries(
-    conn: AsyncConnection, project: str, session_id: str, entries: Sequence[Entry]
-) -> None:
-    """Insert entries; ones already there are left alone (an entry never changes)."""
-    if not entries:
-        return
-    rows = [
-        {
-            "project": project,
-            "session_id": session_id,
-            "seq": e.seq,
-            "type": e.type,
-            "run_id": e.run_id,
-            "token": e.token,
-            "data": e.data,
-            "ts_ms": e.ts_ms or 0,
-        }
-        for e in entries
-    ]
-    await conn.execute(_PUT_ENTRIES, rows)
-
-
-async def put_history(
-    conn: AsyncConnection,
-    project: str,
-    session_id: str,
-    items: Sequence[tuple[str, dict[str, str]]],
-) -> None:
-    if not items:
-        return
-    rows = [
-        {
-            "project": project,
-            "session_id": session_id,
-            "event_id": event_id,
-            "event": f.get("event", ""),
-            "replica_id": f.get("replica") or None,
-            "incarnation": f.get("incarnation") or None,
-            "token": int(f.get("token") or 0),
-            "reason": f.get("reason", ""),
-            "at_ms": int(f["ms"]) if f.get("ms") else None,
-        }
-        for event_id, f in items
-    ]
-    await conn.execute(_PUT_HISTORY, rows)
-
-
-def _opt_int(v: Any) -> int | None:
-    try:
-        return None if v is None or v == "" else int(v)
-    except (TypeError, ValueError):
-        return None
-
-
-async def put_runs(
-    conn: AsyncConnection, project: str, session_id: str, states: dict[str, dict[str, Any]]
-) -> None:
-    """Upsert each run's latest state (a run's row changes as it runs)."""
-    if not states:
-        return
-    rows = [
-        {
-            "project": project,
-            "session_id": session_id,
-            "run_id": run_id,
-            "status": str(s.get("status", "")),
-            "attempt": _opt_int(s.get("attempt")),
-            "replica_id": s.get("replica_id") or None,
-            "token": _opt_int(s.get("token")),
-            "started_id": s.get("started_id") or None,
-            "last_id": s.get("last_id") or None,
-            "input_bytes": _opt_int(s.get("input_bytes")),
-            "outputs": _opt_int(s.get("outputs")),
-            "error": s.get("error") or None,
-            "updated_ms": _opt_int(s.get("updated_ms")),
-        }
-        for run_id, s in states.items()
-    ]
-    await conn.execute(_PUT_RUNS, rows)
-
-
-async def put_session(
-    conn: AsyncConnection,
-    project: str,
-    session_id: str,
-    meta: dict[str, str],
-    *,
-    archived_seq: int,
-    archived_history_id: str,
-    last_activity_ms: int,
-    now_ms: int,
-) -> None:
-    """Upsert the session row; ``archived_seq`` only ever grows (several archivers)."""
-    created = _opt_int(meta.get("created_ms")) or now_ms
-    row = {
-        "project": project,
-        "session_id": session_id,
-        "route_id": meta.get("route_id") or None,
-        "session_key": meta.get("session_key") or None,
-        "generation": _opt_int(meta.get("generation")),
-        "status": meta.get("status", ""),
-        "reason": meta.get("reason") or meta.get("last_release_reason") or None,
-        "title": meta.get("title") or None,
-        "metadata": meta,
-        "previous_session_id": meta.get("previous_session_id") or None,
-        "created_ms": created,
-        "updated_ms": _opt_int(meta.get("updated_ms")) or created,
-        "last_activity_ms": max(last_activity_ms, created),
-        "last_seq": _opt_int(meta.get("last_seq")) or 0,
-        "archived_seq": archived_seq,
-        "archived_history_id": archived_history_id,
-        "archived_ms": now_ms,
-    }
-    await conn.execute(_PUT_SESSION, row)
-
-
 def _id_key(col: Any) -> Any:
     """A stream id ``<ms>-<n>`` as a sortable numeric pair (PostgreSQL row comparison)."""
     return sa.tuple_(
         sa.cast(sa.func.split_part(col, "-", 1), sa.Numeric),
         sa.cast(sa.func.split_part(col, "-", 2), sa.Numeric),
     )
-
-
-# -- the archiver's statements, built once (building an upsert costs more than running it) --
-
-
-# a run's facts read from its entries (put_run_facts): a state update from Redis, which has
-# none of them, keeps them
-RUN_FACTS = ("input_bytes", "outputs", "error")
-
-
-def _runs_upsert() -> Any:
-    stmt = insert(runs)
-    keep = {"project", "session_id", "run_id"}
-    updates: dict[str, Any] = {c.name: stmt.excluded[c.name] for c in runs.c if c.name not in keep}
-    for name in RUN_FACTS:
-        updates[name] = sa.func.coalesce(stmt.excluded[name], runs.c[name])
-    return stmt.on_conflict_do_update(
-        index_elements=[runs.c.project, runs.c.session_id, runs.c.run_id], set_=updates
-    )
-
-
-def run_facts(entries: Sequence[Entry]) -> dict[str, dict[str, Any]]:
-    """What a run's entries tell about it: input size (``run.started``), outputs count
-    (``run.completed``), error (``run.failed``)."""
-    facts: dict[str, dict[str, Any]] = {}
-    for e in entries:
-        data = e.data if isinstance(e.data, dict) else {}
-        got = facts.setdefault(e.run_id, {})
-        if e.type == "run.started":
-            size = data.get("input_bytes")
-            if not isinstance(size, int):
-                size = len(orjson.dumps(data.get("input")))
-            got["input_bytes"] = size
-        elif e.type == "run.completed" and isinstance(data.get("outputs"), int):
-            got["outputs"] = data["outputs"]
-        elif e.type == "run.failed" and data.get("error") is not None:
-            got["error"] = str(data["error"])[:4000]
-    return {run_id: f for run_id, f in facts.items() if f and run_id}
-
-
-async def put_run_facts(
-    conn: AsyncConnection, project: str, session_id: str, facts: dict[str, dict[str, Any]]
-) -> None:
-    """Set what the entries told (rows of runs not archived yet are created)."""
-    if not facts:
-        return
-    rows = [
-        {
-            "project": project,
-            "session_id": session_id,
-            "run_id": run_id,
-            "status": "",
-            **{name: f.get(name) for name in RUN_FACTS},
-        }
-        for run_id, f in facts.items()
-    ]
-    await conn.execute(_PUT_RUN_FACTS, rows)
-
-
-def _run_facts_upsert() -> Any:
-    stmt = insert(runs)
-    return stmt.on_conflict_do_update(
-        index_elements=[runs.c.project, runs.c.session_id, runs.c.run_id],
-        set_={n: sa.func.coalesce(stmt.excluded[n], runs.c[n]) for n in RUN_FACTS},
-    )
-
-
-def _session_upsert() -> Any:
-    """Upsert a session row; ``archived_seq`` / ``archived_history_id`` only ever grow
-    (several archivers)."""
-    stmt = insert(sessions)
-    ex = stmt.excluded
-    keep = {"project", "session_id", "archived_seq", "archived_history_id"}
-    updates: dict[str, Any] = {c.name: ex[c.name] for c in sessions.c if c.name not in keep}
-    updates["archived_seq"] = sa.func.greatest(sessions.c.archived_seq, ex.archived_seq)
-    # stream ids compare as (ms, seq): the larger of the two, as numbers
-    newer = _id_key(ex.archived_history_id) > _id_key(sessions.c.archived_history_id)
-    updates["archived_history_id"] = sa.case(
-        (newer, ex.archived_history_id), else_=sessions.c.archived_history_id
-    )
-    return stmt.on_conflict_do_update(
-        index_elements=[sessions.c.project, sessions.c.session_id], set_=updates
-    )
-
-
-_PUT_ENTRIES = insert(transcript_entries).on_conflict_do_nothing()
-_PUT_HISTORY = insert(ownership_events).on_conflict_do_nothing()
-_PUT_RUNS = _runs_upsert()
-_PUT_SESSION = _session_upsert()
-_PUT_RUN_FACTS = _run_facts_upsert()
 
 
 # -- reads (the API) -----------------------------------------------------------------------

@@ -36,9 +36,10 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
     )
 
 
-async def open_record(url: str) -> AsyncEngine:
-    """An engine on a database at this code's schema; raises SchemaNotReady (one line)."""
-    engine = make_engine(url)
+async def open_record(url: str, *, writer: bool = False) -> AsyncEngine:
+    """An engine on a database at this code's schema; raises SchemaNotReady (one line).
+    ``writer``: the archiver's (``make_engine``)."""
+    engine = make_engine(url, writer=writer)
     try:
         await migrate.check_schema(engine)
     except BaseException:
@@ -101,7 +102,7 @@ async def run_archiver(
     """Exit code: 0 after ``stop``, 2 when the schema is not migrated."""
     while True:
         try:
-            engine = await open_record(database_url)
+            engine = await open_record(database_url, writer=True)
             break
         except migrate.SchemaNotReady as exc:
             log.error("%s", exc)
