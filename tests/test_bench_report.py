@@ -17,7 +17,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from streamward.tools.bench import failover, invoke, peers
+from streamward.tools.bench import archive, failover, invoke, peers
 from streamward.tools.bench.cli import _extra_kwargs, app
 from streamward.tools.bench.report import (
     BENCHES,
@@ -43,6 +43,7 @@ SECTIONS = (
     "## Failover",
     "## Detached invoke latency",
     "## Ingest throughput",
+    "## The durable record (archiver on)",
     "## Rolling update of the runners",
     "## Reproduce",
 )
@@ -103,6 +104,19 @@ def _results(quick_run: Path) -> dict[str, Any]:
         "cores": 2,
         "closed_loop_floor_ms": 41.3,
     }
+    # the same bench with the record on: slower, with the archiver's and PostgreSQL's CPU
+    arc = invoke.Results(**{**res.__dict__, "peers": [], "peers_skipped": {}})
+    arc.invoke = invoke.Latency.of([0.012 + 0.0001 * i for i in range(100)])
+    arc.archive = archive.ArchiveFigures(
+        lag_p50_s=0.0, lag_p99_s=0.66, lag_max_s=1.2, samples=120, entries_archived=4000,
+        catch_up_s=1.5, entries_per_s=300.0, drain_sessions=50, drain_entries=10_000,
+        drain_s=4.0, drain_entries_per_s=2500.0,
+    )  # fmt: skip
+    arc_json = asdict(arc) | {
+        "invokes_per_s": 491.0,
+        "cpu_ms_per_invoke": {"api": 1.23, "runners": 0.71, "redis": 0.24, "archiver": 0.22,
+                              "postgres": 0.08, "total": 2.48},
+    }  # fmt: skip
     phase = {"seconds": 3.0, "invokes": 60, "acked": 60, "unacked": 0, "max_ms": 90.0}
     check = {"ok": True, "violations": {}, "stats": {"sessions": 32, "invokes": 145}}
     ro = {
@@ -142,6 +156,7 @@ def _results(quick_run: Path) -> dict[str, Any]:
         "heartbeat": machine["benches"]["heartbeat"],
         "failover": {"command": "streamward bench failover --trials 20", "result": fo},
         "invoke": {"command": "streamward bench invoke", "result": inv},
+        "archive": {"command": "streamward bench invoke --archiver", "result": arc_json},
         "rollout": {"command": "streamward bench rollout", "exit_status": 1, "result": ro},
     }
     out: dict[str, Any] = machine | {"quick": False, "note": "shared 2-core test machine"}
@@ -165,7 +180,7 @@ def test_quick_run_writes_report_plot_and_results(quick_run: Path) -> None:
     for section in SECTIONS[:8]:
         assert section in md, section
     assert "quick smoke run" in md
-    assert "Not run this time: failover, invoke, rollout." in md
+    assert "Not run this time: failover, invoke, archive, rollout." in md
     raw = orjson.loads((quick_run.parent / "bench" / "results.json").read_bytes())
     assert raw["quick"] is True and set(raw["benches"]) == {"heartbeat"}
     hb = raw["benches"]["heartbeat"]
@@ -210,6 +225,48 @@ def test_every_section_renders_with_numbers(quick_run: Path, tmp_path: Path) -> 
         _check_png(tmp_path / "docs" / "bench" / name)
         assert f"](bench/{name})" in md
     assert orjson.loads((tmp_path / "docs" / "bench" / "results.json").read_bytes())["benches"]
+
+
+def test_the_archive_section_sets_the_record_beside_the_invoke_bench(
+    quick_run: Path,
+) -> None:
+    results = _results(quick_run)
+    md = render(results, {})
+    rows = {r[0]: r for r in _summary_rows(md)}
+    lag = rows["archive lag p99 under the invoke load, concurrency 50"]
+    assert lag[1:] == ["0.66 s", "", "", "≤ 5 s", "met"]
+    drain = rows["archive throughput: a backlog of 10,000 ~1 KB entries"]
+    assert drain[1] == "2,500 entries/s"
+    versus = rows["warm invokes/s with the archiver on vs the invoke bench (record off)"]
+    assert versus[1:4] == ["491 /s", "570 /s (record off)", "0.86x"]
+    section = md.split("## The durable record (archiver on)", 1)[1].split("\n## ", 1)[0]
+    assert "| warm invokes/s | 570 | 491 | 0.86x |" in section
+    assert "| CPU ms per invoke: archiver | - | 0.22 | - |" in section
+    assert "| CPU ms per invoke: api | 0.95 | 1.23 | 1.29x |" in section
+    assert "0.00 / 0.66 / 1.20 s | p99 ≤ 5 s | met |" in section
+    assert "| 2,500 entries/s |" in section and "drained in 4.0 s" in section
+    # a lag over the target is reported as such
+    results["benches"]["archive"]["result"]["archive"]["lag_p99_s"] = 7.5
+    assert "| 7.50 s |  |  | ≤ 5 s | **NOT met** |" in render(results, {})
+    # results from before the archive bench render without its section
+    del results["benches"]["archive"]
+    assert "durable record" not in render(results, {})
+
+
+def test_bench_all_runs_the_archive_bench_small(tmp_path: Path) -> None:
+    """A real small run: `bench all --only archive` with tiny sizes (PostgreSQL, a fleet,
+    an archiver, 40 invokes and a 400-entry backlog) renders the section with its figures."""
+    out = tmp_path / "BENCHMARKS.md"
+    small = ["--archiver", "--peers", "none", "--concurrency", "2", "--requests", "40"]
+    assert main(Options(out=out, only=["archive"], overrides={"archive": small})) == 0
+    md = out.read_text()
+    assert "## The durable record (archiver on)" in md
+    assert "`streamward bench invoke --archiver --peers none --concurrency 2" in md
+    got = orjson.loads((tmp_path / "bench" / "results.json").read_bytes())
+    a = got["benches"]["archive"]["result"]["archive"]
+    assert a["drain_entries"] == 2 * archive.DRAIN_PER_SESSION and a["drain_entries_per_s"] > 0
+    assert a["entries_archived"] > 0 and a["samples"] > 0
+    assert "archiver" in got["benches"]["archive"]["result"]["cpu_ms_per_invoke"]
 
 
 def test_report_without_matplotlib(
@@ -259,11 +316,11 @@ def test_cli_all_from_results(quick_run: Path, tmp_path: Path) -> None:
 
 
 def test_selection() -> None:
-    with_rollout = ["heartbeat", "failover", "invoke", "rollout"]
+    with_rollout = ["heartbeat", "failover", "invoke", "archive", "rollout"]
     assert selected(Options()) == with_rollout
-    assert selected(Options(quick=True)) == ["heartbeat", "failover", "invoke"]
+    assert selected(Options(quick=True)) == with_rollout[:-1]
     assert selected(Options(quick=True, rollout=True)) == with_rollout
-    assert selected(Options(rollout=False)) == ["heartbeat", "failover", "invoke"]
+    assert selected(Options(rollout=False)) == with_rollout[:-1]
     assert selected(Options(only=["invoke", "heartbeat", "invoke"])) == ["invoke", "heartbeat"]
     assert selected(Options(only=["rollout"], rollout=False)) == []
     assert set(BENCHES) == set(with_rollout)

@@ -1,11 +1,14 @@
 """The record under the invoke bench (`streamward bench invoke --archiver`): an embedded
 PostgreSQL, one `streamward archiver` process, and the archive lag sampled from Redis every
-100 ms while the bench runs; then how long the archive takes to catch up, and throughput."""
+100 ms while the bench runs; then how long the archive takes to catch up. Then its
+throughput: with the archiver stopped (SIGSTOP), a backlog of ~1 KB entries is written to
+Redis, and the time the archiver takes to drain it once continued (SIGCONT) is measured."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import statistics
 import time
 from dataclasses import dataclass
@@ -15,10 +18,16 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from streamward.lua.archive import ArchiveCalls
+from streamward.lua.indexes import Indexes
 from streamward.lua.keys import Keys
+from streamward.lua.store import Entry, LeaseStore
 
 SAMPLE_S = 0.1
 CATCH_UP_TIMEOUT_S = 300.0
+# the drain backlog: entries of about this size (the record's sizing example: ~1 KB each)
+DRAIN_ENTRY_BYTES = 1000
+DRAIN_PER_SESSION = 200
+DRAIN_BATCH = 100
 
 
 @dataclass
@@ -29,7 +38,12 @@ class ArchiveFigures:
     samples: int
     entries_archived: int
     catch_up_s: float
-    entries_per_s: float
+    entries_per_s: float  # archived under the invoke load, over the run and its catch-up
+    # throughput: a backlog written while the archiver was stopped, drained once continued
+    drain_sessions: int = 0
+    drain_entries: int = 0
+    drain_s: float = 0.0
+    drain_entries_per_s: float = 0.0
 
 
 class LagSampler:
@@ -83,6 +97,45 @@ class LagSampler:
             catch_up_s=round(catch_up_s, 2),
             entries_per_s=round(archived / (ran_s + catch_up_s), 1) if ran_s else 0.0,
         )
+
+
+async def measure_drain(
+    redis_url: str, database_url: str, archiver_pid: int, sessions: int
+) -> tuple[int, float]:
+    """Stop the archiver, write ``sessions`` x ``DRAIN_PER_SESSION`` entries to Redis, continue
+    it and time until PostgreSQL holds them all: (entries, seconds)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    conn: Any = await asyncpg.connect(database_url)
+    count = "SELECT count(*) FROM transcript_entries"
+    os.kill(archiver_pid, signal.SIGSTOP)
+    try:
+        keys = Keys()
+        store, index = LeaseStore(client, keys), Indexes(client, keys)
+        text = "x" * (DRAIN_ENTRY_BYTES - 40)  # ~1 KB as JSON with its other fields
+        for n in range(sessions):
+            sk = keys.session("default", f"archive-drain-{n}")
+            await index.touch_session(sk)  # what an invoke does: the archiver's feed sees it
+            lease = await store.acquire(sk, "bench-drain", "i1", 60_000)
+            for first in range(1, DRAIN_PER_SESSION + 1, DRAIN_BATCH):
+                batch = [
+                    Entry(seq=q, type="run.output", data={"text": text, "i": q}, run_id="run_1")
+                    for q in range(first, min(first + DRAIN_BATCH, DRAIN_PER_SESSION + 1))
+                ]
+                await store.ingest(sk, "run_1", lease.token, batch)
+            await store.release(sk, "bench-drain", "i1", lease.token)
+        want = int(await conn.fetchval(count)) + sessions * DRAIN_PER_SESSION
+    finally:
+        os.kill(archiver_pid, signal.SIGCONT)
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < CATCH_UP_TIMEOUT_S:
+            if int(await conn.fetchval(count)) >= want:
+                break
+            await asyncio.sleep(SAMPLE_S / 2)
+        return sessions * DRAIN_PER_SESSION, time.monotonic() - t0
+    finally:
+        await conn.close()
+        await client.aclose()
 
 
 def process_tree(pid: int) -> list[int]:

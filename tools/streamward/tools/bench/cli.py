@@ -176,7 +176,8 @@ def all_benches(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Run only this bench (repeatable): heartbeat, failover, invoke, rollout."
+            help="Run only this bench (repeatable): heartbeat, failover, invoke, archive "
+            "(invoke with the record on), rollout."
         ),
     ] = None,
     with_rollout: Annotated[

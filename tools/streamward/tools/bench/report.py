@@ -31,24 +31,29 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from rich.console import Console
 
-from streamward.tools.bench import report_peers
+from streamward.tools.bench import report_archive, report_peers
 from streamward.tools.server import find_redis_server
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-BENCHES = ("heartbeat", "failover", "invoke", "rollout")
+BENCHES = ("heartbeat", "failover", "invoke", "archive", "rollout")
+# the command a bench name runs, when it is not the name: "archive" is the invoke bench with
+# the record on (bench/report_archive.py)
+COMMANDS = {"archive": report_archive.COMMAND}
 # command-line arguments of each bench: a full run, and a smoke run (--quick)
 FULL_ARGS: dict[str, list[str]] = {
     "heartbeat": ["--leases", "100000"],
     "failover": ["--trials", "20"],
     "invoke": ["--concurrency", "50", "--requests", "5000"],
+    "archive": report_archive.FULL_ARGS,
     "rollout": [],
 }
 QUICK_ARGS: dict[str, list[str]] = {
     "heartbeat": ["--leases", "2000"],
     "failover": ["--trials", "3"],
     "invoke": ["--concurrency", "10", "--requests", "200"],
+    "archive": report_archive.QUICK_ARGS,
     "rollout": ["--runners", "2", "--before-s", "3", "--after-s", "1"],
 }
 BENCH_TIMEOUT_S = 3600.0
@@ -149,7 +154,7 @@ def collect(opts: Options, console: Console) -> dict[str, Any]:
                 benches[name] = {"command": "streamward bench rollout", "error": "not installed"}
                 console.print("[red]the rollout bench is not installed[/red]")
             continue
-        console.rule(" ".join(["bench", name, *args]))
+        console.rule(" ".join(["bench", COMMANDS.get(name, name), *args]))
         benches[name] = run_bench(name, args)
         if "error" in benches[name]:
             console.print(f"[red]bench {name} failed: {benches[name]['error']}[/red]")
@@ -167,8 +172,9 @@ def collect(opts: Options, console: Console) -> dict[str, Any]:
 
 def run_bench(name: str, args: Sequence[str]) -> dict[str, Any]:
     """``streamward bench <name> <args> -o json`` in a child, its progress on our stderr."""
-    cmd = [sys.executable, "-m", "streamward.tools", "bench", name, *args, "-o", "json"]
-    shown = " ".join(["streamward", "bench", name, *args, "-o", "json"])
+    command = COMMANDS.get(name, name)
+    cmd = [sys.executable, "-m", "streamward.tools", "bench", command, *args, "-o", "json"]
+    shown = " ".join(["streamward", "bench", command, *args, "-o", "json"])
     t0 = time.monotonic()
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, timeout=BENCH_TIMEOUT_S, check=False)
@@ -548,6 +554,8 @@ def render(
         _failover_section(doc, res["failover"], plots.get("failover"), benches["failover"])
     if "invoke" in res:
         _invoke_sections(doc, res["invoke"], benches["invoke"], plots.get("invoke"))
+    if "archive" in res:
+        doc.add(*report_archive.section(res["archive"], benches["archive"], res.get("invoke")))
     if "rollout" in res:
         _rollout_section(doc, res["rollout"], benches["rollout"])
     _reproduce(doc)
@@ -725,6 +733,8 @@ def _summary(res: dict[str, Any]) -> str:
             ]
         )
         rows += report_peers.summary_rows(inv)
+    if arc := res.get("archive"):
+        rows += report_archive.summary_rows(arc, res.get("invoke"))
     if ro := res.get("rollout"):
         # a result shape this report does not know gets no summary rows, only its section
         with contextlib.suppress(KeyError, TypeError, ZeroDivisionError):
@@ -1244,6 +1254,7 @@ def _reproduce(doc: _Doc) -> None:
         "streamward bench failover --trials 20\n"
         "streamward bench invoke --concurrency 50 --requests 5000   # + saq, arq, Celery\n"
         "streamward bench invoke --peers saq,celery   # a subset of the peers (or: none)\n"
+        "streamward bench invoke --archiver --peers none   # the record on: lag, throughput\n"
         "```",
         "Each bench starts its own throwaway `redis-server` (never port 6379) and, for failover "
         "and invoke, its own API and runner processes. `--only NAME` runs a subset, "
