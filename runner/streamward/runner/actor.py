@@ -323,7 +323,6 @@ class SessionActor(ActorControl):
             session=self.session,
             streams=r.streams,
             link=self.life,
-            archive=self.life.archive,
         )
         run = Run(item, ctx)
         self.current = run

@@ -29,6 +29,8 @@ class SessionLink(Protocol):
 
     @property
     def can_write(self) -> bool: ...
+    @property
+    def archive(self) -> ArchiveReads | None: ...
     async def save_state(self, obj: Any) -> None: ...
     def pending_inputs(self, run_id: str) -> AsyncIterator[Any]: ...
 
@@ -82,8 +84,6 @@ class RunContext:
     streams: Streams = field(repr=False)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     link: SessionLink | None = field(default=None, repr=False)  # set by the runner
-    # below Redis's hot tail (the record on): the API's transcript page; None: Redis alone
-    archive: ArchiveReads | None = field(default=None, repr=False)
 
     @property
     def is_cancelled(self) -> bool:
@@ -120,6 +120,6 @@ class RunContext:
 
     def history(self, after_seq: int = 0, page: int = 200) -> AsyncIterator[LogEntry]:
         """Iterate the session's transcript from ``after_seq`` up to (not incl.) this run."""
-        return read_history(
-            self.streams, self.session, after_seq, page, self.started_seq, self.archive
-        )
+        # below Redis's hot tail (the record on): the activation's reader of the API's page
+        archive = self.link.archive if self.link is not None else None
+        return read_history(self.streams, self.session, after_seq, page, self.started_seq, archive)
