@@ -195,7 +195,8 @@ async def test_renew_many_chunks_and_pipelines_many_keys(
     store: LeaseStore, redis_client: aioredis.Redis, keys: Keys
 ) -> None:
     sessions = [keys.session("p", f"s{i}") for i in range(250)]
-    leases = [(s, (await store.acquire(s, "r1", "inc-1", 1_000)).token) for s in sessions]
+    # acquired one by one: a TTL a loaded machine cannot outrun before the renewal
+    leases = [(s, (await store.acquire(s, "r1", "inc-1", 20_000)).token) for s in sessions]
     await redis_client.delete(sessions[7].lease, sessions[199].lease)
     await redis_client.config_resetstat()
     result = await store.renew_many("r1", "inc-1", leases, LEASE_TTL_MS, chunk=100)
@@ -211,7 +212,7 @@ async def test_renew_many_over_several_pipelines_keeps_every_result_in_order(
 ) -> None:
     # chunks of 5 over 300 leases: 60 chunks, more than one pipeline's worth, several in flight
     sessions = [keys.session("p", f"m{i}") for i in range(300)]
-    leases = [(s, (await store.acquire(s, "r1", "inc-1", 1_000)).token) for s in sessions]
+    leases = [(s, (await store.acquire(s, "r1", "inc-1", 20_000)).token) for s in sessions]
     gone = [sessions[3], sessions[142], sessions[299]]
     await redis_client.delete(*[s.lease for s in gone])
     await store.renew_many("r1", "inc-1", leases[:1], LEASE_TTL_MS)  # script loaded: no NOSCRIPT
@@ -221,7 +222,8 @@ async def test_renew_many_over_several_pipelines_keeps_every_result_in_order(
     assert stats["cmdstat_evalsha"]["calls"] == 60
     assert result.renewed == [s for s in sessions if s not in gone]
     assert [s for s, _ in result.lost] == gone
-    assert [await redis_client.pttl(s.lease) > 1_000 for s in result.renewed[::37]] == [True] * 9
+    # extended past the acquisition's 20 s to LEASE_TTL_MS (60 s)
+    assert [await redis_client.pttl(s.lease) > 20_000 for s in result.renewed[::37]] == [True] * 9
 
 
 async def test_renew_many_with_nothing_makes_no_call(
