@@ -411,3 +411,43 @@ async def test_a_cancelled_post_is_dropped_and_the_rest_still_ship(serve: Any) -
     assert [cast(Any, d).json()["n"] for d in done[1:]] == [1, 2]
     sent = orjson.loads(s.requests[0].partition(b"\r\n\r\n")[2])
     assert sent == {"batches": [{"n": 1}, {"n": 2}]}
+
+
+async def test_a_post_failing_unexpectedly_reaches_its_shipper_instead_of_hanging(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = await serve(lambda n: plain())
+    http = IngestHTTP(coalesce=True)
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("Session is closed")
+
+    monkeypatch.setattr(http, "_post", broken)
+    try:
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(post(http, s.url) for _ in range(3)), return_exceptions=True), 5
+        )
+        lone = await asyncio.wait_for(asyncio.gather(post(http, s.url), return_exceptions=True), 5)
+    finally:
+        await http.aclose()
+    # the shipper retries an IngestHTTPError, as it retries any failed post
+    assert all(isinstance(o, IngestHTTPError) for o in [*outcomes, *lone])
+
+
+async def test_a_batch_failing_as_a_whole_is_sent_one_by_one(serve: Any) -> None:
+    s: Server
+
+    def respond(n: int) -> bytes:
+        if b"/batch" in _path(s.requests[n - 1]):
+            return plain(b'{"code":"internal_error"}', 500)
+        return plain(s.requests[n - 1].partition(b"\r\n\r\n")[2])  # echo the body
+
+    s = await serve(respond)
+    http = IngestHTTP(coalesce=True)
+    try:
+        answers = await asyncio.gather(*(post(http, s.url, b'{"n":%d}' % i) for i in range(3)))
+    finally:
+        await http.aclose()
+    # one session's failure (500) does not fail the others: each gets its own answer
+    assert [a.json() for a in answers] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert [_path(r) for r in s.requests].count(b"/admin/ingest") == 3

@@ -148,7 +148,8 @@ async def submit(
         session_type=body.type or "",
         default_type=settings.default_type,
         # the owner this session's last invoke saw is mailed in the append's round trip
-        predict_mail=True,
+        # (not for an interrupt: its cancel goes to the owner before the input's mail)
+        predict_mail=body.multitask != "interrupt",
     )
     # the log position the script read before the append (for a duplicate: before the run
     # state is read below), so the run's first entry is always after it

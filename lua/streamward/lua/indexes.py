@@ -14,11 +14,22 @@ from streamward.lua.keys import Keys, SessionKeys
 
 
 def queue_touch(
-    pipe: Any, keys: Keys, session: SessionKeys, now_ms: int, created_ms: int | None = None
+    pipe: Any,
+    keys: Keys,
+    session: SessionKeys,
+    now_ms: int,
+    created_ms: int | None = None,
+    *,
+    existing_only: bool = False,
 ) -> None:
     """Queue the index writes of one session's activity on ``pipe`` (non-transactional: on
-    Cluster the project indexes are another slot than ``sw:sessions``)."""
+    Cluster the project indexes are another slot than ``sw:sessions``). ``existing_only``:
+    update the scores of a session already indexed, never add one (XX)."""
     pk = keys.project_index(session.project)
+    if existing_only:
+        pipe.zadd(keys.sessions, {session.ref: now_ms}, xx=True)
+        pipe.zadd(pk.updated, {session.session_id: now_ms}, xx=True, gt=True)
+        return
     pipe.zadd(keys.sessions, {session.ref: now_ms})
     # NX: the creation time never moves; GT: a late writer never moves activity back
     pipe.zadd(pk.created, {session.session_id: created_ms or now_ms}, nx=True)

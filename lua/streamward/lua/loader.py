@@ -167,3 +167,41 @@ async def execute_pipeline(
     finally:
         if hook is not None:
             hook(scripts[0].src.name, time.perf_counter() - t0, ok)
+
+
+async def run_then(
+    client: RedisClient,
+    zadd: tuple[str, dict[str, int]] | None,
+    script: Script,
+    keys: Sequence[KeyT],
+    args: Sequence[ArgT],
+    then: Callable[[Any], Sequence[Script]],
+) -> tuple[Any, list[Any]]:
+    """One pipeline: ``zadd`` (an index write that must come first), ``script``'s call, then
+    the commands ``then`` queues (it returns the scripts it used). Returns the script's reply
+    and the following commands' replies, an error in the place of a failed one.
+
+    Never sent twice once the script ran: on NOSCRIPT for it (so it did not run) the scripts
+    are loaded and the pipeline sent again; a following command's NOSCRIPT loads its script
+    for the next time and is returned as is (the caller does without that command)."""
+    head = 0 if zadd is None else 1
+    for attempt in (1, 2):
+        pipe: Any = client.pipeline(transaction=False)
+        if zadd is not None:
+            pipe.zadd(zadd[0], zadd[1])
+        script.queue(pipe, keys, args)
+        more = then(pipe)
+        replies = list(await pipe.execute(raise_on_error=False))
+        if attempt == 1 and isinstance(replies[head], NoScriptError):
+            for s in (script, *more):
+                await s.load(client)
+            continue
+        for r in replies[: head + 1]:
+            if isinstance(r, Exception):
+                raise r
+        rest = replies[head + 1 :]
+        if any(isinstance(r, NoScriptError) for r in rest):
+            for s in more:
+                await s.load(client)
+        return replies[head], rest
+    raise AssertionError("unreachable")

@@ -20,7 +20,7 @@ from streamward.lua.inbox import InboxMeta, RawInboxEntry, parse_run_state
 from streamward.lua.ingestscripts import IngestCall as IngestCall  # re-exported
 from streamward.lua.ingestscripts import IngestScripts
 from streamward.lua.keys import DEFAULT_TYPE, ReplicaKeys, SessionKeys
-from streamward.lua.loader import ArgT, Script, execute_pipeline, script_sources
+from streamward.lua.loader import ArgT, Script, execute_pipeline, run_then, script_sources
 from streamward.lua.replies import (
     Binding,
     DuplicateInput,
@@ -233,7 +233,7 @@ class Scripts(IngestScripts):
         default_type: str = DEFAULT_TYPE,
         max_pending: int = 0,
         may_create: bool = True,
-        then: Callable[[Pipeline], list[Script]] | None = None,
+        then: Callable[[Pipeline], Sequence[Script]] | None = None,
         then_replies: list[Any] | None = None,
         traceparent: str = "",
     ) -> Queued | DuplicateInput:
@@ -254,21 +254,12 @@ class Scripts(IngestScripts):
         script = self._by_name["enqueueInput"]
         if then is not None and not self._cluster:
             # commands that follow the append in the same round trip (the predicted owner's
-            # mail, see LeaseStore.enqueue); their replies go to ``then_replies``
-            more: list[Script] = []
-
-            def build_then(pipe: Pipeline) -> None:
-                if pending is not None:
-                    pipe.zadd(pending[0], {session.ref: pending[1]})
-                script.queue(pipe, keys, args)
-                more.extend(then(pipe))
-
-            loaded = [script, *{s.src.name: s for s in more}.values()]
-            replies = await execute_pipeline(self._client, loaded, build_then)
-            first = 1 if pending is not None else 0
+            # mail, see LeaseStore.enqueue); their replies (or errors) go to ``then_replies``
+            zadd = None if pending is None else (pending[0], {session.ref: pending[1]})
+            reply, rest = await run_then(self._client, zadd, script, keys, args, then)
             if then_replies is not None:
-                then_replies.extend(replies[first + 1 :])
-            return parse_enqueued(replies[first])
+                then_replies.extend(rest)
+            return parse_enqueued(reply)
         if pending is None:
             return parse_enqueued(await script(keys, args))
         index, score_ms = pending

@@ -135,8 +135,10 @@ class LeaseStore(LeaseCalls):
             def then(pipe: Pipeline) -> list[Script]:
                 keys, args = self.scripts.notify_replica_call(*call)
                 notify.queue(pipe, keys, args)
-                # host time for the index score (the append's Redis time is not known yet)
-                queue_touch(pipe, self.keys, session, now_ms)
+                # host time for the index score (the append's Redis time is not known yet);
+                # XX: only a session still indexed is touched, so an invoke refused for a
+                # deleted session cannot bring it back into the listings
+                queue_touch(pipe, self.keys, session, now_ms, existing_only=True)
                 return [notify]
 
         r = await self.scripts.enqueue_input(
@@ -156,9 +158,13 @@ class LeaseStore(LeaseCalls):
             then_replies=then_replies,
             traceparent=traceparent,
         )
-        mailed = mail if then_replies and parse_notified(then_replies[0]) else None
+        mailed = None
+        if then_replies and not isinstance(then_replies[0], Exception):
+            mailed = mail if parse_notified(then_replies[0]) else None
         if predict_mail and not isinstance(r, DuplicateInput):
             self._remember_holder(session, r.holder)
+        elif predict_mail:
+            self._holders.pop(session.ref, None)
         if isinstance(r, DuplicateInput):
             return Enqueued(
                 r.run_id,

@@ -155,10 +155,13 @@ class IngestHTTP:
     async def _send_group(self, group: list[_Pending]) -> None:
         try:
             await self._send_group_now(group)
-        except asyncio.CancelledError:  # the client closes: no shipper waits for ever
-            for p in group:
-                _settle(p, IngestHTTPError("client closed"))
-            raise
+        except BaseException as exc:  # closing, or a bug: no shipper may wait for ever
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("batch ingest: sending failed")
+            for p in group:  # (those answered already are left alone)
+                _settle(p, IngestHTTPError(f"batch not sent: {type(exc).__name__}: {exc}"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
         finally:
             self._slots.release()
 
@@ -176,13 +179,14 @@ class IngestHTTP:
             return
         if resp.status_code == 200:
             self._answer(group, resp)
-        elif resp.status_code in (400, 404, 405, 413, 422):
-            # no batch endpoint (an older API), or the batch as a whole refused: one by
-            # one, so each shipper gets its own post's answer
-            if resp.status_code in (404, 405):
+        elif resp.status_code in (400, 403, 404, 405, 413, 422, 500):
+            # no batch endpoint (an older API, or a proxy that allows only the single
+            # path), the batch as a whole refused, or one batch failing the rest (500):
+            # one by one, so each shipper gets its own post's answer
+            if resp.status_code in (403, 404, 405):
                 self._no_batch_until = time.monotonic() + BATCH_RETRY_S
             await asyncio.gather(*(self._send_one(p) for p in group))
-        else:  # 401/403/408/429/5xx: what each post would have got; the shippers retry
+        else:  # 401/408/429/502-504: what each post would have got; the shippers retry
             for p in group:
                 _settle(p, resp)
 
@@ -205,6 +209,8 @@ class IngestHTTP:
             _settle(p, await self._post(p.url, p.content, p.headers, p.timeout))
         except IngestHTTPError as exc:
             _settle(p, exc)
+        except Exception as exc:  # e.g. the session closed: the shipper retries it
+            _settle(p, IngestHTTPError(f"{type(exc).__name__}: {exc}"))
 
     async def _post(
         self,

@@ -128,7 +128,7 @@ async def ingest_batch(body: IngestBatchRequest, request: Request) -> Response:
     for i, item in enumerate(body.batches):
         sk = state.keys.session(item.project, item.session_id)
         try:
-            entries = _entries_of(item, f"batches.{i}.")
+            entries = _entries_of(item)  # named as the single ingest names them
         except ProblemError as exc:
             results[i] = _problem_item(exc)
             continue
@@ -166,7 +166,7 @@ async def ingest_batch(body: IngestBatchRequest, request: Request) -> Response:
     return OrjsonResponse({"results": results})
 
 
-def _entries_of(body: IngestRequest, where: str = "") -> list[Entry]:
+def _entries_of(body: IngestRequest) -> list[Entry]:
     return [
         Entry(
             e.seq,
@@ -174,7 +174,7 @@ def _entries_of(body: IngestRequest, where: str = "") -> list[Entry]:
             e.data,
             run_id=body.run_id,
             token=body.token,
-            ts_ms=None if e.ts is None else parse_rfc3339_ms(e.ts, f"{where}entries.{i}.ts"),
+            ts_ms=None if e.ts is None else parse_rfc3339_ms(e.ts, f"entries.{i}.ts"),
         )
         for i, e in enumerate(body.entries)
     ]
