@@ -219,17 +219,7 @@ class IngestHTTP:
         headers: dict[str, str],
         timeout: float,  # noqa: ASYNC109
     ) -> IngestResponse:
-        session = self._session or self._open()
-        limits = aiohttp.ClientTimeout(total=timeout, connect=self.connect_timeout_s)
-        try:
-            async with session.post(url, data=content, headers=headers, timeout=limits) as resp:
-                return IngestResponse(resp.status, await resp.read())
-        except TimeoutError:
-            raise IngestHTTPError(f"no answer within {timeout:g}s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise IngestHTTPError(f"cannot connect: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise IngestHTTPError(f"{type(exc).__name__}: {exc}") from exc
+        return await self._request("POST", url, headers, timeout, content)
 
     async def get(
         self,
@@ -239,13 +229,27 @@ class IngestHTTP:
         timeout: float,  # noqa: ASYNC109
     ) -> IngestResponse:
         """A GET with the same errors as ``post`` (``ctx.transcript()``'s archive reads)."""
+        return await self._request("GET", url, headers, timeout)
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        timeout: float,  # noqa: ASYNC109
+        content: bytes | None = None,
+    ) -> IngestResponse:
         session = self._session or self._open()
         limits = aiohttp.ClientTimeout(total=timeout, connect=self.connect_timeout_s)
         try:
-            async with session.get(url, headers=headers, timeout=limits) as resp:
+            async with session.request(
+                method, url, data=content, headers=headers, timeout=limits
+            ) as resp:
                 return IngestResponse(resp.status, await resp.read())
         except TimeoutError:
             raise IngestHTTPError(f"no answer within {timeout:g}s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise IngestHTTPError(f"cannot connect: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise IngestHTTPError(f"{type(exc).__name__}: {exc}") from exc
 
