@@ -104,6 +104,7 @@ def test_settings_read_every_redis_field_from_the_environment(
         "STREAMWARD_REDIS_TLS_CERT_FILE": "/c.pem",
         "STREAMWARD_REDIS_TLS_KEY_FILE": "/k.pem",
         "STREAMWARD_REDIS_TLS_CHECK_HOSTNAME": "false",
+        "STREAMWARD_REDIS_AUTOPIPELINE": "false",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -122,6 +123,7 @@ def test_settings_read_every_redis_field_from_the_environment(
         tls_check_hostname=False,
     )
     assert Settings().redis_config() == expected
+    assert Settings().redis_autopipeline is False  # a process setting, not a connection's
     assert redis_config_from_env(env) == expected
     assert "pw" not in repr(Settings())  # secrets stay out of logs
     # every field of the mixin is an env var the settings read

@@ -22,6 +22,8 @@ EXPECTED = {
     "streamward_work_backlog": "gauge",
     "streamward_replicas": "gauge",
     "streamward_api_redis_up": "gauge",
+    "streamward_redis_autopipeline_batches": "counter",
+    "streamward_redis_autopipeline_calls": "counter",
 }
 # anything naming a session, run or caller would be a series per session
 FORBIDDEN_LABELS = {"session", "session_id", "run_id", "project", "token", "path"}
@@ -89,6 +91,12 @@ def test_metrics_move_after_invoke_and_ingest(system: System) -> None:
         assert value(after[script], f"{script}_count", script=name, result="ok") > value(
             before[script], f"{script}_count", script=name, result="ok"
         ), name
+
+    # the invoke's enqueue left through auto-pipelining (lua/autopipe.py), on by default
+    piped = "streamward_redis_autopipeline_calls"
+    assert value(after[piped], f"{piped}_total") > value(before[piped], f"{piped}_total")
+    batches = "streamward_redis_autopipeline_batches"
+    assert 0 < value(after[batches], f"{batches}_total") <= value(after[piped], f"{piped}_total")
 
     build = after["streamward_build_info"][0]
     assert build.labels["component"] == "api" and build.labels["version"]

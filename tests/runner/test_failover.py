@@ -267,6 +267,9 @@ def test_drain_mail_from_the_admin_api_and_metrics(api_fleet: Fleet, rc: Any) ->
         for x in fam.samples
     }
     assert samples[("streamward_runner_heartbeat_last_success_timestamp_seconds", ())] > 1e9
+    # its script calls (registration, heartbeats) left through auto-pipelining
+    calls = samples[("streamward_redis_autopipeline_calls_total", ())]
+    assert calls >= samples[("streamward_redis_autopipeline_batches_total", ())] > 0
     scripts = {
         dict(lb).get("script")
         for (n, lb), v in samples.items()

@@ -46,6 +46,7 @@ from streamward.api.tokens import TokenConfigError, build_table, declare_scopes
 from streamward.api.tracing import FASTAPI_TELEMETRY, TraceContext
 from streamward.core import tracing
 from streamward.core.logs import RequestContext, setup_logging
+from streamward.lua import autopipe
 from streamward.lua.client import RedisClient, connect_from_config
 from streamward.lua.keys import Keys
 from streamward.lua.outbox import Outbox
@@ -62,10 +63,10 @@ startup_log = logging.getLogger("streamward.api.startup")
 GC_GEN0_THRESHOLD = 30_000
 
 
-def make_redis(settings: Settings) -> RedisClient:
+def make_redis(settings: Settings, metrics: ApiMetrics | None = None) -> RedisClient:
     """One client per process (standalone, Sentinel or Cluster: ``STREAMWARD_REDIS_MODE``); a
     blocking pool so a burst of streams waits instead of failing (not on Cluster)."""
-    return connect_from_config(
+    client = connect_from_config(
         settings.redis_config(),
         max_connections=settings.redis_max_connections,
         blocking=True,
@@ -73,6 +74,11 @@ def make_redis(settings: Settings) -> RedisClient:
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=2.0,
     )
+    if settings.redis_autopipeline:  # concurrent invokes' enqueues share a round trip
+        ap = autopipe.enable(client)
+        if metrics is not None:
+            metrics.autopipeline.ap = ap
+    return client
 
 
 async def open_record_or_refuse(url: str) -> Any:
@@ -120,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = make_redis(settings)
+        client = make_redis(settings, metrics)
         keys = Keys(settings.key_prefix)
         store = LeaseStore(client, keys)
         state = AppState(

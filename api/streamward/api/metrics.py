@@ -21,7 +21,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from streamward.core.metrics import ScriptTimer, add_script_timer, build_info, script_histogram
+from streamward.core.metrics import (
+    AutoPipelineMetrics,
+    ScriptTimer,
+    add_script_timer,
+    build_info,
+    script_histogram,
+)
 
 INVOKE_ROUTE = "/v1/sessions/{session_id}/invoke"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -32,6 +38,7 @@ class ApiMetrics:
 
     def __init__(self, *, quota_by_project: bool = False) -> None:
         self.registry = r = CollectorRegistry()
+        self.autopipeline = AutoPipelineMetrics(r)
         self.http_requests = Counter(
             "streamward_api_http_requests",
             "HTTP requests answered, by route template and status class.",

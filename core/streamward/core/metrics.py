@@ -11,8 +11,11 @@ from collections.abc import Callable
 from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Histogram, Info
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 import streamward.lua.loader
+from streamward.lua.autopipe import AutoPipeline
 
 # sub-millisecond Redis calls up to a slow second
 SCRIPT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -66,3 +69,28 @@ def build_info(registry: CollectorRegistry, component: str) -> Info:
     info = Info("streamward_build", "Build of this process.", registry=registry)
     info.info({"version": version(), "python": platform.python_version(), "component": component})
     return info
+
+
+class AutoPipelineMetrics(Collector):
+    """How much auto-pipelining batches (lua/autopipe.py): registered with the process's
+    registry once; ``ap`` set when the Redis client is made (nothing exported while None)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.ap: AutoPipeline | None = None
+        registry.register(self)
+
+    def collect(self) -> list[CounterMetricFamily]:
+        if self.ap is None:
+            return []
+        return [
+            CounterMetricFamily(
+                "streamward_redis_autopipeline_batches",
+                "Pipelines sent by auto-pipelining (one per event-loop turn with script calls).",
+                value=self.ap.batches,
+            ),
+            CounterMetricFamily(
+                "streamward_redis_autopipeline_calls",
+                "Script calls sent in those pipelines (calls / batches = calls per round trip).",
+                value=self.ap.units,
+            ),
+        ]

@@ -170,6 +170,8 @@ class RedisSettings(BaseModel):
     redis_tls_cert_file: str | None = None
     redis_tls_key_file: str | None = None
     redis_tls_check_hostname: bool = True
+    # one pipeline for the script calls of an event-loop turn (lua/autopipe.py); not on Cluster
+    redis_autopipeline: bool = True
 
     @field_validator("sentinels")
     @classmethod

@@ -15,6 +15,7 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from streamward.lua import autopipe
 from streamward.lua.client import RedisClient
 from streamward.lua.errors import ScriptError
 
@@ -98,6 +99,7 @@ class Script:
 
     def __init__(self, src: ScriptSource, client: RedisClient) -> None:
         self.src = src
+        self._client = client
         # redis-py's Script: SHA computed locally, EVALSHA first, SCRIPT LOAD on NOSCRIPT.
         self._script: AsyncScript = client.register_script(src.source)
 
@@ -116,6 +118,13 @@ class Script:
     ) -> Any:
         self._check(keys)
         hook = on_script_timing
+        if client is None and (ap := autopipe.for_client(self._client)) is not None:
+            # this loop turn's calls leave together (lua/autopipe.py)
+            fut = ap.submit(lambda pipe: self._queued(pipe, keys, args))
+            reply = (await autopipe.timed(self.src.name, hook, fut))[0]
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
         if hook is None:
             return await self._script(keys=list(keys), args=list(args), client=client)
         t0 = time.perf_counter()
@@ -134,6 +143,10 @@ class Script:
         # callers run ``execute_pipeline`` below, which loads the script on NOSCRIPT
         pipe.evalsha(self._script.sha, len(keys), *keys, *args)
 
+    def _queued(self, pipe: Any, keys: Sequence[KeyT], args: Sequence[ArgT]) -> tuple[Script]:
+        self.queue(pipe, keys, args)
+        return (self,)
+
     async def load(self, client: RedisClient) -> None:
         await client.script_load(self.src.source)
 
@@ -148,6 +161,18 @@ async def execute_pipeline(
     call is: a script moved into a pipeline keeps its latency metric."""
     scripts = [script] if isinstance(script, Script) else list(script)
     hook = on_script_timing
+    if (ap := autopipe.for_client(client)) is not None:
+
+        def unit(pipe: Any) -> Sequence[Script]:
+            build(pipe)
+            return scripts
+
+        # one unit of this turn's batch, sent again on NOSCRIPT (lua/autopipe.py)
+        replies = await autopipe.timed(scripts[0].src.name, hook, ap.submit(unit, None))
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r  # as execute raises the first refused command
+        return replies
     t0 = time.perf_counter()
     ok = False
     try:
@@ -185,6 +210,19 @@ async def run_then(
     are loaded and the pipeline sent again; a following command's NOSCRIPT loads its script
     for the next time and is returned as is (the caller does without that command)."""
     head = 0 if zadd is None else 1
+    if (ap := autopipe.for_client(client)) is not None:
+        used: list[Script] = []
+
+        def build(pipe: Any) -> Sequence[Script]:
+            if zadd is not None:
+                pipe.zadd(zadd[0], zadd[1])
+            script.queue(pipe, keys, args)
+            used[:] = then(pipe)
+            return (script, *used)
+
+        # one unit of this turn's batch; a NOSCRIPT of the script resent it (autopipe)
+        replies = await ap.submit(build, head)
+        return await _then_replies(client, replies, head, used)
     for attempt in (1, 2):
         pipe: Any = client.pipeline(transaction=False)
         if zadd is not None:
@@ -196,12 +234,20 @@ async def run_then(
             for s in (script, *more):
                 await s.load(client)
             continue
-        for r in replies[: head + 1]:
-            if isinstance(r, Exception):
-                raise r
-        rest = replies[head + 1 :]
-        if any(isinstance(r, NoScriptError) for r in rest):
-            for s in more:
-                await s.load(client)
-        return replies[head], rest
+        return await _then_replies(client, replies, head, more)
     raise AssertionError("unreachable")
+
+
+async def _then_replies(
+    client: RedisClient, replies: list[Any], head: int, more: Sequence[Script]
+) -> tuple[Any, list[Any]]:
+    """run_then's answer: the head commands' errors raised, the rest returned as they are
+    (a NOSCRIPT among them loads its script for the next time)."""
+    for r in replies[: head + 1]:
+        if isinstance(r, Exception):
+            raise r
+    rest = replies[head + 1 :]
+    if any(isinstance(r, NoScriptError) for r in rest):
+        for s in more:
+            await s.load(client)
+    return replies[head], rest

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from streamward.core.metrics import ScriptTimer, add_script_timer, build_info, script_histogram
+from streamward.core.metrics import (
+    AutoPipelineMetrics,
+    ScriptTimer,
+    add_script_timer,
+    build_info,
+    script_histogram,
+)
 
 
 class Metrics:
@@ -13,6 +19,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.autopipeline = AutoPipelineMetrics(r)
         self.sessions = Gauge("streamward_runner_sessions", "Session leases held.", registry=r)
         self.runs_inflight = Gauge("streamward_runner_runs_inflight", "Runs running.", registry=r)
         self.runs = Counter(

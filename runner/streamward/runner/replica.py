@@ -16,6 +16,7 @@ from redis.retry import Retry as SyncRetry
 
 from streamward.core import tracing
 from streamward.core.backoff import backoff_s
+from streamward.lua import autopipe
 from streamward.lua.client import RedisClient, connect_from_config, connect_sync
 from streamward.lua.keys import Keys
 from streamward.lua.store import LeaseStore
@@ -153,6 +154,8 @@ class Replica:
             # one quick retry for a dropped connection; the loops do their own backoff
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
         )
+        if s.redis_autopipeline:  # actors woken together peek / complete in one round trip
+            self.metrics.autopipeline.ap = autopipe.enable(self._client)
         # tracing on: a run's Redis writes are spans of its trace (runner/runtrace.py)
         store = (TracedStore if tracing.TRACING_ON else LeaseStore)(self._client, self.keys)
         streams = Streams(self._client, self.keys)

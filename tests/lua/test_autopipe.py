@@ -1,0 +1,181 @@
+"""Auto-pipelining (lua/autopipe.py): a loop turn's script calls leave as one pipeline, and each
+caller still gets exactly its own answer — against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from streamward.lua import autopipe
+from streamward.lua.client import StreamwardCluster
+from streamward.lua.errors import StaleToken
+from streamward.lua.keys import Keys
+from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
+from streamward.tools.server import RedisServer, free_port
+from tests.lua.helpers import LEASE_TTL_MS, REPLICA_TTL_MS
+
+
+@pytest.fixture
+async def piped(redis_client: aioredis.Redis) -> AsyncIterator[autopipe.AutoPipeline]:
+    ap = autopipe.enable(redis_client)
+    assert ap is not None
+    try:
+        yield ap
+    finally:
+        await ap.stop()
+        autopipe.disable(redis_client)
+
+
+async def _inbox_runs(client: aioredis.Redis, inbox: str) -> list[str]:
+    entries: list[tuple[str, dict[str, str]]] = await client.xrange(inbox)  # type: ignore[assignment]
+    return [f["run_id"] for _, f in entries]
+
+
+async def test_calls_of_one_turn_leave_as_one_pipeline_each_with_its_own_reply(
+    store: LeaseStore, redis_client: aioredis.Redis, keys: Keys, piped: autopipe.AutoPipeline
+) -> None:
+    sessions = [keys.session("p", f"s{i}") for i in range(20)]
+    queued = await asyncio.gather(
+        *(store.enqueue(sk, f"run_{i}", str(i)) for i, sk in enumerate(sessions))
+    )
+    assert (piped.batches, piped.units) == (1, 20)
+    assert [q.run_id for q in queued] == [f"run_{i}" for i in range(20)]
+    for i, sk in enumerate(sessions):  # each append landed in its own session, once
+        assert await _inbox_runs(redis_client, sk.inbox) == [f"run_{i}"]
+    # awaited one after another, each call is a batch of its own
+    await store.peek_inbox(sessions[0], 1)
+    await store.peek_inbox(sessions[1], 1)
+    assert (piped.batches, piped.units) == (3, 22)
+
+
+async def test_a_refused_call_fails_alone_in_its_batch(
+    store: LeaseStore, redis_client: aioredis.Redis, keys: Keys, piped: autopipe.AutoPipeline
+) -> None:
+    sk = keys.session("p", "s1")
+    # loaded, so none is resent: a resent call runs after the rest of its batch
+    await store.scripts.load_all(redis_client)
+    await store.register_replica("r1", "r1-inc", REPLICA_TTL_MS)
+    lease = await store.acquire(sk, "r1", "r1-inc", LEASE_TTL_MS)
+    q1 = await store.enqueue(sk, "run_1", "1")
+    q2 = await store.enqueue(sk, "run_2", "2")
+    assert q1.entry_id and q2.entry_id
+    batches = piped.batches
+    stale, ok, peek = await asyncio.gather(
+        store.complete_input(sk, lease.token - 1, q1.entry_id),  # an older owner: fenced
+        store.complete_input(sk, lease.token, q1.entry_id),
+        store.peek_inbox(sk, 5),
+        return_exceptions=True,
+    )
+    assert piped.batches == batches + 1
+    assert isinstance(stale, StaleToken)
+    assert ok == 1  # run_2 left
+    assert not isinstance(peek, BaseException) and [m.run_id for m in peek.metas] == ["run_2"]
+
+
+async def test_a_lost_script_cache_resends_only_what_did_not_run(
+    store: LeaseStore, redis_client: aioredis.Redis, keys: Keys, piped: autopipe.AutoPipeline
+) -> None:
+    sk = keys.session("p", "s1")
+    await store.register_replica("r1", "r1-inc", REPLICA_TTL_MS)
+    await store.acquire(sk, "r1", "r1-inc", LEASE_TTL_MS)
+    await store.enqueue(sk, "run_0", "0", predict_mail=True)  # the holder is remembered
+    await redis_client.script_flush()  # a Redis restart or failover loses the script cache
+    # plain calls and a predicted mail's pipeline, all in one batch, none of them loaded
+    others = [keys.session("p", f"o{i}") for i in range(5)]
+    await asyncio.gather(
+        store.enqueue(sk, "run_1", "1", predict_mail=True),
+        *(store.enqueue(o, f"run_o{i}", str(i)) for i, o in enumerate(others)),
+    )
+    assert await _inbox_runs(redis_client, sk.inbox) == ["run_0", "run_1"]
+    for i, o in enumerate(others):
+        assert await _inbox_runs(redis_client, o.inbox) == [f"run_o{i}"]
+    # the append loaded, the mail's script not: the append is not repeated, the mail skipped
+    await redis_client.script_flush()
+    await redis_client.script_load(store.scripts.script("enqueueInput").src.source)
+    third = await store.enqueue(sk, "run_2", "2", predict_mail=True)
+    assert third.mailed is None and third.holder == ("r1", "r1-inc")
+    fourth = await store.enqueue(sk, "run_3", "3", predict_mail=True)  # loaded again since
+    assert fourth.mailed == ("r1", "r1-inc")
+    assert await _inbox_runs(redis_client, sk.inbox) == ["run_0", "run_1", "run_2", "run_3"]
+
+
+async def test_a_call_cancelled_before_its_batch_leaves_is_not_sent(
+    store: LeaseStore, redis_client: aioredis.Redis, keys: Keys, piped: autopipe.AutoPipeline
+) -> None:
+    sk = keys.session("p", "s1")
+    task = asyncio.create_task(store.enqueue(sk, "run_1", "1"))
+    await asyncio.sleep(0)  # the call is queued for the end of the turn
+    task.cancel()
+    kept = await store.enqueue(keys.session("p", "s2"), "run_2", "2")
+    assert kept.entry_id
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _inbox_runs(redis_client, sk.inbox) == []
+
+
+async def test_a_connection_error_reaches_every_caller_of_the_batch(keys: Keys) -> None:
+    # nothing listens on this port: every call of the batch fails, none hangs
+    client = aioredis.Redis(port=free_port(), socket_connect_timeout=1.0, decode_responses=True)
+    autopipe.enable(client)
+    try:
+        store = LeaseStore(client, keys)
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(store.peek_inbox(keys.session("p", f"s{i}"), 1) for i in range(3)),
+                return_exceptions=True,
+            ),
+            10,
+        )
+        assert all(isinstance(r, RedisConnectionError) for r in results), results
+    finally:
+        autopipe.disable(client)
+        await client.aclose()
+
+
+async def test_the_batch_survives_a_redis_restart_for_the_next_calls(keys: Keys) -> None:
+    with RedisServer() as server:
+        client = aioredis.Redis.from_url(server.url, decode_responses=True)
+        ap = autopipe.enable(client)
+        assert ap is not None
+        try:
+            store = LeaseStore(client, keys)
+            await store.enqueue(keys.session("p", "s1"), "run_1", "1")
+            server.restart()  # the connection drops and the script cache is gone
+            with pytest.raises(RedisConnectionError):
+                await store.enqueue(keys.session("p", "s1"), "run_2", "2")
+            again = await store.enqueue(keys.session("p", "s1"), "run_3", "3")
+            assert again.entry_id  # reconnected, the script loaded again on NOSCRIPT
+        finally:
+            await ap.stop()
+            await client.aclose()
+
+
+def test_cluster_clients_are_not_batched() -> None:
+    cluster = StreamwardCluster(host="127.0.0.1", port=free_port())
+    assert autopipe.enable(cluster) is None
+    assert autopipe.for_client(cluster) is None
+
+
+async def test_plain_commands_join_the_batch_and_keep_their_own_errors(
+    store: LeaseStore, redis_client: aioredis.Redis, keys: Keys, piped: autopipe.AutoPipeline
+) -> None:
+    sk, broken = keys.session("p", "s1"), keys.session("p", "s2")
+    await redis_client.set(broken.meta, "not a hash")  # HGET on it is a WRONGTYPE error
+    streams = Streams(redis_client, keys)
+    batches = piped.batches
+    queued, types, refused = await asyncio.gather(
+        store.enqueue(sk, "run_1", "1"),
+        streams.session_types([sk.ref]),
+        streams.session_types([broken.ref]),
+        return_exceptions=True,
+    )
+    assert piped.batches == batches + 1
+    assert not isinstance(queued, BaseException) and queued.entry_id
+    assert types == {sk.ref: "default"}
+    assert isinstance(refused, ResponseError) and "WRONGTYPE" in str(refused)
