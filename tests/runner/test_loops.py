@@ -113,3 +113,42 @@ async def test_a_readonly_work_read_backs_off_like_any_outage(
     warned = [r.getMessage() for r in caplog.records if "work read failed" in r.getMessage()]
     assert len(warned) == 2  # the 1st and the 20th failure in a row
     assert all("ReadOnlyError" in w for w in warned)
+
+
+class _SlowBook:
+    """A SessionBook stand-in: each claim waits until every claim has started (so a serial
+    take_all would never get past the first), and one session's claim fails unexpectedly."""
+
+    def __init__(self, n: int, failing: str) -> None:
+        self.n, self.failing = n, failing
+        self.started: list[str] = []
+        self.all_started = asyncio.Event()
+
+    async def claim(self, ref: str, reason: str) -> None:
+        self.started.append(ref)
+        if len(self.started) == self.n:
+            self.all_started.set()
+        await self.all_started.wait()
+        if ref == self.failing:
+            raise RuntimeError("unexpected")
+
+
+async def test_one_reads_work_entries_are_claimed_together_and_all_acknowledged(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A cold burst: the claims of one read run concurrently (their Redis calls then share
+    round trips); an unexpected error in one is raised only after the others were taken."""
+    keys = Keys()
+    streams = Streams(redis_client, keys)
+    await streams.ensure_work_group()
+    refs = [f"p/s{i}" for i in range(5)]
+    for ref in refs:
+        await streams.publish_work(ref, "new")
+    items = await streams.read_work("r1", 10, 100)
+    assert [i.session_ref for i in items] == refs
+    book = _SlowBook(len(items), failing="p/s2")
+    with pytest.raises(RuntimeError, match="unexpected"):
+        await asyncio.wait_for(intake.take_all(cast(SessionBook, book), streams, items), 10)
+    assert sorted(book.started) == refs
+    # every claim that ended was acknowledged; the failed one stays pending for XAUTOCLAIM
+    assert await streams.work_backlog() == 1

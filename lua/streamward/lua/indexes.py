@@ -8,6 +8,7 @@ from typing import Any
 
 from redis.exceptions import WatchError
 
+from streamward.lua import autopipe
 from streamward.lua.base import StreamsBase
 from streamward.lua.base import as_text as _s
 from streamward.lua.keys import Keys, SessionKeys
@@ -83,9 +84,9 @@ class Indexes(StreamsBase):
         ``created_ms``: the session's creation time when the caller knows it (else ``now``,
         which is the creation time for a new session; an indexed one keeps its score)."""
         now = now_ms if now_ms is not None else await self.now_ms()
-        pipe = self.client.pipeline(transaction=False)
-        queue_touch(pipe, self.keys, session, now, created_ms)
-        await pipe.execute()
+        await autopipe.execute(
+            self.client, lambda pipe: queue_touch(pipe, self.keys, session, now, created_ms)
+        )
 
     async def scan_sessions(
         self, cursor: int = 0, project: str | None = None, count: int = 100

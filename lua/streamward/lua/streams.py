@@ -7,8 +7,11 @@ call groups of lua/work.py, lua/inbox.py and lua/indexes.py; the log reads live 
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
+from streamward.lua import autopipe
 from streamward.lua.entries import TERMINAL_TYPES as TERMINAL_TYPES  # re-exported
 from streamward.lua.entries import Entry
 from streamward.lua.inbox import SessionState
@@ -53,10 +56,12 @@ class Streams(WorkQueue, SessionState, Indexes, SessionListing):
 
     async def last_seq_and_meta(self, session: SessionKeys) -> tuple[int, dict[str, str]]:
         """``last_seq`` and the session's meta hash in one round trip (an owner opening)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xrevrange(session.log, count=1)
-        pipe.hgetall(session.meta)
-        tail, meta = await pipe.execute()
+
+        def build(pipe: Any) -> None:
+            pipe.xrevrange(session.log, count=1)
+            pipe.hgetall(session.meta)
+
+        tail, meta = await autopipe.execute(self.client, build)
         last_id = _s(tail[0][0]) if tail else "0-0"
         return self.log_last_id_seq(last_id), {_s(k): _s(v) for k, v in dict(meta).items()}
 

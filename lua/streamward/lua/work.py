@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import ResponseError
 
+from streamward.lua import autopipe
 from streamward.lua.base import StreamsBase
 from streamward.lua.base import as_text as _s
 from streamward.lua.keys import DEFAULT_TYPE
@@ -58,10 +60,12 @@ class WorkQueue(StreamsBase):
         """Each session's type (meta ``type``; the default when unset), pipelined."""
         if not session_refs:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for ref in session_refs:
-            pipe.hget(self.keys.session_ref(ref).meta, "type")
-        got = await pipe.execute()
+
+        def build(pipe: Any) -> None:
+            for ref in session_refs:
+                pipe.hget(self.keys.session_ref(ref).meta, "type")
+
+        got = await autopipe.execute(self.client, build)
         return {ref: _s(t) if t else DEFAULT_TYPE for ref, t in zip(session_refs, got, strict=True)}
 
     async def publish_work(
@@ -73,7 +77,8 @@ class WorkQueue(StreamsBase):
             session_type = (await self.session_types([session_ref]))[session_ref]
         fields = {"session": session_ref, "reason": reason}
         if session_type == DEFAULT_TYPE:
-            return _s(await self.client.xadd(self.keys.work, fields))
+            added = await autopipe.execute(self.client, lambda p: p.xadd(self.keys.work, fields))
+            return _s(added[0])
         pipe = self.client.pipeline(transaction=False)
         pipe.xadd(self.keys.work_for(session_type), fields)
         pipe.sadd(self.keys.work_types, session_type)
@@ -130,10 +135,12 @@ class WorkQueue(StreamsBase):
         if not ids:
             return
         stream = self.keys.work_for(session_type)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xack(stream, self.keys.work_group, *ids)
-        pipe.xdel(stream, *ids)  # acked entries are never read again: keep it small
-        await pipe.execute()
+
+        def build(pipe: Any) -> None:
+            pipe.xack(stream, self.keys.work_group, *ids)
+            pipe.xdel(stream, *ids)  # acked entries are never read again: keep it small
+
+        await autopipe.execute(self.client, build)
 
     async def work_backlog(self, session_type: str | None = None) -> int:
         """Entries not yet delivered or not yet acked (KEDA scales on this): of one type's

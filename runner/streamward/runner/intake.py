@@ -25,6 +25,25 @@ READ_BLOCK_MS = 1000
 READ_COUNT = 32
 
 
+async def take_all(sessions: SessionBook, streams: Streams, items: list[WorkItem]) -> None:
+    """Claim the sessions of one read's work entries concurrently.
+
+    A cold burst (many new sessions at once) reads up to READ_COUNT entries; claimed one after
+    another, the last session waited for every claim before it (several round trips each).
+    Together, their Redis calls share round trips (lua/autopipe.py). Claims of one session
+    still run one at a time (``SessionBook.claim`` locks per session). An unexpected error is
+    raised once every claim has ended, as the loop would have met it in the first place."""
+    if len(items) == 1:
+        await take_work(sessions, streams, items[0])
+        return
+    results = await asyncio.gather(
+        *(take_work(sessions, streams, item) for item in items), return_exceptions=True
+    )
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+
+
 async def take_work(sessions: SessionBook, streams: Streams, item: WorkItem) -> None:
     """Claim (or hand back) the session of one work entry, then acknowledge and delete it."""
     try:
@@ -102,8 +121,7 @@ class WorkIntake(Loop):
                 failures = await self._failed(failures, exc)
                 continue
             failures = 0
-            for item in items:
-                await take_work(self.sessions, self.streams, item)
+            await take_all(self.sessions, self.streams, items)
 
     @staticmethod
     async def _failed(failures: int, exc: Exception) -> int:
@@ -152,4 +170,4 @@ class WorkReclaimer(Loop):
                 continue
             for item in items:
                 log.info("reclaimed work entry %s for %s", item.id, item.session_ref)
-                await take_work(self.sessions, self.streams, item)
+            await take_all(self.sessions, self.streams, items)
