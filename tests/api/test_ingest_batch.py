@@ -74,3 +74,34 @@ async def test_batch_request_refusals(client: httpx.AsyncClient, runner: RunnerS
     assert_problem(r, 422, "validation_error")
     r = await client.post(f"{URL}/batch", headers=ADMIN, json={"batches": [{**one, "token": 0}]})
     assert_problem(r, 422, "validation_error")  # one invalid item refuses the request
+
+
+async def test_the_batch_is_served_below_fastapi_routing_and_refusals_are_the_apps(
+    client: httpx.AsyncClient, runner: RunnerSide, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """api/fastinvoke.py calls the route's endpoint itself for a valid, authorized batch;
+    anything it would refuse goes to FastAPI, whose answers the refusals test above checks."""
+    from streamward.api.routes import ingest
+
+    served: list[int] = []
+    endpoint = ingest.ingest_batch
+
+    async def spy(body: Any, request: Any) -> Any:  # the routes captured the original
+        served.append(len(body.batches))
+        return await endpoint(body, request)
+
+    monkeypatch.setattr(ingest, "ingest_batch", spy)
+    token = await runner.claim("a")
+    one = _body("a", token, _e(1, "run.started"))
+    r = await client.post(f"{URL}/batch", headers=ADMIN, json={"batches": [one]})
+    assert r.status_code == 200 and r.json()["results"][0]["status"] == 200
+    assert served == [1]
+    # no token, a wrong one, an invalid body: the app's own answers, not the fast path's
+    assert_problem(await client.post(f"{URL}/batch", json={"batches": [one]}), 401, "missing_token")
+    wrong = {"authorization": "Bearer nope"}
+    assert (
+        await client.post(f"{URL}/batch", headers=wrong, json={"batches": [one]})
+    ).status_code == 403
+    r = await client.post(f"{URL}/batch", headers=ADMIN, json={"batches": []})
+    assert_problem(r, 422, "validation_error")
+    assert served == [1]

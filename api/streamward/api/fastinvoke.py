@@ -1,4 +1,5 @@
-"""The detached invoke, the API's hottest request, served below FastAPI's routing.
+"""The API's two hottest requests, served below FastAPI's routing: the detached invoke and
+the runners' coalesced transcript ingest.
 
 A detached invoke through FastAPI walks its exception and exit-stack middlewares, the
 router's route-by-route match, the dependency solver and a ``json.loads`` + model validation
@@ -11,9 +12,13 @@ and a token the route's scope admits. It then runs the endpoint's own code (auth
 ``invoke_detached``, the same response), and an exception raised after the submit started is
 answered by the app's own exception handler for it.
 
+``POST /admin/sessions/transcripts/ingest/batch`` (the runners' shippers coalesced, one
+request per few runs) is served the same way: a JSON body that validates as
+``IngestBatchRequest`` and an admin token, then the route's own endpoint function.
+
 Anything else (another path or mode, a body or token the app would refuse) is handed to the
 app with the body replayed, so every error answer is the app's own, byte for byte. With
-tracing on (OTEL_*), every invoke goes through the route, which makes the invoke span.
+tracing on (OTEL_*), every request goes through the routes, which make the spans.
 """
 
 from __future__ import annotations
@@ -29,35 +34,53 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamward.api import invoke as invocation
-from streamward.api.deps import AppState, caller_project
+from streamward.api.deps import AppState, caller_project, require_admin
 from streamward.api.problems import ProblemError
-from streamward.api.schemas import InvokeRequest
+from streamward.api.routes import ingest
+from streamward.api.schemas import IngestBatchRequest, InvokeRequest
 from streamward.core import tracing
 from streamward.lua.errors import InvalidId
 
 INVOKE_PATH = re.compile(r"^/v1/sessions/([A-Za-z0-9._:-]{1,200})/invoke$")
 INVOKE_TEMPLATE = "/v1/sessions/{session_id}/invoke"
+INGEST_BATCH_PATH = "/admin/sessions/transcripts/ingest/batch"
+
+
+def _post_route(routes: list[BaseRoute], path: str) -> BaseRoute:
+    """The route object routing would match (FastAPI matches the including routers' own
+    route objects): its declared scope is what the auth check reads."""
+    return next(
+        r
+        for r in routes
+        if getattr(r, "path", None) == path and "POST" in (getattr(r, "methods", None) or ())
+    )
 
 
 class FastInvoke:
-    """ASGI middleware: the plain detached invoke without FastAPI's per-request machinery."""
+    """ASGI middleware: the plain detached invoke and the batch ingest without FastAPI's
+    per-request machinery."""
 
-    def __init__(self, app: ASGIApp, api: FastAPI, routes: list[BaseRoute]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        api: FastAPI,
+        routes: list[BaseRoute],
+        ingest_routes: list[BaseRoute] | None = None,
+    ) -> None:
         self.app = app
         self.api = api
-        # the invoke route object routing would match (FastAPI matches the including
-        # routers' own route objects): its declared scope is what the auth check reads
-        self.route = next(
-            r
-            for r in routes
-            if getattr(r, "path", None) == INVOKE_TEMPLATE
-            and "POST" in (getattr(r, "methods", None) or ())
+        self.route = _post_route(routes, INVOKE_TEMPLATE)
+        self.batch_route = (
+            _post_route(ingest_routes, INGEST_BATCH_PATH) if ingest_routes is not None else None
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or tracing.TRACING_ON:
             # with tracing on, the route makes the invoke span (api/tracing.py)
             await self.app(scope, receive, send)
+            return
+        if scope["path"] == INGEST_BATCH_PATH and self.batch_route is not None:
+            await self._ingest_batch(scope, receive, send)
             return
         m = INVOKE_PATH.match(scope["path"])
         if m is None or not _json_content(scope):
@@ -89,13 +112,44 @@ class FastInvoke:
         try:
             accepted = await invocation.invoke_detached(state, sk, req, run_id)
         except Exception as exc:
-            handler = _handler_for(self.api, exc)
-            if handler is None:
-                raise  # to the server error middleware, as from the endpoint
-            response = await handler(request, exc)
+            response = await self._handled(request, exc)
         else:
             response = invocation.accepted_response(accepted)
         await response(scope, replay, send)
+
+    async def _ingest_batch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _json_content(scope):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        if body is None:
+            return
+        replay = _replay(body, receive)
+        try:
+            req = IngestBatchRequest.model_validate_json(body)
+        except ValidationError:
+            await self.app(scope, replay, send)  # the app's 422, as the route gives it
+            return
+        scope["route"] = self.batch_route
+        scope["path_params"] = {}
+        request = Request(scope, replay)
+        try:
+            await require_admin(request)  # the router's dependency
+        except ProblemError:
+            await self.app(scope, replay, send)
+            return
+        try:
+            response = await ingest.ingest_batch(req, request)  # the route's own endpoint
+        except Exception as exc:
+            response = await self._handled(request, exc)
+        await response(scope, replay, send)
+
+    async def _handled(self, request: Request, exc: Exception) -> Any:
+        """The app's answer to an exception raised by an endpoint's code."""
+        handler = _handler_for(self.api, exc)
+        if handler is None:
+            raise exc  # to the server error middleware, as from the endpoint
+        return await handler(request, exc)
 
 
 def _json_content(scope: Scope) -> bool:

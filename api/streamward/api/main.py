@@ -216,8 +216,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     if tracing.TRACING_ON:  # innermost: the caller's trace context, for the routes' spans
         app.add_middleware(TraceContext)
-    # innermost: the plain detached invoke, served without FastAPI's routing machinery
-    app.add_middleware(FastInvoke, api=app, routes=sessions.invoke_router.routes)
+    # innermost: the plain detached invoke and the runners' batch ingest, served without
+    # FastAPI's routing machinery
+    app.add_middleware(
+        FastInvoke,
+        api=app,
+        routes=sessions.invoke_router.routes,
+        ingest_routes=ingest.ingest_router.routes,
+    )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # outermost: counted and logged even when the body limit answers before routing
     app.add_middleware(HttpMetrics, metrics=metrics, routes=route_index(routers))
