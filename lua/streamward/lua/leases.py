@@ -14,6 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
+from streamward.lua import autopipe
 from streamward.lua import errors as E
 from streamward.lua.client import RedisClient
 from streamward.lua.keys import Keys, SessionKeys, validate_id
@@ -155,8 +156,13 @@ class LeaseCalls:
         validate_id("replica_id", replica_id)
         g = await self.scripts.acquire_lease(session, replica_id, incarnation, ttl_ms)
         lease = Lease(session, replica_id, incarnation, g.token, g.acquired_ms, g.fresh)
-        await self.client.sadd(self.keys.replica(replica_id).leases, session.ref)
+        await self._index_lease(replica_id, session)
         return lease
+
+    async def _index_lease(self, replica_id: str, session: SessionKeys) -> None:
+        # with a burst of claims, shared round trips (lua/autopipe.py)
+        leases = self.keys.replica(replica_id).leases
+        await autopipe.execute(self.client, lambda pipe: pipe.sadd(leases, session.ref))
 
     async def takeover(
         self,
@@ -172,7 +178,7 @@ class LeaseCalls:
         validate_id("replica_id", old_replica)  # before Redis: used for its index afterwards
         g = await self.scripts.takeover_lease(session, expected, replica_id, incarnation, ttl_ms)
         lease = Lease(session, replica_id, incarnation, g.token, g.acquired_ms, g.fresh)
-        await self.client.sadd(self.keys.replica(replica_id).leases, session.ref)
+        await self._index_lease(replica_id, session)
         if lease.fresh and old_replica != replica_id:
             await self.client.srem(self.keys.replica(old_replica).leases, session.ref)
         return lease
