@@ -102,7 +102,11 @@ class AutoPipeline:
             replies = await self._execute(live)
         except BaseException as exc:  # the batch failed as a whole: each caller sees it
             for u in live:
-                if not u.future.done():
+                if u.future.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    u.future.cancel()  # the loop is shutting down
+                else:
                     u.future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
