@@ -252,4 +252,7 @@ def uvicorn_options(settings: Settings, *, admin: bool) -> dict[str, Any]:
             settings.admin_limit_concurrency if admin else settings.limit_concurrency
         ),
         "timeout_keep_alive": settings.keep_alive_s,
+        # nothing reads the client address (the access log names none), so uvicorn's
+        # X-Forwarded-* middleware would only be one more layer around every request
+        "proxy_headers": False,
     }
