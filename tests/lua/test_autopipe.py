@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from streamward.lua import autopipe
 from streamward.lua.client import StreamwardCluster
@@ -179,3 +179,55 @@ async def test_plain_commands_join_the_batch_and_keep_their_own_errors(
     assert not isinstance(queued, BaseException) and queued.entry_id
     assert types == {sk.ref: "default"}
     assert isinstance(refused, ResponseError) and "WRONGTYPE" in str(refused)
+
+
+async def test_only_the_calls_that_hit_noscript_are_resent_and_a_cancelled_one_is_not(
+    store: LeaseStore, redis_client: aioredis.Redis, keys: Keys, piped: autopipe.AutoPipeline
+) -> None:
+    """One batch: an enqueue whose script is loaded (it runs once) beside a peek whose script
+    is not (resent); then a caller that gives up after its batch left is never resent."""
+    sk, other = keys.session("p", "s1"), keys.session("p", "s2")
+    await redis_client.script_flush()
+    await redis_client.script_load(store.scripts.script("enqueueInput").src.source)
+    queued, peek = await asyncio.gather(store.enqueue(sk, "run_1", "1"), store.peek_inbox(sk, 5))
+    assert queued.entry_id
+    assert await _inbox_runs(redis_client, sk.inbox) == ["run_1"]  # appended once
+    assert [m.run_id for m in peek.metas] == ["run_1"]  # the peek ran after, resent
+
+    await redis_client.script_flush()  # nothing loaded: this enqueue will hit NOSCRIPT
+    loaded = asyncio.Event()
+    original = store.scripts.script("enqueueInput").load
+
+    async def slow_load(client: object) -> None:
+        loaded.set()  # the batch left and came back NOSCRIPT: the caller now gives up
+        await asyncio.sleep(0.2)
+        await original(client)  # type: ignore[arg-type]
+
+    store.scripts.script("enqueueInput").load = slow_load  # type: ignore[method-assign]
+    task = asyncio.create_task(store.enqueue(other, "run_2", "2"))
+    await asyncio.wait_for(loaded.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await piped.stop()  # the resend would have happened by now
+    assert await _inbox_runs(redis_client, other.inbox) == []
+
+
+async def test_a_call_the_client_refuses_fails_alone(
+    store: LeaseStore, redis_client: aioredis.Redis, keys: Keys, piped: autopipe.AutoPipeline
+) -> None:
+    sk = keys.session("p", "s1")
+
+    def unqueueable(pipe: object) -> list[autopipe.Loadable]:
+        raise ValueError("this caller's own mistake")
+
+    bad_value, wrong_keys, queued = await asyncio.gather(
+        autopipe.execute(redis_client, lambda p: p.set("k", None)),  # refused while encoding
+        piped.submit(unqueueable),  # fails while the batch is built
+        store.enqueue(sk, "run_1", "1"),
+        return_exceptions=True,
+    )
+    assert isinstance(bad_value, DataError)
+    assert isinstance(wrong_keys, ValueError)
+    assert not isinstance(queued, BaseException) and queued.entry_id
+    assert await _inbox_runs(redis_client, sk.inbox) == ["run_1"]

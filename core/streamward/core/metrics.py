@@ -85,12 +85,13 @@ class AutoPipelineMetrics(Collector):
         return [
             CounterMetricFamily(
                 "streamward_redis_autopipeline_batches",
-                "Pipelines sent by auto-pipelining (one per event-loop turn with script calls).",
+                "Pipelines sent by auto-pipelining (one per event-loop turn with Redis calls).",
                 value=self.ap.batches,
             ),
             CounterMetricFamily(
                 "streamward_redis_autopipeline_calls",
-                "Script calls sent in those pipelines (calls / batches = calls per round trip).",
+                "Calls (script calls and grouped commands) sent in those pipelines "
+                "(calls / batches = calls per round trip).",
                 value=self.ap.units,
             ),
         ]

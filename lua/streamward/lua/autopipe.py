@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import DataError, NoScriptError
 
 # one batch at most this many units; a larger turn leaves as several batches
 MAX_UNITS = 256
@@ -65,7 +65,8 @@ class AutoPipeline:
     """Collects units until the loop turn ends, then sends them in one pipeline."""
 
     def __init__(self, client: Redis) -> None:
-        self.client = client
+        # weakly: the registry below is keyed by the client, which must be able to go
+        self._client = weakref.ref(client)
         self._units: list[_Unit] = []
         self._scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
@@ -98,25 +99,16 @@ class AutoPipeline:
             return
         self.batches += 1
         self.units += len(live)
-        try:
-            replies = await self._execute(live)
-        except BaseException as exc:  # the batch failed as a whole: each caller sees it
-            for u in live:
-                if u.future.done():
-                    continue
-                if isinstance(exc, asyncio.CancelledError):
-                    u.future.cancel()  # the loop is shutting down
-                else:
-                    u.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
+        sent, replies = await self._round_trip(live)
         at = 0
         again: list[_Unit] = []
-        for u in live:
+        for u in sent:
             mine, at = replies[at : at + u.size], at + u.size
             if _noscript(mine, u.head):
-                again.append(u)  # did not run: sent again once its scripts are loaded
+                # did not run: sent again once its scripts are loaded, unless its caller
+                # gave up meanwhile (then nothing of it may run any more)
+                if not u.future.cancelled():
+                    again.append(u)
             elif not u.future.done():
                 u.future.set_result(mine)
         if again:
@@ -131,30 +123,79 @@ class AutoPipeline:
                     if id(s) not in loaded:
                         loaded.add(id(s))
                         await s.load(self.client)
-            replies = await self._execute(units)
-        except Exception as exc:
-            for u in units:
-                if not u.future.done():
-                    u.future.set_exception(exc)
+        except BaseException as exc:
+            _fail(units, exc)
+            if not isinstance(exc, Exception):
+                raise
             return
+        sent, replies = await self._round_trip([u for u in units if not u.future.cancelled()])
         at = 0
-        for u in units:
+        for u in sent:
             mine, at = replies[at : at + u.size], at + u.size
             if not u.future.done():
                 u.future.set_result(mine)  # a second NOSCRIPT is the caller's error
 
-    async def _execute(self, units: Sequence[_Unit]) -> list[Any]:
+    async def _round_trip(self, units: list[_Unit]) -> tuple[list[_Unit], list[Any]]:
+        """Send ``units`` as one pipeline: (the units answered, their replies in order). A
+        unit that cannot even be queued (its arguments refused by the client) fails alone;
+        a failed round trip fails every unit sent."""
         pipe: Any = self.client.pipeline(transaction=False)
+        sent: list[_Unit] = []
         for u in units:
             before = len(pipe.command_stack)
-            u.scripts = u.build(pipe)
+            try:
+                u.scripts = u.build(pipe)
+            except Exception as exc:  # e.g. a wrong key count: this caller's error only
+                del pipe.command_stack[before:]
+                _fail([u], exc)
+                continue
             u.size = len(pipe.command_stack) - before
-        return list(await pipe.execute(raise_on_error=False))
+            sent.append(u)
+        if not sent:
+            return [], []
+        try:
+            replies = list(await pipe.execute(raise_on_error=False))
+        except DataError as exc:
+            # one unit's arguments refused while the pipeline was encoded (before anything
+            # was sent): send each unit on its own, so only that one fails
+            if len(sent) == 1:
+                _fail(sent, exc)
+                return [], []
+            ok: list[_Unit] = []
+            replies = []
+            for u in sent:
+                got, more = await self._round_trip([u])
+                ok += got
+                replies += more
+            return ok, replies
+        except BaseException as exc:  # the batch failed as a whole: each caller sees it
+            _fail(sent, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return [], []
+        return sent, replies
+
+    @property
+    def client(self) -> Redis:
+        client = self._client()
+        if client is None:
+            raise RuntimeError("the Redis client of this auto-pipeline is gone")
+        return client
 
     async def stop(self) -> None:
         """Wait for the batches in flight (idempotent)."""
         while self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
+
+
+def _fail(units: Sequence[_Unit], exc: BaseException) -> None:
+    for u in units:
+        if u.future.done():
+            continue
+        if isinstance(exc, asyncio.CancelledError):
+            u.future.cancel()  # the loop is shutting down
+        else:
+            u.future.set_exception(exc)
 
 
 def _noscript(replies: list[Any], head: int | None) -> bool:

@@ -69,7 +69,7 @@ class IngestScripts:
             for keys, args in built:
                 script.queue(pipe, keys, args)
 
-        replies = await execute_pipeline(self._client, script, build)
+        replies = await execute_pipeline(self._client, script, build, alone=True)
         out: list[IngestResult | E.StreamwardError] = []
         for call, raw in zip(calls, replies, strict=True):
             try:

@@ -297,7 +297,7 @@ class LeaseCalls:
             return build
 
         if len(chunks) <= RENEW_PIPELINE_CHUNKS:
-            raw = await execute_pipeline(self.client, script, builder(chunks))
+            raw = await execute_pipeline(self.client, script, builder(chunks), alone=True)
             return [parse_renewals(r) for r in raw]
         # many leases: several pipelines in flight on their own connections, so Redis runs
         # one while Python encodes the next and parses the last (one pipeline is
@@ -310,7 +310,7 @@ class LeaseCalls:
 
         async def run(group: list[Chunk]) -> list[LeaseRenewals]:
             async with gate:
-                raw = await execute_pipeline(self.client, script, builder(group))
+                raw = await execute_pipeline(self.client, script, builder(group), alone=True)
                 return [parse_renewals(r) for r in raw]
 
         parts = await asyncio.gather(*(run(g) for g in groups))

@@ -152,16 +152,23 @@ class Script:
 
 
 async def execute_pipeline(
-    client: RedisClient, script: Script | Sequence[Script], build: Callable[[Any], None]
+    client: RedisClient,
+    script: Script | Sequence[Script],
+    build: Callable[[Any], None],
+    *,
+    alone: bool = False,
 ) -> list[Any]:
     """Build and run a pipeline of ``script`` calls (several scripts: the first names the
     timing); on NOSCRIPT load them and run again.
 
     The round trip is reported to ``on_script_timing`` under the script's name, as a direct
-    call is: a script moved into a pipeline keeps its latency metric."""
+    call is: a script moved into a pipeline keeps its latency metric.
+
+    ``alone``: a large pipeline (a batch renewal, a batch ingest) is sent on its own rather
+    than in the loop turn's auto-pipeline, where every other call would wait for its replies."""
     scripts = [script] if isinstance(script, Script) else list(script)
     hook = on_script_timing
-    if (ap := autopipe.for_client(client)) is not None:
+    if not alone and (ap := autopipe.for_client(client)) is not None:
 
         def unit(pipe: Any) -> Sequence[Script]:
             build(pipe)

@@ -39,9 +39,11 @@ async def take_all(sessions: SessionBook, streams: Streams, items: list[WorkItem
     results = await asyncio.gather(
         *(take_work(sessions, streams, item) for item in items), return_exceptions=True
     )
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for extra in errors[1:]:  # the first is raised; the others would go unseen
+        log.error("claim failed unexpectedly: %r", extra)
+    if errors:
+        raise errors[0]
 
 
 async def take_work(sessions: SessionBook, streams: Streams, item: WorkItem) -> None:
