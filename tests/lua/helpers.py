@@ -8,7 +8,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from streamward.lua.keys import SessionKeys
-from streamward.lua.store import Entry
+from streamward.lua.leases import Lease
+from streamward.lua.store import Entry, LeaseStore
 
 LEASE_TTL_MS = 60_000
 REPLICA_TTL_MS = 5_000
@@ -50,3 +51,15 @@ async def snapshot(client: aioredis.Redis, session: SessionKeys) -> dict[str, An
         "epoch": await c.get(session.epoch),
         "lease": dict(await c.hgetall(session.lease)),
     }
+
+
+async def hold(store: LeaseStore, session: SessionKeys, replica: str = "r1") -> Lease:
+    """``replica`` (incarnation ``<replica>-inc``) registered and holding ``session``."""
+    await store.register_replica(replica, f"{replica}-inc", REPLICA_TTL_MS)
+    return await store.acquire(session, replica, f"{replica}-inc", LEASE_TTL_MS)
+
+
+async def inbox_runs(client: aioredis.Redis, inbox: str) -> list[str]:
+    """The run ids of the inputs pending in ``inbox``, oldest first."""
+    c: Any = client
+    return [f["run_id"] for _, f in await c.xrange(inbox)]

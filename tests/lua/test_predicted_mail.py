@@ -3,16 +3,30 @@ in the append's own round trip (lua/store.py) — against a real redis-server.""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
 import redis.asyncio as aioredis
 
+from streamward.lua import autopipe
 from streamward.lua.keys import Keys
 from streamward.lua.store import LeaseStore
-from tests.lua.helpers import LEASE_TTL_MS, REPLICA_TTL_MS
+from tests.lua.helpers import LEASE_TTL_MS, REPLICA_TTL_MS, hold, inbox_runs
 
 
-async def _inbox_runs(redis_client: aioredis.Redis, inbox: str) -> list[str]:
-    entries: list[tuple[str, dict[str, str]]] = await redis_client.xrange(inbox)  # type: ignore[assignment]
-    return [f["run_id"] for _, f in entries]
+@pytest.fixture(autouse=True, params=["direct", "autopipeline"])
+async def transport(
+    request: pytest.FixtureRequest, redis_client: aioredis.Redis
+) -> AsyncIterator[None]:
+    """Every test twice: each call on its own, and in the loop turn's auto-pipeline (the
+    predicted mail is one unit of it: lua/autopipe.py)."""
+    ap = autopipe.enable(redis_client) if request.param == "autopipeline" else None
+    try:
+        yield
+    finally:
+        if ap is not None:
+            await ap.stop()
+            autopipe.disable(redis_client)
 
 
 async def _mails(redis_client: aioredis.Redis, keys: Keys, replica: str) -> int:
@@ -38,15 +52,14 @@ async def test_the_seen_holder_is_mailed_with_the_append_and_a_moved_one_is_not_
     await store.acquire(sk, "r2", "r2-inc", LEASE_TTL_MS)
     moved = await store.enqueue(sk, "run_3", "3", predict_mail=True)
     assert moved.holder == ("r2", "r2-inc") and moved.mailed != moved.holder
-    assert await _inbox_runs(redis_client, sk.inbox) == ["run_1", "run_2", "run_3"]
+    assert await inbox_runs(redis_client, sk.inbox) == ["run_1", "run_2", "run_3"]
 
 
 async def test_a_flushed_script_cache_never_appends_twice(
     store: LeaseStore, redis_client: aioredis.Redis, keys: Keys
 ) -> None:
     sk = keys.session("p", "s1")
-    await store.register_replica("r1", "r1-inc", REPLICA_TTL_MS)
-    await store.acquire(sk, "r1", "r1-inc", LEASE_TTL_MS)
+    await hold(store, sk)
     await store.enqueue(sk, "run_1", "1", predict_mail=True)  # the holder is remembered
     await redis_client.script_flush()  # a Redis restart or failover loses the script cache
     again = await store.enqueue(sk, "run_2", "2", predict_mail=True)
@@ -58,15 +71,14 @@ async def test_a_flushed_script_cache_never_appends_twice(
     assert third.mailed is None and third.holder == ("r1", "r1-inc")
     fourth = await store.enqueue(sk, "run_4", "4", predict_mail=True)  # loaded again since
     assert fourth.mailed == ("r1", "r1-inc")
-    assert await _inbox_runs(redis_client, sk.inbox) == ["run_1", "run_2", "run_3", "run_4"]
+    assert await inbox_runs(redis_client, sk.inbox) == ["run_1", "run_2", "run_3", "run_4"]
 
 
 async def test_the_predicted_touch_never_adds_a_session_back_to_the_listings(
     store: LeaseStore, redis_client: aioredis.Redis, keys: Keys
 ) -> None:
     sk = keys.session("p", "s1")
-    await store.register_replica("r1", "r1-inc", REPLICA_TTL_MS)
-    await store.acquire(sk, "r1", "r1-inc", LEASE_TTL_MS)
+    await hold(store, sk)
     await store.scripts.load_all(redis_client)
     await store.enqueue(sk, "run_1", "1", predict_mail=True)
     pk = keys.project_index("p")
