@@ -31,10 +31,10 @@ from tests.runner.helpers import (
 HANDLER = ["--handler", "tests.runner.poison_handler:handle"]
 
 
-def _runner(fleet: Fleet, replica_id: str) -> tuple[Proc, int]:
+def _runner(fleet: Fleet, replica_id: str, wait_s: float = 30.0) -> tuple[Proc, int]:
     port = free_port()
-    proc = fleet.start_runner(replica_id, args=[*HANDLER, "--metrics-port", str(port)])
-    return proc, port
+    args = [*HANDLER, "--metrics-port", str(port)]
+    return fleet.start_runner(replica_id, args=args, wait_s=wait_s), port
 
 
 def _metric(port: int, name: str) -> float:
@@ -181,7 +181,9 @@ def test_a_poison_input_that_kills_before_anything_is_written_still_ends(
         for rid, (proc, _) in list(runners.items()):
             if not proc.alive():  # a supervisor's restart, as a StatefulSet would
                 deaths += 1
-                runners[rid] = _runner(api_fleet, rid)
+                # not waiting for it to be up: it may take the poison input and die before
+                # a readiness check sees it (the next pass counts that death)
+                runners[rid] = _runner(api_fleet, rid, wait_s=0)
         time.sleep(0.1)
     failed = wait_until(run_done(rc, "instant", run_id), 30, "the poison run's end")
     assert failed.type == "run.failed" and failed.data["error_type"] == "poison"
