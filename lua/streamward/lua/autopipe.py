@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,7 +64,7 @@ class _Unit:
 class AutoPipeline:
     """Collects units until the loop turn ends, then sends them in one pipeline."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Redis) -> None:
         # weakly: the registry below is keyed by the client, which must be able to go
         self._client = weakref.ref(client)
         self._units: list[_Unit] = []
@@ -142,15 +142,14 @@ class AutoPipeline:
         pipe: Any = self.client.pipeline(transaction=False)
         sent: list[_Unit] = []
         for u in units:
-            before = len(pipe)  # commands queued (a Cluster pipeline counts them too)
+            before = len(pipe.command_stack)
             try:
                 u.scripts = u.build(pipe)
             except Exception as exc:  # e.g. a wrong key count: this caller's error only
-                if len(pipe) > before:  # only batched units share a (non-Cluster) pipeline
-                    del pipe.command_stack[before:]
+                del pipe.command_stack[before:]
                 _fail([u], exc)
                 continue
-            u.size = len(pipe) - before
+            u.size = len(pipe.command_stack) - before
             sent.append(u)
         if not sent:
             return [], []
@@ -177,7 +176,7 @@ class AutoPipeline:
         return sent, replies
 
     @property
-    def client(self) -> Any:
+    def client(self) -> Redis:
         client = self._client()
         if client is None:
             raise RuntimeError("the Redis client of this auto-pipeline is gone")
@@ -227,39 +226,28 @@ def for_client(client: Any) -> AutoPipeline | None:
     return _enabled.get(client) if _enabled else None
 
 
-async def send(client: Any, build: Build, head: int | None = 0, *, batch: bool = True) -> list[Any]:
-    """One unit's replies (an exception in the place of a failed command), NOSCRIPT handled
-    as above: in this turn's batch when auto-pipelining is on for ``client`` (and
-    ``batch``), else in a pipeline of its own, Cluster clients included."""
-    ap = for_client(client) if batch else None
-    if ap is not None:
-        return await ap.submit(build, head)
-    unit = _Unit(build, head, asyncio.get_running_loop().create_future())
-    await AutoPipeline(client)._send([unit])  # the same rules, one unit, nothing batched
-    return await unit.future
+async def execute(client: Any, build: Callable[[Any], object]) -> list[Any]:
+    """Plain (non-script) commands that ``build`` queues, as one round trip: a unit of this
+    turn's batch when auto-pipelining is on, else a pipeline of their own. Raises the first
+    error reply, as ``pipeline.execute()`` does."""
+    ap = for_client(client)
+    if ap is None:
+        pipe = client.pipeline(transaction=False)
+        build(pipe)
+        return list(await pipe.execute())
 
+    def unit(pipe: Any) -> Sequence[Loadable]:
+        build(pipe)
+        return ()
 
-def first_error(replies: list[Any]) -> list[Any]:
-    """``replies``, or the first error among them raised (as ``pipeline.execute()`` does)."""
+    replies = await ap.submit(unit, None)
     for r in replies:
         if isinstance(r, Exception):
             raise r
     return replies
 
 
-async def execute(client: Any, build: Callable[[Any], object]) -> list[Any]:
-    """Plain (non-script) commands that ``build`` queues, as one round trip: a unit of this
-    turn's batch when auto-pipelining is on, else a pipeline of their own. Raises the first
-    error reply, as ``pipeline.execute()`` does."""
-
-    def unit(pipe: Any) -> Sequence[Loadable]:
-        build(pipe)
-        return ()
-
-    return first_error(await send(client, unit, None))
-
-
-async def timed(name: str, hook: Timing | None, fut: Awaitable[list[Any]]) -> list[Any]:
+async def timed(name: str, hook: Timing | None, fut: asyncio.Future[list[Any]]) -> list[Any]:
     """Await a unit's replies, reporting the wait to ``hook`` as the call's latency."""
     if hook is None:
         return await fut

@@ -167,14 +167,38 @@ async def execute_pipeline(
     ``alone``: a large pipeline (a batch renewal, a batch ingest) is sent on its own rather
     than in the loop turn's auto-pipeline, where every other call would wait for its replies."""
     scripts = [script] if isinstance(script, Script) else list(script)
+    hook = on_script_timing
+    if not alone and (ap := autopipe.for_client(client)) is not None:
 
-    def unit(pipe: Any) -> Sequence[Script]:
-        build(pipe)
-        return scripts
+        def unit(pipe: Any) -> Sequence[Script]:
+            build(pipe)
+            return scripts
 
-    # NOSCRIPT anywhere: nothing of it ran here, so the whole unit is sent again once loaded
-    sent = autopipe.send(client, unit, None, batch=not alone)
-    return autopipe.first_error(await autopipe.timed(scripts[0].src.name, on_script_timing, sent))
+        # one unit of this turn's batch, sent again on NOSCRIPT (lua/autopipe.py)
+        replies = await autopipe.timed(scripts[0].src.name, hook, ap.submit(unit, None))
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r  # as execute raises the first refused command
+        return replies
+    t0 = time.perf_counter()
+    ok = False
+    try:
+        for attempt in (1, 2):
+            pipe = client.pipeline(transaction=False)
+            build(pipe)
+            try:
+                replies = list(await pipe.execute())
+                ok = True
+                return replies
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                for s in scripts:
+                    await s.load(client)
+        raise AssertionError("unreachable")
+    finally:
+        if hook is not None:
+            hook(scripts[0].src.name, time.perf_counter() - t0, ok)
 
 
 async def run_then(
@@ -193,18 +217,32 @@ async def run_then(
     are loaded and the pipeline sent again; a following command's NOSCRIPT loads its script
     for the next time and is returned as is (the caller does without that command)."""
     head = 0 if zadd is None else 1
-    used: list[Script] = []
+    if (ap := autopipe.for_client(client)) is not None:
+        used: list[Script] = []
 
-    def build(pipe: Any) -> Sequence[Script]:
+        def build(pipe: Any) -> Sequence[Script]:
+            if zadd is not None:
+                pipe.zadd(zadd[0], zadd[1])
+            script.queue(pipe, keys, args)
+            used[:] = then(pipe)
+            return (script, *used)
+
+        # one unit of this turn's batch; a NOSCRIPT of the script resent it (autopipe)
+        replies = await ap.submit(build, head)
+        return await _then_replies(client, replies, head, used)
+    for attempt in (1, 2):
+        pipe: Any = client.pipeline(transaction=False)
         if zadd is not None:
             pipe.zadd(zadd[0], zadd[1])
         script.queue(pipe, keys, args)
-        used[:] = then(pipe)
-        return (script, *used)
-
-    # sent again only when the script itself hit NOSCRIPT (lua/autopipe.py)
-    replies = await autopipe.send(client, build, head)
-    return await _then_replies(client, replies, head, used)
+        more = then(pipe)
+        replies = list(await pipe.execute(raise_on_error=False))
+        if attempt == 1 and isinstance(replies[head], NoScriptError):
+            for s in (script, *more):
+                await s.load(client)
+            continue
+        return await _then_replies(client, replies, head, more)
+    raise AssertionError("unreachable")
 
 
 async def _then_replies(
