@@ -251,13 +251,15 @@ def test_owner_death_policies(api_fleet: Fleet, rc: Any, policy: str) -> None:
 
 
 def test_drain_mail_from_the_admin_api_and_metrics(api_fleet: Fleet, rc: Any) -> None:
-    port = free_port()
+    ports = {rid: free_port() for rid in ("m1", "m2")}
     procs = {
-        "m1": api_fleet.start_runner("m1", args=["--metrics-port", str(port)]),
-        "m2": api_fleet.start_runner("m2"),
+        rid: api_fleet.start_runner(rid, args=["--metrics-port", str(port)])
+        for rid, port in ports.items()
     }
     acc = invoke(api_fleet.api_url, "drained", {"text": "x"})
     wait_until(run_done(rc, "drained", acc["run_id"]), 10, "the run")
+    # the metrics of the runner that ran it (either may take the work)
+    port = ports[acc["owner"]["replica_id"]]
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert "streamward_runner_sessions" in metrics
     assert 'streamward_runner_runs_total{outcome="completed"}' in metrics
