@@ -91,6 +91,7 @@ def _results(quick_run: Path) -> dict[str, Any]:
         peers.PeerResult(name, f"{name} 1.0", "1.0", 2, 25, w, w, None, per_s)
         for name, w, per_s in (("saq", raw, 2000.0), ("arq", lat, 100.0))
     ]
+    res.peers[0].cpu_ms_per_invoke = {"workers": 1.5, "redis": 0.3, "client": 0.4, "total": 2.2}
     res.peers_skipped = {"celery": "celery is not installed"}
     res.versus_best_peer = peers.compare(lat, lat, 570.0, res.peers)
     inv = asdict(res) | {
@@ -218,6 +219,8 @@ def test_every_section_renders_with_numbers(quick_run: Path, tmp_path: Path) -> 
     assert "(exit status 1;" in md
     assert "one caller alone p50 (no queueing)" in md and "closed-loop floor" in md
     assert "### Against the Redis job queues" in md and "| **streamward detached invoke** |" in md
+    # CPU per round trip beside each system's figures ("-" for a peer measured without it)
+    assert "| CPU ms / round trip |" in md and "| 2.20 |" in md and "| - |" in md
     assert "peer celery skipped: celery is not installed" in md
     assert any(r[0].startswith("detached invoke p50 vs the best Redis job queue") for r in rows)
     assert any("(saq 1.0)" in r[2] and r[5] == "**NOT met**" for r in rows)

@@ -599,14 +599,20 @@ def render_peers(res: Results, console: Console) -> None:
     if not (res.peers or res.peers_skipped or res.peers_failed):
         return
     t = Table(title=f"detached invoke vs Redis job queues, {res.concurrency} callers, same run")
-    for col in ("system", "warm p50 ms", "warm p99 ms", "started/s", "cold p50 ms", "cold p99 ms"):
+    cols = ("system", "warm p50 ms", "warm p99 ms", "started/s", "CPU ms/trip", "cold p50 ms")
+    for col in (*cols, "cold p99 ms"):
         t.add_column(col)
+
+    def cpu(c: dict[str, float]) -> str:
+        return f"{c['total']:.2f}" if "total" in c else "-"
+
     for p in res.peers:
         t.add_row(
             p.label,
             f"{p.warm.p50_ms:.2f}",
             f"{p.warm.p99_ms:.2f}",
             f"{p.started_per_s:,.0f}",
+            cpu(p.cpu_ms_per_invoke),
             f"{p.cold.p50_ms:.2f}",
             f"{p.cold.p99_ms:.2f}",
         )
@@ -615,6 +621,7 @@ def render_peers(res: Results, console: Console) -> None:
         f"{res.invoke.p50_ms:.2f}",
         f"{res.invoke.p99_ms:.2f}",
         f"{res.invokes_per_s:,.0f}",
+        cpu(res.cpu_ms_per_invoke),
         f"{res.invoke_cold.p50_ms:.2f}",
         f"{res.invoke_cold.p99_ms:.2f}",
     )

@@ -37,7 +37,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from streamward.tools.bench.invoke import Latency
+from streamward.tools.bench.invoke import CpuMeter, Latency
 from streamward.tools.bench.peer_worker import READY_KEY, started_key
 from streamward.tools.server import RedisServer, wait_ready
 
@@ -74,6 +74,9 @@ class PeerResult:
     cold: Latency
     burst: Latency | None
     started_per_s: float
+    # CPU ms per warm handshake, by process group (workers, redis, client) and in total:
+    # the figure a single run measures reliably on a noisy machine, unlike its throughput
+    cpu_ms_per_invoke: dict[str, float] = field(default_factory=dict)
     # streamward's figure / this peer's: < 1 is streamward faster for times, > 1 for started/s
     ratios: dict[str, float] = field(default_factory=dict)
 
@@ -155,9 +158,10 @@ async def _enqueuer(peer: Peer, url: str, callers: int) -> Any:
 
 
 async def _handshakes(
-    peer: Peer, url: str, concurrency: int, requests: int
+    peer: Peer, url: str, concurrency: int, requests: int, cpu: CpuMeter | None = None
 ) -> tuple[Latency, Latency, Latency | None, float]:
-    """(warm, cold, burst, started/s): the invoke bench's caller pattern, against a peer."""
+    """(warm, cold, burst, started/s): the invoke bench's caller pattern, against a peer;
+    ``cpu`` (when given) measures the warm phase, as for streamward."""
     # a connection per BLPOP; the socket waits out the BLPOP timeout, which decides
     r = aioredis.Redis.from_url(url, max_connections=None, socket_timeout=HANDSHAKE_TIMEOUT_S + 5)
     async with _enqueuer(peer, url, concurrency) as enqueue:
@@ -183,9 +187,13 @@ async def _handshakes(
                 for k in range(n):
                     (burst if k == 0 else warm).append(await handshake())
 
+            if cpu is not None:
+                cpu.start()
             t0 = time.perf_counter()
             await asyncio.gather(*(caller(n) for n in per))
             wall_s = time.perf_counter() - t0
+            if cpu is not None:
+                cpu.stop()
         finally:
             await r.aclose()
     per_s = round((len(warm) + len(burst)) / wall_s, 1) if wall_s > 0 else 0.0
@@ -244,8 +252,12 @@ def run_peer(
                 exited=exited,
             )
             sync.close()
+            groups = {"workers": [p.pid for p in procs]}
+            if server.proc is not None:
+                groups["redis"] = [server.proc.pid]
+            cpu = CpuMeter(groups)
             warm, cold, burst, per_s = run_loop(
-                _handshakes(peer, server.url, concurrency, requests)
+                _handshakes(peer, server.url, concurrency, requests, cpu)
             )
         finally:
             _stop(procs)
@@ -260,6 +272,7 @@ def run_peer(
         cold=cold,
         burst=burst,
         started_per_s=per_s,
+        cpu_ms_per_invoke=cpu.per_invoke_ms(warm.samples + (burst.samples if burst else 0)),
     )
 
 

@@ -1056,7 +1056,7 @@ def _invoke_sections(
         doc.add(
             "### Against the Redis job queues",
             report_peers.TEXT.format(n=inv["concurrency"]),
-            _table(report_peers.TABLE_HEADER, report_peers.table_rows(inv), "lrrrrrrr"),
+            _table(report_peers.TABLE_HEADER, report_peers.table_rows(inv), "lrrrrrrrr"),
             *report_peers.notes(inv),
         )
         if plot:

@@ -56,7 +56,8 @@ def summary_rows(inv: dict[str, Any]) -> list[list[str]]:
 
 
 def table_rows(inv: dict[str, Any]) -> list[list[str]]:
-    """system, warm p50, warm p99, started/s, cold p50, cold p99, ratios (warm p50, started/s)."""
+    """system, warm p50, warm p99, started/s, CPU per round trip, cold p50, cold p99, ratios
+    (warm p50, started/s)."""
     rows = []
     for p in inv.get("peers") or []:
         r = p.get("ratios") or {}
@@ -66,6 +67,7 @@ def table_rows(inv: dict[str, Any]) -> list[list[str]]:
                 f"{p['warm']['p50_ms']:.2f}",
                 f"{p['warm']['p99_ms']:.2f}",
                 f"{p['started_per_s']:,.0f}",
+                _cpu(p.get("cpu_ms_per_invoke")),
                 f"{p['cold']['p50_ms']:.2f}",
                 f"{p['cold']['p99_ms']:.2f}",
                 f"{r.get('warm_p50', 0):.2f}x",
@@ -78,6 +80,7 @@ def table_rows(inv: dict[str, Any]) -> list[list[str]]:
             f"**{inv['invoke']['p50_ms']:.2f}**",
             f"**{inv['invoke']['p99_ms']:.2f}**",
             f"**{inv.get('invokes_per_s', 0):,.0f}**",
+            f"**{_cpu(inv.get('cpu_ms_per_invoke'))}**",
             f"**{inv['invoke_cold']['p50_ms']:.2f}**",
             f"**{inv['invoke_cold']['p99_ms']:.2f}**",
             "",
@@ -92,6 +95,7 @@ TABLE_HEADER = (
     "warm p50 ms",
     "warm p99 ms",
     "started/s",
+    "CPU ms / round trip",
     "cold p50 ms",
     "cold p99 ms",
     "streamward p50 ÷ this",
@@ -106,9 +110,15 @@ TEXT = (
     "first round trip, all sent at once (for streamward the first invoke of a new session, "
     "lease acquisition included; a peer has no lease, so its cold is the first jobs of fresh "
     "workers on a new queue), warm = every round trip after each caller's second. started/s "
-    "= round trips over the warm phase's wall time. The peers run after streamward's API and "
-    "runners have stopped, one after the other."
+    "= round trips over the warm phase's wall time. CPU per round trip: every process of the "
+    "system (workers or API and runners, its redis-server, the callers) over the warm phase, "
+    "from `/proc`; on a shared machine it moves far less from run to run than started/s. The "
+    "peers run after streamward's API and runners have stopped, one after the other."
 )
+
+
+def _cpu(cpu: dict[str, float] | None) -> str:
+    return f"{cpu['total']:.2f}" if cpu and "total" in cpu else "-"
 
 
 def notes(inv: dict[str, Any]) -> list[str]:
