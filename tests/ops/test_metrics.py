@@ -134,3 +134,31 @@ def test_requests_refused_before_routing_keep_their_route(system: System) -> Non
     )
     assert resp.status_code == 413
     assert refused() == before + 1
+
+
+def test_script_timings_reach_each_live_timer_once_and_a_dropped_one_no_more() -> None:
+    import gc
+
+    from prometheus_client import CollectorRegistry
+
+    from streamward.core import metrics as core_metrics
+
+    regs = [CollectorRegistry(), CollectorRegistry()]
+    timers = [core_metrics.ScriptTimer(core_metrics.script_histogram(r)) for r in regs]
+    for t in timers:
+        core_metrics.add_script_timer(t)
+    core_metrics.add_script_timer(timers[0])  # added twice: still timed once
+
+    def count(reg: CollectorRegistry, result: str) -> float | None:
+        labels = {"script": "peekInbox", "result": result}
+        return reg.get_sample_value("streamward_redis_script_duration_seconds_count", labels)
+
+    core_metrics._dispatch("peekInbox", 0.001, True)
+    core_metrics._dispatch("peekInbox", 0.002, False)
+    assert [count(r, "ok") for r in regs] == [1.0, 1.0]
+    assert [count(r, "error") for r in regs] == [1.0, 1.0]
+    del timers[1], t
+    gc.collect()
+    assert len([r for r in core_metrics._listeners if r() is not None]) >= 1
+    core_metrics._dispatch("peekInbox", 0.001, True)
+    assert count(regs[0], "ok") == 2.0 and count(regs[1], "ok") == 1.0  # dropped: no more

@@ -9,6 +9,7 @@ import platform
 import weakref
 from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, Info
 from prometheus_client.core import CounterMetricFamily
@@ -30,7 +31,9 @@ def version() -> str:
 
 
 ScriptListener = Callable[[str, float, bool], None]
-_listeners: weakref.WeakSet[ScriptTimer] = weakref.WeakSet()
+# weakly held (apps come and go), in a tuple: every script call walks it, and a WeakSet's
+# iteration (a generator and a guard) cost a few per cent of a runner's CPU
+_listeners: tuple[weakref.ref[ScriptTimer], ...] = ()
 
 
 class ScriptTimer:
@@ -38,19 +41,33 @@ class ScriptTimer:
 
     def __init__(self, histogram: Histogram) -> None:
         self.histogram = histogram
+        self._series: dict[tuple[str, bool], Any] = {}  # labels() resolved once per series
 
     def __call__(self, script: str, seconds: float, ok: bool) -> None:
-        self.histogram.labels(script, "ok" if ok else "error").observe(seconds)
+        series = self._series.get((script, ok))
+        if series is None:
+            series = self.histogram.labels(script, "ok" if ok else "error")
+            self._series[(script, ok)] = series
+        series.observe(seconds)
 
 
 def _dispatch(script: str, seconds: float, ok: bool) -> None:
-    for timer in list(_listeners):
-        timer(script, seconds, ok)
+    for ref in _listeners:
+        timer = ref()
+        if timer is not None:
+            timer(script, seconds, ok)
+
+
+def _forget(ref: weakref.ref[ScriptTimer]) -> None:
+    global _listeners
+    _listeners = tuple(r for r in _listeners if r is not ref)
 
 
 def add_script_timer(timer: ScriptTimer) -> None:
     """Route ``lua.loader`` script timings to ``timer`` (held weakly: apps come and go)."""
-    _listeners.add(timer)
+    global _listeners
+    if not any(r() is timer for r in _listeners):
+        _listeners = (*_listeners, weakref.ref(timer, _forget))
     streamward.lua.loader.on_script_timing = _dispatch
 
 
