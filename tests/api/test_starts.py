@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 import streamward.api.starts
 from streamward.api.deps import AppState
 from streamward.api.starts import TRUST_ABOVE, StartWaiters
 from streamward.lua.store import Entry, LeaseStore
-from tests.api.helpers import RunnerSide
+from streamward.lua.streams import Streams
+from streamward.lua.work import StartNotice
+from tests.api.helpers import RunnerSide, wait_for
 
 
 def _E(type: str, data: object = None, token: int = 1) -> Entry:
@@ -120,3 +124,131 @@ async def test_trusted_invoke_still_sees_a_start_ingested_elsewhere(
     assert r.json()["status"] == "running" and r.json()["owner"]["replica_id"] == "x"
     metrics = (await client.get("/metrics")).text
     assert 'streamward_api_start_waits_total{how="log"} 1.0' in metrics
+
+
+# -- start notices (api/startfeed.py): the owner's word, before the transcript ----------------
+
+
+def test_a_start_notice_round_trips_and_anything_else_is_not_one() -> None:
+    notice = StartNotice("p/s", "run_a", "replica-a", 7)
+    assert StartNotice.parse(notice.encode()) == notice
+    assert StartNotice.parse(notice.encode().decode()) == notice
+    junk = [b"", b"hello", b"[]", b'{"a": 1}', b'["p/s", "run_a", "r"]']
+    junk += [
+        b'["p/s", "run_a", "r", "7"]',
+        b'["p/s", "run_a", 3, 7]',
+        b'["p/s", "run_a", "r", true]',
+    ]
+    for raw in junk:
+        assert StartNotice.parse(raw) is None, raw
+
+
+async def _subscribed(app: FastAPI) -> str:
+    starts = _state(app).starts
+
+    async def subscribed() -> bool:
+        return bool(starts.channel)
+
+    await wait_for(subscribed, "the start feed to subscribe")
+    return starts.channel
+
+
+async def test_the_owners_notice_answers_the_invoke_before_any_transcript(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    runner: RunnerSide,
+    streams: Streams,
+    redis_client: aioredis.Redis,
+) -> None:
+    channel = await _subscribed(app)
+    _state(app).starts.local_share = 1.0
+    task = asyncio.create_task(
+        client.post("/v1/sessions/s1/invoke", json={"input": 1, "mode": "detached"})
+    )
+    [item] = await runner.wait_inbox("s1")
+    assert item.starts_to == channel  # the invoke named this process's channel
+    token = await runner.claim("s1")
+    await redis_client.publish(channel, b"not a notice")  # ignored, as one for another run
+    await streams.publish_start(channel, StartNotice("default/s1", "run_other", "x", token))
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    await streams.publish_start(channel, StartNotice("default/s1", item.run_id, "replica-a", token))
+    r = await asyncio.wait_for(task, 5)
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "running"
+    assert r.json()["owner"] == {"replica_id": "replica-a", "token": token}
+    assert await streams.read_log(runner.keys("s1")) == []  # nothing of the run is stored yet
+    metrics = (await client.get("/metrics")).text
+    assert 'streamward_api_start_waits_total{how="memory"} 1.0' in metrics
+
+
+async def test_a_streamed_invoke_names_no_channel(
+    app: FastAPI, client: httpx.AsyncClient, runner: RunnerSide
+) -> None:
+    """Only a detached invoke waits for the start; a stream follows the log anyway."""
+    await _subscribed(app)
+    task = asyncio.create_task(client.post("/v1/sessions/s1/invoke", json={"input": 1}))
+    [item] = await runner.wait_inbox("s1")
+    assert item.starts_to == ""
+    await runner.claim("s1")
+    await runner.start("s1", item.run_id)
+    await runner.ingest("s1", item.run_id, ("run.completed", {}))
+    r = await asyncio.wait_for(task, 5)
+    assert r.status_code == 200 and '"run.completed"' in r.text
+
+
+async def test_the_feed_subscribes_again_after_losing_its_connection(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    runner: RunnerSide,
+    streams: Streams,
+    redis_client: aioredis.Redis,
+) -> None:
+    channel = await _subscribed(app)
+    feed = app.state.start_feed
+    assert feed.subscriptions == 1
+    assert await redis_client.client_kill_filter(_type="pubsub") >= 1
+
+    async def again() -> bool:  # (while it is down the process names no channel)
+        return bool(feed.subscriptions == 2)
+
+    await wait_for(again, "the feed to subscribe again", 5)
+    assert await _subscribed(app) == channel
+    _state(app).starts.local_share = 1.0
+    task = asyncio.create_task(
+        client.post("/v1/sessions/s2/invoke", json={"input": 1, "mode": "detached"})
+    )
+    [item] = await runner.wait_inbox("s2")
+    assert item.starts_to == channel
+    token = await runner.claim("s2")
+    await streams.publish_start(channel, StartNotice("default/s2", item.run_id, "replica-a", token))
+    r = await asyncio.wait_for(task, 5)
+    assert r.json()["status"] == "running" and r.json()["owner"]["token"] == token
+
+
+async def test_a_refused_subscription_names_no_channel_and_invokes_use_the_log(
+    make_settings: Any, redis_client: aioredis.Redis
+) -> None:
+    """A Redis user without the channel (ACL): the feed is refused, the process names no
+    channel, and a peek asked to announce still answers (its PUBLISH refused, not failed)."""
+    from tests.api.conftest import running_app
+
+    await redis_client.acl_setuser(
+        "nochan", enabled=True, passwords=["+pw"], keys=["~*"], commands=["+@all"],
+        reset_channels=True,
+    )  # fmt: skip
+    try:
+        url = make_settings().redis_url.replace("redis://", "redis://nochan:pw@", 1)
+        async with running_app(make_settings(redis_url=url)) as app:
+            feed = app.state.start_feed
+            await asyncio.sleep(0.5)  # refused at once, retried after a backoff
+            assert feed.subscriptions == 0 and _state(app).starts.channel == ""
+            state = _state(app)
+            sk = state.keys.session("default", "acl")
+            ch = state.keys.starts_channel("elsewhere")
+            await state.store.enqueue(sk, "run_a", "{}", starts_to=ch)
+            lease = await state.store.acquire(sk, "r1", "i1", 60_000)
+            peek = await state.store.peek_inbox(sk, 10, token=lease.token, announce=("r1", 0))
+            assert peek.owners == 1 and not peek.announced  # the take stands, no notice
+    finally:
+        await redis_client.acl_deluser("nochan")

@@ -48,6 +48,8 @@ KEY_ARGS: dict[str, tuple[int, ...] | str] = {
     "XLEN": (1,),
     "XRANGE": (1,),
     "XREVRANGE": (1,),
+    # a channel is no key (no slot): the start notice's channel comes from the inbox entry
+    "PUBLISH": (),
 }
 # Commands no script may run: they touch the whole keyspace (or scripts/db state).
 FORBIDDEN = {"KEYS", "SCAN", "RANDOMKEY", "FLUSHALL", "FLUSHDB", "SELECT", "EVAL", "EVALSHA"}

@@ -205,6 +205,8 @@ async def case_inbox(call: Call) -> list[Any]:
         await call("enqueueInput", ENQUEUE5, ["run_3", "{}", "reject", *base[1:]]),  # busy
         await call("enqueueInput", ENQUEUE5, ["run_4", "{}", *full]),  # inbox full
         await call("enqueueInput", ENQUEUE5, ["run_5", "{}", *no_new]),  # exists: passes
+        # a trace context and a start-notice channel: the entry's optional fields
+        await call("enqueueInput", ENQUEUE5, ["run_6", "{}", *base, "00-ab-cd-01", "sw:starts:a"]),
         await call("acquireLease", LEASE4, ["r1", "i1", TTL_MS]),
         await call("peekInbox", peek, [10, 1, 1]),  # the owner (token 1) takes the head
     ]
@@ -214,6 +216,28 @@ async def case_inbox(call: Call) -> list[Any]:
         await call("completeInput", complete, [1, entry_id]),
         await call("peekInbox", peek, [10, 1, 1]),  # the owner (token 1) takes the head
     ]
+    next_id = replies[-1][1][0][0]
+    replies += [
+        await call("advanceInbox", peek, [0, next_id, 10]),  # stale token
+        await call("advanceInbox", peek, [1, next_id, 10]),  # consumed, the next one taken
+    ]
+    return replies
+
+
+async def case_start_notice(call: Call) -> list[Any]:
+    """peekInbox / advanceInbox asked to announce: the head naming a channel is published
+    (announced = 1); one naming none is not."""
+    base = ["enqueue", "0", 60_000, "proj", "diff", "invoke", "", "default", 0, "1"]
+    peek = [SK.inbox, SK.runs, SK.cancels, SK.meta, SK.epoch]
+    ann = ["1", 0, "proj/diff", "r1"]
+    replies = [
+        await call("enqueueInput", ENQUEUE5, ["run_1", "{}", *base, "", "sw:starts:a"]),
+        await call("enqueueInput", ENQUEUE5, ["run_2", "{}", *base]),
+        await call("acquireLease", LEASE4, ["r1", "i1", TTL_MS]),
+        await call("peekInbox", peek, [10, 1, 1, *ann]),  # run_1: published
+    ]
+    head_id = replies[-1][1][0]
+    replies.append(await call("advanceInbox", peek, [1, head_id, 10, *ann]))  # run_2: not
     return replies
 
 
@@ -240,6 +264,7 @@ CASES = {
     "ingest": case_ingest,
     "inbox": case_inbox,
     "save_state": case_save_state,
+    "start_notice": case_start_notice,
 }
 
 

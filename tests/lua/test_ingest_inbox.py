@@ -1,4 +1,4 @@
-"""ingestEntries-5 (fenced transcript), enqueueInput-5 and completeInput-3 (inbox),
+"""ingestEntries-5 (fenced transcript), enqueueInput-5, completeInput-3 and advanceInbox-5 (inbox),
 notifyReplica-2 (owner mail)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from streamward.lua.keys import SessionKeys
 from streamward.lua.replies import InboxPeek
 from streamward.lua.store import Entry, LeaseStore
 from streamward.lua.streams import Streams
+from streamward.lua.work import StartNotice
 from tests.lua.helpers import LEASE_TTL_MS, entries, log_entries, log_ids, snapshot
 
 # -- ingestEntries-5 ---------------------------------------------------------------------
@@ -311,6 +312,27 @@ async def test_enqueue_keeps_a_trace_context_only_when_given(
     assert head is not None and head.parse().traceparent == tp
 
 
+async def test_enqueue_keeps_the_waiting_apis_channel_only_when_given(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    """``starts_to`` (the channel a detached invoke hears its start on), alone or with a
+    trace context; an entry without one is as before."""
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    ch = store.keys.starts_channel("api1")
+    both = await store.enqueue(session, "run_1", "{}", traceparent=tp, starts_to=ch)
+    alone = await store.enqueue(session, "run_2", "{}", starts_to=ch)
+    plain = await store.enqueue(session, "run_3", "{}")
+    c: Any = redis_client
+    raw: dict[str, Any] = {str(i): f for i, f in await c.xrange(session.inbox)}
+    assert raw[str(both.entry_id)]["trace"] == tp and raw[str(both.entry_id)]["starts_to"] == ch
+    assert raw[str(alone.entry_id)]["starts_to"] == ch and "trace" not in raw[str(alone.entry_id)]
+    assert "starts_to" not in raw[str(plain.entry_id)]
+    items = await Streams(redis_client).read_inbox(session)
+    assert [(i.starts_to, i.traceparent) for i in items] == [(ch, tp), (ch, ""), ("", "")]
+    head = (await store.peek_inbox(session, 10)).head  # what the owner reads
+    assert head is not None and head.parse().starts_to == ch
+
+
 async def test_enqueue_reports_active_run(
     store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
 ) -> None:
@@ -464,6 +486,105 @@ async def test_complete_input_is_fenced(
     assert await redis_client.xlen(session.inbox) == 1
     assert (await redis_client.hgetall(session.meta))["inbox_cursor"] == a.entry_id
     assert await store.complete_input(session, new.token, b.entry_id) == 0
+
+
+async def test_advance_inbox_completes_then_peeks_the_next_head_fenced(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    """advanceInbox-5 = completeInput-3 + peekInbox-5 (head in full, its take recorded)."""
+    a = await store.enqueue(session, "run_1", '{"n": 1}')
+    b = await store.enqueue(session, "run_2", '{"n": 2}', multitask="interrupt")
+    assert a.entry_id and b.entry_id
+    with pytest.raises(StaleToken):  # never acquired: nothing consumed
+        await store.advance_inbox(session, 0, a.entry_id, 10)
+    assert await redis_client.xlen(session.inbox) == 2
+    old = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    peek = await store.advance_inbox(session, old.token, a.entry_id, 10)
+    assert [(m.id, m.run_id, m.multitask) for m in peek.metas] == [
+        (b.entry_id, "run_2", "interrupt")
+    ]
+    assert peek.head is not None and peek.head.parse().input == {"n": 2}
+    assert peek.owners == 1  # the new head's take recorded under this token
+    meta = await redis_client.hgetall(session.meta)
+    assert meta["inbox_cursor"] == a.entry_id
+    assert meta["head_taken"] == f"{b.entry_id}|{old.token}|1"
+    # the same reply as a plain peek by the same owner
+    assert await store.peek_inbox(session, 10, token=old.token) == peek
+    new = await store.takeover(session, ("r1", "inc-1", old.token), "r2", "i", LEASE_TTL_MS)
+    with pytest.raises(StaleToken) as exc:  # a superseded owner consumes nothing
+        await store.advance_inbox(session, old.token, b.entry_id, 10)
+    assert exc.value.epoch == new.token
+    assert await redis_client.xlen(session.inbox) == 1
+    empty = await store.advance_inbox(session, new.token, b.entry_id, 10)
+    assert empty == InboxPeek([], None, None, False) and await redis_client.xlen(session.inbox) == 0
+
+
+async def test_a_peek_asked_to_announce_publishes_only_a_runnable_heads_start(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    """peekInbox / advanceInbox with ``announce``: the head's start notice is published on its
+    ``starts_to`` channel exactly when the owner would run it (runner/inbox.py): its take
+    recorded, not poison, nothing interrupting behind it, no cancel, its run not ended."""
+    ch = store.keys.starts_channel("api1")
+    heard = redis_client.pubsub()
+    await heard.subscribe(ch)
+    await heard.get_message(timeout=1.0)  # the subscribe confirmation
+    streams = Streams(redis_client)
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    tok, ann = lease.token, ("r1", 0)
+
+    async def peek(token: int = tok, announce: tuple[str, int] | None = ann) -> bool:
+        got = await store.peek_inbox(session, 10, token=token, announce=announce)
+        return got.announced
+
+    async def notices() -> list[StartNotice | None]:
+        out = []
+        while (
+            m := await heard.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        ) is not None:
+            out.append(StartNotice.parse(m["data"]))
+        return out
+
+    a = await store.enqueue(session, "run_a", "{}")  # names no channel
+    assert not await peek()
+    await store.complete_input(session, tok, str(a.entry_id))
+    b = await store.enqueue(session, "run_b", "{}", starts_to=ch)
+    assert not await peek(announce=None)  # not asked
+    assert not await peek(token=0)  # no take recorded
+    assert await notices() == []
+    assert await peek()
+    assert await notices() == [StartNotice(session.ref, "run_b", "r1", tok)]
+    await streams.request_cancel(session, "run_b")
+    assert not await peek()  # its cancel was requested
+    await redis_client.srem(session.cancels, "run_b")
+    c = await store.enqueue(session, "run_c", "{}", multitask="interrupt")
+    assert not await peek()  # an interrupting input waits behind it
+    await store.complete_input(session, tok, str(c.entry_id))  # (out of order: gone)
+    ended = [Entry(1, "run.started", {}), Entry(2, "run.completed", {})]
+    await store.ingest(session, "run_b", tok, ended)
+    assert not await peek()  # its run ended already (the owner died before consuming it)
+    await redis_client.hdel(session.runs, "run_b")
+    await store.force_release(session, "test")  # the owner died with the head taken
+    second = await store.acquire(session, "r2", "inc-2", LEASE_TTL_MS)
+    assert not await peek(second.token, ("r2", 1))  # one owner died taking it: poison at 1
+    assert not await peek(tok, ("r1", 0))  # the superseded owner: its take is not recorded
+    assert await notices() == []
+    assert await peek(second.token, ("r2", 2))  # below the limit: runnable
+    assert await notices() == [StartNotice(session.ref, "run_b", "r2", second.token)]
+    # an interrupted run is run again
+    interrupted = '{"status":"interrupted","token":1,"replica_id":"r1","attempt":1}'
+    await redis_client.hset(session.runs, "run_b", interrupted)
+    assert await peek(second.token, ("r2", 0))
+    e = await store.enqueue(session, "run_e", "{}", starts_to=ch, multitask="interrupt")
+    assert not await peek(second.token, ("r2", 0))  # (it is cancelled by run_e)
+    # advanceInbox announces the next head as peekInbox does: run_e interrupts, and runs
+    got = await store.advance_inbox(session, second.token, str(b.entry_id), 10, ("r2", 0))
+    assert got.announced and got.metas[0].id == e.entry_id
+    assert await notices() == [
+        StartNotice(session.ref, "run_b", "r2", second.token),  # (the interrupted one)
+        StartNotice(session.ref, "run_e", "r2", second.token),
+    ]
+    await heard.aclose()  # type: ignore[no-untyped-call]
 
 
 async def test_peek_inbox_counts_each_owner_that_takes_the_head_fenced(

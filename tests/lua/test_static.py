@@ -262,6 +262,7 @@ async def _drive_facade(store: LeaseStore, cluster_grouping: bool) -> None:
     await store.notify_replica("r1", "inc-1", "input", s.ref)
     await store.notify_replica("r1", "inc-1", "input", s.ref, touch=(s, 1))  # + pipeline
     await store.peek_inbox(s, 10)
+    await store.advance_inbox(s, lease.token, queued.entry_id or "0-1", 10)
     await store.complete_input(s, lease.token, queued.entry_id or "0-1")
     await store.save_state(s, ("r1", "inc-1", lease.token), '{"n": 1}')
     await store.renew_many("r1", "inc-1", [(s, lease.token)], 60_000)

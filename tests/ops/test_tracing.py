@@ -58,7 +58,7 @@ def _complete(receiver: Receiver, trace_id: str) -> Callable[[], bool]:
         ended = bool(runs) and "streamward.run.outcome" in runs[0].attributes
         # the runner's other spans ended before its run span; the API's invoke and first
         # ingest before the run did
-        return ended and {"invoke", "ingest", "completeInput"} <= {s.name for s in spans}
+        return ended and {"invoke", "ingest", "advanceInbox"} <= {s.name for s in spans}
 
     return done
 
@@ -66,7 +66,7 @@ def _complete(receiver: Receiver, trace_id: str) -> Callable[[], bool]:
 def _check_trace(
     spans: list[Span], caller_span_id: str | None, mode: str, outcome: str = "completed"
 ) -> None:
-    """invoke (API) -> run (runner) -> ship (runner) -> ingest (API); completeInput under run."""
+    """invoke (API) -> run (runner) -> ship (runner) -> ingest (API); advanceInbox under run."""
     invoke, run = _one(spans, "invoke"), _one(spans, "run")
     assert invoke.service == "streamward-api" and invoke.kind == SERVER
     assert invoke.parent_span_id == (caller_span_id or "")
@@ -77,7 +77,7 @@ def _check_trace(
     assert run.attributes["streamward.run.id"] == invoke.attributes["streamward.run.id"]
     assert run.attributes["streamward.run.outcome"] == outcome
     assert run.attributes["streamward.replica.id"] == "r1"
-    done = _one(spans, "completeInput")
+    done = _one(spans, "advanceInbox")
     assert done.service == "streamward-runner" and done.parent_span_id == run.span_id
     assert done.attributes["db.system.name"] == "redis"
     ships = {s.span_id: s for s in spans if s.name == "ship"}
@@ -93,7 +93,7 @@ def _check_trace(
         assert ingest.attributes["streamward.run.id"] == run.attributes["streamward.run.id"]
     assert {s.service for s in spans} == {"streamward-api", "streamward-runner"}
     # the hand-placed spans only (FastAPI's own per-request spans stay off)
-    assert {s.name for s in spans} == {"invoke", "run", "ship", "ingest", "completeInput"}
+    assert {s.name for s in spans} == {"invoke", "run", "ship", "ingest", "advanceInbox"}
 
 
 def test_one_invoke_is_one_trace_across_the_api_and_the_runner(

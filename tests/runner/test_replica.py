@@ -16,9 +16,12 @@ import redis.asyncio as aioredis
 from streamward.lua.keys import Keys, SessionKeys
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import LogEntry, Streams
+from streamward.lua.work import StartNotice
 from streamward.runner.config import RunnerSettings
 from streamward.runner.context import Handler, RunContext
 from streamward.runner.handlers import echo
+from streamward.runner.inbox import next_input
+from streamward.runner.owner_death import SessionState
 from streamward.runner.replica import Replica
 from streamward.tools.fleet import Fleet
 from streamward.tools.server import RedisServer
@@ -317,3 +320,151 @@ async def test_stop_is_idempotent_and_leaves_nothing(
     assert not await redis_client.exists(rk.lease)
     assert await redis_client.zscore(keys.replicas, "inproc") is None
     assert not (tmp_path / "heartbeat").exists()
+
+
+async def test_the_owner_announces_a_start_only_for_an_input_whose_take_it_recorded(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    """The owner publishes a StartNotice on the channel an input names (api/startfeed.py)
+    when it starts its run, its take fenced by peekInbox; an input naming no channel gets
+    none, nor does one a superseded owner peeks."""
+    api = fleet.start_api()
+    await _start(replicas, settings_for(redis_server.url, api.url, fleet, tmp_path), echo)
+    streams, sk = Streams(redis_client), keys.session("default", "ann")
+    channel = keys.starts_channel("test-api")
+    heard = redis_client.pubsub()
+    await heard.subscribe(channel)
+    try:
+        await store.enqueue(sk, "run_quiet", "{}")  # names no channel
+        await store.enqueue(sk, "run_loud", "{}", starts_to=channel)  # run after it
+        await streams.publish_work(sk.ref, "invoke")
+        await wait_for(_status(streams, sk, "run_loud", "completed"), 10, "both runs")
+        token = (await store.ownership(sk)).token
+        assert token is not None
+        got = [StartNotice.parse(m["data"]) for m in await _messages(heard, 1)]
+        assert got == [StartNotice(sk.ref, "run_loud", "inproc", token)]
+    finally:
+        await heard.aclose()  # type: ignore[no-untyped-call]
+    # a superseded owner's peek records no take: it would announce nothing
+    await store.enqueue(sk, "run_late", "{}", starts_to=channel)
+    state = SessionState()
+    assert await next_input(store, streams, sk, state, token - 1, 0) is not None
+    assert state.head_taken == ""
+    nxt = await next_input(store, streams, sk, state, token, 0)
+    assert nxt is not None and state.head_taken == nxt[0].id
+
+
+async def _messages(pubsub: Any, n: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """The first ``n`` messages, and any that follow them within 0.2 s."""
+    got: list[dict[str, Any]] = []
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while len(got) < n and asyncio.get_running_loop().time() < deadline:
+        m = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if m is not None:
+            got.append(m)
+    await asyncio.sleep(0.2)
+    while (m := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)) is not None:
+        got.append(m)
+    return got
+
+
+async def test_a_cancel_mailed_before_its_run_starts_cancels_it_when_it_does(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    """A start notice can answer "running" before the run is the actor's current one; a
+    cancel mailed in that gap is kept and applied when the run starts (not left to the
+    inbox sweep, which only reads the cancels set)."""
+    gate = asyncio.Event()
+
+    async def handler(ctx: RunContext, input: Any) -> AsyncIterator[Any]:
+        if ctx.run_id == "run_a":
+            await gate.wait()
+        else:
+            await asyncio.sleep(3600)  # until cancelled
+        yield None
+
+    api = fleet.start_api()
+    s = settings_for(redis_server.url, api.url, fleet, tmp_path, sweep_interval_s=3600)
+    replica = await _start(replicas, s, handler)
+    streams, sk = Streams(redis_client), keys.session("default", "early")
+    await store.enqueue(sk, "run_a", "{}")
+    await store.enqueue(sk, "run_b", "{}")
+    await streams.publish_work(sk.ref, "invoke")
+    await wait_for(_status(streams, sk, "run_a", "started"), 10, "run_a to start")
+    # the cancel mail for run_b arrives while run_a is the running one
+    assert await store.notify_replica("inproc", replica.incarnation, "cancel", sk.ref, "run_b")
+    await wait_for(lambda: replica.actors[sk.ref]._early_cancel == "run_b", 5, "the mail")
+    gate.set()
+    await wait_for(_status(streams, sk, "run_b", "cancelled"), 10, "run_b to be cancelled")
+    by_run: dict[str, list[str]] = {}
+    for e in await _entries(streams, sk):
+        by_run.setdefault(e.run_id, []).append(e.type)
+    assert by_run == {
+        "run_a": ["run.started", "run.output", "run.completed"],
+        "run_b": ["run.started", "run.cancelled"],
+    }
+
+
+async def test_an_input_announced_by_the_advance_still_runs_here_when_a_drain_lands(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """advanceInbox may publish the next input's start notice ("running, owner R token T");
+    a drain landing before the actor runs it must not leave that answer wrong: the input
+    runs here, under the token announced, then the actor leaves."""
+    gate = asyncio.Event()
+
+    async def handler(ctx: RunContext, input: Any) -> AsyncIterator[Any]:
+        if ctx.run_id == "run_a":
+            await gate.wait()
+        yield None
+
+    api = fleet.start_api()
+    replica = await _start(
+        replicas, settings_for(redis_server.url, api.url, fleet, tmp_path), handler
+    )
+    streams, sk = Streams(redis_client), keys.session("default", "drained")
+    channel = keys.starts_channel("test-api")
+    heard = redis_client.pubsub()
+    await heard.subscribe(channel)
+    try:
+        await store.enqueue(sk, "run_a", "{}")
+        await store.enqueue(sk, "run_b", "{}", starts_to=channel)
+        await streams.publish_work(sk.ref, "invoke")
+        await wait_for(_status(streams, sk, "run_a", "started"), 10, "run_a to start")
+        actor = replica.actors[sk.ref]
+        advance = actor.host.store.advance_inbox
+
+        async def advance_then_drain(*args: Any, **kw: Any) -> Any:
+            got = await advance(*args, **kw)
+            actor.drain()  # lands while the advance's reply is on its way
+            return got
+
+        monkeypatch.setattr(actor.host.store, "advance_inbox", advance_then_drain)
+        gate.set()
+        await wait_for(_status(streams, sk, "run_b", "completed"), 10, "run_b")
+        [notice] = [StartNotice.parse(m["data"]) for m in await _messages(heard, 1)]
+    finally:
+        await heard.aclose()  # type: ignore[no-untyped-call]
+    started = [e for e in await _entries(streams, sk) if e.type == "run.started"]
+    assert [(e.run_id, e.token) for e in started] == [("run_a", 1), ("run_b", 1)]
+    assert notice == StartNotice(sk.ref, "run_b", "inproc", 1)  # the answer was right
+    await wait_for(_not_held(store, sk), 10, "the drained actor to release")

@@ -127,6 +127,7 @@ async def submit(
     run_id: str,
     *,
     quotas: Quotas,
+    starts_to: str = "",
 ) -> tuple[str, str, RunState | None]:
     """Enqueue (or find the idempotent duplicate); return (run_id, tail position, run state).
 
@@ -150,6 +151,7 @@ async def submit(
         # the owner this session's last invoke saw is mailed in the append's round trip
         # (not for an interrupt: its cancel goes to the owner before the input's mail)
         predict_mail=body.multitask != "interrupt",
+        starts_to=starts_to,  # a detached invoke's channel: the owner tells it of the start
     )
     # the log position the script read before the append (for a duplicate: before the run
     # state is read below), so the run's first entry is always after it
@@ -224,7 +226,14 @@ async def invoke_detached(
     waited: InvokeAccepted | None = None
     try:
         got_id, after, rs = await submit(
-            state.store, state.streams, state.settings, sk, body, run_id, quotas=quotas_of(state)
+            state.store,
+            state.streams,
+            state.settings,
+            sk,
+            body,
+            run_id,
+            quotas=quotas_of(state),
+            starts_to=starts.channel,
         )
         if got_id != run_id:  # an idempotent retry of an earlier run
             starts.done(sk.ref, run_id, waited=False)

@@ -42,6 +42,7 @@ from streamward.api.routes import (
 )
 from streamward.api.routes.metrics import router as metrics_router
 from streamward.api.serving import AdminOnly, auth_refusal, uvicorn_options
+from streamward.api.startfeed import StartFeed
 from streamward.api.tokens import TokenConfigError, build_table, declare_scopes
 from streamward.api.tracing import FASTAPI_TELEMETRY, TraceContext
 from streamward.core import tracing
@@ -157,6 +158,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # sessions indexed before the per-project listing indexes existed: copied once (a
         # marker key remembers it), in the background so startup does not wait for it
         backfill = asyncio.create_task(_backfill_indexes(state.streams))
+        # detached invokes hear their runs' starts from the owners (not on Cluster)
+        feed = None if store.cluster else StartFeed(client, keys, state.starts)
+        app.state.start_feed = feed
+        if feed is not None:
+            feed.start()
         worker = None
         if settings.callback_worker and state.outbox is not None:
             # any API process sends any delivery: the outbox and its claims live in Redis
@@ -169,6 +175,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(backfill, return_exceptions=True)
             if worker is not None:
                 await worker.stop()
+            if feed is not None:
+                await feed.stop()
             await client.aclose()
             if state.audit is not None:
                 state.audit.close()

@@ -145,6 +145,7 @@ class Quotas:
         admitted: Ticket | None = None,
         predict_mail: bool = False,
         traceparent: str = "",
+        starts_to: str = "",
     ) -> Enqueued:
         """``LeaseStore.enqueue`` under the project's and the session's limits (``admitted``:
         the project's admission, taken by the caller before writes of its own).
@@ -188,6 +189,7 @@ class Quotas:
                 indexed=indexed,
                 predict_mail=predict_mail,
                 traceparent=traceparent,
+                starts_to=starts_to,
             )
         except (E.QuotaExceeded, E.SessionBusy, E.TypeMismatch) as exc:
             await self.refund(ticket)  # nothing appended: no invoke spent

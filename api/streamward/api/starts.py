@@ -1,13 +1,15 @@
 """Detached invoke: learning that a run started without a Redis round trip when we can.
 
 The log is the truth: a detached invoke tails it (XREAD BLOCK) from the position read at
-submit until the run's ``run.started``. But the runner ships that entry through an API's
-admin ingest endpoint, and with one API process (or when the ingest lands where the caller
-waits) this process has just written the entry itself: ``StartWaiters`` hands it to the
-waiting request in memory, saving the XREAD and its reply parsing on the hottest path.
+submit until the run's ``run.started``. Two things usually tell this process first, and
+``StartWaiters`` hands them to the waiting request in memory: the owner's start notice on
+this process's channel (``api/startfeed.py``: published when the owner takes the input, so
+it does not wait for the transcript), and this process's own ingest of the run's
+``run.started`` (the runner ships it through an API's admin ingest endpoint: with one API
+process, or when the ingest lands where the caller waits, this process has just written it).
 
 Whether to wait in memory first is learnt, not configured: every wait is later scored by
-whether its run's start was ingested by this process. When (almost) all are (one API
+whether its run's start was heard (notice or ingest) by this process. When (almost) all are (one API
 process, or runners pointed at this one), waiters wait in memory first, up to
 ``LOCAL_WAIT_S``, then tail the log as before; otherwise (several API processes behind a
 balancer) they tail the log at once, and an ingest seen here still ends the wait early.
@@ -23,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from streamward.core.contract import RUN_STARTED, Entry
+from streamward.lua.work import StartNotice
 
 # how long a trusted in-memory wait lasts before the log tail takes over (a start that
 # slow is rare; then the XREAD costs what it always did)
@@ -50,7 +53,9 @@ class _Wait:
 class StartWaiters:
     """Per process: detached invokes waiting for their run's start, by (session, run id)."""
 
-    local_share: float = 0.0  # EWMA of "the start was ingested here"; starts distrustful
+    local_share: float = 0.0  # EWMA of "the start was heard here"; starts distrustful
+    # this process's start-notice channel while subscribed ("": none; api/startfeed.py)
+    channel: str = ""
     _waits: OrderedDict[tuple[str, str], _Wait] = field(default_factory=OrderedDict)
 
     @property
@@ -89,6 +94,17 @@ class StartWaiters:
                 if not wait.future.done():
                     wait.future.set_result(e)
                 return
+
+    def announced(self, notice: StartNotice) -> None:
+        """An owner's notice that it took the input of ``notice.run_id`` to run it."""
+        wait = self._waits.get((notice.session_ref, notice.run_id))
+        if wait is None:
+            return
+        wait.seen_here = True
+        if not wait.future.done():
+            data = {"replica_id": notice.replica_id}
+            entry = Entry(0, RUN_STARTED, data, run_id=notice.run_id, token=notice.token)
+            wait.future.set_result(entry)
 
     def _score_old(self, now: float) -> None:
         """Fold waits that ended ``SCORE_AFTER_S`` ago into the local share; forget them."""

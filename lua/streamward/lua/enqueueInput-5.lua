@@ -29,6 +29,9 @@
                                   so creating (or reviving) the session is refused
   ARGV[13] traceparent            W3C trace context the run continues ("" or absent = none:
                                   the entry then has no `trace` field, as before tracing)
+  ARGV[14] starts_to              the pub/sub channel of the API process waiting for this
+                                  run's start ("" or absent = none: no `starts_to` field);
+                                  the owner publishes there when it takes the input
 
   The session type (meta `type`) is set once, when the script creates the session (or
   revives a retired one); a later input naming another type is refused before anything
@@ -98,12 +101,22 @@ if max_pending > 0 and pending >= max_pending then
 end
 local now = redis_now_ms()
 local id
-if (ARGV[13] or '') == '' then
+local trace, starts_to = ARGV[13] or '', ARGV[14] or ''
+if trace == '' and starts_to == '' then
   id = rcall('XADD', KEYS[1], '*', 'run_id', ARGV[1], 'input', ARGV[2],
     'multitask', ARGV[3], 'source', ARGV[8], 'enqueued_ms', now)
-else -- the run's trace context (docs/operations.md, "Tracing"): no table built without one
-  id = rcall('XADD', KEYS[1], '*', 'run_id', ARGV[1], 'input', ARGV[2],
-    'multitask', ARGV[3], 'source', ARGV[8], 'enqueued_ms', now, 'trace', ARGV[13])
+else -- the run's trace context (docs/operations.md, "Tracing"), the waiting API's channel
+  local fields = {'run_id', ARGV[1], 'input', ARGV[2], 'multitask', ARGV[3], 'source', ARGV[8],
+    'enqueued_ms', now}
+  if trace ~= '' then
+    fields[#fields + 1] = 'trace'
+    fields[#fields + 1] = trace
+  end
+  if starts_to ~= '' then
+    fields[#fields + 1] = 'starts_to'
+    fields[#fields + 1] = starts_to
+  end
+  id = rcall('XADD', KEYS[1], '*', unpack(fields))
 end
 if ARGV[4] == '1' then
   rcall('SET', KEYS[3], ARGV[1], 'PX', ARGV[5])

@@ -25,13 +25,15 @@ class InboxMeta:
 @dataclass(frozen=True, slots=True)
 class InboxItem(InboxMeta):
     """A pending invocation in a session inbox, its input parsed (``input_json``: as stored;
-    ``traceparent``: the W3C trace context its run continues, "" for none or an older entry)."""
+    ``traceparent``: the W3C trace context its run continues, "" for none or an older entry;
+    ``starts_to``: the channel of the API process waiting for the run's start, "" for none)."""
 
     input: Any
     source: str
     enqueued_ms: int
     input_json: str = "null"
     traceparent: str = ""
+    starts_to: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ def parse_inbox(entry_id: str, fields: dict[str, str]) -> InboxItem:
         source=fields.get("source", "invoke"),
         enqueued_ms=int(fields.get("enqueued_ms") or 0),
         traceparent=fields.get("trace", ""),
+        starts_to=fields.get("starts_to", ""),
     )
 
 

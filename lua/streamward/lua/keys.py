@@ -193,6 +193,12 @@ class Keys:
         tag = f"{self.prefix}:quota:{{{project}}}"
         return QuotaKeys(project=project, bucket=f"{tag}:bucket", live=f"{tag}:live")
 
+    def starts_channel(self, instance: str) -> str:
+        """The pub/sub channel one API process hears its detached invokes' run starts on (a
+        channel, not a key: no slot, any node of a deployment delivers it)."""
+        validate_id("instance", instance)
+        return f"{self.prefix}:starts:{instance}"
+
     def replica(self, replica_id: str) -> ReplicaKeys:
         validate_id("replica_id", replica_id)
         tag = f"{self.prefix}:replica:{{{replica_id}}}"

@@ -26,8 +26,14 @@
   ARGV[1] count                  inputs to look at, at most
   ARGV[2] with_head              1: return the first input's fields in full; 0: not
   ARGV[3] token                  the owner's fencing token; 0: record nothing
+  ARGV[4] announce               "1": the owner runs a runnable head at once, so the head's
+                                 start notice is published here (includes/peekInbox.lua);
+                                 absent or "0": not
+  ARGV[5] poison_after           POISON_AFTER_OWNERS (0: never), for the runnable rule
+  ARGV[6] session ref            <project>/<session_id>, named in the notice
+  ARGV[7] replica id             the owner's, named in the notice
 
-  Returns {1, metas, head, state, cancel, owners}
+  Returns {1, metas, head, state, cancel, owners, announced}
                                                 metas: flat {id, run_id, multitask, ...}
                                                 for up to count inputs, oldest first (empty
                                                 when the inbox is); head: the first input's
@@ -36,60 +42,14 @@
                                                 input's run state JSON ("" when none);
                                                 cancel: 1 when its cancellation was requested;
                                                 owners: owners that took the head so far,
-                                                this one included (0: nothing recorded)
+                                                this one included (0: nothing recorded);
+                                                announced: 1 when the head's start notice
+                                                was published (PUBLISH on its starts_to)
 ]]
 --- @include "includes/statusCodes"
-local rcall = redis.call
-local count = tonumber(ARGV[1])
-local CHUNK = 8
-local metas, head = {}, {}
-local state, cancel = '', 0
-local seen, start, want = 0, '-', 1
-while seen < count do
-  local chunk = rcall('XRANGE', KEYS[1], start, '+', 'COUNT', math.min(want, count - seen))
-  for _, entry in ipairs(chunk) do
-    local fields = entry[2]
-    local run_id, multitask = '', 'enqueue'
-    for i = 1, #fields, 2 do
-      if fields[i] == 'run_id' then
-        run_id = fields[i + 1]
-      elseif fields[i] == 'multitask' then
-        multitask = fields[i + 1]
-      end
-    end
-    if seen == 0 then
-      if ARGV[2] == '1' then
-        head = fields
-      end
-      state = rcall('HGET', KEYS[2], run_id) or ''
-      cancel = rcall('SISMEMBER', KEYS[3], run_id)
-    end
-    metas[#metas + 1] = entry[1]
-    metas[#metas + 1] = run_id
-    metas[#metas + 1] = multitask
-    seen = seen + 1
-  end
-  if #chunk < want then
-    break
-  end
-  start = '(' .. chunk[#chunk][1]
-  want = CHUNK
+--- @include "includes/peekInbox"
+local notice = nil
+if ARGV[4] == '1' then
+  notice = {ref = ARGV[6], replica = ARGV[7], poison_after = tonumber(ARGV[5]) or 0}
 end
-local owners = 0
-local token = tonumber(ARGV[3]) or 0
-if #metas > 0 and ARGV[2] == '1' and token >= 1 and token == tonumber(rcall('GET', KEYS[5]) or '0') then
-  local head_id = metas[1]
-  owners = 1
-  local taken = rcall('HGET', KEYS[4], 'head_taken')
-  if taken then
-    local id, tok, n = string.match(taken, '^([^|]*)|([^|]*)|(%d+)$')
-    if id == head_id then
-      owners = tonumber(n)
-      if tok ~= ARGV[3] then
-        owners = owners + 1
-      end
-    end
-  end
-  rcall('HSET', KEYS[4], 'head_taken', head_id .. '|' .. ARGV[3] .. '|' .. owners)
-end
-return {OK, metas, head, state, cancel, owners}
+return peek_inbox(tonumber(ARGV[1]), ARGV[2], ARGV[3], notice)

@@ -143,6 +143,7 @@ class InboxPeek:
     state: RunState | None
     cancel_requested: bool
     owners: int = 0  # owners that took the head, the caller included (asked with a token)
+    announced: bool = False  # the script published the head's start notice (asked to)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from typing import Literal, get_args
 ScriptName = Literal[
     "acquireLease",
     "addDelivery",
+    "advanceInbox",
     "admitInvoke",
     "bindSession",
     "claimDeliveries",

@@ -236,6 +236,7 @@ class Scripts(IngestScripts):
         then: Callable[[Pipeline], Sequence[Script]] | None = None,
         then_replies: list[Any] | None = None,
         traceparent: str = "",
+        starts_to: str = "",
     ) -> Queued | DuplicateInput:
         """Raises SessionBusy (multitask=reject), TypeMismatch (``session_type`` names another
         type; a new session gets it, else ``default_type``), InboxFull at ``max_pending``
@@ -244,13 +245,15 @@ class Scripts(IngestScripts):
         ``pending`` = (pending index key, score ms): ZADD the session there BEFORE the
         append, in the same pipeline (one round trip); on Cluster (another slot) the ZADD
         is awaited first. An entry whose append was refused is pruned by the sweep.
-        ``traceparent``: the W3C trace context stored with the entry (its ``trace`` field).
+        ``traceparent``: the W3C trace context stored with the entry (its ``trace`` field);
+        ``starts_to``: the channel of the API process waiting for the run's start (its
+        ``starts_to`` field: the owner publishes the start there, api/startfeed.py).
         """
         idem = session.idempotency(idempotency_key or "-")
         keys = [session.inbox, session.meta, idem, session.log, session.lease]
         args: list[ArgT] = [run_id, input_json, multitask, "1" if idempotency_key else "0"]
         args += [idempotency_ttl_ms, session.project, session.session_id, source, session_type]
-        args += [default_type, max_pending, "1" if may_create else "0", traceparent]
+        args += [default_type, max_pending, "1" if may_create else "0", traceparent, starts_to]
         script = self._by_name["enqueueInput"]
         if then is not None and not self._cluster:
             # commands that follow the append in the same round trip (the predicted owner's
@@ -302,19 +305,37 @@ class Scripts(IngestScripts):
         return parse_notified(await self._by_name["notifyReplica"](keys, args))
 
     async def peek_inbox(
-        self, sk: SessionKeys, count: int, *, with_head: bool = True, token: int = 0
+        self,
+        sk: SessionKeys,
+        count: int,
+        *,
+        with_head: bool = True,
+        token: int = 0,
+        announce: Announce | None = None,
     ) -> InboxPeek:
+        """``announce`` = (replica id, POISON_AFTER_OWNERS): the owner runs a runnable head
+        at once, so the script publishes its start notice (includes/peekInbox.lua)."""
         keys = [sk.inbox, sk.runs, sk.cancels, sk.meta, sk.epoch]
-        raw = await self._by_name["peekInbox"](keys, [count, 1 if with_head else 0, token])
-        r = _ok("peekInbox", as_list(raw))
-        flat = [as_str(x) for x in as_list(r[1])]
-        metas = [InboxMeta(*flat[i : i + 3]) for i in range(0, len(flat), 3)]
-        if not metas:
-            return InboxPeek([], None, None, False)
-        head = RawInboxEntry(metas[0].id, pairs(as_list(r[2]))) if as_list(r[2]) else None
-        state_json = as_str(r[3])
-        state = parse_run_state(metas[0].run_id, state_json) if state_json else None
-        return InboxPeek(metas, head, state, as_int(r[4]) == 1, as_int(r[5]))
+        args = [count, 1 if with_head else 0, token, *_announce_args(sk, announce)]
+        raw = await self._by_name["peekInbox"](keys, args)
+        return _inbox_peek(_ok("peekInbox", as_list(raw)))
+
+    async def advance_inbox(
+        self,
+        sk: SessionKeys,
+        token: int,
+        entry_id: str,
+        count: int,
+        announce: Announce | None = None,
+    ) -> InboxPeek:
+        """completeInput then peekInbox (the new head in full, its take recorded under
+        ``token``, ``announce`` as there) in one call; raises StaleToken (nothing consumed)."""
+        keys = [sk.inbox, sk.runs, sk.cancels, sk.meta, sk.epoch]
+        args = [token, entry_id, count, *_announce_args(sk, announce)]
+        r = as_list(await self._by_name["advanceInbox"](keys, args))
+        if status(r) == E.STALE_TOKEN:
+            raise E.StaleToken(token, as_int(r[1]))
+        return _inbox_peek(_ok("advanceInbox", r))
 
     async def complete_input(self, session: SessionKeys, token: int, entry_id: str) -> int:
         """Pending count after the fenced XDEL; raises StaleToken."""
@@ -368,3 +389,27 @@ class Scripts(IngestScripts):
         if action is None:
             raise E.ScriptError(f"bindSession returned action {r[3]!r}")
         return Binding(as_str(r[1]), as_int(r[2]), action, as_str(r[4]), as_str(r[5]))
+
+
+# (replica id, POISON_AFTER_OWNERS) of an owner that runs a runnable head at once
+Announce = tuple[str, int]
+
+
+def _announce_args(sk: SessionKeys, announce: Announce | None) -> list[ArgT]:
+    if announce is None:
+        return ["0", 0, "", ""]
+    replica_id, poison_after = announce
+    return ["1", poison_after, sk.ref, replica_id]
+
+
+def _inbox_peek(r: Sequence[Any]) -> InboxPeek:
+    """A peekInbox / advanceInbox reply (past its status)."""
+    flat = [as_str(x) for x in as_list(r[1])]
+    metas = [InboxMeta(*flat[i : i + 3]) for i in range(0, len(flat), 3)]
+    if not metas:
+        return InboxPeek([], None, None, False)
+    head = RawInboxEntry(metas[0].id, pairs(as_list(r[2]))) if as_list(r[2]) else None
+    state_json = as_str(r[3])
+    state = parse_run_state(metas[0].run_id, state_json) if state_json else None
+    announced = len(r) > 6 and as_int(r[6]) == 1
+    return InboxPeek(metas, head, state, as_int(r[4]) == 1, as_int(r[5]), announced)

@@ -21,8 +21,8 @@ from streamward.lua.keys import DEFAULT_TYPE, Keys, SessionKeys
 from streamward.lua.leases import LeaseCalls
 from streamward.lua.loader import Script, execute_pipeline
 from streamward.lua.replies import DuplicateInput, InboxPeek, IngestResult, LockClaim
+from streamward.lua.scripts import Announce, parse_notified
 from streamward.lua.scripts import IngestCall as IngestCall  # re-exported for the API
-from streamward.lua.scripts import parse_notified
 from streamward.lua.sessionmeta import Created, Updated, create_session, update_session
 from streamward.lua.work import MAIL_MAXLEN
 
@@ -103,6 +103,7 @@ class LeaseStore(LeaseCalls):
         indexed: bool = False,
         predict_mail: bool = False,
         traceparent: str = "",
+        starts_to: str = "",
     ) -> Enqueued:
         """Append an invocation to the inbox. Raises SessionBusy for multitask=reject, and
         TypeMismatch when ``session_type`` (the type the caller names; "" = none) is not the
@@ -118,7 +119,9 @@ class LeaseStore(LeaseCalls):
         its grace alone, so hosts need clocks within the sweep interval of Redis's.
         ``indexed``: the caller did that already (``index_pending``, overlapped with its own
         call on Cluster, where the ZADD is a round trip of its own). ``traceparent``: the
-        trace context the run continues (docs/operations.md, "Tracing"), kept in the entry.
+        trace context the run continues (docs/operations.md, "Tracing"), kept in the entry;
+        ``starts_to``: the channel of the API process waiting for the run's start, kept in the
+        entry too (the owner publishes the start there: api/startfeed.py).
         """
         now_ms = int(time.time() * 1000)
         then = None
@@ -157,6 +160,7 @@ class LeaseStore(LeaseCalls):
             then=then,
             then_replies=then_replies,
             traceparent=traceparent,
+            starts_to=starts_to,
         )
         mailed = None
         if then_replies and not isinstance(then_replies[0], Exception):
@@ -238,13 +242,35 @@ class LeaseStore(LeaseCalls):
         return parse_notified((await execute_pipeline(self.client, script, build))[0])
 
     async def peek_inbox(
-        self, session: SessionKeys, count: int, *, with_head: bool = True, token: int = 0
+        self,
+        session: SessionKeys,
+        count: int,
+        *,
+        with_head: bool = True,
+        token: int = 0,
+        announce: Announce | None = None,
     ) -> InboxPeek:
         """The oldest ``count`` pending inputs' ids, run ids and multitask modes, the first
         one's input (unparsed; only ``with_head``), its run state and whether its
         cancellation was requested: one round trip. With the owner's ``token`` (fenced) it
-        also records that this owner took the head and answers how many owners did."""
-        return await self.scripts.peek_inbox(session, count, with_head=with_head, token=token)
+        also records that this owner took the head and answers how many owners did, and with
+        ``announce`` publishes a runnable head's start notice (``Scripts.peek_inbox``)."""
+        return await self.scripts.peek_inbox(
+            session, count, with_head=with_head, token=token, announce=announce
+        )
+
+    async def advance_inbox(
+        self,
+        session: SessionKeys,
+        token: int,
+        entry_id: str,
+        count: int,
+        announce: Announce | None = None,
+    ) -> InboxPeek:
+        """Fenced: ``complete_input`` of ``entry_id``, then ``peek_inbox`` (head in full, its
+        take recorded under ``token``, ``announce`` as there), in one round trip. Raises
+        StaleToken."""
+        return await self.scripts.advance_inbox(session, token, entry_id, count, announce)
 
     async def complete_input(self, session: SessionKeys, token: int, entry_id: str) -> int:
         """Fenced: mark an inbox entry consumed. Returns pending count. Raises StaleToken."""

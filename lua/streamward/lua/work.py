@@ -7,6 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.exceptions import ResponseError
 
 from streamward.lua import autopipe
@@ -27,6 +28,33 @@ class WorkItem:
     session_ref: str
     reason: str
     session_type: str = DEFAULT_TYPE  # whose stream it was read from (ack goes there)
+
+
+@dataclass(frozen=True, slots=True)
+class StartNotice:
+    """What an owner publishes on the waiting API process's channel when it takes an input
+    to run it (``Streams.publish_start``): the detached invoke's 202 without the log."""
+
+    session_ref: str
+    run_id: str
+    replica_id: str
+    token: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps([self.session_ref, self.run_id, self.replica_id, self.token])
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> StartNotice | None:
+        """None for anything that is not a notice (the channel is open to any client)."""
+        try:
+            ref, run_id, replica_id, token = orjson.loads(raw)
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            return None
+        if not all(isinstance(x, str) for x in (ref, run_id, replica_id)):
+            return None
+        if not isinstance(token, int) or isinstance(token, bool):
+            return None
+        return cls(ref, run_id, replica_id, token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +111,11 @@ class WorkQueue(StreamsBase):
         pipe.xadd(self.keys.work_for(session_type), fields)
         pipe.sadd(self.keys.work_types, session_type)
         return _s((await pipe.execute())[0])
+
+    async def publish_start(self, channel: str, notice: StartNotice) -> None:
+        """Tell the API process waiting on ``channel`` that a run started (at most once: a
+        notice nobody hears is fine, the waiter reads the log in the end)."""
+        await autopipe.execute(self.client, lambda p: p.publish(channel, notice.encode()))
 
     async def publish_work_many(
         self, session_refs: list[str], reason: str, types: dict[str, str] | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Protocol
@@ -16,14 +15,16 @@ from streamward.core.contract import TERMINAL_STATUSES
 from streamward.lua.errors import StaleToken
 from streamward.lua.inbox import InboxItem, InboxMeta, RawInboxEntry, RunState
 from streamward.lua.leases import Lease
+from streamward.lua.replies import InboxPeek
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
+from streamward.lua.work import StartNotice
 from streamward.runner.admission import IdleSlot
 from streamward.runner.config import RunnerSettings
 from streamward.runner.context import RunContext
 from streamward.runner.control import ActorControl
 from streamward.runner.handlers import Run, drive, run_outcome
-from streamward.runner.inbox import INBOX_WINDOW, interrupt_waiting, next_input
+from streamward.runner.inbox import INBOX_WINDOW, announce_for, interrupt_waiting, next_input
 from streamward.runner.lifecycle import Activation
 from streamward.runner.metrics import Metrics
 from streamward.runner.offloop import parse_input
@@ -31,7 +32,7 @@ from streamward.runner.owner_death import OwnerDeath, SessionState
 from streamward.runner.poison import end_if_poison
 from streamward.runner.release import mark_cut_run, release_session
 from streamward.runner.shipper import Shipper, ShipRejected, ShipStopped
-from streamward.runner.started import started_data
+from streamward.runner.started import announce, started_data
 
 log = logging.getLogger("streamward.runner.actor")
 
@@ -72,6 +73,8 @@ class SessionActor(ActorControl):
         self._wake = asyncio.Event()
         self.idle = IdleSlot(self._wake)  # evictable while waiting out close_delay
         self._inbox_empty = False  # the last completeInput left no input: no read needed
+        self._peeked: InboxPeek | None = None  # the next input, peeked with the last advance
+        self._early_cancel = ""  # a cancel mail for a run not running yet (control.py)
         self._draining, self._interrupting = "", False
         self._cut_run: Run | None = None  # the run a drain timeout cut short
         self._interrupt_check: asyncio.Task[None] | None = None
@@ -92,44 +95,6 @@ class SessionActor(ActorControl):
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._main(), name=f"actor {self.ref}")
-
-    def on_input(self) -> None:
-        """New input may be waiting: wake up, and look for an interrupting one if running."""
-        self.wake()
-        if self.current is not None and (
-            self._interrupt_check is None or self._interrupt_check.done()
-        ):
-            self._interrupt_check = asyncio.create_task(self._check_interrupt())
-
-    def drain(self) -> None:
-        """Finish the running run (if any), start nothing new, release the session."""
-        self._draining = "drain"
-        self._wake.set()
-
-    def drop(self, why: str) -> None:
-        """Stop at once without writing anything (the session is no longer ours to write)."""
-        if self.task is not None and not self.task.done() and not self.task.cancelling():
-            log.warning("dropping session %s (token %d): %s", self.ref, self.token, why)
-            self.task.cancel()
-
-    async def interrupt(self) -> None:
-        """Drain timeout: cut the running run short, mark it interrupted, release, re-queue."""
-        if self.task is not None and not self.task.done() and not self.closing:  # else leaving
-            self._interrupting = True
-            self.task.cancel()
-        await self.closed.wait()
-
-    def request_cancel(self, run_id: str, reason: str) -> bool:
-        """Cancel the running run ``run_id``; the run ends ``run.cancelled`` with ``reason``."""
-        run = self.current
-        if run is None or run.run_id != run_id or run.task is None or run.task.done():
-            return False
-        if run.cancel_reason is None:
-            log.info("session %s: cancelling run %s (%s)", self.ref, run_id, reason)
-            run.cancel_reason = reason
-            run.ctx.cancelled.set()
-            run.task.cancel()
-        return True
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -177,15 +142,17 @@ class SessionActor(ActorControl):
         attempt = 0
         loop = asyncio.get_running_loop()
         while True:
-            if self._draining:
-                return self._draining
+            if self._draining and not (self._peeked and self._peeked.announced):
+                return self._draining  # (an input announced as started still runs)
             try:
                 if self._inbox_empty:
                     # the last completeInput saw none left (a later input's mail wakes us)
                     self._inbox_empty = False
                     nxt = None
                 else:
-                    self._wake.clear()  # before reading, so a wake during the read is not lost
+                    peeked, self._peeked = self._peeked, None
+                    if peeked is None:  # (else cleared before the advance that peeked)
+                        self._wake.clear()  # before reading: a wake during it is not lost
                     if not self._opened:
                         await self._open()
                         self._opened = True
@@ -194,11 +161,12 @@ class SessionActor(ActorControl):
                     r = self.host
                     poison_after = r.settings.poison_after_owners
                     nxt = await next_input(
-                        r.store, r.streams, self.session, self._state, self.token, poison_after
-                    )
+                        r.store, r.streams, self.session, self._state, self.token, poison_after,
+                        peeked, self._announce_as(),
+                    )  # fmt: skip
                 if nxt is not None:
                     await self.host.writable()  # a full Redis: start nothing until it has room
-                if self._draining:
+                if self._draining and not (nxt and self._state.head_announced == nxt[0].id):
                     return self._draining  # started leaving while reading: start nothing new
                 if self._start_now and not await self._start_host():
                     return "activation_failed"
@@ -213,7 +181,7 @@ class SessionActor(ActorControl):
                 attempt = 0
             except RedisError as exc:
                 # keep the session through a Redis blip; a long outage fences the replica
-                self._inbox_empty = False
+                self._inbox_empty, self._peeked = False, None
                 delay = backoff_s(attempt)
                 attempt += 1
                 log.warning("session %s: redis error (%s); retry in %.2fs", self.ref, exc, delay)
@@ -312,6 +280,10 @@ class SessionActor(ActorControl):
         # the input as stored (JSON text): measured and copied, not serialised again
         started = started_data(r.replica_id, attempt, Fragment(item.input_json), max_copy)
         started_seq = await shipper.put(item.run_id, "run.started", started)
+        st = self._state  # a notice when our take was recorded and the peek sent none
+        if item.starts_to and st.head_taken == item.id and st.head_announced != item.id:
+            notice = StartNotice(self.ref, item.run_id, r.replica_id, self.token)
+            announce(r.streams, item.starts_to, notice)  # the waiting invoke answers now
         ctx = RunContext(
             session_id=self.session.session_id,
             project=self.session.project,
@@ -326,6 +298,12 @@ class SessionActor(ActorControl):
         )
         run = Run(item, ctx)
         self.current = run
+        early = self._early_cancel == item.run_id
+        if early or self._wake.is_set():
+            # a cancel, or an input that may interrupt, came between its start notice and now
+            self._early_cancel = "" if early else self._early_cancel
+            check = self.cancel_requested(item.run_id) if early else self._check_interrupt()
+            self._interrupt_check = asyncio.create_task(check)
         r.metrics.runs_inflight.inc()
         run_t0 = time.monotonic()
         try:
@@ -354,34 +332,34 @@ class SessionActor(ActorControl):
             log.info("session %s: run %s failed: %s", self.ref, item.run_id, data["error"])
         await shipper.put(item.run_id, etype, data)
         await shipper.flush()
-        await self._complete(item, last=True)
+        await self._complete(item, last=True, fetch=True)
         if run.cancel_reason is not None:
             await r.streams.clear_cancel(self.session, item.run_id)
         r.metrics.runs.labels(outcome).inc()
         r.metrics.run_duration.labels(outcome).observe(time.monotonic() - run_t0)
 
-    async def _complete(self, item: InboxMeta, *, last: bool = False) -> None:
+    async def _complete(self, item: InboxMeta, *, last: bool = False, fetch: bool = False) -> None:
         """Fenced inbox advance (StaleToken: the session moved). ``last``: with no input left the
-        next read is skipped (the wake flag is cleared first: a later mail sets it again)."""
+        next read is skipped (the wake flag is cleared first: a later mail sets it again).
+        ``fetch``: the next input is peeked in the same call (advanceInbox) for the next turn."""
         if last:
             self._wake.clear()
-        pending = await self.host.store.complete_input(self.session, self.token, item.id)
+        r = self.host
+        if fetch and not self._draining:  # (a peek records a take: none when leaving)
+            poison_after = r.settings.poison_after_owners
+            announce = announce_for(self._state, self._announce_as(), poison_after)
+            args = (self.session, self.token, item.id, INBOX_WINDOW, announce)
+            peek = await r.store.advance_inbox(*args)
+            self._peeked, pending = (peek if peek.metas else None), len(peek.metas)
+        else:
+            pending = await r.store.complete_input(self.session, self.token, item.id)
         if last and pending == 0:
             self._inbox_empty = True
 
-    async def _check_interrupt(self) -> None:
-        run = self.current
-        with contextlib.suppress(RedisError):
-            if run is not None and await self._interrupt_waiting(run):
-                self.request_cancel(run.run_id, "interrupt")
-
-    async def cancel_requested(self, run_id: str) -> None:
-        """A ``cancel`` mail for the running run (also sent for a ``multitask=interrupt`` input)."""
-        run = self.current
-        if run is None or run.run_id != run_id:
-            return
-        interrupted = await self._interrupt_waiting(run)
-        self.request_cancel(run_id, "interrupt" if interrupted else "cancel")
+    def _announce_as(self) -> str | None:
+        """Our replica id while we run a runnable head at once (an activated host, not
+        leaving): the inbox scripts may then publish its start notice (runner/inbox.py)."""
+        return self.host.replica_id if self.life.active and not self._draining else None
 
     async def _interrupt_waiting(self, run: Run) -> bool:
         peek = await self.host.store.peek_inbox(self.session, INBOX_WINDOW, with_head=False)

@@ -1,21 +1,38 @@
-"""``POST /v1/sessions/{id}/start`` and ``/stop`` as a session actor sees them (mails
-``start`` / ``stop``, or work with reason ``start``): activate with no input and stay for
-``close_delay``; or leave now, passivating with reason ``stopped`` (docs/runner.md)."""
+"""How the replica steers a session actor: ``POST /v1/sessions/{id}/start`` and ``/stop``
+as the actor sees them (mails ``start`` / ``stop``, or work with reason ``start``): activate
+with no input and stay for ``close_delay``; or leave now, passivating with reason
+``stopped`` (docs/runner.md); a drain, a drop, a drain timeout's interrupt; a new input's
+wake-up, and a cancel or an interrupting input reaching the running run."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+
+from redis.exceptions import RedisError
 
 from streamward.lua.inbox import InboxMeta
 from streamward.lua.keys import SessionKeys
 from streamward.runner.admission import IdleSlot
+from streamward.runner.handlers import Run
 from streamward.runner.lifecycle import Activation
+
+log = logging.getLogger("streamward.runner.actor")
 
 
 class ActorControl:
-    """The start / stop half of ``SessionActor`` (kept apart: the actor is long enough)."""
+    """The control half of ``SessionActor`` (kept apart: the actor is long enough)."""
 
     session: SessionKeys
+    ref: str
+    task: asyncio.Task[None] | None
+    closing: bool
+    closed: asyncio.Event
+    _interrupting: bool
+    current: Run | None
+    _interrupt_check: asyncio.Task[None] | None
+    _early_cancel: str
     token: int
     life: Activation
     idle: IdleSlot
@@ -25,8 +42,66 @@ class ActorControl:
     _draining: str
     _start_now: bool = False  # activate at the next turn, even with no input
 
-    async def _complete(self, item: InboxMeta, *, last: bool = False) -> None:
+    async def _complete(self, item: InboxMeta, *, last: bool = False, fetch: bool = False) -> None:
         raise NotImplementedError  # the actor's fenced inbox advance
+
+    async def _interrupt_waiting(self, run: Run) -> bool:
+        raise NotImplementedError  # the actor's look for an interrupting input
+
+    def on_input(self) -> None:
+        """New input may be waiting: wake up, and look for an interrupting one if running."""
+        self.wake()
+        if self.current is not None and (
+            self._interrupt_check is None or self._interrupt_check.done()
+        ):
+            self._interrupt_check = asyncio.create_task(self._check_interrupt())
+
+    def request_cancel(self, run_id: str, reason: str) -> bool:
+        """Cancel the running run ``run_id``; the run ends ``run.cancelled`` with ``reason``."""
+        run = self.current
+        if run is None or run.run_id != run_id or run.task is None or run.task.done():
+            return False
+        if run.cancel_reason is None:
+            log.info("session %s: cancelling run %s (%s)", self.ref, run_id, reason)
+            run.cancel_reason = reason
+            run.ctx.cancelled.set()
+            run.task.cancel()
+        return True
+
+    async def _check_interrupt(self) -> None:
+        run = self.current
+        with contextlib.suppress(RedisError):
+            if run is not None and await self._interrupt_waiting(run):
+                self.request_cancel(run.run_id, "interrupt")
+
+    async def cancel_requested(self, run_id: str) -> None:
+        """A ``cancel`` mail for the running run (also sent for a ``multitask=interrupt`` input).
+        One for a run not running yet is kept: its caller may have heard it started (a start
+        notice comes before the run does), and the run checks for it when it starts."""
+        run = self.current
+        if run is None or run.run_id != run_id:
+            self._early_cancel = run_id
+            return
+        interrupted = await self._interrupt_waiting(run)
+        self.request_cancel(run_id, "interrupt" if interrupted else "cancel")
+
+    def drain(self) -> None:
+        """Finish the running run (if any), start nothing new, release the session."""
+        self._draining = "drain"
+        self._wake.set()
+
+    def drop(self, why: str) -> None:
+        """Stop at once without writing anything (the session is no longer ours to write)."""
+        if self.task is not None and not self.task.done() and not self.task.cancelling():
+            log.warning("dropping session %s (token %d): %s", self.ref, self.token, why)
+            self.task.cancel()
+
+    async def interrupt(self) -> None:
+        """Drain timeout: cut the running run short, mark it interrupted, release, re-queue."""
+        if self.task is not None and not self.task.done() and not self.closing:  # else leaving
+            self._interrupting = True
+            self.task.cancel()
+        await self.closed.wait()
 
     def wake(self) -> None:
         self.idle.keep()  # an eviction on its way is off

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from streamward.lua.inbox import InboxMeta, RawInboxEntry, RunState
 from streamward.lua.keys import SessionKeys
+from streamward.lua.replies import InboxPeek
+from streamward.lua.scripts import Announce
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import Streams
 
@@ -36,6 +38,18 @@ def interrupt_waiting(items: Iterable[InboxMeta], head_id: str) -> bool:
     return any(i.multitask == "interrupt" and i.id != head_id for i in items)
 
 
+def announce_for(
+    state: SessionState, replica_id: str | None, poison_after_owners: int
+) -> Announce | None:
+    """What ``peekInbox`` / ``advanceInbox`` need to publish a runnable head's start notice
+    themselves (a hop sooner than the owner can after their reply), or None: no owner
+    (``replica_id`` None: not activated yet, or leaving), or one that would not run the
+    head at once even when runnable (the ``queue`` policy's hold, the ``drop`` policy)."""
+    if replica_id is None or state.dead or state.drop_until or state.hold_until:
+        return None
+    return replica_id, poison_after_owners
+
+
 async def next_input(
     store: LeaseStore,
     streams: Streams,
@@ -43,6 +57,8 @@ async def next_input(
     state: SessionState,
     token: int,
     poison_after_owners: int,
+    peeked: InboxPeek | None = None,
+    announce_as: str | None = None,
 ) -> NextInput | None:
     """The session's next input, or None (empty, or held by the ``queue`` policy).
 
@@ -50,11 +66,17 @@ async def next_input(
     (interrupting inputs, the queue policy's hold) needs ids and modes only. The peek also
     records (fenced by ``token``) that this owner takes the head; when the owners before it
     that took the head reach ``poison_after_owners`` (0: never), the reason is ``poison``.
+    ``peeked``: that peek made already (``advanceInbox``, with the previous run's advance).
+    ``announce_as``: this owner's replica id when it runs a runnable head at once (see
+    ``announce_for``), so the peek publishes the head's start notice itself.
     """
-    peek = await store.peek_inbox(session, INBOX_WINDOW, token=token)
+    announce = announce_for(state, announce_as, poison_after_owners)
+    peek = peeked or await store.peek_inbox(session, INBOX_WINDOW, token=token, announce=announce)
     metas = peek.metas
     if not metas:
         return None
+    state.head_taken = metas[0].id if peek.owners >= 1 else ""
+    state.head_announced = metas[0].id if peek.announced else ""
     if 0 < poison_after_owners <= peek.owners - 1:
         return metas[0], peek.head, "poison", peek.state
     hold = state.hold_until

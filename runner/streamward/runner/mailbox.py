@@ -95,7 +95,7 @@ class Mailbox(Loop):
             await self._session_control(mail, actor)
             return
         if mail.kind == "cancel":
-            if actor is not None and actor.current_run_id == mail.run_id:
+            if actor is not None:  # (it keeps one for a run about to start)
                 await actor.cancel_requested(mail.run_id)
             return
         if mail.kind not in ("input", "wake"):

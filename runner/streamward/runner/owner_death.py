@@ -26,6 +26,11 @@ class SessionState:
     hold_until: str | None = None  # queue policy: inputs up to this inbox id wait
     dead: bool = False  # drop policy applied: leave at once
     drop_until: str | None = None  # drop policy: inputs up to this inbox id are dropped
+    # the inbox id of the head input whose take the last peek recorded under our token
+    # (fenced): only such a run's start is published to a waiting API (Streams.publish_start)
+    head_taken: str = ""
+    # the inbox id of the head input whose start notice that peek published itself
+    head_announced: str = ""
 
 
 class OwnerDeath:

@@ -17,6 +17,8 @@ from streamward.core import logs, tracing
 from streamward.core.contract import RUN_FAILED, TERMINAL_TYPES, Entry
 from streamward.lua.inbox import InboxItem
 from streamward.lua.keys import SessionKeys
+from streamward.lua.replies import InboxPeek
+from streamward.lua.scripts import Announce
 from streamward.lua.store import LeaseStore
 
 if TYPE_CHECKING:
@@ -109,6 +111,17 @@ class TracedStore(LeaseStore):
     async def complete_input(self, session: SessionKeys, token: int, entry_id: str) -> int:
         with tracing.child_span("completeInput", _redis("completeInput", session)):
             return await super().complete_input(session, token, entry_id)
+
+    async def advance_inbox(
+        self,
+        session: SessionKeys,
+        token: int,
+        entry_id: str,
+        count: int,
+        announce: Announce | None = None,
+    ) -> InboxPeek:
+        with tracing.child_span("advanceInbox", _redis("advanceInbox", session)):
+            return await super().advance_inbox(session, token, entry_id, count, announce)
 
     async def save_state(self, session: SessionKeys, owner: tuple[str, str, int], data: str) -> int:
         with tracing.child_span("saveState", _redis("saveState", session)):
