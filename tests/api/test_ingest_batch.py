@@ -105,3 +105,32 @@ async def test_the_batch_is_served_below_fastapi_routing_and_refusals_are_the_ap
     r = await client.post(f"{URL}/batch", headers=ADMIN, json={"batches": []})
     assert_problem(r, 422, "validation_error")
     assert served == [1]
+
+
+async def test_a_lone_ingest_is_served_below_fastapi_routing_too(
+    client: httpx.AsyncClient, runner: RunnerSide, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``POST .../ingest`` (a runner's lone post) takes the same fast path as the batch."""
+    from streamward.api.routes import ingest
+
+    served: list[str] = []
+    endpoint = ingest.ingest
+
+    async def spy(body: Any, request: Any) -> Any:
+        served.append(body.run_id)
+        return await endpoint(body, request)
+
+    monkeypatch.setattr(ingest, "ingest", spy)
+    token = await runner.claim("a")
+    one = _body("a", token, _e(1, "run.started"))
+    r = await client.post(URL, headers=ADMIN, json=one)
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    assert served == ["run_x"]
+    assert_problem(await client.post(URL, json=one), 401, "missing_token")
+    r = await client.post(URL, headers=ADMIN, json={**one, "entries": "nope"})
+    assert_problem(r, 422, "validation_error")
+    await runner.store.force_release(runner.keys("a"), "test")
+    await runner.claim("a")  # a newer owner: the first token is stale
+    stale = _body("a", token, _e(2, "run.output"))
+    assert_problem(await client.post(URL, headers=ADMIN, json=stale), 409, "stale_token")
+    assert served == ["run_x", "run_x"]  # the endpoint's own refusal, through the fast path

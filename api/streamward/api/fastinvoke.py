@@ -14,7 +14,8 @@ answered by the app's own exception handler for it.
 
 ``POST /admin/sessions/transcripts/ingest/batch`` (the runners' shippers coalesced, one
 request per few runs) is served the same way: a JSON body that validates as
-``IngestBatchRequest`` and an admin token, then the route's own endpoint function.
+``IngestBatchRequest`` and an admin token, then the route's own endpoint function; so is
+``POST /admin/sessions/transcripts/ingest`` (a lone run's post, ``IngestRequest``).
 
 Anything else (another path or mode, a body or token the app would refuse) is handed to the
 app with the body replayed, so every error answer is the app's own, byte for byte. With
@@ -37,13 +38,14 @@ from streamward.api import invoke as invocation
 from streamward.api.deps import AppState, caller_project, require_admin
 from streamward.api.problems import ProblemError
 from streamward.api.routes import ingest
-from streamward.api.schemas import IngestBatchRequest, InvokeRequest
+from streamward.api.schemas import IngestBatchRequest, IngestRequest, InvokeRequest
 from streamward.core import tracing
 from streamward.lua.errors import InvalidId
 
 INVOKE_PATH = re.compile(r"^/v1/sessions/([A-Za-z0-9._:-]{1,200})/invoke$")
 INVOKE_TEMPLATE = "/v1/sessions/{session_id}/invoke"
-INGEST_BATCH_PATH = "/admin/sessions/transcripts/ingest/batch"
+INGEST_PATH = "/admin/sessions/transcripts/ingest"
+INGEST_BATCH_PATH = f"{INGEST_PATH}/batch"
 
 
 def _post_route(routes: list[BaseRoute], path: str) -> BaseRoute:
@@ -70,17 +72,29 @@ class FastInvoke:
         self.app = app
         self.api = api
         self.route = _post_route(routes, INVOKE_TEMPLATE)
-        self.batch_route = (
-            _post_route(ingest_routes, INGEST_BATCH_PATH) if ingest_routes is not None else None
-        )
+        # path -> (body model, route, its endpoint's name in routes/ingest.py): the runners'
+        self.ingests: dict[str, tuple[Any, BaseRoute, str]] = {}
+        if ingest_routes is not None:
+            self.ingests = {
+                INGEST_PATH: (
+                    IngestRequest,
+                    _post_route(ingest_routes, INGEST_PATH),
+                    "ingest",
+                ),
+                INGEST_BATCH_PATH: (
+                    IngestBatchRequest,
+                    _post_route(ingest_routes, INGEST_BATCH_PATH),
+                    "ingest_batch",
+                ),
+            }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or tracing.TRACING_ON:
             # with tracing on, the route makes the invoke span (api/tracing.py)
             await self.app(scope, receive, send)
             return
-        if scope["path"] == INGEST_BATCH_PATH and self.batch_route is not None:
-            await self._ingest_batch(scope, receive, send)
+        if (served := self.ingests.get(scope["path"])) is not None:
+            await self._ingest(scope, receive, send, *served)
             return
         m = INVOKE_PATH.match(scope["path"])
         if m is None or not _json_content(scope):
@@ -117,7 +131,9 @@ class FastInvoke:
             response = invocation.accepted_response(accepted)
         await response(scope, replay, send)
 
-    async def _ingest_batch(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _ingest(
+        self, scope: Scope, receive: Receive, send: Send, model: Any, route: Any, endpoint: str
+    ) -> None:
         if not _json_content(scope):
             await self.app(scope, receive, send)
             return
@@ -126,11 +142,11 @@ class FastInvoke:
             return
         replay = _replay(body, receive)
         try:
-            req = IngestBatchRequest.model_validate_json(body)
+            req = model.model_validate_json(body)
         except ValidationError:
             await self.app(scope, replay, send)  # the app's 422, as the route gives it
             return
-        scope["route"] = self.batch_route
+        scope["route"] = route
         scope["path_params"] = {}
         request = Request(scope, replay)
         try:
@@ -139,7 +155,7 @@ class FastInvoke:
             await self.app(scope, replay, send)
             return
         try:
-            response = await ingest.ingest_batch(req, request)  # the route's own endpoint
+            response = await getattr(ingest, endpoint)(req, request)  # the route's own
         except Exception as exc:
             response = await self._handled(request, exc)
         await response(scope, replay, send)
