@@ -16,7 +16,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from streamward.lua import errors as E
 from streamward.lua.client import RedisClient
-from streamward.lua.inbox import InboxMeta, RawInboxEntry, parse_run_state
+from streamward.lua.inboxscripts import Announce as Announce  # re-exported
+from streamward.lua.inboxscripts import InboxScripts
 from streamward.lua.ingestscripts import IngestCall as IngestCall  # re-exported
 from streamward.lua.ingestscripts import IngestScripts
 from streamward.lua.keys import DEFAULT_TYPE, ReplicaKeys, SessionKeys
@@ -26,7 +27,6 @@ from streamward.lua.replies import (
     DuplicateInput,
     ForceReleased,
     Grant,
-    InboxPeek,
     LeaseRecord,
     LockClaim,
     NoLease,
@@ -35,7 +35,6 @@ from streamward.lua.replies import (
     as_int,
     as_list,
     as_str,
-    pairs,
     status,
 )
 from streamward.lua.replies import ok_reply as _ok
@@ -68,9 +67,9 @@ def _field_args(incarnation: str, ttl_ms: int, fields: Mapping[str, str] | None)
     return args
 
 
-class Scripts(IngestScripts):
+class Scripts(IngestScripts, InboxScripts):
     """Every script for one client, each behind its typed method (the transcript's in the
-    ``IngestScripts`` mixin)."""
+    ``IngestScripts`` mixin, the owner's inbox calls in ``InboxScripts``)."""
 
     def __init__(self, client: RedisClient) -> None:
         sources = script_sources()
@@ -304,49 +303,6 @@ class Scripts(IngestScripts):
         )
         return parse_notified(await self._by_name["notifyReplica"](keys, args))
 
-    async def peek_inbox(
-        self,
-        sk: SessionKeys,
-        count: int,
-        *,
-        with_head: bool = True,
-        token: int = 0,
-        announce: Announce | None = None,
-    ) -> InboxPeek:
-        """``announce`` = (replica id, POISON_AFTER_OWNERS): the owner runs a runnable head
-        at once, so the script publishes its start notice (includes/peekInbox.lua)."""
-        keys = [sk.inbox, sk.runs, sk.cancels, sk.meta, sk.epoch]
-        args = [count, 1 if with_head else 0, token, *_announce_args(sk, announce)]
-        raw = await self._by_name["peekInbox"](keys, args)
-        return _inbox_peek(_ok("peekInbox", as_list(raw)))
-
-    async def advance_inbox(
-        self,
-        sk: SessionKeys,
-        token: int,
-        entry_id: str,
-        count: int,
-        announce: Announce | None = None,
-    ) -> InboxPeek:
-        """completeInput then peekInbox (the new head in full, its take recorded under
-        ``token``, ``announce`` as there) in one call; raises StaleToken (nothing consumed)."""
-        keys = [sk.inbox, sk.runs, sk.cancels, sk.meta, sk.epoch]
-        args = [token, entry_id, count, *_announce_args(sk, announce)]
-        r = as_list(await self._by_name["advanceInbox"](keys, args))
-        if status(r) == E.STALE_TOKEN:
-            raise E.StaleToken(token, as_int(r[1]))
-        return _inbox_peek(_ok("advanceInbox", r))
-
-    async def complete_input(self, session: SessionKeys, token: int, entry_id: str) -> int:
-        """Pending count after the fenced XDEL; raises StaleToken."""
-        raw = await self._by_name["completeInput"](
-            [session.epoch, session.inbox, session.meta], [token, entry_id]
-        )
-        r = as_list(raw)
-        if status(r) == E.STALE_TOKEN:
-            raise E.StaleToken(token, as_int(r[1]))
-        return as_int(_ok("completeInput", r)[1])
-
     async def save_state(self, sk: SessionKeys, token: int, owner: str, data: str) -> int:
         """Fenced snapshot write (saveState-3): the saved time, Redis ms. Raises StaleToken or
         NotOwner (nothing written then). ``owner`` is ``replica|incarnation|token``."""
@@ -389,27 +345,3 @@ class Scripts(IngestScripts):
         if action is None:
             raise E.ScriptError(f"bindSession returned action {r[3]!r}")
         return Binding(as_str(r[1]), as_int(r[2]), action, as_str(r[4]), as_str(r[5]))
-
-
-# (replica id, POISON_AFTER_OWNERS) of an owner that runs a runnable head at once
-Announce = tuple[str, int]
-
-
-def _announce_args(sk: SessionKeys, announce: Announce | None) -> list[ArgT]:
-    if announce is None:
-        return ["0", 0, "", ""]
-    replica_id, poison_after = announce
-    return ["1", poison_after, sk.ref, replica_id]
-
-
-def _inbox_peek(r: Sequence[Any]) -> InboxPeek:
-    """A peekInbox / advanceInbox reply (past its status)."""
-    flat = [as_str(x) for x in as_list(r[1])]
-    metas = [InboxMeta(*flat[i : i + 3]) for i in range(0, len(flat), 3)]
-    if not metas:
-        return InboxPeek([], None, None, False)
-    head = RawInboxEntry(metas[0].id, pairs(as_list(r[2]))) if as_list(r[2]) else None
-    state_json = as_str(r[3])
-    state = parse_run_state(metas[0].run_id, state_json) if state_json else None
-    announced = len(r) > 6 and as_int(r[6]) == 1
-    return InboxPeek(metas, head, state, as_int(r[4]) == 1, as_int(r[5]), announced)
