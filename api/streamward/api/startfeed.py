@@ -29,6 +29,8 @@ from streamward.lua.keys import Keys
 from streamward.lua.work import StartNotice
 
 log = logging.getLogger("streamward.api.startfeed")
+# how long stop() and a closing subscription wait: a shutdown never hangs on pub/sub
+CLOSE_WAIT_S = 2.0
 
 
 class StartFeed:
@@ -52,8 +54,10 @@ class StartFeed:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # bounded: one CI run saw a shutdown wait 300 s on the cancelled subscription
+            done, _ = await asyncio.wait({task}, timeout=CLOSE_WAIT_S)
+            if not done:
+                log.warning("start feed: subscription not closed in %.0f s", CLOSE_WAIT_S)
 
     async def _run(self) -> None:
         failures = 0
@@ -85,4 +89,4 @@ class StartFeed:
             finally:
                 self.starts.channel = ""
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), CLOSE_WAIT_S)
