@@ -70,8 +70,10 @@ async def next_input(
     ``announce_as``: this owner's replica id when it runs a runnable head at once (see
     ``announce_for``), so the peek publishes the head's start notice itself.
     """
-    announce = announce_for(state, announce_as, poison_after_owners)
-    peek = peeked or await store.peek_inbox(session, INBOX_WINDOW, token=token, announce=announce)
+    if peeked is None:
+        announce = announce_for(state, announce_as, poison_after_owners)
+        peeked = await store.peek_inbox(session, INBOX_WINDOW, token=token, announce=announce)
+    peek = peeked
     metas = peek.metas
     if not metas:
         return None
