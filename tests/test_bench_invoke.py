@@ -21,11 +21,12 @@ def test_bench_invoke_runs_and_reports_every_figure() -> None:
             "invoke",
             *("--concurrency", "4"),
             *("--requests", "40"),
+            *("--rounds", "2"),
             *("-o", "json"),
         ],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         check=True,
     )
     res = json.loads(out.stdout)
@@ -43,10 +44,10 @@ def test_bench_invoke_runs_and_reports_every_figure() -> None:
     assert res["peers_failed"] == {}
     assert {p["name"] for p in res["peers"]} == installed
     assert set(res["peers_skipped"]) == set(peers.NAMES) - installed
-    for p in res["peers"]:
+    for p in res["peers"]:  # medians of the 2 rounds: the samples of both
         assert p["workers"] == 2 and p["version"]
-        assert p["warm"]["samples"] == 40 - 4 and p["cold"]["samples"] == 4
-        assert p["burst"]["samples"] == 4 and p["started_per_s"] > 0
+        assert p["warm"]["samples"] == 2 * (40 - 4) and p["cold"]["samples"] == 2 * 4
+        assert p["burst"]["samples"] == 2 * 4 and p["started_per_s"] > 0
         assert set(p["ratios"]) == {"warm_p50", "warm_p99", "cold_p50", "cold_p99", "started_per_s"}
     versus = res["versus_best_peer"]
     assert set(versus) == {
@@ -57,6 +58,14 @@ def test_bench_invoke_runs_and_reports_every_figure() -> None:
         "cold_over_warm_p50",
     }
     assert versus["warm_p50"]["peer"] in installed and versus["warm_p50"]["ratio"] > 0
+    # --rounds 2: streamward's figures are medians too, and each round is kept
+    assert res["rounds"] == 2 and res["invoke"]["samples"] == 2 * (40 - 4)
+    figures = res["round_figures"]
+    assert [f["order"] for f in figures] == ["streamward first", "peers first"]
+    for f in figures:
+        assert set(f["peers"]) == installed and f["streamward"]["started_per_s"] > 0
+        assert f["streamward"]["cpu_ms_per_trip"] > 0
+    assert len(versus["started_per_s"]["per_round"]) == versus["started_per_s"]["rounds"] == 2
 
 
 def test_bench_invoke_with_the_archiver_reports_archive_lag_rate_and_cpu() -> None:

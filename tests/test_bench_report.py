@@ -17,7 +17,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from streamward.tools.bench import archive, failover, invoke, peers
+from streamward.tools.bench import archive, failover, invoke, peers, rounds
 from streamward.tools.bench.cli import _extra_kwargs, app
 from streamward.tools.bench.report import (
     BENCHES,
@@ -93,7 +93,15 @@ def _results(quick_run: Path) -> dict[str, Any]:
     ]
     res.peers[0].cpu_ms_per_invoke = {"workers": 1.5, "redis": 0.3, "client": 0.4, "total": 2.2}
     res.peers_skipped = {"celery": "celery is not installed"}
+    # --rounds 2: a second round in which streamward is faster than in the first
+    again = rounds.SystemRound(raw, lat, None, 800.0, {"total": 1.6})
+    first = rounds.SystemRound(lat, lat, None, 570.0, {"total": 1.65})
+    _, res.peers, res.round_figures = rounds.run(
+        2, first, res.peers, lambda n: again, lambda n: [res.peers[0]]
+    )
+    res.rounds = 2
     res.versus_best_peer = peers.compare(lat, lat, 570.0, res.peers)
+    rounds.tally(res.versus_best_peer, res.round_figures)
     inv = asdict(res) | {
         "invoke_ratio_p50": res.invoke_ratio_p50,
         "ingest_ratio": res.ingest_ratio,
@@ -222,6 +230,9 @@ def test_every_section_renders_with_numbers(quick_run: Path, tmp_path: Path) -> 
     # CPU per round trip beside each system's figures ("-" for a peer measured without it)
     assert "| CPU ms / round trip |" in md and "| 2.20 |" in md and "| - |" in md
     assert "peer celery skipped: celery is not installed" in md
+    # --rounds: the figures are medians, and each round has its row
+    assert "Medians of 2 rounds" in md and "| 2 | peers first |" in md
+    assert any("median of 2 rounds (met in " in r[0] for r in rows)
     assert any(r[0].startswith("detached invoke p50 vs the best Redis job queue") for r in rows)
     assert any("(saq 1.0)" in r[2] and r[5] == "**NOT met**" for r in rows)
     for name in ("heartbeat.png", "failover.png", "invoke_peers.png"):

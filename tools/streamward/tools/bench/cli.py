@@ -64,6 +64,13 @@ def invoke(
             "and CPU figures.",
         ),
     ] = False,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="Repeat streamward and the peers N times in alternating order and compare "
+            "each system's medians (one run moves +-20% on a shared machine).",
+        ),
+    ] = 1,
 ) -> None:
     """Detached invoke latency and ingest throughput vs raw Redis and Redis job queues."""
     from streamward.tools.bench.invoke import main as run
@@ -75,6 +82,7 @@ def invoke(
             output=output,
             peers=peers,
             archiver=archiver,
+            rounds=rounds,
         )
     )
 

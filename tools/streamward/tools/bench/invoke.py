@@ -36,9 +36,9 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import httpx
@@ -57,6 +57,9 @@ from streamward.tools.bench.archive import (
 )
 from streamward.tools.fleet import Fleet
 from streamward.tools.server import RedisServer
+
+if TYPE_CHECKING:
+    from streamward.tools.bench.rounds import SystemRound
 
 TARGET_P50_MS = 15.0
 TARGET_P99_MS = 60.0
@@ -114,6 +117,11 @@ class Results:
     versus_best_peer: dict[str, Any] = field(default_factory=dict)
     # with --archiver: the record's lag and throughput while the bench ran (bench/archive.py)
     archive: ArchiveFigures | None = None
+    # with --rounds N > 1 (bench/rounds.py): the warm, cold, burst, throughput and CPU
+    # figures above and every peer's are medians over N rounds, and each round's own figures
+    # are here; the single caller, raw baselines and ingest are round 1's
+    rounds: int = 1
+    round_figures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def invoke_ratio_p50(self) -> float:
@@ -598,7 +606,10 @@ def render_peers(res: Results, console: Console) -> None:
     """The side-by-side table: every peer, then streamward, and its ratio to the best peer."""
     if not (res.peers or res.peers_skipped or res.peers_failed):
         return
-    t = Table(title=f"detached invoke vs Redis job queues, {res.concurrency} callers, same run")
+    medians = f", medians of {res.rounds} rounds" if res.rounds > 1 else ""
+    t = Table(
+        title=f"detached invoke vs Redis job queues, {res.concurrency} callers, same run{medians}"
+    )
     cols = ("system", "warm p50 ms", "warm p99 ms", "started/s", "CPU ms/trip", "cold p50 ms")
     for col in (*cols, "cold p99 ms"):
         t.add_column(col)
@@ -632,40 +643,27 @@ def render_peers(res: Results, console: Console) -> None:
             f"{name}: streamward {v['streamward']:,.2f}{against}: ratio "
             f"{v.get('ratio', v['streamward']):.2f}x, target {v['target']}"
             + ("" if v["met"] is None else f" {_yes(v['met'])}")
+            + (
+                f"; rounds {', '.join(f'{r:.2f}x' for r in v['per_round'])}: met in "
+                f"{v['met_rounds']}/{v['rounds']}"
+                if v.get("per_round")
+                else ""
+            )
         )
+    if res.round_figures:
+        render_rounds(res, console)
     for name, why in res.peers_skipped.items():
         console.print(f"[yellow]peer {name} skipped: {why}[/yellow]")
     for name, why in res.peers_failed.items():
         console.print(f"[red]peer {name} failed: {why}[/red]")
 
 
-def main(
-    concurrency: int = 50,
-    requests: int = 5000,
-    output: str = "table",
-    peers: Sequence[str] | None = None,
-    archiver: bool = False,
-) -> int:
-    """Run the bench; print a table (or JSON with ``output="json"``); 0 when it ran.
-
-    ``peers``: which Redis job queues to measure beside streamward (bench/peers.py; names,
-    comma-separated allowed); None = every installed one, ``["none"]`` = none. ``archiver``:
-    the record on (an embedded PostgreSQL and one archiver), with its lag and CPU reported.
-    """
-    from streamward.tools.bench import peers as peerbench
-
-    if output not in ("table", "json"):
-        print(f"unknown output {output!r}: table or json", file=sys.stderr)
-        return 2
-    if concurrency < 1 or requests < concurrency:
-        print("need concurrency >= 1 and requests >= concurrency", file=sys.stderr)
-        return 2
-    try:
-        to_run, skipped = peerbench.select(peers)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    console = Console(stderr=output == "json")
+@contextlib.contextmanager
+def _streamward_up(
+    console: Console, archiver: bool, status: Any
+) -> Iterator[tuple[str, str, Fleet, str, dict[str, list[int]], str | None]]:
+    """A throwaway redis-server, one API and two runners (and with ``archiver`` an embedded
+    PostgreSQL and one archiver): (redis url, api url, fleet, database url, pids)."""
     with RedisServer() as server, Fleet(server.url) as fleet, contextlib.ExitStack() as stack:
         console.print(f"redis {server.url}; 1 API and 2 runners (echo handler)")
         database_url: str | None = None
@@ -679,34 +677,161 @@ def main(
             extra_pids["archiver"] = [dev_record.start_archiver(fleet, database_url)]
             if pg.proc is not None:
                 extra_pids["postgres"] = [pg.proc.pid]  # its backends added once connected
-        # progress on the console (stderr with -o json, so stdout stays one JSON document)
-        with console.status("starting the API...") as status:
-            api = fleet.start_api()
-            runners = []
-            for i in (1, 2):
-                status.update(f"starting runner {i}/2...")
-                runners.append(fleet.start_runner(f"bench-runner-{i}").pid)
-            pids = {"api": [api.pid], "runners": runners}
-            if server.proc is not None:
-                pids["redis"] = [server.proc.pid]
-            pids.update(extra_pids)  # what the record costs, beside the rest
-            res = _run_loop(
-                _run_measured(
-                    fleet, server.url, api.url, concurrency, requests, status.update, pids,
-                    database_url,
-                )
-            )  # fmt: skip
-    # after streamward's API and runners are gone: each peer has the machine to itself too
-    res.peers_skipped = skipped
+        status.update("starting the API...")
+        api = fleet.start_api()
+        runners = []
+        for i in (1, 2):
+            status.update(f"starting runner {i}/2...")
+            runners.append(fleet.start_runner(f"bench-runner-{i}").pid)
+        pids = {"api": [api.pid], "runners": runners}
+        if server.proc is not None:
+            pids["redis"] = [server.proc.pid]
+        pids.update(extra_pids)  # what the record costs, beside the rest
+        yield server.url, api.url, fleet, fleet.admin_token, pids, database_url
+
+
+async def _invoke_round(
+    api_url: str, concurrency: int, requests: int, pids: dict[str, list[int]]
+) -> SystemRound:
+    """A later round of ``--rounds``: warm-up, then the cold, burst and warm invokes."""
+    from streamward.tools.bench.rounds import SystemRound
+
+    await bench_invoke(api_url, min(4, concurrency), 200, "warmup")
+    cpu = CpuMeter(pids)
+    warm, cold, _, burst = await bench_invoke(
+        api_url, concurrency, requests, uuid.uuid4().hex[:6], cpu=cpu
+    )
+    measured = warm.samples + (burst.samples if burst is not None else 0)
+    per_s = round(measured / cpu.wall_s, 1) if cpu.wall_s > 0 else 0.0
+    return SystemRound(warm, cold, burst, per_s, cpu.per_invoke_ms(measured))
+
+
+def _measure_peers(
+    to_run: Sequence[Any], concurrency: int, requests: int, console: Console, failed: dict[str, str]
+) -> list[Any]:
+    """Every peer, one after the other; a broken one is recorded in ``failed``, not raised."""
+    from streamward.tools.bench import peers as peerbench
+
+    out = []
     for peer in to_run:
         with console.status(f"peer {peer.name}: {requests} handshakes, {concurrency} callers..."):
             try:
-                res.peers.append(peerbench.run_peer(peer, concurrency, requests, _run_loop))
+                out.append(peerbench.run_peer(peer, concurrency, requests, _run_loop))
             except Exception as exc:  # one broken peer is news, not the end of the bench
-                res.peers_failed[peer.name] = f"{type(exc).__name__}: {exc}"[:2000]
+                failed[peer.name] = f"{type(exc).__name__}: {exc}"[:2000]
+    return out
+
+
+def render_rounds(res: Results, console: Console) -> None:
+    """One row per round: streamward's figures beside the round's best peer's."""
+    t = Table(title=f"each of the {res.rounds} rounds (streamward vs the round's best peer)")
+    for col in ("round", "order", "started/s", "÷ best", "warm p50 ms", "÷ best", "CPU ms/trip"):
+        t.add_column(col)
+
+    def ratio(versus: dict[str, Any], key: str) -> str:
+        v = versus.get(key)
+        return f"{v['ratio']:.2f}x ({v['peer']})" if v else "-"
+
+    for f in res.round_figures:
+        ours, versus = f["streamward"], f["versus_best_peer"]
+
+        best_cpu = min((p["cpu_ms_per_trip"] for p in f["peers"].values()), default=0.0)
+        t.add_row(
+            str(f["round"]),
+            f["order"],
+            f"{ours['started_per_s']:,.0f}",
+            ratio(versus, "started_per_s"),
+            f"{ours['warm_p50_ms']:.2f}",
+            ratio(versus, "warm_p50"),
+            f"{ours['cpu_ms_per_trip']:.2f} (peers' lowest {best_cpu:.2f})",
+        )
+    console.print(t)
+
+
+def main(
+    concurrency: int = 50,
+    requests: int = 5000,
+    output: str = "table",
+    peers: Sequence[str] | None = None,
+    archiver: bool = False,
+    rounds: int = 1,
+) -> int:
+    """Run the bench; print a table (or JSON with ``output="json"``); 0 when it ran.
+
+    ``peers``: which Redis job queues to measure beside streamward (bench/peers.py; names,
+    comma-separated allowed); None = every installed one, ``["none"]`` = none. ``archiver``:
+    the record on (an embedded PostgreSQL and one archiver), with its lag and CPU reported.
+    ``rounds``: the comparison repeated in alternating order, medians compared
+    (bench/rounds.py).
+    """
+    from streamward.tools.bench import peers as peerbench
+    from streamward.tools.bench import rounds as roundbench
+
+    if output not in ("table", "json"):
+        print(f"unknown output {output!r}: table or json", file=sys.stderr)
+        return 2
+    if concurrency < 1 or requests < concurrency:
+        print("need concurrency >= 1 and requests >= concurrency", file=sys.stderr)
+        return 2
+    if rounds < 1 or (rounds > 1 and archiver):
+        print(
+            "need --rounds >= 1, and --rounds 1 with --archiver (the rounds repeat the race "
+            "against the job queues, which the archive bench does not run)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        to_run, skipped = peerbench.select(peers)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    console = Console(stderr=output == "json")
+    # progress on the console (stderr with -o json, so stdout stays one JSON document)
+    with (
+        console.status("starting...") as status,
+        _streamward_up(console, archiver, status) as (redis_url, api_url, fleet, _, pids, db),
+    ):
+        res = _run_loop(
+            _run_measured(
+                fleet, redis_url, api_url, concurrency, requests, status.update, pids, db
+            )
+        )  # fmt: skip
+    # after streamward's API and runners are gone: each peer has the machine to itself too
+    res.peers_skipped = skipped
+    res.peers = _measure_peers(to_run, concurrency, requests, console, res.peers_failed)
+    if rounds > 1:
+
+        def streamward_round(n: int) -> roundbench.SystemRound:
+            with (
+                console.status(f"round {n}/{rounds}: streamward...") as status,
+                _streamward_up(console, False, status) as (_, api_url, _, _, pids, _),
+            ):
+                status.update(f"round {n}/{rounds}: {requests} detached invokes...")
+                return _run_loop(_invoke_round(api_url, concurrency, requests, pids))
+
+        def peers_round(n: int) -> list[Any]:
+            console.print(f"round {n}/{rounds}: the peers")
+            return _measure_peers(to_run, concurrency, requests, console, res.peers_failed)
+
+        first = roundbench.SystemRound(
+            res.invoke, res.invoke_cold, res.invoke_burst, res.invokes_per_s,
+            res.cpu_ms_per_invoke,
+        )  # fmt: skip
+        ours, res.peers, res.round_figures = roundbench.run(
+            rounds, first, res.peers, streamward_round, peers_round
+        )
+        res.rounds = rounds
+        res.invoke, res.invoke_cold, res.invoke_burst = ours.warm, ours.cold, ours.burst
+        res.invokes_per_s, res.cpu_ms_per_invoke = ours.started_per_s, ours.cpu_ms_per_invoke
+        res.closed_loop_floor_ms = round(
+            concurrency * ours.cpu_ms_per_invoke.get("total", 0.0) / res.cores, 2
+        )
+        res.p50_met = res.invoke.p50_ms <= TARGET_P50_MS
+        res.p99_met = res.invoke.p99_ms <= TARGET_P99_MS
     res.versus_best_peer = peerbench.compare(
         res.invoke, res.invoke_cold, res.invokes_per_s, res.peers
     )
+    roundbench.tally(res.versus_best_peer, res.round_figures)
     if output == "json":
         out = asdict(res) | {
             "invoke_ratio_p50": res.invoke_ratio_p50,

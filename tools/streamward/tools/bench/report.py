@@ -45,7 +45,7 @@ COMMANDS = {"archive": report_archive.COMMAND}
 FULL_ARGS: dict[str, list[str]] = {
     "heartbeat": ["--leases", "100000"],
     "failover": ["--trials", "20"],
-    "invoke": ["--concurrency", "50", "--requests", "5000"],
+    "invoke": ["--concurrency", "50", "--requests", "5000", "--rounds", "3"],
     "archive": report_archive.FULL_ARGS,
     "rollout": [],
 }
@@ -1059,6 +1059,11 @@ def _invoke_sections(
             _table(report_peers.TABLE_HEADER, report_peers.table_rows(inv), "lrrrrrrrr"),
             *report_peers.notes(inv),
         )
+        if rows := report_peers.rounds_rows(inv):
+            doc.add(
+                report_peers.ROUNDS_TEXT.format(n=inv["rounds"]),
+                _table(report_peers.ROUNDS_HEADER, rows, "llrrrrrr"),
+            )
         if plot:
             doc.add(f"![warm round trip and started/s: Redis job queues and streamward]({plot})")
     doc.add(
@@ -1254,6 +1259,7 @@ def _reproduce(doc: _Doc) -> None:
         "streamward bench failover --trials 20\n"
         "streamward bench invoke --concurrency 50 --requests 5000   # + saq, arq, Celery\n"
         "streamward bench invoke --peers saq,celery   # a subset of the peers (or: none)\n"
+        "streamward bench invoke --rounds 3   # alternate with the peers 3 times, compare medians\n"
         "streamward bench invoke --archiver --peers none   # the record on: lag, throughput\n"
         "```",
         "Each bench starts its own throwaway `redis-server` (never port 6379) and, for failover "

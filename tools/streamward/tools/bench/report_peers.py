@@ -20,6 +20,13 @@ def _unit(key: str, v: float) -> str:
     return f"{v:,.0f} /s" if key == "started_per_s" else f"{v:,.2f} ms"
 
 
+def _rounds(v: dict[str, Any]) -> str:
+    """ ", median of 3 rounds (met in 2)" under ``--rounds``; "" for a single run."""
+    if not v.get("rounds") or v["rounds"] < 2:
+        return ""
+    return f", median of {v['rounds']} rounds (met in {v['met_rounds']})"
+
+
 def _met(ok: bool | None) -> str:
     return "-" if ok is None else ("met" if ok else "**NOT met**")
 
@@ -33,7 +40,7 @@ def summary_rows(inv: dict[str, Any]) -> list[list[str]]:
         if v := versus.get(key):
             rows.append(
                 [
-                    f"{title}, concurrency {inv['concurrency']}",
+                    f"{title}, concurrency {inv['concurrency']}{_rounds(v)}",
                     _unit(key, v["streamward"]),
                     f"{_unit(key, v['peer_value'])} ({labels.get(v['peer'], v['peer'])})",
                     f"{v['ratio']:.2f}x",
@@ -115,6 +122,52 @@ TEXT = (
     "from `/proc`; on a shared machine it moves far less from run to run than started/s. The "
     "peers run after streamward's API and runners have stopped, one after the other."
 )
+
+
+ROUNDS_HEADER = (
+    "round",
+    "order",
+    "streamward started/s",
+    "÷ best peer",
+    "streamward warm p50 ms",
+    "÷ best peer",
+    "CPU ms / round trip: streamward",
+    "lowest peer",
+)
+
+ROUNDS_TEXT = (
+    "Medians of {n} rounds: the figures above are each system's median over {n} rounds "
+    "(`--rounds {n}`, `streamward.tools.bench.rounds`). Each round measures streamward on a "
+    "fresh redis-server, API and runners, and every peer on fresh ones, streamward first in "
+    "odd rounds and the peers first in even ones, so a slow spell of the shared machine "
+    "falls on both sides. Each round against that round's best peer:"
+)
+
+
+def rounds_rows(inv: dict[str, Any]) -> list[list[str]]:
+    """One row per round of ``--rounds``: streamward's figures and its ratios to the
+    round's best peer ([] for a single run)."""
+    rows = []
+    for f in inv.get("round_figures") or []:
+        ours, versus = f["streamward"], f["versus_best_peer"]
+        cpus = [p["cpu_ms_per_trip"] for p in f["peers"].values()]
+        rows.append(
+            [
+                str(f["round"]),
+                f["order"],
+                f"{ours['started_per_s']:,.0f}",
+                _ratio(versus.get("started_per_s")),
+                f"{ours['warm_p50_ms']:.2f}",
+                _ratio(versus.get("warm_p50")),
+                f"{ours['cpu_ms_per_trip']:.2f}",
+                f"{min(cpus):.2f}" if cpus else "-",
+            ]
+        )
+    return rows
+
+
+def _ratio(v: dict[str, Any] | None) -> str:
+    return f"{v['ratio']:.2f}x ({v['peer']}){'' if v['met'] else ' NOT met'}" if v else "-"
 
 
 def _cpu(cpu: dict[str, float] | None) -> str:
