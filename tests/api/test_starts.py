@@ -252,3 +252,31 @@ async def test_a_refused_subscription_names_no_channel_and_invokes_use_the_log(
             assert peek.owners == 1 and not peek.announced  # the take stands, no notice
     finally:
         await redis_client.acl_deluser("nochan")
+
+
+async def test_stopping_the_feed_at_any_moment_of_its_subscribe_ends_it(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Python 3.11's asyncio.wait_for (redis-py wraps each command write in it) loses a cancel
+    # landing as the write completes (cpython#86296): stop() must not rely on one cancel.
+    # Stopping after every number of loop steps through connect + SUBSCRIBE hits that window.
+    from streamward.api import startfeed
+    from streamward.api.main import make_redis
+    from streamward.lua.keys import Keys
+
+    monkeypatch.setattr(startfeed, "CLOSE_WAIT_S", 0.5)
+    for steps in range(30):
+        client = make_redis(settings)
+        feed = startfeed.StartFeed(client, Keys(), StartWaiters())
+        feed.start()
+        task = feed._task
+        assert task is not None
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        await feed.stop()
+        alive = not task.done()
+        if alive:
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
+        await client.aclose()
+        assert not alive, f"the feed still runs after stop() at step {steps}"

@@ -6,6 +6,8 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 
+from streamward.core.tasks import cancel_until_done
+
 log = logging.getLogger("streamward.runner")
 
 RESTART_DELAY_S = 1.0
@@ -35,8 +37,8 @@ class Loop(ABC):
         task = self._task
         if task is None:
             return
-        task.cancel()
-        await asyncio.wait({task})
+        # again until it ends: a cancel landing in a redis-py write can be lost (core/tasks.py)
+        await cancel_until_done(task)
 
     async def _supervise(self) -> None:
         while True:
