@@ -419,6 +419,25 @@ async def bench_ingest_raw(redis_url: str, total: int) -> float:
 # -- driver ----------------------------------------------------------------------------------
 
 
+async def _prelude(
+    api_url: str,
+    redis_url: str,
+    admin_token: str,
+    concurrency: int,
+    phase: Callable[[str], object],
+    ingest: bool = True,
+) -> Latency:
+    """What comes before the measured invokes, in every round alike: a warm-up (invokes and
+    ingests, so imports, script caches, pools are hot; a fleet measured in its first seconds
+    answers the cold burst up to twice as slowly), then one caller alone (returned)."""
+    phase("warming up...")
+    await bench_invoke(api_url, min(4, concurrency), 200, "warmup")
+    if ingest:
+        await bench_ingest(api_url, redis_url, admin_token, INGEST_SESSIONS * INGEST_BATCH * 2)
+    phase(f"1/4 detached invokes: {SINGLE_CALLER_REQUESTS} from one caller...")
+    return (await bench_invoke(api_url, 1, SINGLE_CALLER_REQUESTS, uuid.uuid4().hex[:6]))[0]
+
+
 async def _run(
     fleet: Fleet,
     redis_url: str,
@@ -432,17 +451,7 @@ async def _run(
     """``ingest`` False (the record on): no admin ingest phases. Their sessions are never
     invoked, so never archived; they would only pad the archive lag's samples with idle
     time. The plain invoke bench of the same run has the ingest figures."""
-    # warm-up: invokes and ingests so imports, script caches, pools (and the API's learning
-    # where run starts are ingested, api/starts.py) are hot
-    phase("warming up...")
-    await bench_invoke(api_url, min(4, concurrency), 200, "warmup")
-    if ingest:
-        await bench_ingest(
-            api_url, redis_url, fleet.admin_token, INGEST_SESSIONS * INGEST_BATCH * 2
-        )
-
-    phase(f"1/4 detached invokes: {SINGLE_CALLER_REQUESTS} from one caller...")
-    single, _, _, _ = await bench_invoke(api_url, 1, SINGLE_CALLER_REQUESTS, uuid.uuid4().hex[:6])
+    single = await _prelude(api_url, redis_url, fleet.admin_token, concurrency, phase, ingest)
     phase(f"1/4 detached invokes: {requests} through the API, {concurrency} callers...")
     cpu = CpuMeter(pids or {})
     warm, cold, statuses, burst = await bench_invoke(
@@ -691,12 +700,20 @@ def _streamward_up(
 
 
 async def _invoke_round(
-    api_url: str, concurrency: int, requests: int, pids: dict[str, list[int]]
+    api_url: str,
+    redis_url: str,
+    admin_token: str,
+    concurrency: int,
+    requests: int,
+    pids: dict[str, list[int]],
+    phase: Callable[[str], object],
 ) -> SystemRound:
-    """A later round of ``--rounds``: warm-up, then the cold, burst and warm invokes."""
+    """A later round of ``--rounds``: round 1's prelude, then the cold, burst and warm
+    invokes."""
     from streamward.tools.bench.rounds import SystemRound
 
-    await bench_invoke(api_url, min(4, concurrency), 200, "warmup")
+    await _prelude(api_url, redis_url, admin_token, concurrency, phase)
+    phase(f"{requests} detached invokes, {concurrency} callers...")
     cpu = CpuMeter(pids)
     warm, cold, _, burst = await bench_invoke(
         api_url, concurrency, requests, uuid.uuid4().hex[:6], cpu=cpu
@@ -804,10 +821,15 @@ def main(
         def streamward_round(n: int) -> roundbench.SystemRound:
             with (
                 console.status(f"round {n}/{rounds}: streamward...") as status,
-                _streamward_up(console, False, status) as (_, api_url, _, _, pids, _),
+                _streamward_up(console, False, status) as (redis, api, _, token, pids, _),
             ):
-                status.update(f"round {n}/{rounds}: {requests} detached invokes...")
-                return _run_loop(_invoke_round(api_url, concurrency, requests, pids))
+
+                def phase(what: str) -> None:
+                    status.update(f"round {n}/{rounds}: {what}")
+
+                return _run_loop(
+                    _invoke_round(api, redis, token, concurrency, requests, pids, phase)
+                )
 
         def peers_round(n: int) -> list[Any]:
             console.print(f"round {n}/{rounds}: the peers")

@@ -9,8 +9,10 @@ and the peers first in even ones (A B B A ...), so a drift of the machine falls 
 sides. The figures compared are each system's **median over the rounds**; every round's
 own figures and ratios are kept beside them, with how many rounds met each target.
 
-Round 1 is the full bench (single caller, raw baselines, ingest); later rounds repeat only
-what the comparison needs: the cold, burst and warm invokes with their CPU.
+Round 1 is the full bench (single caller, raw baselines, ingest); later rounds repeat round
+1's prelude (the warm-up and the single caller: a fleet measured in its first seconds
+answers the cold burst up to twice as slowly) and what the comparison needs: the cold,
+burst and warm invokes with their CPU.
 """
 
 from __future__ import annotations
