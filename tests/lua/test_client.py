@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -191,6 +192,35 @@ async def test_standalone_client_works_and_blocks_for_a_free_connection(
         assert lease.token >= 1
     finally:
         await client.aclose()
+
+
+async def test_connections_name_streamward_without_a_metadata_lookup_each(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py's default looks its own version up in the package metadata for every new
+    # connection (~1 ms of CPU): a burst of blocking reads opened dozens at once
+    def no_lookup() -> str:
+        raise AssertionError("redis-py looked its version up for a connection")
+
+    monkeypatch.setattr("redis.utils.get_lib_version", no_lookup)
+    client = connect(redis_server.url, max_connections=8, blocking=True)
+    sync = connect_sync(RedisConfig(url=redis_server.url))
+    try:
+        # eight connections at once: a blocking read holds each one
+        await asyncio.gather(*(client.xread({"client-test:none": "$"}, block=50) for _ in range(8)))
+        assert sync.ping()
+        # what CLIENT SETINFO sends (Redis 7.2+ shows it in CLIENT LIST; older ones refuse
+        # SETINFO, which redis-py ignores)
+        for kwargs in (
+            client.connection_pool.connection_kwargs,
+            sync.connection_pool.connection_kwargs,
+        ):
+            info = kwargs["driver_info"]
+            assert info.formatted_name.startswith("redis-py(streamward_v")
+            assert info.lib_version == redis.__version__
+    finally:
+        await client.aclose()
+        sync.close()
 
 
 # -- real transports: unix socket, password, TLS ------------------------------------------------
