@@ -182,6 +182,46 @@ async def test_the_owners_notice_answers_the_invoke_before_any_transcript(
     assert 'streamward_api_start_waits_total{how="memory"} 1.0' in metrics
 
 
+async def test_a_fresh_process_that_named_its_channel_waits_for_the_notice_in_memory(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    runner: RunnerSide,
+    streams: Streams,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No learning needed: a process that has not yet scored a single start (a cold burst
+    right after it started) must not tail the log, a blocking XREAD and a connection per
+    invoke, while the owner's notice is on its way to it."""
+    channel = await _subscribed(app)
+    assert not _state(app).starts.trusted
+    tails: list[str] = []
+    real_wait_log = Streams.wait_log
+
+    async def wait_log(self: Streams, sk: Any, *args: Any, **kwargs: Any) -> Any:
+        tails.append(sk.ref)
+        return await real_wait_log(self, sk, *args, **kwargs)
+
+    monkeypatch.setattr(Streams, "wait_log", wait_log)
+    task = asyncio.create_task(
+        client.post("/v1/sessions/s1/invoke", json={"input": 1, "mode": "detached"})
+    )
+    [item] = await runner.wait_inbox("s1")
+    token = await runner.claim("s1")
+    await streams.publish_start(channel, StartNotice("default/s1", item.run_id, "replica-a", token))
+    r = await asyncio.wait_for(task, 5)
+    assert r.status_code == 202 and r.json()["status"] == "running", r.text
+    assert tails == []
+    # an idempotent retry answers for the first request's run, whose notice went wherever
+    # that request named: it tails the log (no owner here: both answer queued at the timeout)
+    monkeypatch.setattr(_state(app).settings, "start_timeout_s", 0.3)
+    body = {"input": 1, "mode": "detached", "idempotency_key": "k1"}
+    first = await client.post("/v1/sessions/s2/invoke", json=body)
+    assert first.status_code == 202 and first.json()["status"] == "queued"
+    tails.clear()
+    again = await client.post("/v1/sessions/s2/invoke", json=body)
+    assert again.json()["run_id"] == first.json()["run_id"] and "default/s2" in tails
+
+
 async def test_a_streamed_invoke_names_no_channel(
     app: FastAPI, client: httpx.AsyncClient, runner: RunnerSide
 ) -> None:

@@ -81,17 +81,25 @@ def _accepted_from_start(sk: SessionKeys, run_id: str, first: Entry) -> InvokeAc
 
 
 async def wait_start(
-    state: AppState, sk: SessionKeys, run_id: str, after: str, started: asyncio.Future[Entry]
+    state: AppState,
+    sk: SessionKeys,
+    run_id: str,
+    after: str,
+    started: asyncio.Future[Entry],
+    notified: bool = False,
 ) -> InvokeAccepted:
     """Wait until ``run_id`` starts (or ends), or answer queued at the start timeout: in
-    memory when this process ingests the start (see api/starts.py), else (and always in the
-    end) by tailing the log from ``after``, the position read before the append."""
+    memory when the owner's start notice comes here (``notified``: the input named this
+    process's channel) or this process ingests the start (see api/starts.py), else (and
+    always in the end) by tailing the log from ``after``, the position read before the
+    append."""
     settings = state.settings
     deadline = time.monotonic() + settings.start_timeout_s
-    if state.starts.trusted:
-        # this process ingests (nearly) every start it waits for: no Redis call unless the
-        # start is slow, then the log tail below takes over (it misses nothing: it reads
-        # from the position seen at submit)
+    if notified or state.starts.trusted:
+        # the start is (nearly always) heard here: no Redis call unless it is slow, then
+        # the log tail below takes over (it misses nothing: it reads from the position
+        # seen at submit). Notices need no learning: a fresh process, or one whose every
+        # invoke is a new session's, waits in memory from its first invoke on.
         await asyncio.wait({started}, timeout=min(LOCAL_WAIT_S, settings.start_timeout_s))
     count = state.metrics.start_wait if state.metrics is not None else None
     cursor = after
@@ -223,6 +231,7 @@ async def invoke_detached(
     # registered before the append: the run may start (its start ingested right here)
     # before the submit's last round trip returns
     started = starts.register(sk.ref, run_id)
+    channel = starts.channel  # "" while not subscribed: then no owner is asked to notify
     waited: InvokeAccepted | None = None
     try:
         got_id, after, rs = await submit(
@@ -233,15 +242,19 @@ async def invoke_detached(
             body,
             run_id,
             quotas=quotas_of(state),
-            starts_to=starts.channel,
+            starts_to=channel,
         )
+        # an idempotent retry's run named the channel of the request that made it, if any
+        notified = bool(channel) and got_id == run_id
         if got_id != run_id:  # an idempotent retry of an earlier run
             starts.done(sk.ref, run_id, waited=False)
             run_id = got_id
             started = starts.register(sk.ref, run_id)
         accepted = _accepted_from_state(sk, rs) if rs is not None else None
         if accepted is None:
-            accepted = waited = await wait_start(state, sk, run_id, after, started)
+            accepted = waited = await wait_start(
+                state, sk, run_id, after, started, notified=notified
+            )
     finally:
         starts.done(sk.ref, run_id, waited=waited is not None and waited.status != "queued")
     return accepted

@@ -8,12 +8,15 @@ it does not wait for the transcript), and this process's own ingest of the run's
 ``run.started`` (the runner ships it through an API's admin ingest endpoint: with one API
 process, or when the ingest lands where the caller waits, this process has just written it).
 
-Whether to wait in memory first is learnt, not configured: every wait is later scored by
-whether its run's start was heard (notice or ingest) by this process. When (almost) all are (one API
-process, or runners pointed at this one), waiters wait in memory first, up to
-``LOCAL_WAIT_S``, then tail the log as before; otherwise (several API processes behind a
-balancer) they tail the log at once, and an ingest seen here still ends the wait early.
-Nothing is ever missed: the log tail from the submit position always follows.
+An invoke that named this process's notice channel waits in memory first, up to
+``LOCAL_WAIT_S``, then tails the log: its owner's notice comes here, whichever process
+ingests the transcript. Without a channel (not subscribed; Cluster), whether to wait in
+memory first is learnt, not configured: every wait is later scored by whether its run's
+start was heard (notice or ingest) by this process. When (almost) all are (one API process,
+or runners pointed at this one), waiters wait in memory first; otherwise (several API
+processes behind a balancer) they tail the log at once, and an ingest seen here still ends
+the wait early. Nothing is ever missed: the log tail from the submit position always
+follows.
 """
 
 from __future__ import annotations
