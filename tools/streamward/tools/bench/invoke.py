@@ -672,7 +672,8 @@ def _streamward_up(
     console: Console, archiver: bool, status: Any
 ) -> Iterator[tuple[str, str, Fleet, str, dict[str, list[int]], str | None]]:
     """A throwaway redis-server, one API and two runners (and with ``archiver`` an embedded
-    PostgreSQL and one archiver): (redis url, api url, fleet, database url, pids)."""
+    PostgreSQL and one archiver): (redis url, api url, fleet, admin token, pids, database
+    url or None)."""
     with RedisServer() as server, Fleet(server.url) as fleet, contextlib.ExitStack() as stack:
         console.print(f"redis {server.url}; 1 API and 2 runners (echo handler)")
         database_url: str | None = None
