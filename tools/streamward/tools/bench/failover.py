@@ -136,10 +136,13 @@ class Bench:
         sid = f"kill-{t}"
         acc = self.invoke(sid, LONG_RUN)
         old = self.owner(sid, acc)
-        if old is None:
+        # the 202 says the owner took the input (its start notice), not that the run's
+        # run.started is stored yet: the new owner's is the one after the old owner's
+        stored = self.wait_entry(sid, "0-0", acc["run_id"], "run.started", 30)
+        if old is None or stored is None:
             self.cancel(sid)
             return None
-        after = self.last_id(sid)
+        after = stored[0]
         ttl_s = int(self.fleet.env["STREAMWARD_REPLICA_TTL_MS"]) / 1000
         # trials follow each other at a pace set by the previous expiry; without this the
         # kill would land at the same point of the owner's heartbeat cycle every time
