@@ -70,22 +70,35 @@ class LagSampler:
         self.started = time.monotonic()
         self._task = asyncio.create_task(self._loop())
 
+    async def _entries_in_redis(self) -> int:
+        """Every transcript entry in the session logs (what a caught-up archive holds)."""
+        total = 0
+        async for key in self.client.scan_iter(match=f"{Keys().prefix}:{{*}}:log", count=1000):
+            total += int(await self.client.xlen(key))
+        return total
+
     async def finish(self, database_url: str) -> ArchiveFigures:
-        """Stop sampling, wait for the archive to catch up, count what it holds."""
+        """Stop sampling, wait for the archive to catch up, count what it holds.
+
+        Caught up: nothing due *and* every entry of the logs archived. Nothing due alone is
+        not enough: a session reaches the archiver's work set only when it is next fed, so
+        right after a short run nothing may be due yet with nothing archived."""
         if self._task is not None:
             self._task.cancel()
         ran_s = time.monotonic() - self.started
         t0 = time.monotonic()
-        while time.monotonic() - t0 < CATCH_UP_TIMEOUT_S:
-            if await self._lag_s() == 0:
-                break
-            await asyncio.sleep(SAMPLE_S)
-        catch_up_s = time.monotonic() - t0
+        expected = await self._entries_in_redis()
         conn: Any = await asyncpg.connect(database_url)
         try:
-            archived = int(await conn.fetchval("SELECT count(*) FROM transcript_entries"))
+            while True:
+                archived = int(await conn.fetchval("SELECT count(*) FROM transcript_entries"))
+                caught_up = archived >= expected and await self._lag_s() == 0
+                if caught_up or time.monotonic() - t0 >= CATCH_UP_TIMEOUT_S:
+                    break
+                await asyncio.sleep(SAMPLE_S)
         finally:
             await conn.close()
+        catch_up_s = time.monotonic() - t0
         await self.client.aclose()
         lags = sorted(self.lags) or [0.0]
         return ArchiveFigures(
