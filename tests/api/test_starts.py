@@ -76,6 +76,41 @@ async def test_trust_is_learnt_from_where_starts_were_ingested(
     assert list(w._waits) == [("p/s", "flush-3")]  # scored or not, ended waits are forgotten
 
 
+async def test_notices_that_do_not_come_are_learnt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # runners whose Redis user may not publish: notified waits end without a notice
+    monkeypatch.setattr(streamward.api.starts, "SCORE_AFTER_S", 0.0)
+    w = StartWaiters()
+    assert w.notices_trusted  # a fresh process trusts them
+
+    def wait(run_id: str, noticed: bool, notified: bool = True) -> None:
+        w.register("p/s", run_id, notified=notified)
+        if noticed:
+            w.announced(StartNotice("p/s", run_id, "r", 1))
+        w.done("p/s", run_id, waited=True)
+
+    for i in range(3):
+        wait(f"run_{i}", noticed=True)
+    wait("flush", noticed=True)
+    assert w.notices_trusted
+    for i in range(6):
+        wait(f"silent_{i}", noticed=False)
+    w.register("p/s", "flush-2")  # (scoring happens on the next registration)
+    w.done("p/s", "flush-2", waited=False)
+    assert not w.notices_trusted  # a few silent waits are enough
+    # waits that named no channel say nothing about notices
+    share = w.notice_share
+    for i in range(20):
+        wait(f"plain_{i}", noticed=False, notified=False)
+    w.register("p/s", "flush-3")  # (scoring happens on the next registration)
+    w.done("p/s", "flush-3", waited=False)
+    assert w.notice_share == share
+    for i in range(200):  # the owners publish again
+        wait(f"back_{i}", noticed=True)
+    w.register("p/s", "flush-4")  # (scoring happens on the next registration)
+    w.done("p/s", "flush-4", waited=False)
+    assert w.notices_trusted
+
+
 async def test_trusted_invoke_is_answered_from_this_process_ingest(
     app: FastAPI, client: httpx.AsyncClient, runner: RunnerSide
 ) -> None:
@@ -194,6 +229,8 @@ async def test_a_fresh_process_that_named_its_channel_waits_for_the_notice_in_me
     invoke, while the owner's notice is on its way to it."""
     channel = await _subscribed(app)
     assert not _state(app).starts.trusted
+    # a loaded machine may take a while to claim the input: no race with the 250 ms wait
+    monkeypatch.setattr("streamward.api.invoke.LOCAL_WAIT_S", 10.0)
     tails: list[str] = []
     real_wait_log = Streams.wait_log
 
@@ -211,9 +248,27 @@ async def test_a_fresh_process_that_named_its_channel_waits_for_the_notice_in_me
     r = await asyncio.wait_for(task, 5)
     assert r.status_code == 202 and r.json()["status"] == "running", r.text
     assert tails == []
+    # a process that learnt its notices do not come tails the log at once (and still
+    # takes a notice that does come)
+    _state(app).starts.notice_share = 0.0
+    task = asyncio.create_task(
+        client.post("/v1/sessions/s3/invoke", json={"input": 1, "mode": "detached"})
+    )
+    [item3] = await runner.wait_inbox("s3")
+    token3 = await runner.claim("s3")
+
+    async def tailing() -> bool:
+        return "default/s3" in tails
+
+    await wait_for(tailing, "the invoke to tail the log")
+    await streams.publish_start(channel, StartNotice("default/s3", item3.run_id, "r", token3))
+    r = await asyncio.wait_for(task, 5)
+    assert r.json()["status"] == "running"
+    _state(app).starts.notice_share = 1.0
     # an idempotent retry answers for the first request's run, whose notice went wherever
-    # that request named: it tails the log (no owner here: both answer queued at the timeout)
-    monkeypatch.setattr(_state(app).settings, "start_timeout_s", 0.3)
+    # that request named: it tails the log (no owner here: both answer queued at the timeout,
+    # which is shorter than the in-memory wait: a retry waiting in memory never tails)
+    monkeypatch.setattr(_state(app).settings, "start_timeout_s", 0.2)
     body = {"input": 1, "mode": "detached", "idempotency_key": "k1"}
     first = await client.post("/v1/sessions/s2/invoke", json=body)
     assert first.status_code == 202 and first.json()["status"] == "queued"

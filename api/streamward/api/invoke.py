@@ -90,9 +90,9 @@ async def wait_start(
 ) -> InvokeAccepted:
     """Wait until ``run_id`` starts (or ends), or answer queued at the start timeout: in
     memory when the owner's start notice comes here (``notified``: the input named this
-    process's channel) or this process ingests the start (see api/starts.py), else (and
-    always in the end) by tailing the log from ``after``, the position read before the
-    append."""
+    process's channel, and notices do come) or this process ingests the start (see
+    api/starts.py), else (and always in the end) by tailing the log from ``after``, the
+    position read before the append."""
     settings = state.settings
     deadline = time.monotonic() + settings.start_timeout_s
     if notified or state.starts.trusted:
@@ -230,8 +230,8 @@ async def invoke_detached(
     starts = state.starts
     # registered before the append: the run may start (its start ingested right here)
     # before the submit's last round trip returns
-    started = starts.register(sk.ref, run_id)
     channel = starts.channel  # "" while not subscribed: then no owner is asked to notify
+    started = starts.register(sk.ref, run_id, notified=bool(channel))
     waited: InvokeAccepted | None = None
     try:
         got_id, after, rs = await submit(
@@ -244,8 +244,9 @@ async def invoke_detached(
             quotas=quotas_of(state),
             starts_to=channel,
         )
-        # an idempotent retry's run named the channel of the request that made it, if any
-        notified = bool(channel) and got_id == run_id
+        # an idempotent retry's run named the channel of the request that made it, if any;
+        # and where the owners cannot publish, notices are learnt not to come
+        notified = bool(channel) and got_id == run_id and starts.notices_trusted
         if got_id != run_id:  # an idempotent retry of an earlier run
             starts.done(sk.ref, run_id, waited=False)
             run_id = got_id

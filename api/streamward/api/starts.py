@@ -10,7 +10,9 @@ process, or when the ingest lands where the caller waits, this process has just 
 
 An invoke that named this process's notice channel waits in memory first, up to
 ``LOCAL_WAIT_S``, then tails the log: its owner's notice comes here, whichever process
-ingests the transcript. Without a channel (not subscribed; Cluster), whether to wait in
+ingests the transcript. That trust is scored too (``notice_share``, starting trusting): where
+the owners cannot publish, notified invokes tail the log at once after a few waits. Without
+a channel (not subscribed; Cluster), whether to wait in
 memory first is learnt, not configured: every wait is later scored by whether its run's
 start was heard (notice or ingest) by this process. When (almost) all are (one API process,
 or runners pointed at this one), waiters wait in memory first; otherwise (several API
@@ -48,6 +50,8 @@ def starts_or_ends(entry: Entry) -> bool:
 class _Wait:
     future: asyncio.Future[Entry]  # the run's first start-or-end entry
     seen_here: bool = False  # its start (or end) was ingested by this process
+    notified: bool = False  # its input named this process's notice channel
+    noticed: bool = False  # the owner's notice came
     started: bool = False  # the waiter got a start or an end (scored only then)
     ended_at: float | None = None
 
@@ -57,6 +61,10 @@ class StartWaiters:
     """Per process: detached invokes waiting for their run's start, by (session, run id)."""
 
     local_share: float = 0.0  # EWMA of "the start was heard here"; starts distrustful
+    # EWMA of "the notice came" over the waits that named the channel: starts trusting (a
+    # fresh process's first invokes), and falls within a few waits where the owners cannot
+    # publish (a runner's Redis user without the channel, an older runner mid-upgrade)
+    notice_share: float = 1.0
     # this process's start-notice channel while subscribed ("": none; api/startfeed.py)
     channel: str = ""
     _waits: OrderedDict[tuple[str, str], _Wait] = field(default_factory=OrderedDict)
@@ -65,12 +73,20 @@ class StartWaiters:
     def trusted(self) -> bool:
         return self.local_share >= TRUST_ABOVE
 
-    def register(self, session_ref: str, run_id: str) -> asyncio.Future[Entry]:
+    @property
+    def notices_trusted(self) -> bool:
+        """Notices for the inputs that name this process's channel (nearly) all come."""
+        return self.notice_share >= TRUST_ABOVE
+
+    def register(
+        self, session_ref: str, run_id: str, *, notified: bool = False
+    ) -> asyncio.Future[Entry]:
+        """The future of ``run_id``'s start; ``notified``: its input names our channel."""
         self._score_old(time.monotonic())
         key = (session_ref, run_id)
         wait = self._waits.get(key)
         if wait is None or wait.future.done():
-            wait = _Wait(asyncio.get_running_loop().create_future())
+            wait = _Wait(asyncio.get_running_loop().create_future(), notified=notified)
             self._waits[key] = wait
         self._waits.move_to_end(key)
         return wait.future
@@ -103,7 +119,7 @@ class StartWaiters:
         wait = self._waits.get((notice.session_ref, notice.run_id))
         if wait is None:
             return
-        wait.seen_here = True
+        wait.seen_here = wait.noticed = True
         if not wait.future.done():
             data = {"replica_id": notice.replica_id}
             entry = Entry(0, RUN_STARTED, data, run_id=notice.run_id, token=notice.token)
@@ -121,3 +137,6 @@ class StartWaiters:
             if wait.started:
                 x = 1.0 if wait.seen_here else 0.0
                 self.local_share += EWMA_ALPHA * (x - self.local_share)
+                if wait.notified:
+                    y = 1.0 if wait.noticed else 0.0
+                    self.notice_share += EWMA_ALPHA * (y - self.notice_share)
