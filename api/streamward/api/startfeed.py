@@ -87,5 +87,7 @@ class StartFeed:
                 await asyncio.sleep(backoff_s(failures))
             finally:
                 self.starts.channel = ""
-                with contextlib.suppress(Exception):
+                # (stop() cancels again while this runs: the close is then cut short, and
+                # the client's own close, next at shutdown, drops the connection)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(pubsub.aclose(), CLOSE_WAIT_S)

@@ -237,7 +237,9 @@ def _connect_sentinel(
     if cfg.use_tls:
         master_opts.update(cfg.ssl_options())
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(cfg.sentinels), sentinel_kwargs=cfg.sentinel_options(**opts), **master_opts
+        list(cfg.sentinels),
+        sentinel_kwargs={**cfg.sentinel_options(**opts), **identity()},
+        **master_opts,
     )
     pool_opts: dict[str, Any] = {
         "connection_class": (
@@ -317,7 +319,7 @@ def connect_sync(cfg: RedisConfig, **kwargs: Any) -> Any:
             opts["ssl"] = True
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(cfg.sentinels),
-            sentinel_kwargs=cfg.sentinel_options(**opts),
+            sentinel_kwargs={**cfg.sentinel_options(**opts), **identity()},
             **cfg._master_options(),
             **opts,
         )
