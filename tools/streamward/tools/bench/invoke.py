@@ -527,7 +527,8 @@ def _yes(met: bool) -> str:
 
 
 def render(res: Results, console: Console) -> None:
-    t = Table(title=f"detached invoke, {res.concurrency} callers, {res.requests} requests")
+    medians = f" (medians of {res.rounds} rounds)" if res.rounds > 1 else ""
+    t = Table(title=f"detached invoke, {res.concurrency} callers, {res.requests} requests{medians}")
     for col in ("figure", "streamward", "raw Redis", "ratio", "target"):
         t.add_column(col)
     t.add_row(
@@ -716,18 +717,24 @@ async def _invoke_round(
     await _prelude(api_url, redis_url, admin_token, concurrency, phase)
     phase(f"{requests} detached invokes, {concurrency} callers...")
     cpu = CpuMeter(pids)
-    warm, cold, _, burst = await bench_invoke(
+    warm, cold, statuses, burst = await bench_invoke(
         api_url, concurrency, requests, uuid.uuid4().hex[:6], cpu=cpu
     )
     measured = warm.samples + (burst.samples if burst is not None else 0)
     per_s = round(measured / cpu.wall_s, 1) if cpu.wall_s > 0 else 0.0
-    return SystemRound(warm, cold, burst, per_s, cpu.per_invoke_ms(measured))
+    return SystemRound(warm, cold, burst, per_s, cpu.per_invoke_ms(measured), statuses)
 
 
 def _measure_peers(
-    to_run: Sequence[Any], concurrency: int, requests: int, console: Console, failed: dict[str, str]
+    to_run: Sequence[Any],
+    concurrency: int,
+    requests: int,
+    console: Console,
+    failed: dict[str, str],
+    label: str = "",
 ) -> list[Any]:
-    """Every peer, one after the other; a broken one is recorded in ``failed``, not raised."""
+    """Every peer, one after the other; a broken one is recorded in ``failed`` (``label``
+    first: the round), not raised."""
     from streamward.tools.bench import peers as peerbench
 
     out = []
@@ -736,7 +743,8 @@ def _measure_peers(
             try:
                 out.append(peerbench.run_peer(peer, concurrency, requests, _run_loop))
             except Exception as exc:  # one broken peer is news, not the end of the bench
-                failed[peer.name] = f"{type(exc).__name__}: {exc}"[:2000]
+                why = f"{label}{type(exc).__name__}: {exc}"[:2000]
+                failed[peer.name] = f"{failed[peer.name]}; {why}" if peer.name in failed else why
     return out
 
 
@@ -753,7 +761,8 @@ def render_rounds(res: Results, console: Console) -> None:
     for f in res.round_figures:
         ours, versus = f["streamward"], f["versus_best_peer"]
 
-        best_cpu = min((p["cpu_ms_per_trip"] for p in f["peers"].values()), default=0.0)
+        cpus = [p["cpu_ms_per_trip"] for p in f["peers"].values()]
+        best_cpu = f"{min(cpus):.2f}" if cpus else "-"
         t.add_row(
             str(f["round"]),
             f["order"],
@@ -761,7 +770,7 @@ def render_rounds(res: Results, console: Console) -> None:
             ratio(versus, "started_per_s"),
             f"{ours['warm_p50_ms']:.2f}",
             ratio(versus, "warm_p50"),
-            f"{ours['cpu_ms_per_trip']:.2f} (peers' lowest {best_cpu:.2f})",
+            f"{ours['cpu_ms_per_trip']:.2f} (peers' lowest {best_cpu})",
         )
     console.print(t)
 
@@ -816,7 +825,8 @@ def main(
         )  # fmt: skip
     # after streamward's API and runners are gone: each peer has the machine to itself too
     res.peers_skipped = skipped
-    res.peers = _measure_peers(to_run, concurrency, requests, console, res.peers_failed)
+    label = "round 1: " if rounds > 1 else ""
+    res.peers = _measure_peers(to_run, concurrency, requests, console, res.peers_failed, label)
     if rounds > 1:
 
         def streamward_round(n: int) -> roundbench.SystemRound:
@@ -834,11 +844,12 @@ def main(
 
         def peers_round(n: int) -> list[Any]:
             console.print(f"round {n}/{rounds}: the peers")
-            return _measure_peers(to_run, concurrency, requests, console, res.peers_failed)
+            failed = res.peers_failed
+            return _measure_peers(to_run, concurrency, requests, console, failed, f"round {n}: ")
 
         first = roundbench.SystemRound(
             res.invoke, res.invoke_cold, res.invoke_burst, res.invokes_per_s,
-            res.cpu_ms_per_invoke,
+            res.cpu_ms_per_invoke, res.invoke_statuses,
         )  # fmt: skip
         ours, res.peers, res.round_figures = roundbench.run(
             rounds, first, res.peers, streamward_round, peers_round

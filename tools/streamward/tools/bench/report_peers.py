@@ -137,10 +137,12 @@ ROUNDS_HEADER = (
 
 ROUNDS_TEXT = (
     "Medians of {n} rounds: the figures above are each system's median over {n} rounds "
-    "(`--rounds {n}`, `streamward.tools.bench.rounds`). Each round measures streamward on a "
-    "fresh redis-server, API and runners, and every peer on fresh ones, streamward first in "
-    "odd rounds and the peers first in even ones, so a slow spell of the shared machine "
-    "falls on both sides. Each round against that round's best peer:"
+    "(`--rounds {n}`, `streamward.tools.bench.rounds`), and each ratio in the summary is the "
+    "median of the rounds' own ratios (each pairs two systems measured minutes apart). Each "
+    "round measures streamward on a fresh redis-server, API and runners, and every peer on "
+    "fresh ones, streamward first in odd rounds and the peers first in even ones, so a slow "
+    "spell of the shared machine falls on both sides. Each round against that round's best "
+    "peer:"
 )
 
 
