@@ -98,7 +98,7 @@ async def wait_start(
     if notified or state.starts.trusted:
         # the start is (nearly always) heard here: no Redis call unless it is slow, then
         # the log tail below takes over (it misses nothing: it reads from the position
-        # seen at submit). Notices need no learning: a fresh process, or one whose every
+        # seen at submit). Notices start trusted: a fresh process, or one whose every
         # invoke is a new session's, waits in memory from its first invoke on.
         await asyncio.wait({started}, timeout=min(LOCAL_WAIT_S, settings.start_timeout_s))
     count = state.metrics.start_wait if state.metrics is not None else None

@@ -10,15 +10,15 @@ process, or when the ingest lands where the caller waits, this process has just 
 
 An invoke that named this process's notice channel waits in memory first, up to
 ``LOCAL_WAIT_S``, then tails the log: its owner's notice comes here, whichever process
-ingests the transcript. That trust is scored too (``notice_share``, starting trusting): where
-the owners cannot publish, notified invokes tail the log at once after a few waits. Without
-a channel (not subscribed; Cluster), whether to wait in
-memory first is learnt, not configured: every wait is later scored by whether its run's
-start was heard (notice or ingest) by this process. When (almost) all are (one API process,
-or runners pointed at this one), waiters wait in memory first; otherwise (several API
-processes behind a balancer) they tail the log at once, and an ingest seen here still ends
-the wait early. Nothing is ever missed: the log tail from the submit position always
-follows.
+ingests the transcript. That trust is scored too (``notice_share``, starting trusting):
+where the owners cannot publish, notified invokes tail the log at once after a few waits.
+
+Without a channel (not subscribed; Cluster), whether to wait in memory first is learnt, not
+configured: every wait is later scored by whether its run's start was heard (notice or
+ingest) by this process. When (almost) all are (one API process, or runners pointed at this
+one), waiters wait in memory first; otherwise (several API processes behind a balancer)
+they tail the log at once, and an ingest seen here still ends the wait early. Nothing is
+ever missed: the log tail from the submit position always follows.
 """
 
 from __future__ import annotations
