@@ -277,6 +277,37 @@ async def test_a_fresh_process_that_named_its_channel_waits_for_the_notice_in_me
     assert again.json()["run_id"] == first.json()["run_id"] and "default/s2" in tails
 
 
+async def test_a_cancel_right_after_a_notice_answered_running_cancels_that_run(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    runner: RunnerSide,
+    streams: Streams,
+    store: LeaseStore,
+) -> None:
+    """The notice answers ``running`` once the owner took the input, before its run.started
+    (which marks the run active) is stored: a cancel sent at once must still find the run."""
+    channel = await _subscribed(app)
+    task = asyncio.create_task(
+        client.post("/v1/sessions/s1/invoke", json={"input": 1, "mode": "detached"})
+    )
+    [item] = await runner.wait_inbox("s1")
+    token = await runner.claim("s1")
+    sk = runner.keys("s1")
+    peek = await store.peek_inbox(sk, 10, token=token)  # the owner's take, recorded
+    assert peek.owners == 1
+    await streams.publish_start(channel, StartNotice("default/s1", item.run_id, "replica-a", token))
+    r = await asyncio.wait_for(task, 5)
+    assert r.json()["status"] == "running"
+    got = await client.post("/v1/sessions/s1/cancel", json={})
+    assert got.status_code == 202, got.text
+    assert got.json()["run_id"] == item.run_id and got.json()["status"] == "cancelling"
+    assert await streams.cancel_requested(sk, item.run_id)
+    # once its input is consumed the taken head names no run: nothing to cancel
+    await store.complete_input(sk, token, item.id)
+    again = await client.post("/v1/sessions/s1/cancel", json={})
+    assert again.status_code == 409 and again.json()["code"] == "no_active_run"
+
+
 async def test_a_streamed_invoke_names_no_channel(
     app: FastAPI, client: httpx.AsyncClient, runner: RunnerSide
 ) -> None:

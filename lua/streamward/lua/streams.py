@@ -78,6 +78,18 @@ class Streams(WorkQueue, SessionState, Indexes, SessionListing):
         items = await self.client.xrange(session.log, min=f"({after}", count=count)
         return [parse_log_entry(i, f) for i, f in items]
 
+    async def taken_run_id(self, session: SessionKeys, head_taken: str) -> str | None:
+        """The run of the input an owner took (meta ``head_taken``: ``<inbox entry id>|<token>|
+        <owners>``, recorded by ``peekInbox``) while that input is not consumed, else None."""
+        entry_id = head_taken.split("|", 1)[0]
+        if not entry_id:
+            return None
+        items = await self.client.xrange(session.inbox, min=entry_id, max=entry_id, count=1)
+        if not items:
+            return None
+        fields = {_s(k): _s(v) for k, v in dict(items[0][1]).items()}
+        return fields.get("run_id") or None
+
     async def read_log_tail(self, session: SessionKeys, count: int) -> list[LogEntry]:
         items = await self.client.xrevrange(session.log, count=count)
         return [parse_log_entry(i, f) for i, f in reversed(items)]

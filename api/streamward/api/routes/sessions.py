@@ -237,6 +237,10 @@ async def cancel(
     """Cancel the active run (or a named queued/running one); answered before it stops."""
     meta = await _meta_or_404(streams, sk)
     run_id = body.run_id if body is not None and body.run_id else meta.get("active_run_id")
+    if not run_id and meta.get("head_taken") and meta.get("status") != "deleted":
+        # a detached invoke answers "running" once an owner took its input (its start
+        # notice), before the run's run.started (which marks it active) is stored
+        run_id = await streams.taken_run_id(sk, meta["head_taken"])
     if not run_id or meta.get("status") == "deleted":
         raise ProblemError(409, "no_active_run", "the session has no active run")
     rs = await streams.run_state(sk, run_id)
