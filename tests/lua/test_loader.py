@@ -185,7 +185,8 @@ async def test_script_is_bound_to_no_client(redis_client: aioredis.Redis, keys: 
     dead = _unreachable_client()
     try:
         scripts = Scripts(dead)
-        claim = await scripts.claim_lock(keys.watchdog, "r1:i", 1000, client=redis_client)
+        # a TTL far longer than the test: the point is the client, not the expiry
+        claim = await scripts.claim_lock(keys.watchdog, "r1:i", 60_000, client=redis_client)
         assert claim == LockClaim(held=True)
         assert await redis_client.get(keys.watchdog) == "r1:i"
     finally:
