@@ -8,7 +8,6 @@ from __future__ import annotations
 import platform
 import weakref
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, Info
@@ -17,6 +16,7 @@ from prometheus_client.registry import Collector
 
 import streamward.lua.loader
 from streamward.lua.autopipe import AutoPipeline
+from streamward.lua.client import own_version
 
 # sub-millisecond Redis calls up to a slow second
 SCRIPT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -24,10 +24,7 @@ SCRIPT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 
 def version() -> str:
     """The installed distribution's version (``0.0.0`` when running from a bare checkout)."""
-    try:
-        return metadata.version("streamward")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
+    return own_version()
 
 
 ScriptListener = Callable[[str, float, bool], None]

@@ -154,17 +154,18 @@ def identity() -> dict[str, Any]:
     try:
         from redis.driver_info import DriverInfo
     except ImportError:  # redis-py before DriverInfo: the same name, the older way
-        name = f"redis-py(streamward_v{_own_version()})"
+        name = f"redis-py(streamward_v{own_version()})"
         return {"lib_name": name, "lib_version": redis.__version__}
     info = DriverInfo(name="redis-py", lib_version=redis.__version__)
-    return {"driver_info": info.add_upstream_driver("streamward", _own_version())}
+    return {"driver_info": info.add_upstream_driver("streamward", own_version())}
 
 
-def _own_version() -> str:
+def own_version() -> str:
+    """The installed distribution's version (``0.0.0`` when running from a bare checkout)."""
     try:
         return importlib.metadata.version("streamward")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree
-        return "0"
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
 
 
 # -- asyncio clients ---------------------------------------------------------------------------
