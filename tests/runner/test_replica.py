@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from streamward.lua.keys import Keys, SessionKeys
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import LogEntry, Streams
 from streamward.lua.work import StartNotice
+from streamward.runner import actor as actor_module
 from streamward.runner.config import RunnerSettings
 from streamward.runner.context import Handler, RunContext
 from streamward.runner.handlers import echo
@@ -468,3 +470,55 @@ async def test_an_input_announced_by_the_advance_still_runs_here_when_a_drain_la
     assert [(e.run_id, e.token) for e in started] == [("run_a", 1), ("run_b", 1)]
     assert notice == StartNotice(sk.ref, "run_b", "inproc", 1)  # the answer was right
     await wait_for(_not_held(store, sk), 10, "the drained actor to release")
+
+
+async def test_an_owner_paused_past_its_deadline_after_a_take_does_not_run_the_input(
+    replicas: list[Replica], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chaos case of a SIGSTOP between an owner's take and its handler: on resume, the
+    run task can get the loop before the fence timer. The handler must not run under the
+    old lease (a newer owner may be running the input); the new incarnation runs it."""
+    server = RedisServer().start()
+    fleet = Fleet(server.url)
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    calls: list[tuple[str, int]] = []
+
+    async def handler(ctx: RunContext, input: Any) -> AsyncIterator[Any]:
+        calls.append((ctx.run_id, ctx.token))
+        yield {"ok": True}
+
+    real_parse = actor_module.parse_input
+    paused: list[bool] = []
+
+    async def parse_after_a_pause(raw: Any) -> Any:
+        if not paused:  # the whole process stops; Redis too, so no renewal lands meanwhile
+            paused.append(True)
+            assert server.proc is not None
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                time.sleep(1.5)  # noqa: ASYNC251 - the loop itself frozen past the 1 s TTL
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+        return await real_parse(raw)
+
+    monkeypatch.setattr(actor_module, "parse_input", parse_after_a_pause)
+    try:
+        api = await asyncio.to_thread(fleet.start_api)
+        s = settings_for(server.url, api.url, fleet, tmp_path, replica_ttl_ms=1000)
+        replica = await _start(replicas, s, handler)
+        incarnation = replica.incarnation
+        store, streams, sk = LeaseStore(client), Streams(client), Keys().session("default", "p")
+        await _submit(store, streams, sk, "run_p", "{}")
+        await wait_for(_status(streams, sk, "run_p", "completed"), 20, "run_p on a new owner")
+        assert paused and replica.incarnation != incarnation
+        # only the new owner ran it: never under token 1, the lease the pause outlived
+        assert calls == [("run_p", 2)]
+        started = [e for e in await _entries(streams, sk) if e.type == "run.started"]
+        assert [e.token for e in started] == [2]
+    finally:
+        for r in replicas:
+            await r.stop()
+        replicas.clear()
+        await client.aclose()
+        await asyncio.to_thread(fleet.stop)
+        server.cleanup()

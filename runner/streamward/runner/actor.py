@@ -31,12 +31,13 @@ from streamward.runner.offloop import parse_input
 from streamward.runner.owner_death import OwnerDeath, SessionState
 from streamward.runner.poison import end_if_poison
 from streamward.runner.release import mark_cut_run, release_session
-from streamward.runner.shipper import Shipper, ShipRejected, ShipStopped
+from streamward.runner.shipper import Fenced, Shipper, ShipRejected, ShipStopped
 from streamward.runner.started import announce, started_data
 
 log = logging.getLogger("streamward.runner.actor")
 
 HANDLER_STOP_WAIT_S = 1.0
+DEADLINE_WAIT_TURNS = 100  # x 10 ms: a run waits this long for its lease to be decided
 
 
 class ActorHost(Protocol):
@@ -307,9 +308,7 @@ class SessionActor(ActorControl):
         r.metrics.runs_inflight.inc()
         run_t0 = time.monotonic()
         try:
-            run.task = asyncio.create_task(
-                drive(self.life.run, ctx, item.input, shipper.put), name=f"run {item.run_id}"
-            )
+            run.task = asyncio.create_task(self._drive(ctx, item), name=f"run {item.run_id}")
             try:
                 await asyncio.wait({run.task})
             except asyncio.CancelledError:
@@ -337,6 +336,22 @@ class SessionActor(ActorControl):
             await r.streams.clear_cancel(self.session, item.run_id)
         r.metrics.runs.labels(outcome).inc()
         r.metrics.run_duration.labels(outcome).observe(time.monotonic() - run_t0)
+
+    async def _drive(self, ctx: RunContext, item: InboxItem) -> int:
+        """The handler, unless this owner's lease may have passed to another since its take.
+
+        A replica paused past its self-fencing deadline (SIGSTOP, a VM freeze) resumes
+        mid-turn before its fence timer fires; a newer owner may be running this input by
+        then. Writes are fenced anyway; the check keeps the handler's own side effects (and a
+        poison input's kill) to owners whose lease still holds.
+        """
+        assert self.shipper is not None
+        for _ in range(DEADLINE_WAIT_TURNS):
+            if self.life.can_write:
+                return await drive(self.life.run, ctx, item.input, self.shipper.put)
+            # the fence timer is due: it fences (dropping this actor) or finds a late renewal
+            await asyncio.sleep(0.01)
+        raise Fenced(f"not running {item.run_id}: past the self-fencing deadline")
 
     async def _complete(self, item: InboxMeta, *, last: bool = False, fetch: bool = False) -> None:
         """Fenced inbox advance (StaleToken: the session moved). ``last``: with no input left the
