@@ -18,7 +18,7 @@ from streamward.lua.keys import Keys, SessionKeys
 from streamward.lua.store import LeaseStore
 from streamward.lua.streams import LogEntry, Streams
 from streamward.lua.work import StartNotice
-from streamward.runner import actor as actor_module
+from streamward.runner import offloop
 from streamward.runner.config import RunnerSettings
 from streamward.runner.context import Handler, RunContext
 from streamward.runner.handlers import echo
@@ -487,7 +487,7 @@ async def test_an_owner_paused_past_its_deadline_after_a_take_does_not_run_the_i
         calls.append((ctx.run_id, ctx.token))
         yield {"ok": True}
 
-    real_parse = actor_module.parse_input
+    real_parse = offloop.parse_input
     paused: list[bool] = []
 
     async def parse_after_a_pause(raw: Any) -> Any:
@@ -501,7 +501,7 @@ async def test_an_owner_paused_past_its_deadline_after_a_take_does_not_run_the_i
                 os.kill(server.proc.pid, signal.SIGCONT)
         return await real_parse(raw)
 
-    monkeypatch.setattr(actor_module, "parse_input", parse_after_a_pause)
+    monkeypatch.setattr("streamward.runner.actor.parse_input", parse_after_a_pause)
     try:
         api = await asyncio.to_thread(fleet.start_api)
         s = settings_for(server.url, api.url, fleet, tmp_path, replica_ttl_ms=1000)
