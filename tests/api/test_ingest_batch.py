@@ -134,3 +134,34 @@ async def test_a_lone_ingest_is_served_below_fastapi_routing_too(
     stale = _body("a", token, _e(2, "run.output"))
     assert_problem(await client.post(URL, headers=ADMIN, json=stale), 409, "stale_token")
     assert served == ["run_x", "run_x"]  # the endpoint's own refusal, through the fast path
+
+
+async def test_an_ingest_may_consume_its_runs_input_alone_or_in_a_batch(
+    client: httpx.AsyncClient, runner: RunnerSide, streams: Streams
+) -> None:
+    """``advance`` on a run's last post: after the append, the input is consumed and the
+    next one peeked (ingestAdvance-7), the peek in the answer; a refused append consumes
+    nothing, and an invalid advance is the request's 422."""
+    sk = {s: runner.keys(s) for s in ("a", "b")}
+    queued = {s: await runner.store.enqueue(sk[s], f"run_{s}", "{}") for s in sk}
+    await runner.store.enqueue(sk["a"], "run_a2", '{"n": 2}')
+    a, b = await runner.claim("a"), await runner.claim("b")
+    adv = {s: {"entry_id": queued[s].entry_id, "count": 16, "announce": None} for s in sk}
+    done = (_e(1, "run.started"), _e(2, "run.completed"))
+    bad = {**_body("a", a, *done, run_id="run_a"), "advance": {**adv["a"], "entry_id": "x"}}
+    assert_problem(await client.post(URL, headers=ADMIN, json=bad), 422, "validation_error")
+    one = {**_body("a", a, *done, run_id="run_a"), "advance": adv["a"]}
+    r = await client.post(URL, headers=ADMIN, json=one)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["accepted"] == 2 and body["advance"][0][1] == "run_a2"  # the next head's run
+    assert await streams.client.xlen(sk["a"].inbox) == 1
+    stale = {**_body("b", b + 1, *done, run_id="run_b"), "advance": adv["b"]}
+    fresh = {**_body("b", b, *done, run_id="run_b"), "advance": adv["b"]}
+    r = await client.post(f"{URL}/batch", headers=ADMIN, json={"batches": [stale, fresh, one]})
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [409, 200, 200]
+    assert results[1]["body"]["advance"][0] == []  # b's inbox is empty now
+    assert results[2]["body"]["duplicates"] == 2  # a retried post: answered alike
+    assert results[2]["body"]["advance"] == body["advance"]
+    assert await streams.client.xlen(sk["b"].inbox) == 0

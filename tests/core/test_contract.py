@@ -67,9 +67,11 @@ def test_terminal_types_are_one_set_with_their_run_states() -> None:
 
 def test_the_ingest_script_ends_runs_on_the_same_types() -> None:
     # Lua cannot import the Python constant: its copy must say the same
+    lua = resources.files("streamward.lua")
+    files = [*lua.iterdir(), *(lua / "includes").iterdir()]  # (ingestEntries' body: an include)
     tables = [
         set(re.findall(r"\['(run\.[a-z_]+)'\]", m))
-        for f in resources.files("streamward.lua").iterdir()
+        for f in files
         if f.name.endswith(".lua")
         for m in re.findall(r"local terminal = \{([^}]*)\}", f.read_text())
     ]

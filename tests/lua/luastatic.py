@@ -271,8 +271,23 @@ def body_of(src: str) -> str:
 
 
 def used_indices(src: str, kind: str) -> set[str]:
-    """Index expressions used as ``KEYS[...]`` or ``ARGV[...]`` in the code."""
-    return {i.strip() for i in re.findall(rf"\b{kind}\[([^\]]+)\]", mask_strings(body_of(src)))}
+    """Index expressions used as ``KEYS[...]`` or ``ARGV[...]`` in the code.
+
+    A shared function may index KEYS with its parameters (includes/ingestEntries.lua: two
+    scripts order their KEYS differently); such a parameter stands for the integers its
+    calls pass in that position, so ``f(5, 6)`` of ``function f(a, b) ... KEYS[a]`` uses 5."""
+    code = mask_strings(body_of(src))
+    used = {i.strip() for i in re.findall(rf"\b{kind}\[([^\]]+)\]", code)}
+    for name, params in re.findall(r"\blocal function (\w+)\(([^)]*)\)", code):
+        names = [p.strip() for p in params.split(",")]
+        indexed = [i for i, p in enumerate(names) if p in used]
+        if not indexed:
+            continue
+        for args in re.findall(rf"\b{name}\(([\d\s,]+)\)", code):
+            values = [a.strip() for a in args.split(",")]
+            used |= {values[i] for i in indexed if i < len(values)}
+        used -= {names[i] for i in indexed}
+    return used
 
 
 def status_constants(src: str) -> dict[str, int]:

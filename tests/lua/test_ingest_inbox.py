@@ -1,5 +1,5 @@
-"""ingestEntries-5 (fenced transcript), enqueueInput-5, completeInput-3 and advanceInbox-5 (inbox),
-notifyReplica-2 (owner mail)."""
+"""ingestEntries-5 (fenced transcript), ingestAdvance-7, enqueueInput-5, completeInput-3 and
+advanceInbox-5 (inbox), notifyReplica-2 (owner mail)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streamward.lua.errors import NotOwner, SeqGap, SessionBusy, StaleToken
+from streamward.lua.inboxscripts import peek_from_wire
 from streamward.lua.keys import SessionKeys
 from streamward.lua.replies import InboxPeek
 from streamward.lua.store import Entry, LeaseStore
@@ -517,6 +518,57 @@ async def test_advance_inbox_completes_then_peeks_the_next_head_fenced(
     assert await redis_client.xlen(session.inbox) == 1
     empty = await store.advance_inbox(session, new.token, b.entry_id, 10)
     assert empty == InboxPeek([], None, None, False) and await redis_client.xlen(session.inbox) == 0
+
+
+async def test_ingest_advance_consumes_the_input_only_after_its_entries_are_stored(
+    store: LeaseStore, redis_client: aioredis.Redis, session: SessionKeys
+) -> None:
+    """ingestAdvance-7 = ingestEntries-5, then (only if it succeeded) advanceInbox-5; its
+    peek, as the API passes it on, parses to what advanceInbox-5 answers; a retry (its
+    answer lost) changes nothing but is answered alike."""
+    ch = store.keys.starts_channel("api1")
+    heard = redis_client.pubsub()
+    await heard.subscribe(ch)
+    await heard.get_message(timeout=1.0)  # the subscribe confirmation
+    a = await store.enqueue(session, "run_1", '{"n": 1}')
+    b = await store.enqueue(session, "run_2", '{"n": 2}', starts_to=ch)
+    assert a.entry_id and b.entry_id
+    lease = await store.acquire(session, "r1", "inc-1", LEASE_TTL_MS)
+    tok, owner = lease.token, {"replica_id": "r1", "incarnation": "inc-1"}
+    ended = [Entry(1, "run.started", {}), Entry(2, "run.completed", {})]
+    adv = (a.entry_id, 10, ("r1", 3))
+    with pytest.raises(SeqGap):  # a refused append consumes nothing
+        await store.ingest(session, "run_1", tok, [Entry(5, "run.completed", {})], advance=adv)
+    with pytest.raises(StaleToken):
+        await store.ingest(session, "run_1", tok + 1, ended, advance=adv)
+    with pytest.raises(NotOwner):
+        await store.ingest(
+            session, "run_1", tok, ended, advance=adv, **{**owner, "incarnation": "x"}
+        )
+    assert (
+        await redis_client.xlen(session.inbox) == 2 and await log_ids(redis_client, session) == []
+    )
+    got = await store.ingest(session, "run_1", tok, ended, advance=adv, **owner)
+    assert (got.accepted, got.duplicates, got.last_seq) == (2, 0, 2)
+    assert await log_ids(redis_client, session) == ["1-0", "2-0"]
+    assert got.peek is not None
+    peek = peek_from_wire(orjson.loads(orjson.dumps(got.peek)))  # through the API's JSON
+    assert [m.run_id for m in peek.metas] == ["run_2"] and peek.owners == 1 and peek.announced
+    assert peek.head is not None and peek.head.parse().input == {"n": 2}
+    assert await redis_client.xlen(session.inbox) == 1
+    assert (await redis_client.hgetall(session.meta))["inbox_cursor"] == a.entry_id
+    m = await heard.get_message(ignore_subscribe_messages=True, timeout=1.0)
+    assert m is not None and StartNotice.parse(m["data"]) == StartNotice(
+        session.ref, "run_2", "r1", tok
+    )
+    # the same as a plain advance by the same owner (which would XDEL a consumed entry: no-op)
+    assert await store.advance_inbox(session, tok, a.entry_id, 10) == InboxPeek(
+        peek.metas, peek.head, peek.state, peek.cancel_requested, peek.owners, False
+    )
+    again = await store.ingest(session, "run_1", tok, ended, advance=adv, **owner)
+    assert (again.accepted, again.duplicates) == (0, 2) and peek_from_wire(again.peek or []) == peek
+    assert await redis_client.xlen(session.inbox) == 1
+    await heard.aclose()  # type: ignore[no-untyped-call]
 
 
 async def test_a_peek_asked_to_announce_publishes_only_a_runnable_heads_start(

@@ -264,6 +264,9 @@ async def _drive_facade(store: LeaseStore, cluster_grouping: bool) -> None:
     await store.peek_inbox(s, 10)
     await store.advance_inbox(s, lease.token, queued.entry_id or "0-1", 10)
     await store.complete_input(s, lease.token, queued.entry_id or "0-1")
+    await store.ingest(
+        s, "run_b", lease.token, [Entry(3, "run.completed", {})], advance=("0-1", 10, ("r1", 3))
+    )
     await store.save_state(s, ("r1", "inc-1", lease.token), '{"n": 1}')
     await store.renew_many("r1", "inc-1", [(s, lease.token)], 60_000)
     taken = await store.takeover(s, ("r1", "inc-1", lease.token), "r2", "inc-1", 60_000)

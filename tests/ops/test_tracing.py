@@ -58,15 +58,27 @@ def _complete(receiver: Receiver, trace_id: str) -> Callable[[], bool]:
         ended = bool(runs) and "streamward.run.outcome" in runs[0].attributes
         # the runner's other spans ended before its run span; the API's invoke and first
         # ingest before the run did
-        return ended and {"invoke", "ingest", "advanceInbox"} <= {s.name for s in spans}
+        names = {s.name for s in spans}
+        return ended and {"invoke", "ingest"} <= names and _consumed(spans) is not None
 
     return done
+
+
+def _consumed(spans: list[Span]) -> Span | None:
+    """The span in which the run's input was consumed: the API's ingest of the run's last
+    entries (ingestAdvance), or the runner's own advanceInbox / completeInput (when it was
+    already draining: a SIGTERM right after the stream ended can come before it)."""
+    for s in spans:
+        if s.name == "ingest" and "streamward.ingest.advance" in s.attributes:
+            return s
+    return next((s for s in spans if s.name in ("advanceInbox", "completeInput")), None)
 
 
 def _check_trace(
     spans: list[Span], caller_span_id: str | None, mode: str, outcome: str = "completed"
 ) -> None:
-    """invoke (API) -> run (runner) -> ship (runner) -> ingest (API); advanceInbox under run."""
+    """invoke (API) -> run (runner) -> ship (runner) -> ingest (API); the input consumed by
+    the last ingest (ingestAdvance) or by an advanceInbox / completeInput under run."""
     invoke, run = _one(spans, "invoke"), _one(spans, "run")
     assert invoke.service == "streamward-api" and invoke.kind == SERVER
     assert invoke.parent_span_id == (caller_span_id or "")
@@ -77,12 +89,17 @@ def _check_trace(
     assert run.attributes["streamward.run.id"] == invoke.attributes["streamward.run.id"]
     assert run.attributes["streamward.run.outcome"] == outcome
     assert run.attributes["streamward.replica.id"] == "r1"
-    # the input consumed: advanceInbox, or completeInput when the runner was already
-    # draining (a SIGTERM right after the stream ended can come before it)
-    [consumed] = {s.name for s in spans} & {"advanceInbox", "completeInput"}
-    done = _one(spans, consumed)
-    assert done.service == "streamward-runner" and done.parent_span_id == run.span_id
-    assert done.attributes["db.system.name"] == "redis"
+    done = _consumed(spans)
+    assert done is not None
+    if done.name == "ingest":  # consumed by the API, after the run's last entries
+        assert done.attributes["streamward.ingest.advance"]
+        assert done.attributes["streamward.ingest.last_seq"] == max(
+            s.attributes["streamward.ingest.last_seq"] for s in spans if s.name == "ingest"
+        )
+    else:
+        assert done.service == "streamward-runner" and done.parent_span_id == run.span_id
+        assert done.attributes["db.system.name"] == "redis"
+    consumed = {done.name} - {"ingest"}
     ships = {s.span_id: s for s in spans if s.name == "ship"}
     ingests = [s for s in spans if s.name == "ingest"]
     assert ships and ingests
@@ -96,7 +113,7 @@ def _check_trace(
         assert ingest.attributes["streamward.run.id"] == run.attributes["streamward.run.id"]
     assert {s.service for s in spans} == {"streamward-api", "streamward-runner"}
     # the hand-placed spans only (FastAPI's own per-request spans stay off)
-    assert {s.name for s in spans} == {"invoke", "run", "ship", "ingest", consumed}
+    assert {s.name for s in spans} == {"invoke", "run", "ship", "ingest", *consumed}
 
 
 def test_one_invoke_is_one_trace_across_the_api_and_the_runner(

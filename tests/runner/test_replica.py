@@ -453,14 +453,16 @@ async def test_an_input_announced_by_the_advance_still_runs_here_when_a_drain_la
         await streams.publish_work(sk.ref, "invoke")
         await wait_for(_status(streams, sk, "run_a", "started"), 10, "run_a to start")
         actor = replica.actors[sk.ref]
-        advance = actor.host.store.advance_inbox
+        assert actor.shipper is not None
+        flush = actor.shipper.flush  # the advance rides on the run's last post
 
         async def advance_then_drain(*args: Any, **kw: Any) -> Any:
-            got = await advance(*args, **kw)
+            got = await flush(*args, **kw)
+            assert got is not None and kw.get("advance")  # the ingest advanced the inbox
             actor.drain()  # lands while the advance's reply is on its way
             return got
 
-        monkeypatch.setattr(actor.host.store, "advance_inbox", advance_then_drain)
+        monkeypatch.setattr(actor.shipper, "flush", advance_then_drain)
         gate.set()
         await wait_for(_status(streams, sk, "run_b", "completed"), 10, "run_b")
         [notice] = [StartNotice.parse(m["data"]) for m in await _messages(heard, 1)]

@@ -206,3 +206,77 @@ async def test_oversized_entries_become_markers_and_bad_data_is_refused(
     log = await _log(redis_client, sk)
     assert [e["seq"] for e in log] == [1]  # the refused put took no seq
     assert log[0]["data"]["truncated"] is True and log[0]["data"]["bytes"] > 5000
+
+
+class OlderApi(httpx.AsyncBaseTransport):
+    """The real API behind an older one's validation: a body with ``advance`` gets the 422
+    an API without ingestAdvance answers (an unknown field)."""
+
+    def __init__(self) -> None:
+        self.real = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        if "advance" in orjson.loads(request.content):
+            problem = {"code": "invalid_input", "errors": [{"loc": ["body", "advance"]}]}
+            return httpx.Response(422, json=problem)
+        return await self.real.handle_async_request(request)
+
+
+async def test_the_last_post_of_a_run_consumes_its_input_and_answers_the_next(
+    fleet: Fleet,
+    store: LeaseStore,
+    keys: Keys,
+    redis_client: aioredis.Redis,
+    http: tuple[httpx.AsyncClient, Requests],
+) -> None:
+    """flush(advance=...): only the post carrying the run's last entry asks the API to
+    consume the input (ingestAdvance-7); its answer is the next input's peek."""
+    api = fleet.start_api()
+    sk = keys.session("default", "ship-advance")
+    first = await store.enqueue(sk, "run_1", '{"n": 1}')
+    await store.enqueue(sk, "run_2", '{"n": 2}')
+    lease = await store.acquire(sk, "tester", "inc-1", 60_000)
+    client, seen = http
+    shipper = _shipper(client, api.url, fleet, sk, lease.token, batch_max=2, linger_s=0.0)
+    try:
+        for i in range(4):
+            await shipper.put("run_1", "run.output", {"i": i})
+        await shipper.put("run_1", "run.completed", {})
+        assert first.entry_id is not None
+        peek = await shipper.flush(advance=(first.entry_id, 16, ("tester", 3)))
+    finally:
+        await shipper.close()
+    assert peek is not None and [m.run_id for m in peek.metas] == ["run_2"]
+    assert peek.head is not None and peek.head.parse().input == {"n": 2} and peek.owners == 1
+    assert [e["seq"] for e in await _log(redis_client, sk)] == [1, 2, 3, 4, 5]
+    assert await redis_client.xlen(sk.inbox) == 1  # run_1's input consumed
+    carried = [[e["seq"] for e in b["entries"]] for b in seen.bodies if "advance" in b]
+    assert carried == [[5]]  # the batch with the terminal entry, not the earlier ones
+    assert len(seen.bodies) == 3
+
+
+async def test_an_older_api_refusing_the_advance_gets_the_entries_alone(
+    fleet: Fleet, store: LeaseStore, keys: Keys, redis_client: aioredis.Redis
+) -> None:
+    """An API without ingestAdvance answers 422 to the field: the entries are sent again
+    without it, flush answers None (the owner advances itself), and the next runs' posts
+    do not ask again for a while."""
+    api = fleet.start_api()
+    sk = keys.session("default", "ship-older")
+    first = await store.enqueue(sk, "run_1", "{}")
+    lease = await store.acquire(sk, "tester", "inc-1", 60_000)
+    seen = Requests()
+    async with httpx.AsyncClient(transport=OlderApi(), event_hooks={"request": [seen]}) as client:
+        shipper = _shipper(client, api.url, fleet, sk, lease.token, linger_s=0.0)
+        try:
+            assert first.entry_id is not None
+            await shipper.put("run_1", "run.completed", {})
+            assert await shipper.flush(advance=(first.entry_id, 16, None)) is None
+            await shipper.put("run_2", "run.completed", {})
+            assert await shipper.flush(advance=("0-1", 16, None)) is None
+        finally:
+            await shipper.close()
+    assert [e["run_id"] for e in await _log(redis_client, sk)] == ["run_1", "run_2"]
+    assert await redis_client.xlen(sk.inbox) == 1  # nothing consumed by the older API
+    assert ["advance" in b for b in seen.bodies] == [True, False, False]

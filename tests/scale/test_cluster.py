@@ -103,7 +103,7 @@ async def test_every_facade_call_stays_in_one_slot(
     assert await st.attached_count(s) == 1
     meta, _, attached = await st.session_overview(s)
     assert meta["project"] == "proj" and attached == 1
-    assert await st.read_log(s) and await st.last_seq(s) == 2
+    assert await st.read_log(s) and await st.last_seq(s) == 3  # (run_b ended by ingestAdvance)
     await st.request_cancel(s, "run_x")
     assert await st.sweep_sessions([(s, "run_x"), (keys.session("proj", "m1"), "")])
     assert await st.replicas_alive(["r1", "r2", "nobody"]) == [True, True, False]

@@ -115,6 +115,8 @@ def ingest_attributes(body: IngestRequest) -> dict[str, Any]:
     if body.entries:
         attrs["streamward.ingest.first_seq"] = body.entries[0].seq
         attrs["streamward.ingest.last_seq"] = body.entries[-1].seq
+    if body.advance is not None:  # this ingest also consumes the run's input (ingestAdvance)
+        attrs["streamward.ingest.advance"] = body.advance.entry_id
     return attrs
 
 

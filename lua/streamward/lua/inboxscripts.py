@@ -32,7 +32,7 @@ class InboxScripts:
         """``announce`` = (replica id, POISON_AFTER_OWNERS): the owner runs a runnable head
         at once, so the script publishes its start notice (includes/peekInbox.lua)."""
         keys = [sk.inbox, sk.runs, sk.cancels, sk.meta, sk.epoch]
-        args = [count, 1 if with_head else 0, token, *_announce_args(sk, announce)]
+        args = [count, 1 if with_head else 0, token, *announce_args(sk, announce)]
         raw = await self._by_name["peekInbox"](keys, args)
         return _inbox_peek(_ok("peekInbox", as_list(raw)))
 
@@ -47,7 +47,7 @@ class InboxScripts:
         """completeInput then peekInbox (the new head in full, its take recorded under
         ``token``, ``announce`` as there) in one call; raises StaleToken (nothing consumed)."""
         keys = [sk.inbox, sk.runs, sk.cancels, sk.meta, sk.epoch]
-        args = [token, entry_id, count, *_announce_args(sk, announce)]
+        args = [token, entry_id, count, *announce_args(sk, announce)]
         r = as_list(await self._by_name["advanceInbox"](keys, args))
         if status(r) == E.STALE_TOKEN:
             raise E.StaleToken(token, as_int(r[1]))
@@ -68,11 +68,16 @@ class InboxScripts:
 Announce = tuple[str, int]
 
 
-def _announce_args(sk: SessionKeys, announce: Announce | None) -> list[ArgT]:
+def announce_args(sk: SessionKeys, announce: Announce | None) -> list[ArgT]:
     if announce is None:
         return ["0", 0, "", ""]
     replica_id, poison_after = announce
     return ["1", poison_after, sk.ref, replica_id]
+
+
+def peek_from_wire(wire: Sequence[Any]) -> InboxPeek:
+    """``ingestAdvance``'s peek as the API passes it on (ingestscripts.PeekWire)."""
+    return _inbox_peek([1, *wire])
 
 
 def _inbox_peek(r: Sequence[Any]) -> InboxPeek:

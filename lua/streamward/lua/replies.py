@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from streamward.lua import errors as E
 from streamward.lua.errors import ScriptError
@@ -104,11 +104,14 @@ class ForceReleased:
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    """ingestEntries-5 success."""
+    """ingestEntries-5 success (ingestAdvance-7: ``peek`` holds its advanceInbox part)."""
 
     accepted: int
     duplicates: int
     last_seq: int
+    # advanceInbox-5's reply past its status, JSON-ready (str and int lists): the API passes
+    # it to the runner, which parses it with ``inboxscripts.peek_from_wire``
+    peek: list[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ ScriptName = Literal[
     "createSession",
     "enqueueInput",
     "forceRelease",
+    "ingestAdvance",
     "ingestEntries",
     "notifyReplica",
     "peekInbox",

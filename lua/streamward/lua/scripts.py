@@ -18,6 +18,7 @@ from streamward.lua import errors as E
 from streamward.lua.client import RedisClient
 from streamward.lua.inboxscripts import Announce as Announce  # re-exported
 from streamward.lua.inboxscripts import InboxScripts
+from streamward.lua.ingestscripts import Advance as Advance  # re-exported
 from streamward.lua.ingestscripts import IngestCall as IngestCall  # re-exported
 from streamward.lua.ingestscripts import IngestScripts
 from streamward.lua.keys import DEFAULT_TYPE, ReplicaKeys, SessionKeys

@@ -21,6 +21,7 @@ from streamward.lua.keys import DEFAULT_TYPE, Keys, SessionKeys
 from streamward.lua.leases import LeaseCalls
 from streamward.lua.loader import Script, execute_pipeline
 from streamward.lua.replies import DuplicateInput, InboxPeek, IngestResult, LockClaim
+from streamward.lua.scripts import Advance as Advance  # re-exported for the API
 from streamward.lua.scripts import Announce, parse_notified
 from streamward.lua.scripts import IngestCall as IngestCall  # re-exported for the API
 from streamward.lua.sessionmeta import Created, Updated, create_session, update_session
@@ -73,18 +74,25 @@ class LeaseStore(LeaseCalls):
         *,
         replica_id: str | None = None,
         incarnation: str | None = None,
+        advance: Advance | None = None,
     ) -> IngestResult:
         """Fenced, idempotent append. Raises StaleToken, NotOwner (the lease does not name
-        ``replica_id``/``incarnation``, when given) or SeqGap; nothing is written then."""
+        ``replica_id``/``incarnation``, when given) or SeqGap; nothing is written then.
+        ``advance`` (inbox entry id, inputs to peek, announce): after the append, that input
+        is consumed and the next peeked, as ``advance_inbox`` (the reply's ``peek``)."""
         owner = f"{replica_id}|{incarnation}|{token}" if replica_id and incarnation else ""
-        return await self.scripts.ingest_entries(session, token, run_id, owner, list(entries))
+        call = (session, token, run_id, owner, list(entries))
+        if advance is not None:
+            return await self.scripts.ingest_advance(call, advance)
+        return await self.scripts.ingest_entries(*call)
 
     async def ingest_many(
-        self, calls: Sequence[IngestCall]
+        self, calls: Sequence[IngestCall], advances: Sequence[Advance | None] | None = None
     ) -> list[IngestResult | StreamwardError]:
         """``ingest`` for several sessions in one round trip (``calls``: session, token,
-        run_id, owner signature or "", entries); a refused call's error is in its place."""
-        return await self.scripts.ingest_many(calls)
+        run_id, owner signature or "", entries; ``advances``: each one's ``advance``); a
+        refused call's error is in its place."""
+        return await self.scripts.ingest_many(calls, advances)
 
     async def enqueue(
         self,

@@ -330,8 +330,7 @@ class SessionActor(ActorControl):
         if outcome == "failed":
             log.info("session %s: run %s failed: %s", self.ref, item.run_id, data["error"])
         await shipper.put(item.run_id, etype, data)
-        await shipper.flush()
-        await self._complete(item, last=True, fetch=True)
+        await self._complete(item, last=True, fetch=True)  # (its entries stored first)
         if run.cancel_reason is not None:
             await r.streams.clear_cancel(self.session, item.run_id)
         r.metrics.runs.labels(outcome).inc()
@@ -356,17 +355,23 @@ class SessionActor(ActorControl):
     async def _complete(self, item: InboxMeta, *, last: bool = False, fetch: bool = False) -> None:
         """Fenced inbox advance (StaleToken: the session moved). ``last``: with no input left the
         next read is skipped (the wake flag is cleared first: a later mail sets it again).
-        ``fetch``: the next input is peeked in the same call (advanceInbox) for the next turn."""
+        ``fetch``: the run's entries are stored first and the next input is peeked in the
+        same call (advanceInbox), for the next turn; through the ingest when the API can
+        (ingestAdvance-7: the post of the run's last entries consumes the input)."""
         if last:
             self._wake.clear()
-        r = self.host
+        r, shipper = self.host, self.shipper
         if fetch and not self._draining:  # (a peek records a take: none when leaving)
             poison_after = r.settings.poison_after_owners
             announce = announce_for(self._state, self._announce_as(), poison_after)
-            args = (self.session, self.token, item.id, INBOX_WINDOW, announce)
-            peek = await r.store.advance_inbox(*args)
+            args = (item.id, INBOX_WINDOW, announce)
+            peek = None if shipper is None else await shipper.flush(advance=args)
+            if peek is None:
+                peek = await r.store.advance_inbox(self.session, self.token, *args)
             self._peeked, pending = (peek if peek.metas else None), len(peek.metas)
         else:
+            if fetch and shipper is not None:
+                await shipper.flush()
             pending = await r.store.complete_input(self.session, self.token, item.id)
         if last and pending == 0:
             self._inbox_empty = True

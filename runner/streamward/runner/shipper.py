@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -23,9 +24,12 @@ from streamward.core.contract import (
     TERMINAL_TYPES,
     Entry,
     IngestEncoder,
+    advance_body,
 )
 from streamward.lua.inbox import InboxItem
+from streamward.lua.inboxscripts import Announce, peek_from_wire
 from streamward.lua.keys import SessionKeys
+from streamward.lua.replies import InboxPeek
 from streamward.runner import runtrace
 from streamward.runner.ingest_http import IngestHTTP, IngestHTTPError
 from streamward.runner.offloop import dumps
@@ -42,6 +46,8 @@ START_SPINS = 16
 # shipped without lingering: nothing more of their run follows soon (an interrupted run is
 # re-run by the next owner, not by this one)
 _FINAL_TYPES = TERMINAL_TYPES | {RUN_INTERRUPTED}
+# an API that refused the advance field (422: an older API) is not asked again for this long
+NO_ADVANCE_S = 60.0
 
 
 class ShipStopped(Exception):
@@ -126,6 +132,11 @@ class Shipper:
         self._urgent_seq = 0
         self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # flush(advance=...): (the seq whose post carries it, its IngestAdvance body); the
+        # peek of the post that did it; until when the API is not asked (it refused one)
+        self._advance: tuple[int, dict[str, Any]] | None = None
+        self._advanced: InboxPeek | None = None
+        self._no_advance_until = 0.0
         self._encoder = IngestEncoder(
             session_id=session.session_id,
             project=session.project,
@@ -192,9 +203,30 @@ class Shipper:
     def _head_urgent(self) -> bool:
         return bool(self._queue) and self._queue[0].seq <= self._urgent_seq
 
-    async def flush(self, timeout_s: float | None = None) -> None:
-        """Wait until everything put so far is stored in the log. Raises ShipStopped."""
+    async def flush(
+        self,
+        timeout_s: float | None = None,
+        *,
+        advance: tuple[str, int, Announce | None] | None = None,
+    ) -> InboxPeek | None:
+        """Wait until everything put so far is stored in the log. Raises ShipStopped.
+        ``advance`` (as advanceInbox's: inbox entry id, count, announce): the post of the
+        last entries also consumes that input after storing them and peeks the next
+        (ingestAdvance-7); returns that peek, or None if no post did (an older API)."""
         target = self._next_seq - 1
+        if advance is None:  # (leaves another caller's advance alone)
+            await self._flush(target, timeout_s)
+            return None
+        self._advanced = None
+        self._advance = (target, advance_body(*advance)) if self._acked_seq < target else None
+        try:
+            await self._flush(target, timeout_s)
+        finally:
+            self._advance = None
+        peek, self._advanced = self._advanced, None
+        return peek
+
+    async def _flush(self, target: int, timeout_s: float | None) -> None:
         self._hurry(target)  # someone waits: stop lingering
 
         async def wait() -> None:
@@ -279,8 +311,11 @@ class Shipper:
             # this before the heartbeat task notices the deadline passed
             if not self.can_write():
                 raise Fenced("replica is fenced: not shipping")
+            adv = self._advance
+            carry = adv is not None and adv[0] == batch[-1].seq
+            carry = carry and time.monotonic() >= self._no_advance_until
             try:
-                resp = await self._post(batch)
+                resp = await self._post(batch, adv[1] if carry and adv is not None else None)
             except _NO_ANSWER as exc:
                 why = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # a client bug must not end shipping silently: retried
@@ -289,8 +324,13 @@ class Shipper:
                 why = f"{type(exc).__name__}: {exc}"
             else:
                 if resp.status_code == 200:
+                    if carry:
+                        self._advanced = _advanced(resp)
                     return
                 code = _problem_code(resp)
+                if resp.status_code == 422 and carry:  # an API without ingestAdvance
+                    self._no_advance_until = time.monotonic() + NO_ADVANCE_S
+                    continue
                 if resp.status_code == 409 and code in ("stale_token", "not_owner"):
                     raise StaleOwner(
                         f"session {self.session.ref}: token {self.token} refused ({code})"
@@ -320,8 +360,8 @@ class Shipper:
             )  # fmt: skip
             await asyncio.sleep(delay)
 
-    async def _post(self, batch: list[Entry]) -> Any:
-        content = self._encoder.encode(batch[0].run_id, batch)
+    async def _post(self, batch: list[Entry], advance: dict[str, Any] | None) -> Any:
+        content = self._encoder.encode(batch[0].run_id, batch, advance)
         trace = self.traces.get(batch[0].run_id) if self.traces else None
         if trace is None:
             return await self.http.post(
@@ -340,6 +380,16 @@ class Shipper:
         if not (tracing.TRACING_ON or item.traceparent):
             return _NO_SPAN  # tracing off and no caller's trace: nothing to carry
         return runtrace.run_scope(self, item, attempt)
+
+
+def _advanced(resp: Any) -> InboxPeek | None:
+    """The peek an accepted post's answer carries (None: the API did not advance)."""
+    try:
+        wire = resp.json().get("advance")
+        return None if wire is None else peek_from_wire(wire)
+    except Exception:  # unreadable: the owner advances itself (idempotent after this one)
+        log.warning("ingest answer with an unreadable advance", exc_info=True)
+        return None
 
 
 def _problem_code(resp: Any) -> str:

@@ -32,7 +32,7 @@ from streamward.core.contract import Entry
 from streamward.lua.errors import LeaseError, NotOwner, SeqGap, StaleToken, StreamwardError
 from streamward.lua.keys import SessionKeys
 from streamward.lua.replies import IngestResult as StoreIngestResult
-from streamward.lua.store import IngestCall
+from streamward.lua.store import Advance, IngestCall
 
 # the runners' ingest alone in a router of its own, included second (api/main.py, after
 # invoke): the app tries routes one by one, and this is the second hottest
@@ -82,6 +82,7 @@ async def _ingest(body: IngestRequest, request: Request) -> Response:
         entries,
         replica_id=body.replica_id,
         incarnation=body.incarnation,
+        advance=_advance(body),
     )
     if state.audit is not None:
         stored = _audited_ingest(state.audit, body, sk, entries, stored)
@@ -103,9 +104,7 @@ async def _ingest(body: IngestRequest, request: Request) -> Response:
             # entries then duplicates) adds the deliveries again, idempotently
             await callbacks.add_deliveries(state.outbox, state.settings, sk, cb, entries)
     _stored(state, sk, body.run_id, entries, res)
-    return OrjsonResponse(
-        {"accepted": res.accepted, "duplicates": res.duplicates, "last_seq": res.last_seq}
-    )
+    return OrjsonResponse(_result(res))
 
 
 @ingest_router.post(
@@ -125,6 +124,7 @@ async def ingest_batch(body: IngestBatchRequest, request: Request) -> Response:
     calls: list[IngestCall] = []
     slots: list[int] = []
     parsed: list[list[Entry]] = []
+    advances: list[Advance | None] = []
     for i, item in enumerate(body.batches):
         sk = state.keys.session(item.project, item.session_id)
         try:
@@ -134,9 +134,10 @@ async def ingest_batch(body: IngestBatchRequest, request: Request) -> Response:
             continue
         owner = _owner(item)
         calls.append((sk, item.token, item.run_id, owner, entries))
+        advances.append(_advance(item))
         slots.append(i)
         parsed.append(entries)
-    stored = await state.store.ingest_many(calls) if calls else []
+    stored = await state.store.ingest_many(calls, advances) if calls else []
     deliveries: list[tuple[SessionKeys, str, list[Entry]]] = []
     for i, call, entries, res in zip(slots, calls, parsed, stored, strict=True):
         item, sk, run_id = body.batches[i], call[0], call[2]
@@ -146,14 +147,7 @@ async def ingest_batch(body: IngestBatchRequest, request: Request) -> Response:
             _stored(state, sk, run_id, entries, res)
             if callbacks.may_have_callback(state.outbox, state.settings, sk, entries):
                 deliveries.append((sk, run_id, entries))
-            results[i] = {
-                "status": 200,
-                "body": {
-                    "accepted": res.accepted,
-                    "duplicates": res.duplicates,
-                    "last_seq": res.last_seq,
-                },
-            }
+            results[i] = {"status": 200, "body": _result(res)}
         elif isinstance(res, (StaleToken, NotOwner, SeqGap, LeaseError)):
             results[i] = _problem_item(res)
         else:  # not a refusal: fail the request, as the single ingest would (500)
@@ -178,6 +172,26 @@ def _entries_of(body: IngestRequest) -> list[Entry]:
         )
         for i, e in enumerate(body.entries)
     ]
+
+
+def _advance(body: IngestRequest) -> Advance | None:
+    """The run's input to consume after the append (ingestAdvance-7), if the runner asks."""
+    a = body.advance
+    if a is None:
+        return None
+    announce = None if a.announce is None else (a.announce.replica_id, a.announce.poison_after)
+    return a.entry_id, a.count, announce
+
+
+def _result(res: StoreIngestResult) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "accepted": res.accepted,
+        "duplicates": res.duplicates,
+        "last_seq": res.last_seq,
+    }
+    if res.peek is not None:
+        out["advance"] = res.peek
+    return out
 
 
 def _owner(body: IngestRequest) -> str:
