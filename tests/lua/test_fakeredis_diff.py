@@ -241,6 +241,33 @@ async def case_start_notice(call: Call) -> list[Any]:
     return replies
 
 
+async def case_ingest_advance(call: Call) -> list[Any]:
+    """ingestAdvance-7: the run's entries, then its input consumed and the next peeked (and
+    announced); a refused append consumes nothing; a retry announces nothing again."""
+    base = ["enqueue", "0", 60_000, "proj", "diff", "invoke", "", "default", 0, "1"]
+    peek = [SK.inbox, SK.runs, SK.cancels, SK.meta, SK.epoch]
+    keys7 = [*peek, SK.log, SK.lease]
+    ann = ["1", 0, "proj/diff", "r1"]
+    replies = [
+        await call("enqueueInput", ENQUEUE5, ["run_1", "{}", *base]),
+        await call("enqueueInput", ENQUEUE5, ["run_2", "{}", *base, "", "sw:starts:a"]),
+        await call("acquireLease", LEASE4, ["r1", "i1", TTL_MS]),
+        await call("peekInbox", peek, [10, 1, 1]),
+    ]
+    head_id = replies[-1][1][0]
+    done = [1, "run.started", "{}", 5, 2, "run.completed", '{"ok": true}', 6]
+    me = owner("r1", "i1", 1)
+    for args in (
+        [2, "run_1", 2, me, head_id, 10, *ann, *done],  # stale token
+        [1, "run_1", 1, me, head_id, 10, *ann, 3, "run.completed", "{}", 7],  # seq gap
+        [1, "run_1", 2, owner("r1", "i9", 1), head_id, 10, *ann, *done],  # not owner
+        [1, "run_1", 2, me, head_id, 10, *ann, *done],  # stored, consumed, run_2 announced
+        [1, "run_1", 2, me, head_id, 10, *ann, *done],  # a retry: duplicates, no notice
+    ):
+        replies.append(await call("ingestAdvance", keys7, args))
+    return replies
+
+
 async def case_save_state(call: Call) -> list[Any]:
     """saveState-3 (the session host's fenced snapshot): stored, stale token, not owner."""
     state3 = [SK.epoch, SK.state, SK.lease]
@@ -262,6 +289,7 @@ CASES = {
     "release": case_release,
     "force_release": case_force_release,
     "ingest": case_ingest,
+    "ingest_advance": case_ingest_advance,
     "inbox": case_inbox,
     "save_state": case_save_state,
     "start_notice": case_start_notice,

@@ -524,3 +524,52 @@ async def test_an_owner_paused_past_its_deadline_after_a_take_does_not_run_the_i
         await client.aclose()
         await asyncio.to_thread(fleet.stop)
         server.cleanup()
+
+
+async def test_a_drain_landing_before_the_last_post_records_no_take_of_the_next_input(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run's last post would consume its input and take the next (ingestAdvance); a
+    leaving actor must take nothing it will not run, or the next owner would count one
+    owner too many towards the poison limit."""
+    gate = asyncio.Event()
+
+    async def handler(ctx: RunContext, input: Any) -> AsyncIterator[Any]:
+        if ctx.run_id == "run_a":
+            await gate.wait()
+        yield None
+
+    api = fleet.start_api()
+    replica = await _start(
+        replicas, settings_for(redis_server.url, api.url, fleet, tmp_path), handler
+    )
+    streams, sk = Streams(redis_client), keys.session("default", "leaving")
+    await store.enqueue(sk, "run_a", "{}")
+    b = await store.enqueue(sk, "run_b", "{}")
+    await streams.publish_work(sk.ref, "invoke")
+    await wait_for(_status(streams, sk, "run_a", "started"), 10, "run_a to start")
+    actor = replica.actors[sk.ref]
+    assert actor.shipper is not None
+    flush = actor.shipper.flush
+    asked: list[bool] = []
+
+    async def drain_then_flush(*args: Any, **kw: Any) -> Any:
+        if kw.get("advance"):
+            actor.drain()  # lands while the run's last entries wait to be posted
+            asked.append(True)
+        return await flush(*args, **kw)
+
+    monkeypatch.setattr(actor.shipper, "flush", drain_then_flush)
+    gate.set()
+    await wait_for(_status(streams, sk, "run_b", "completed"), 15, "run_b, on a new lease")
+    started = [e for e in await _entries(streams, sk) if e.type == "run.started"]
+    assert asked and [(e.run_id, e.token) for e in started] == [("run_a", 1), ("run_b", 2)]
+    # run_b's take was recorded by its runner alone: one owner
+    assert (await redis_client.hget(sk.meta, "head_taken")) == f"{b.entry_id}|2|1"

@@ -280,3 +280,50 @@ async def test_an_older_api_refusing_the_advance_gets_the_entries_alone(
     assert [e["run_id"] for e in await _log(redis_client, sk)] == ["run_1", "run_2"]
     assert await redis_client.xlen(sk.inbox) == 1  # nothing consumed by the older API
     assert ["advance" in b for b in seen.bodies] == [True, False, False]
+
+
+class LosesFirstAnswer(httpx.AsyncBaseTransport):
+    """The real API, but the answer to the first post that carries ``advance`` is lost
+    (the API did the work; the client sees a dropped connection)."""
+
+    def __init__(self) -> None:
+        self.real = httpx.AsyncHTTPTransport()
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        resp = await self.real.handle_async_request(request)
+        if not self.lost and "advance" in orjson.loads(request.content):
+            self.lost += 1
+            await resp.aread()
+            raise httpx.ReadError("connection reset after the request", request=request)
+        return resp
+
+
+async def test_a_post_whose_answer_was_lost_is_retried_with_its_advance(
+    fleet: Fleet, store: LeaseStore, keys: Keys, redis_client: aioredis.Redis
+) -> None:
+    """The retry carries the same advance: answered alike (the input consumed once), so the
+    flush still returns the peek; a flush told to stop asking sends none."""
+    api = fleet.start_api()
+    sk = keys.session("default", "ship-lost")
+    first = await store.enqueue(sk, "run_1", "{}")
+    second = await store.enqueue(sk, "run_2", '{"n": 2}')
+    lease = await store.acquire(sk, "tester", "inc-1", 60_000)
+    transport, seen = LosesFirstAnswer(), Requests()
+    async with httpx.AsyncClient(transport=transport, event_hooks={"request": [seen]}) as client:
+        shipper = _shipper(client, api.url, fleet, sk, lease.token, linger_s=0.0)
+        try:
+            assert first.entry_id and second.entry_id
+            await shipper.put("run_1", "run.completed", {})
+            peek = await shipper.flush(advance=(first.entry_id, 16, None))
+            assert transport.lost == 1
+            assert peek is not None and [m.run_id for m in peek.metas] == ["run_2"]
+            await shipper.put("run_2", "run.completed", {})
+            unasked = await shipper.flush(advance=(second.entry_id, 16, None), still=lambda: False)
+            assert unasked is None
+        finally:
+            await shipper.close()
+    assert ["advance" in b for b in seen.bodies] == [True, True, False]
+    assert await redis_client.xlen(sk.inbox) == 1  # run_1's input consumed, once; run_2's not
+    assert [e["run_id"] for e in await _log(redis_client, sk)] == ["run_1", "run_2"]

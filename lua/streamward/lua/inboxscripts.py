@@ -76,7 +76,7 @@ def announce_args(sk: SessionKeys, announce: Announce | None) -> list[ArgT]:
 
 
 def peek_from_wire(wire: Sequence[Any]) -> InboxPeek:
-    """``ingestAdvance``'s peek as the API passes it on (ingestscripts.PeekWire)."""
+    """``ingestAdvance``'s peek as the API passes it on (``IngestResult.peek``)."""
     return _inbox_peek([1, *wire])
 
 

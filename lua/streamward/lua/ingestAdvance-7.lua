@@ -7,7 +7,8 @@
   input's start notice leaves Redis the moment the transcript is stored. Sent by the API's
   ingest when the runner's post names the input (docs/api.md, "The inbox advanced by the
   ingest"). A retried post (its answer lost) is safe: its entries are duplicates, the
-  XDEL of a consumed entry does nothing, and the peek records the same take again.
+  XDEL of a consumed entry does nothing (and then no start notice is published again),
+  and the peek records the same take again.
 
   KEYS[1] inbox key              sw:{S}:inbox
   KEYS[2] runs key               sw:{S}:runs
@@ -42,10 +43,14 @@ local r = ingest_entries(5, 6, 4, 2, 7, 11)
 if r[1] ~= OK then
   return r
 end
-redis.call('XDEL', KEYS[1], ARGV[5])
-redis.call('HSET', KEYS[4], 'inbox_cursor', ARGV[5])
+-- 0: consumed already (a retried or late copy of this post): the peek is answered again,
+-- but no notice is published on a decision that may be stale, and the cursor stays
+local consumed = redis.call('XDEL', KEYS[1], ARGV[5])
+if consumed == 1 then
+  redis.call('HSET', KEYS[4], 'inbox_cursor', ARGV[5])
+end
 local notice = nil
-if ARGV[7] == '1' then
+if consumed == 1 and ARGV[7] == '1' then
   notice = {ref = ARGV[9], replica = ARGV[10], poison_after = tonumber(ARGV[8]) or 0}
 end
 local p = peek_inbox(tonumber(ARGV[6]), '1', ARGV[1], notice)

@@ -114,7 +114,7 @@ class IngestScripts:
             for script, keys, args in built:
                 script.queue(pipe, keys, args)
 
-        used = [plain, combined] if any(a is not None for a in todo) else [plain]
+        used = [combined, plain] if any(a is not None for a in todo) else [plain]
         replies = await execute_pipeline(self._client, used, build, alone=True)
         out: list[IngestResult | E.StreamwardError] = []
         for call, a, raw in zip(calls, todo, replies, strict=True):

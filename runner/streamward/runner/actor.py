@@ -282,7 +282,8 @@ class SessionActor(ActorControl):
         started = started_data(r.replica_id, attempt, Fragment(item.input_json), max_copy)
         started_seq = await shipper.put(item.run_id, "run.started", started)
         st = self._state  # a notice when our take was recorded and the peek sent none
-        if item.starts_to and st.head_taken == item.id and st.head_announced != item.id:
+        mine = st.head_taken == item.id and self.life.can_write  # (not past the deadline)
+        if item.starts_to and mine and st.head_announced != item.id:
             notice = StartNotice(self.ref, item.run_id, r.replica_id, self.token)
             announce(r.streams, item.starts_to, notice)  # the waiting invoke answers now
         ctx = RunContext(
@@ -337,13 +338,10 @@ class SessionActor(ActorControl):
         r.metrics.run_duration.labels(outcome).observe(time.monotonic() - run_t0)
 
     async def _drive(self, ctx: RunContext, item: InboxItem) -> int:
-        """The handler, unless this owner's lease may have passed to another since its take.
-
-        A replica paused past its self-fencing deadline (SIGSTOP, a VM freeze) resumes
-        mid-turn before its fence timer fires; a newer owner may be running this input by
-        then. Writes are fenced anyway; the check keeps the handler's own side effects (and a
-        poison input's kill) to owners whose lease still holds.
-        """
+        """The handler, unless this owner's lease may have passed to another since its take:
+        a replica paused past its deadline (SIGSTOP) resumes before its fence timer fires.
+        Writes are fenced anyway; this keeps the handler's side effects (and a poison input's
+        kill) to owners whose lease holds."""
         assert self.shipper is not None
         for _ in range(DEADLINE_WAIT_TURNS):
             if self.life.can_write:
@@ -365,10 +363,15 @@ class SessionActor(ActorControl):
             poison_after = r.settings.poison_after_owners
             announce = announce_for(self._state, self._announce_as(), poison_after)
             args = (item.id, INBOX_WINDOW, announce)
-            peek = None if shipper is None else await shipper.flush(advance=args)
-            if peek is None:
+            # a drain landing during the post: it goes without the advance (no take recorded)
+            staying = lambda: not self._draining  # noqa: E731
+            peek = None if shipper is None else await shipper.flush(advance=args, still=staying)
+            if peek is None and not self._draining:
                 peek = await r.store.advance_inbox(self.session, self.token, *args)
-            self._peeked, pending = (peek if peek.metas else None), len(peek.metas)
+            if peek is None:
+                pending = await r.store.complete_input(self.session, self.token, item.id)
+            else:
+                self._peeked, pending = (peek if peek.metas else None), len(peek.metas)
         else:
             if fetch and shipper is not None:
                 await shipper.flush()

@@ -19,6 +19,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from streamward.lua.inboxscripts import peek_from_wire
+from streamward.lua.replies import InboxPeek
+
 MAX_CONNECTIONS = 64
 # coalescing (see IngestHTTP): requests in flight at once, and the most bytes of ingest
 # bodies one batch request carries (well under the API's 1 MiB default body limit)
@@ -274,3 +277,23 @@ def _settle(p: _Pending, outcome: IngestResponse | IngestHTTPError) -> None:
         p.future.set_exception(outcome)
     else:
         p.future.set_result(outcome)
+
+
+def problem_code(resp: Any) -> str:
+    """A problem answer's ``code`` ("" when it has none)."""
+    with contextlib.suppress(Exception):
+        body = resp.json()
+        if isinstance(body, dict):
+            return str(body.get("code", ""))
+    return ""
+
+
+def answer_peek(resp: Any) -> InboxPeek | None:
+    """The inbox peek an accepted ingest's answer carries (``advance``: ingestAdvance-7);
+    None when the API did not advance the inbox."""
+    try:
+        wire = resp.json().get("advance")
+        return None if wire is None else peek_from_wire(wire)
+    except Exception:  # unreadable: the owner advances itself (idempotent after this one)
+        log.warning("ingest answer with an unreadable advance", exc_info=True)
+        return None

@@ -27,11 +27,11 @@ from streamward.core.contract import (
     advance_body,
 )
 from streamward.lua.inbox import InboxItem
-from streamward.lua.inboxscripts import Announce, peek_from_wire
+from streamward.lua.inboxscripts import Announce
 from streamward.lua.keys import SessionKeys
 from streamward.lua.replies import InboxPeek
 from streamward.runner import runtrace
-from streamward.runner.ingest_http import IngestHTTP, IngestHTTPError
+from streamward.runner.ingest_http import IngestHTTP, IngestHTTPError, answer_peek, problem_code
 from streamward.runner.offloop import dumps
 
 # the replica's aiohttp client, or httpx (some tests): the same post() signature
@@ -46,8 +46,10 @@ START_SPINS = 16
 # shipped without lingering: nothing more of their run follows soon (an interrupted run is
 # re-run by the next owner, not by this one)
 _FINAL_TYPES = TERMINAL_TYPES | {RUN_INTERRUPTED}
-# an API that refused the advance field (422: an older API) is not asked again for this long
+# an API that refused the advance field (422: an older API) is not asked again for this
+# long, by any shipper of this process (by ingest url)
 NO_ADVANCE_S = 60.0
+_NO_ADVANCE_UNTIL: dict[str, float] = {}
 
 
 class ShipStopped(Exception):
@@ -135,8 +137,8 @@ class Shipper:
         # flush(advance=...): (the seq whose post carries it, its IngestAdvance body); the
         # peek of the post that did it; until when the API is not asked (it refused one)
         self._advance: tuple[int, dict[str, Any]] | None = None
+        self._advance_still: Callable[[], bool] = lambda: True
         self._advanced: InboxPeek | None = None
-        self._no_advance_until = 0.0
         self._encoder = IngestEncoder(
             session_id=session.session_id,
             project=session.project,
@@ -208,16 +210,18 @@ class Shipper:
         timeout_s: float | None = None,
         *,
         advance: tuple[str, int, Announce | None] | None = None,
+        still: Callable[[], bool] = lambda: True,
     ) -> InboxPeek | None:
         """Wait until everything put so far is stored in the log. Raises ShipStopped.
         ``advance`` (as advanceInbox's: inbox entry id, count, announce): the post of the
         last entries also consumes that input after storing them and peeks the next
-        (ingestAdvance-7); returns that peek, or None if no post did (an older API)."""
+        (ingestAdvance-7), while ``still()``; returns that peek, or None if no post did."""
         target = self._next_seq - 1
         if advance is None:  # (leaves another caller's advance alone)
             await self._flush(target, timeout_s)
             return None
         self._advanced = None
+        self._advance_still = still
         self._advance = (target, advance_body(*advance)) if self._acked_seq < target else None
         try:
             await self._flush(target, timeout_s)
@@ -312,8 +316,8 @@ class Shipper:
             if not self.can_write():
                 raise Fenced("replica is fenced: not shipping")
             adv = self._advance
-            carry = adv is not None and adv[0] == batch[-1].seq
-            carry = carry and time.monotonic() >= self._no_advance_until
+            carry = adv is not None and adv[0] == batch[-1].seq and self._advance_still()
+            carry = carry and time.monotonic() >= _NO_ADVANCE_UNTIL.get(self.url, 0.0)
             try:
                 resp = await self._post(batch, adv[1] if carry and adv is not None else None)
             except _NO_ANSWER as exc:
@@ -325,11 +329,12 @@ class Shipper:
             else:
                 if resp.status_code == 200:
                     if carry:
-                        self._advanced = _advanced(resp)
+                        self._advanced = answer_peek(resp)
                     return
-                code = _problem_code(resp)
-                if resp.status_code == 422 and carry:  # an API without ingestAdvance
-                    self._no_advance_until = time.monotonic() + NO_ADVANCE_S
+                code = problem_code(resp)
+                if resp.status_code == 422 and carry and "advance" in resp.text:
+                    # an API from before ingestAdvance (the field unknown): once per replica
+                    _NO_ADVANCE_UNTIL[self.url] = time.monotonic() + NO_ADVANCE_S
                     continue
                 if resp.status_code == 409 and code in ("stale_token", "not_owner"):
                     raise StaleOwner(
@@ -380,21 +385,3 @@ class Shipper:
         if not (tracing.TRACING_ON or item.traceparent):
             return _NO_SPAN  # tracing off and no caller's trace: nothing to carry
         return runtrace.run_scope(self, item, attempt)
-
-
-def _advanced(resp: Any) -> InboxPeek | None:
-    """The peek an accepted post's answer carries (None: the API did not advance)."""
-    try:
-        wire = resp.json().get("advance")
-        return None if wire is None else peek_from_wire(wire)
-    except Exception:  # unreadable: the owner advances itself (idempotent after this one)
-        log.warning("ingest answer with an unreadable advance", exc_info=True)
-        return None
-
-
-def _problem_code(resp: Any) -> str:
-    with contextlib.suppress(Exception):
-        body = resp.json()
-        if isinstance(body, dict):
-            return str(body.get("code", ""))
-    return ""
