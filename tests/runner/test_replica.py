@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,33 @@ async def replicas() -> AsyncIterator[list[Replica]]:
         await r.stop()
 
 
+@dataclass
+class OwnRedis:
+    """A redis-server of the test's own (it may be SIGSTOPped), an API on it, a client."""
+
+    server: RedisServer
+    fleet: Fleet
+    client: aioredis.Redis
+    api_url: str
+
+
+@pytest.fixture
+async def own_redis(replicas: list[Replica]) -> AsyncIterator[OwnRedis]:
+    server = RedisServer().start()
+    fleet = Fleet(server.url)
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        api = await asyncio.to_thread(fleet.start_api)
+        yield OwnRedis(server, fleet, client, api.url)
+    finally:
+        for r in replicas:  # before their Redis and API go
+            await r.stop()
+        replicas.clear()
+        await client.aclose()
+        await asyncio.to_thread(fleet.stop)
+        server.cleanup()
+
+
 async def _start(replicas: list[Replica], settings: RunnerSettings, handler: Handler) -> Replica:
     replica = Replica(settings, handler)
     replicas.append(replica)
@@ -104,53 +132,42 @@ async def _entries(streams: Streams, sk: SessionKeys) -> list[LogEntry]:
 
 
 async def test_self_fencing_stops_runs_then_recovers(
-    replicas: list[Replica], tmp_path: Path
+    replicas: list[Replica], own_redis: OwnRedis, tmp_path: Path
 ) -> None:
-    server = RedisServer().start()
-    fleet = Fleet(server.url)
-    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    server, fleet, client = own_redis.server, own_redis.fleet, own_redis.client
+    handler = Blocking()
+    s = settings_for(server.url, own_redis.api_url, fleet, tmp_path, replica_ttl_ms=1000)
+    replica = await _start(replicas, s, handler)
+    store, streams, sk = LeaseStore(client), Streams(client), Keys().session("default", "f")
+    await _submit(store, streams, sk, "run_f", "{}")
+    await asyncio.wait_for(handler.started.wait(), 10)
+    assert (tmp_path / "heartbeat").exists()
+    incarnation = replica.incarnation
+    assert server.proc is not None
+    loop = asyncio.get_running_loop()
+    os.kill(server.proc.pid, signal.SIGSTOP)  # Redis hangs: renewals cannot succeed
+    t0 = loop.time()
     try:
-        api = await asyncio.to_thread(fleet.start_api)
-        handler = Blocking()
-        s = settings_for(server.url, api.url, fleet, tmp_path, replica_ttl_ms=1000)
-        replica = await _start(replicas, s, handler)
-        store, streams, sk = LeaseStore(client), Streams(client), Keys().session("default", "f")
-        await _submit(store, streams, sk, "run_f", "{}")
-        await asyncio.wait_for(handler.started.wait(), 10)
-        assert (tmp_path / "heartbeat").exists()
-        incarnation = replica.incarnation
-        assert server.proc is not None
-        loop = asyncio.get_running_loop()
-        os.kill(server.proc.pid, signal.SIGSTOP)  # Redis hangs: renewals cannot succeed
-        t0 = loop.time()
-        try:
-            await wait_for(lambda: replica.fenced, 5, "the replica to fence itself")
-            fenced_after_s = loop.time() - t0
-            # cancelled at once: the handler sees it within a few loop iterations
-            await asyncio.wait_for(handler.cancelled.wait(), 1.0)
-            assert not replica.actors
-            assert not replica.can_write()
-        finally:
-            os.kill(server.proc.pid, signal.SIGCONT)
-        # it fenced before its lease could expire (at most one TTL after the last renew)
-        assert fenced_after_s < s.replica_ttl_ms / 1000
-        await wait_for(
-            lambda: not replica.fenced and replica.incarnation != incarnation, 10, "re-registration"
-        )
-        # the session its old incarnation held is re-queued, taken over and restarted
-        await wait_for(lambda: handler.attempts == [1, 2], 10, "the restart")
-        await wait_for(_status(streams, sk, "run_f", "started"), 10, "run.started of the restart")
-        types = [(e.type, e.data.get("attempt")) for e in await _entries(streams, sk)]
-        assert types == [("run.started", 1), ("run.interrupted", None), ("run.started", 2)]
-        own = await store.ownership(sk)
-        assert own.incarnation == replica.incarnation and own.token == 2
+        await wait_for(lambda: replica.fenced, 5, "the replica to fence itself")
+        fenced_after_s = loop.time() - t0
+        # cancelled at once: the handler sees it within a few loop iterations
+        await asyncio.wait_for(handler.cancelled.wait(), 1.0)
+        assert not replica.actors
+        assert not replica.can_write()
     finally:
-        for r in replicas:
-            await r.stop()
-        replicas.clear()
-        await client.aclose()
-        await asyncio.to_thread(fleet.stop)
-        server.cleanup()
+        os.kill(server.proc.pid, signal.SIGCONT)
+    # it fenced before its lease could expire (at most one TTL after the last renew)
+    assert fenced_after_s < s.replica_ttl_ms / 1000
+    await wait_for(
+        lambda: not replica.fenced and replica.incarnation != incarnation, 10, "re-registration"
+    )
+    # the session its old incarnation held is re-queued, taken over and restarted
+    await wait_for(lambda: handler.attempts == [1, 2], 10, "the restart")
+    await wait_for(_status(streams, sk, "run_f", "started"), 10, "run.started of the restart")
+    types = [(e.type, e.data.get("attempt")) for e in await _entries(streams, sk)]
+    assert types == [("run.started", 1), ("run.interrupted", None), ("run.started", 2)]
+    own = await store.ownership(sk)
+    assert own.incarnation == replica.incarnation and own.token == 2
 
 
 async def test_lost_replica_lease_drops_sessions_and_reregisters(
@@ -475,14 +492,15 @@ async def test_an_input_announced_by_the_advance_still_runs_here_when_a_drain_la
 
 
 async def test_an_owner_paused_past_its_deadline_after_a_take_does_not_run_the_input(
-    replicas: list[Replica], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    replicas: list[Replica],
+    own_redis: OwnRedis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The chaos case of a SIGSTOP between an owner's take and its handler: on resume, the
     run task can get the loop before the fence timer. The handler must not run under the
     old lease (a newer owner may be running the input); the new incarnation runs it."""
-    server = RedisServer().start()
-    fleet = Fleet(server.url)
-    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    server, fleet, client = own_redis.server, own_redis.fleet, own_redis.client
     calls: list[tuple[str, int]] = []
 
     async def handler(ctx: RunContext, input: Any) -> AsyncIterator[Any]:
@@ -504,26 +522,17 @@ async def test_an_owner_paused_past_its_deadline_after_a_take_does_not_run_the_i
         return await real_parse(raw)
 
     monkeypatch.setattr("streamward.runner.actor.parse_input", parse_after_a_pause)
-    try:
-        api = await asyncio.to_thread(fleet.start_api)
-        s = settings_for(server.url, api.url, fleet, tmp_path, replica_ttl_ms=1000)
-        replica = await _start(replicas, s, handler)
-        incarnation = replica.incarnation
-        store, streams, sk = LeaseStore(client), Streams(client), Keys().session("default", "p")
-        await _submit(store, streams, sk, "run_p", "{}")
-        await wait_for(_status(streams, sk, "run_p", "completed"), 20, "run_p on a new owner")
-        assert paused and replica.incarnation != incarnation
-        # only the new owner ran it: never under token 1, the lease the pause outlived
-        assert calls == [("run_p", 2)]
-        started = [e for e in await _entries(streams, sk) if e.type == "run.started"]
-        assert [e.token for e in started] == [2]
-    finally:
-        for r in replicas:
-            await r.stop()
-        replicas.clear()
-        await client.aclose()
-        await asyncio.to_thread(fleet.stop)
-        server.cleanup()
+    s = settings_for(server.url, own_redis.api_url, fleet, tmp_path, replica_ttl_ms=1000)
+    replica = await _start(replicas, s, handler)
+    incarnation = replica.incarnation
+    store, streams, sk = LeaseStore(client), Streams(client), Keys().session("default", "p")
+    await _submit(store, streams, sk, "run_p", "{}")
+    await wait_for(_status(streams, sk, "run_p", "completed"), 20, "run_p on a new owner")
+    assert paused and replica.incarnation != incarnation
+    # only the new owner ran it: never under token 1, the lease the pause outlived
+    assert calls == [("run_p", 2)]
+    started = [e for e in await _entries(streams, sk) if e.type == "run.started"]
+    assert [e.token for e in started] == [2]
 
 
 async def test_a_drain_landing_before_the_last_post_records_no_take_of_the_next_input(

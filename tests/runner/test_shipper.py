@@ -208,16 +208,24 @@ async def test_oversized_entries_become_markers_and_bad_data_is_refused(
     assert log[0]["data"]["truncated"] is True and log[0]["data"]["bytes"] > 5000
 
 
-class OlderApi(httpx.AsyncBaseTransport):
-    """The real API behind an older one's validation: a body with ``advance`` gets the 422
-    an API without ingestAdvance answers (an unknown field)."""
+class RealApi(httpx.AsyncBaseTransport):
+    """The real API; subclasses change what a post carrying ``advance`` gets."""
 
     def __init__(self) -> None:
         self.real = httpx.AsyncHTTPTransport()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    @staticmethod
+    async def carries_advance(request: httpx.Request) -> bool:
         await request.aread()
-        if "advance" in orjson.loads(request.content):
+        return "advance" in orjson.loads(request.content)
+
+
+class OlderApi(RealApi):
+    """The real API behind an older one's validation: a body with ``advance`` gets the 422
+    an API without ingestAdvance answers (an unknown field)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if await self.carries_advance(request):
             problem = {"code": "invalid_input", "errors": [{"loc": ["body", "advance"]}]}
             return httpx.Response(422, json=problem)
         return await self.real.handle_async_request(request)
@@ -282,18 +290,16 @@ async def test_an_older_api_refusing_the_advance_gets_the_entries_alone(
     assert ["advance" in b for b in seen.bodies] == [True, False, False]
 
 
-class LosesFirstAnswer(httpx.AsyncBaseTransport):
+class LosesFirstAnswer(RealApi):
     """The real API, but the answer to the first post that carries ``advance`` is lost
     (the API did the work; the client sees a dropped connection)."""
 
-    def __init__(self) -> None:
-        self.real = httpx.AsyncHTTPTransport()
-        self.lost = 0
+    lost = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await request.aread()
+        advance = await self.carries_advance(request)
         resp = await self.real.handle_async_request(request)
-        if not self.lost and "advance" in orjson.loads(request.content):
+        if not self.lost and advance:
             self.lost += 1
             await resp.aread()
             raise httpx.ReadError("connection reset after the request", request=request)

@@ -27,9 +27,9 @@ from streamward.core.contract import (
     advance_body,
 )
 from streamward.lua.inbox import InboxItem
-from streamward.lua.inboxscripts import Announce
 from streamward.lua.keys import SessionKeys
 from streamward.lua.replies import InboxPeek
+from streamward.lua.store import Advance
 from streamward.runner import runtrace
 from streamward.runner.ingest_http import IngestHTTP, IngestHTTPError, answer_peek, problem_code
 from streamward.runner.offloop import dumps
@@ -134,10 +134,9 @@ class Shipper:
         self._urgent_seq = 0
         self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # flush(advance=...): (the seq whose post carries it, its IngestAdvance body); the
-        # peek of the post that did it; until when the API is not asked (it refused one)
-        self._advance: tuple[int, dict[str, Any]] | None = None
-        self._advance_still: Callable[[], bool] = lambda: True
+        # flush(advance=...): the seq whose post carries it, its IngestAdvance body, and
+        # whether it is still wanted; then the peek of the post that did it
+        self._advance: tuple[int, dict[str, Any], Callable[[], bool]] | None = None
         self._advanced: InboxPeek | None = None
         self._encoder = IngestEncoder(
             session_id=session.session_id,
@@ -209,7 +208,7 @@ class Shipper:
         self,
         timeout_s: float | None = None,
         *,
-        advance: tuple[str, int, Announce | None] | None = None,
+        advance: Advance | None = None,
         still: Callable[[], bool] = lambda: True,
     ) -> InboxPeek | None:
         """Wait until everything put so far is stored in the log. Raises ShipStopped.
@@ -221,8 +220,8 @@ class Shipper:
             await self._flush(target, timeout_s)
             return None
         self._advanced = None
-        self._advance_still = still
-        self._advance = (target, advance_body(*advance)) if self._acked_seq < target else None
+        if self._acked_seq < target:
+            self._advance = (target, advance_body(*advance), still)
         try:
             await self._flush(target, timeout_s)
         finally:
@@ -315,11 +314,10 @@ class Shipper:
             # this before the heartbeat task notices the deadline passed
             if not self.can_write():
                 raise Fenced("replica is fenced: not shipping")
-            adv = self._advance
-            carry = adv is not None and adv[0] == batch[-1].seq and self._advance_still()
-            carry = carry and time.monotonic() >= _NO_ADVANCE_UNTIL.get(self.url, 0.0)
+            advance = self._advance_for(batch)
+            carry = advance is not None
             try:
-                resp = await self._post(batch, adv[1] if carry and adv is not None else None)
+                resp = await self._post(batch, advance)
             except _NO_ANSWER as exc:
                 why = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # a client bug must not end shipping silently: retried
@@ -364,6 +362,14 @@ class Shipper:
                 self.session.ref, batch[0].seq, batch[-1].seq, why, attempt, delay,
             )  # fmt: skip
             await asyncio.sleep(delay)
+
+    def _advance_for(self, batch: list[Entry]) -> dict[str, Any] | None:
+        """The advance this post carries: only the one with the flush's last entry, while
+        its caller still wants it and the API has not refused the field lately."""
+        adv = self._advance
+        if adv is None or adv[0] != batch[-1].seq or not adv[2]():
+            return None
+        return adv[1] if time.monotonic() >= _NO_ADVANCE_UNTIL.get(self.url, 0.0) else None
 
     async def _post(self, batch: list[Entry], advance: dict[str, Any] | None) -> Any:
         content = self._encoder.encode(batch[0].run_id, batch, advance)
