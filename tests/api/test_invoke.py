@@ -76,7 +76,10 @@ async def test_invoke_mails_live_owner_instead_of_work_queue(
         r = await c.post("/v1/sessions/s1/invoke", json={"mode": "detached"})
     assert r.json()["status"] == "queued"
     mail = await streams.read_mail("replica-a", "0-0", block_ms=1)
-    assert [(m.kind, m.session_ref) for m in mail] == [("input", "default/s1")]
+    # the mail names the input's mode: an enqueue never interrupts the owner's run
+    assert [(m.kind, m.session_ref, m.multitask) for m in mail] == [
+        ("input", "default/s1", "enqueue")
+    ]
     assert await streams.client.xlen(streams.keys.work) == 0
 
 

@@ -415,6 +415,11 @@ async def test_notify_replica_mails_only_a_live_incarnation(
     mails = await streams.read_mail("r1", "0-0", block_ms=1)
     assert [(m.kind, m.session_ref, m.run_id) for m in mails] == [("cancel", session.ref, "run_9")]
     assert await redis_client.zscore(store.keys.sessions, session.ref) == 1234
+    # an input mail names the input's mode when the sender knows it (runner/control.py)
+    assert await store.notify_replica("r1", "inc-1", "input", session.ref, multitask="enqueue")
+    assert await store.notify_replica("r1", "inc-1", "input", session.ref)
+    mails = await streams.read_mail("r1", mails[-1].id, block_ms=1)
+    assert [(m.kind, m.multitask) for m in mails] == [("input", "enqueue"), ("input", "")]
 
 
 async def test_peek_inbox_reads_inputs_head_state_and_cancel_in_one_call(

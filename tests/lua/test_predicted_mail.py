@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from streamward.lua import autopipe
 from streamward.lua.keys import Keys
 from streamward.lua.store import LeaseStore
+from streamward.lua.streams import Streams
 from tests.lua.helpers import LEASE_TTL_MS, REPLICA_TTL_MS, hold, inbox_runs
 
 
@@ -46,6 +47,8 @@ async def test_the_seen_holder_is_mailed_with_the_append_and_a_moved_one_is_not_
     second = await store.enqueue(sk, "run_2", "2", predict_mail=True)
     assert second.mailed == second.holder == ("r1", "r1-inc")
     assert await _mails(redis_client, keys, "r1") == 1  # the predicted mail, after the append
+    [mail] = await Streams(redis_client, keys).read_mail("r1", "0-0", block_ms=1)
+    assert (mail.kind, mail.multitask) == ("input", "enqueue")  # the input's mode, named
     # the session moves to r2 while r1 stays alive: r1 gets a spare mail, and the caller sees
     # that the holder differs (so it mails r2 itself, api/invoke.py wake_owner)
     await redis_client.delete(sk.lease)

@@ -321,6 +321,51 @@ async def test_cancel_running_and_queued_runs_and_interrupt(
     assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
 
 
+async def test_a_mail_naming_a_queued_mode_skips_the_interrupt_look_and_one_naming_none_does_not(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    """An input mailed mid-run with mode enqueue cannot cut the run short, so the owner does
+    not read its inbox for it (the read after the run sees it); a mail naming no mode (an
+    older API, a sweep) may be an interrupt, and an interrupt found that way still cuts."""
+    api = fleet.start_api()
+    s = settings_for(redis_server.url, api.url, fleet, tmp_path, sweep_interval_s=3600)
+    replica = await _start(replicas, s, echo)
+    streams, sk = Streams(redis_client), keys.session("default", "mx")
+    await _submit(store, streams, sk, "run_a", '{"chunks": 100, "delay_ms": 50}')
+    await wait_for(_status(streams, sk, "run_a", "started"), 10, "run_a")
+    actor = replica.actors[sk.ref]
+    looks: list[str] = []
+    look = actor._interrupt_waiting
+
+    async def counted(run: Any) -> bool:
+        looks.append(run.run_id)
+        return await look(run)
+
+    actor._interrupt_waiting = counted  # type: ignore[method-assign]
+    assert not actor._wake.is_set()  # (cleared before the read that found run_a)
+    await store.enqueue(sk, "run_b", '{"text": "b"}')
+    assert await store.notify_replica(
+        "inproc", replica.incarnation, "input", sk.ref, multitask="enqueue"
+    )
+    await wait_for(actor._wake.is_set, 5, "the mail to be handled")
+    await asyncio.sleep(0.05)  # (a look would have been started by the handling itself)
+    assert looks == [] and not actor._may_interrupt
+    assert await _status(streams, sk, "run_a", "started")()
+    await store.enqueue(sk, "run_c", '{"text": "c"}', multitask="interrupt")
+    assert await store.notify_replica("inproc", replica.incarnation, "input", sk.ref)
+    await wait_for(_status(streams, sk, "run_c", "completed"), 10, "the interrupting run")
+    assert looks[:1] == ["run_a"]
+    entries = await _entries(streams, sk)
+    cut = [e for e in entries if e.run_id == "run_a" and e.type == "run.cancelled"]
+    assert len(cut) == 1 and cut[0].data == {"reason": "interrupt"}
+
+
 async def test_stop_is_idempotent_and_leaves_nothing(
     replicas: list[Replica],
     fleet: Fleet,

@@ -198,7 +198,7 @@ async def wake_owner(
     # the entry id carries Redis time: no TIME round trip for the index score
     touch = (sk, enq.enqueued_ms or 0)
     if enq.holder is not None and await store.notify_replica(
-        *enq.holder, "input", sk.ref, touch=touch
+        *enq.holder, "input", sk.ref, touch=touch, multitask=multitask
     ):
         return
     # the script read the session's type: publish to its work stream with no extra read

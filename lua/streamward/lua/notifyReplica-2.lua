@@ -14,6 +14,8 @@
   ARGV[3] session                project/session_id
   ARGV[4] run_id                 "" when the mail names no run
   ARGV[5] maxlen                 approximate mailbox cap
+  ARGV[6] multitask              the input's mode, for kind input ("" or absent: not named;
+                                 the owner then treats the input as one that may interrupt)
 
   Returns {1, mail_id}                          delivered
           {0}                                   replica lease gone or another incarnation
@@ -23,6 +25,12 @@ local rcall = redis.call
 if rcall('HGET', KEYS[1], 'incarnation') ~= ARGV[1] then
   return {0}
 end
-local id = rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', ARGV[2],
-  'session', ARGV[3], 'run_id', ARGV[4])
+local id
+if (ARGV[6] or '') == '' then
+  id = rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', ARGV[2],
+    'session', ARGV[3], 'run_id', ARGV[4])
+else
+  id = rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', ARGV[2],
+    'session', ARGV[3], 'run_id', ARGV[4], 'multitask', ARGV[6])
+end
 return {OK, id}

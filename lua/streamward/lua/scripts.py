@@ -285,9 +285,13 @@ class Scripts(IngestScripts, InboxScripts):
         session_ref: str,
         run_id: str,
         maxlen: int,
+        multitask: str = "",
     ) -> tuple[list[str], list[ArgT]]:
-        """(KEYS, ARGV) of notifyReplica (pipelined; parse with parse_notified)."""
-        return [replica.lease, replica.mail], [incarnation, kind, session_ref, run_id, maxlen]
+        """(KEYS, ARGV) of notifyReplica (pipelined; parse with parse_notified).
+        ``multitask``: an input's mode, named in the mail (the owner skips its look for an
+        interrupting input for modes that never interrupt)."""
+        args: list[ArgT] = [incarnation, kind, session_ref, run_id, maxlen, multitask]
+        return [replica.lease, replica.mail], args
 
     async def notify_replica(
         self,
@@ -297,10 +301,11 @@ class Scripts(IngestScripts, InboxScripts):
         session_ref: str,
         run_id: str,
         maxlen: int,
+        multitask: str = "",
     ) -> bool:
         """Delivered, or False (nothing written) when the replica lease names another."""
         keys, args = self.notify_replica_call(
-            replica, incarnation, kind, session_ref, run_id, maxlen
+            replica, incarnation, kind, session_ref, run_id, maxlen, multitask
         )
         return parse_notified(await self._by_name["notifyReplica"](keys, args))
 

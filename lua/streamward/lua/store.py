@@ -140,7 +140,10 @@ class LeaseStore(LeaseCalls):
             # (after the append: the mail never precedes its input). A wrong guess writes
             # nothing (the replica lease must name it); a spare mail, for an input refused
             # or a duplicate, costs the owner one idle inbox read
-            call = (self.keys.replica(mail[0]), mail[1], "input", session.ref, "", MAIL_MAXLEN)
+            call = (
+                self.keys.replica(mail[0]), mail[1], "input", session.ref, "", MAIL_MAXLEN,
+                multitask,
+            )  # fmt: skip
             notify = self.scripts.script("notifyReplica")
 
             def then(pipe: Pipeline) -> list[Script]:
@@ -223,16 +226,18 @@ class LeaseStore(LeaseCalls):
         run_id: str = "",
         *,
         touch: tuple[SessionKeys, int] | None = None,
+        multitask: str = "",
     ) -> bool:
         """Mail ``replica_id`` iff its replica lease names ``incarnation``; False (and nothing
-        written) when it is dead or re-registered.
+        written) when it is dead or re-registered. ``multitask``: an input mail's mode
+        (runner/control.py: an owner looks for an interrupting input only when it may be one).
 
         ``touch`` = (session, ms): also record the session's activity in its indexes
         (``indexes.queue_touch``), in the same round trip (pipelined; on Cluster,
         concurrently: other slots).
         """
         rk = self.keys.replica(replica_id)
-        call = (rk, incarnation, kind, session_ref, run_id, MAIL_MAXLEN)
+        call = (rk, incarnation, kind, session_ref, run_id, MAIL_MAXLEN, multitask)
         if touch is None:
             return await self.scripts.notify_replica(*call)
         if self.cluster:

@@ -65,6 +65,14 @@ class Mail:
     kind: str  # input | cancel | drain | wake | released (force-released by an operator)
     session_ref: str
     run_id: str
+    # an input mail's mode ("" = not named: an older API, a sweep; may interrupt)
+    multitask: str = ""
+
+
+def _mail(mail_id: Any, f: dict[str, str]) -> Mail:
+    get = f.get
+    return Mail(_s(mail_id), get("kind", ""), get("session", ""), get("run_id", ""),
+                get("multitask", ""))  # fmt: skip
 
 
 class WorkQueue(StreamsBase):
@@ -240,8 +248,4 @@ class WorkQueue(StreamsBase):
         reply = await self.client.xread(
             {self.keys.replica(replica_id).mail: after}, count=count, block=block_ms
         )
-        return [
-            Mail(_s(i), f.get("kind", ""), f.get("session", ""), f.get("run_id", ""))
-            for _, items in reply or []
-            for i, f in items
-        ]
+        return [_mail(i, f) for _, items in reply or [] for i, f in items]

@@ -153,7 +153,7 @@ class SessionActor(ActorControl):
                 else:
                     peeked, self._peeked = self._peeked, None
                     if peeked is None:  # (else cleared before the advance that peeked)
-                        self._wake.clear()  # before reading: a wake during it is not lost
+                        self._reading()  # before reading: a wake during it is not lost
                     if not self._opened:
                         await self._open()
                         self._opened = True
@@ -301,7 +301,7 @@ class SessionActor(ActorControl):
         run = Run(item, ctx)
         self.current = run
         early = self._early_cancel == item.run_id
-        if early or self._wake.is_set():
+        if early or self._may_interrupt:
             # a cancel, or an input that may interrupt, came between its start notice and now
             self._early_cancel = "" if early else self._early_cancel
             check = self.cancel_requested(item.run_id) if early else self._check_interrupt()
@@ -357,7 +357,7 @@ class SessionActor(ActorControl):
         same call (advanceInbox), for the next turn; through the ingest when the API can
         (ingestAdvance-7: the post of the run's last entries consumes the input)."""
         if last:
-            self._wake.clear()
+            self._reading()
         r, shipper = self.host, self.shipper
         if fetch and not self._draining:  # (a peek records a take: none when leaving)
             poison_after = r.settings.poison_after_owners

@@ -19,6 +19,9 @@ from streamward.runner.handlers import Run
 from streamward.runner.lifecycle import Activation
 
 log = logging.getLogger("streamward.runner.actor")
+# an input mail naming one of these modes never cuts the running run short (an interrupt's
+# mail names its mode; a mail naming none, from an older API or a sweep, may be one)
+NEVER_INTERRUPTS = frozenset({"enqueue", "reject"})
 
 
 class ActorControl:
@@ -41,6 +44,8 @@ class ActorControl:
     # how the actor leaves once its run (if any) ends: "" = it serves, "drain", "stop"
     _draining: str
     _start_now: bool = False  # activate at the next turn, even with no input
+    # an input that may interrupt was mailed since the last inbox read (reset by _reading)
+    _may_interrupt: bool = False
 
     async def _complete(self, item: InboxMeta, *, last: bool = False, fetch: bool = False) -> None:
         raise NotImplementedError  # the actor's fenced inbox advance
@@ -48,9 +53,15 @@ class ActorControl:
     async def _interrupt_waiting(self, run: Run) -> bool:
         raise NotImplementedError  # the actor's look for an interrupting input
 
-    def on_input(self) -> None:
-        """New input may be waiting: wake up, and look for an interrupting one if running."""
+    def on_input(self, multitask: str = "") -> None:
+        """New input may be waiting: wake up, and look for an interrupting one if running,
+        unless the mail named a mode that never interrupts (``enqueue``, ``reject``): such an
+        input waits for the inbox read that follows the run, which sees it (one script call
+        and a loop turn less per input that arrives mid-run)."""
         self.wake()
+        if multitask in NEVER_INTERRUPTS:
+            return
+        self._may_interrupt = True  # the run about to start looks for it (actor._execute)
         if self.current is not None and (
             self._interrupt_check is None or self._interrupt_check.done()
         ):
@@ -102,6 +113,12 @@ class ActorControl:
             self._interrupting = True
             self.task.cancel()
         await self.closed.wait()
+
+    def _reading(self) -> None:
+        """Just before an inbox read: a wake, or an interrupting input, mailed during the
+        read is kept for the next turn; what came before it, the read sees."""
+        self._wake.clear()
+        self._may_interrupt = False
 
     def wake(self) -> None:
         self.idle.keep()  # an eviction on its way is off

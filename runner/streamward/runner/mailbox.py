@@ -102,7 +102,7 @@ class Mailbox(Loop):
             log.warning("unknown mail kind %r", mail.kind)
             return
         if actor is not None and not actor.closing:
-            actor.on_input()
+            actor.on_input(mail.multitask)
             return
         if actor is not None:
             return  # it is leaving: it re-checks the inbox after its release and re-queues

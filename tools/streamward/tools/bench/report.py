@@ -45,7 +45,7 @@ COMMANDS = {"archive": report_archive.COMMAND}
 FULL_ARGS: dict[str, list[str]] = {
     "heartbeat": ["--leases", "100000"],
     "failover": ["--trials", "20"],
-    "invoke": ["--concurrency", "50", "--requests", "5000", "--rounds", "3"],
+    "invoke": ["--concurrency", "50", "--requests", "5000", "--rounds", "5"],
     "archive": report_archive.FULL_ARGS,
     "rollout": [],
 }
