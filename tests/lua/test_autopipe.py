@@ -49,6 +49,59 @@ async def test_calls_of_one_turn_leave_as_one_pipeline_each_with_its_own_reply(
     assert (piped.batches, piped.units) == (3, 22)
 
 
+async def test_a_turns_calls_are_written_in_the_next_turn_not_later(
+    store: LeaseStore,
+    redis_client: aioredis.Redis,
+    keys: Keys,
+    piped: autopipe.AutoPipeline,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batch waits for the calls of the turn it was started in, and no longer: the task
+    that takes the units writes them (one hop through the loop, not a callback and then a
+    task: on a busy loop each hop is the whole rest of a turn)."""
+    loop = asyncio.get_running_loop()
+    turn = 0
+    ticking = True
+
+    def tick() -> None:  # counts the loop's turns
+        nonlocal turn
+        turn += 1
+        if ticking:
+            loop.call_soon(tick)
+
+    written: list[int] = []
+    pipeline = redis_client.pipeline
+
+    def counted(*args: object, **kwargs: object) -> object:
+        written.append(turn)  # the batch's pipeline is built and written in this turn
+        return pipeline(*args, **kwargs)  # type: ignore[arg-type]
+
+    await store.scripts.load_all(redis_client)  # (a NOSCRIPT would send a second batch)
+    monkeypatch.setattr(redis_client, "pipeline", counted)
+    sessions = [keys.session("p", f"t{i}") for i in range(3)]
+    loop.call_soon(tick)
+    await asyncio.sleep(0)  # (the tick now runs in every turn)
+    calls = [asyncio.ensure_future(store.peek_inbox(sk, 1)) for sk in sessions]
+    await asyncio.sleep(0)  # the calls start in this turn: their units are queued
+    started = turn
+    await asyncio.gather(*calls)
+    ticking = False
+    assert written == [started + 1]  # one batch, written in the very next turn
+
+
+async def test_a_batch_cancelled_before_it_leaves_ends_its_calls_instead_of_hanging(
+    store: LeaseStore, keys: Keys, piped: autopipe.AutoPipeline
+) -> None:
+    call = asyncio.ensure_future(store.peek_inbox(keys.session("p", "c"), 1))
+    await asyncio.sleep(0)  # the call's unit is queued, its batch's task not yet run
+    flushing = piped._flushing
+    assert flushing is not None
+    flushing.cancel()  # (the loop shutting down under it)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(call, 5)  # not a TimeoutError: the caller is told
+    assert piped._flushing is None and not piped._units
+
+
 async def test_a_refused_call_fails_alone_in_its_batch(
     store: LeaseStore, redis_client: aioredis.Redis, keys: Keys, piped: autopipe.AutoPipeline
 ) -> None:

@@ -68,7 +68,7 @@ class AutoPipeline:
         # weakly: the registry below is keyed by the client, which must be able to go
         self._client = weakref.ref(client)
         self._units: list[_Unit] = []
-        self._scheduled = False
+        self._flushing: asyncio.Task[None] | None = None  # will send ``_units``, not yet run
         self._sending: set[asyncio.Task[None]] = set()
         self.batches = 0  # batches sent, and units in them: what the batching achieves
         self.units = 0
@@ -80,18 +80,31 @@ class AutoPipeline:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
         self._units.append(_Unit(build, head, fut))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+        if self._flushing is None:
+            # a task's first step runs once this turn's callbacks have: the turn's units
+            # leave together, and the task that takes them sends them (no second hop
+            # through the loop before the write: one turn sooner on a busy loop)
+            self._flushing = task = loop.create_task(self._flush())
+            self._sending.add(task)
+            task.add_done_callback(self._flushed)
         return fut
 
-    def _flush(self) -> None:
-        self._scheduled = False
+    async def _flush(self) -> None:
+        self._flushing = None
         units, self._units = self._units, []
-        for i in range(0, len(units), MAX_UNITS):
-            task = asyncio.get_running_loop().create_task(self._send(units[i : i + MAX_UNITS]))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        if len(units) <= MAX_UNITS:
+            await self._send(units)
+            return
+        await asyncio.gather(
+            *(self._send(units[i : i + MAX_UNITS]) for i in range(0, len(units), MAX_UNITS))
+        )
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if self._flushing is task:  # cancelled before it took its units (the loop closing)
+            self._flushing = None
+            units, self._units = self._units, []
+            _fail(units, asyncio.CancelledError())
 
     async def _send(self, units: list[_Unit]) -> None:
         live = [u for u in units if not u.future.cancelled()]

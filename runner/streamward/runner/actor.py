@@ -86,9 +86,7 @@ class SessionActor(ActorControl):
 
     # -- control (called by the replica) ---------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self.current is not None
+    running = property(lambda self: self.current is not None)
 
     @property
     def current_run_id(self) -> str:
@@ -233,8 +231,9 @@ class SessionActor(ActorControl):
                 return False
             # evictable while it waits: no run, no runnable input (a queue hold has input)
             self.idle.since = self._idle_since if self._state.hold_until is None else None
-            try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
+            try:  # (a timeout scope, not wait_for: no task per wait, one loop turn sooner)
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
             except TimeoutError:
                 continue
             finally:
