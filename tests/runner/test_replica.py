@@ -424,6 +424,38 @@ async def test_the_owner_announces_a_start_only_for_an_input_whose_take_it_recor
     assert nxt is not None and state.head_taken == nxt[0].id
 
 
+async def test_a_function_handlers_first_input_is_announced_by_the_owners_first_peek(
+    replicas: list[Replica],
+    fleet: Fleet,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    store: LeaseStore,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    """A function handler's activation is free and cannot fail, so the actor activates it as
+    soon as the session is open, and the first peek of a new session publishes the start
+    notice itself (as warm sessions' peeks do), not the owner after the peek's answer."""
+    api = fleet.start_api()
+    handler = Blocking()
+    await _start(replicas, settings_for(redis_server.url, api.url, fleet, tmp_path), handler)
+    streams, sk = Streams(redis_client), keys.session("default", "cold")
+    channel = keys.starts_channel("test-api")
+    heard = redis_client.pubsub()
+    await heard.subscribe(channel)
+    try:
+        queued = await store.enqueue(sk, "run_first", "{}", starts_to=channel)
+        await streams.publish_work(sk.ref, "invoke")
+        await asyncio.wait_for(handler.started.wait(), 10)
+        actor = replicas[0].actors[sk.ref]
+        assert actor.life.stateless and actor.life.active
+        assert actor._state.head_announced == queued.entry_id  # published by the peek
+        [notice] = [StartNotice.parse(m["data"]) for m in await _messages(heard, 1)]
+        assert notice == StartNotice(sk.ref, "run_first", "inproc", actor.token)  # once
+    finally:
+        await heard.aclose()  # type: ignore[no-untyped-call]
+
+
 async def _messages(pubsub: Any, n: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
     """The first ``n`` messages, and any that follow them within 0.2 s."""
     got: list[dict[str, Any]] = []

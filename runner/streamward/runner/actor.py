@@ -84,8 +84,6 @@ class SessionActor(ActorControl):
         # a route's idle_timeout (meta idle_timeout_ms) overrides the replica's close_delay
         self._close_delay_s = host.settings.close_delay_s
 
-    # -- control (called by the replica) ---------------------------------------------------
-
     running = property(lambda self: self.current is not None)
 
     @property
@@ -188,7 +186,7 @@ class SessionActor(ActorControl):
 
     async def _open(self) -> None:
         """Set up shipping; finish the previous owner's broken run per ``on_owner_death``."""
-        r = self.host  # the only writer reads the last seq once (with the meta: one trip)
+        r = self.host  # the only writer reads the last seq once, with the meta: one trip
         last_seq, meta = await r.streams.last_seq_and_meta(self.session)
         if self.shipper is None:
             self.shipper = self.life.shipper = r.make_shipper(self, last_seq + 1)
@@ -204,6 +202,8 @@ class SessionActor(ActorControl):
             policy = meta.get("on_owner_death") or "restart"
             if policy == "drop" or not await self._ended_as_poison(active):
                 await self._owner_death().interrupted(active, policy, meta)
+        if self.life.stateless and not self.life.active:  # (lifecycle.py: free, infallible)
+            await self.life.start(self._complete)
 
     async def _ended_as_poison(self, run_id: str, taken_down: int | None = None) -> bool:
         assert self.shipper is not None

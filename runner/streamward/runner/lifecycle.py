@@ -87,12 +87,23 @@ HostFactory = Callable[[], Session]
 HandlerSpec = Handler | type[Session]
 
 
+class _FunctionHosts:
+    """A function handler's host factory: its hosts are stateless (``FunctionHost``)."""
+
+    stateless = True
+
+    def __init__(self, fn: Handler) -> None:
+        self.fn = fn
+
+    def __call__(self) -> Session:
+        return FunctionHost(self.fn)
+
+
 def host_factory(spec: HandlerSpec) -> HostFactory:
     """A ``Session`` subclass makes one instance per activation; a function is wrapped."""
     if isinstance(spec, type) and issubclass(spec, Session):
         return spec
-    fn = cast(Handler, spec)
-    return lambda: FunctionHost(fn)
+    return _FunctionHosts(cast(Handler, spec))
 
 
 class ActivationError(Exception):
@@ -199,6 +210,13 @@ class Activation:
         # set by the actor once it ships: pending inputs write run.merged and advance the inbox
         self.shipper: Shipper | None = None
         self.complete: Callable[[InboxItem], Awaitable[None]] | None = None
+
+    @property
+    def stateless(self) -> bool:
+        """A function handler's: activating it reads and writes nothing and cannot fail, so
+        the actor activates it as soon as the session is open (its first inbox read may then
+        publish the start notice itself: one hop sooner for a session's first invoke)."""
+        return bool(getattr(self.factory, "stateless", False))
 
     @property
     def hosted(self) -> bool:
