@@ -84,12 +84,6 @@ class SessionActor(ActorControl):
         # a route's idle_timeout (meta idle_timeout_ms) overrides the replica's close_delay
         self._close_delay_s = host.settings.close_delay_s
 
-    running = property(lambda self: self.current is not None)
-
-    @property
-    def current_run_id(self) -> str:
-        return self.current.run_id if self.current is not None else ""
-
     def start(self) -> None:
         self.task = asyncio.create_task(self._main(), name=f"actor {self.ref}")
 
@@ -186,7 +180,7 @@ class SessionActor(ActorControl):
 
     async def _open(self) -> None:
         """Set up shipping; finish the previous owner's broken run per ``on_owner_death``."""
-        r = self.host  # the only writer reads the last seq once, with the meta: one trip
+        r = self.host  # the only writer reads the last seq once (with the meta: one trip)
         last_seq, meta = await r.streams.last_seq_and_meta(self.session)
         if self.shipper is None:
             self.shipper = self.life.shipper = r.make_shipper(self, last_seq + 1)

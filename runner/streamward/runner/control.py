@@ -47,6 +47,14 @@ class ActorControl:
     # an input that may interrupt was mailed since the last inbox read (reset by _reading)
     _may_interrupt: bool = False
 
+    @property
+    def running(self) -> bool:
+        return self.current is not None
+
+    @property
+    def current_run_id(self) -> str:
+        return self.current.run_id if self.current is not None else ""
+
     async def _complete(self, item: InboxMeta, *, last: bool = False, fetch: bool = False) -> None:
         raise NotImplementedError  # the actor's fenced inbox advance
 
