@@ -84,9 +84,10 @@ async def test_a_streamed_response_sends_its_chunks_per_turn_and_its_end_at_once
         await asyncio.sleep(0)
         after_chunk.append(list(wire.sent))
         await send({"type": "http.response.body", "body": b"b"})
+        after_chunk.append(list(wire.sent))  # the end: sent when the last send returned
 
     protocol = await _serve(app, wire)
-    assert after_chunk[0] == [] and len(after_chunk[1]) == 1
+    assert after_chunk[0] == [] and len(after_chunk[1]) == 1 and after_chunk[2] == wire.sent
     assert after_chunk[1][0].startswith(b"HTTP/1.1 200 OK") and b"transfer-encoding" in wire.sent[0]
     assert b"".join(wire.sent).endswith(b"1\r\nb\r\n0\r\n\r\n")
     assert len(wire.sent) == 2  # the first turn's head and chunk, then the rest at once

@@ -23,6 +23,7 @@ from streamward.runner.config import RunnerSettings
 from streamward.runner.context import RunContext
 from streamward.runner.inbox import interrupt_waiting
 from streamward.runner.intake import WorkIntake
+from streamward.runner.lifecycle import Activation, Session, host_factory
 from streamward.runner.metrics import Metrics
 from streamward.runner.sessions import SessionBook
 from streamward.runner.state import ReplicaState
@@ -52,6 +53,29 @@ def test_an_interrupting_input_is_any_other_than_the_head() -> None:
     assert interrupt_waiting([head, queued, _item("3-0", "interrupt")], head.id)
     # the head itself asked to interrupt: it is the one running, nothing waits behind it
     assert not interrupt_waiting([_item("1-0", "interrupt"), queued], "1-0")
+
+
+def test_only_a_function_handlers_activation_counts_as_stateless() -> None:
+    """The actor activates a stateless (function) host as soon as the session opens; a class
+    host, even one with an attribute of that name, still activates just before its first
+    run (its activate hook may read, write and fail)."""
+
+    async def fn(ctx: RunContext, input: Any) -> AsyncIterator[Any]:
+        yield input
+
+    class Named(Session):
+        stateless = True  # a user's own attribute: not our marker
+
+    def activation(spec: Any) -> Activation:
+        return Activation(
+            host_factory(spec), store=cast(Any, None), streams=cast(Any, None),
+            session=Keys().session("p", "s"), owner=("r1", "i1", 1),
+            replica_can_write=lambda: True, state_max_bytes=1, passivate_timeout_s=1.0,
+            activation_max_failures=1, input_max_bytes=1, taken_over=False,
+        )  # fmt: skip
+
+    assert activation(fn).stateless
+    assert not activation(Named).stateless and not activation(Session).stateless
 
 
 async def test_work_is_handed_back_when_draining_fenced_late_or_full(

@@ -80,7 +80,7 @@ class AutoPipeline:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
         self._units.append(_Unit(build, head, fut))
-        if self._flushing is None:
+        if self._flushing is None or self._flushing.cancelling():
             # a task's first step runs once this turn's callbacks have: the turn's units
             # leave together, and the task that takes them sends them (no second hop
             # through the loop before the write: one turn sooner on a busy loop)
@@ -92,16 +92,21 @@ class AutoPipeline:
     async def _flush(self) -> None:
         self._flushing = None
         units, self._units = self._units, []
-        if len(units) <= MAX_UNITS:
-            await self._send(units)
-            return
-        await asyncio.gather(
-            *(self._send(units[i : i + MAX_UNITS]) for i in range(0, len(units), MAX_UNITS))
-        )
+        try:
+            if len(units) <= MAX_UNITS:
+                await self._send(units)
+                return
+            await asyncio.gather(
+                *(self._send(units[i : i + MAX_UNITS]) for i in range(0, len(units), MAX_UNITS))
+            )
+        except asyncio.CancelledError:
+            _fail(units, asyncio.CancelledError())  # (a batch whose send never began, too)
+            raise
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
-        if self._flushing is task:  # cancelled before it took its units (the loop closing)
+        if self._flushing is task:  # cancelled before it took its units (the loop closing;
+            # a unit submitted once the cancel was pending started a flush task of its own)
             self._flushing = None
             units, self._units = self._units, []
             _fail(units, asyncio.CancelledError())

@@ -225,9 +225,8 @@ class SessionActor(ActorControl):
                 return False
             # evictable while it waits: no run, no runnable input (a queue hold has input)
             self.idle.since = self._idle_since if self._state.hold_until is None else None
-            try:  # (a timeout scope, not wait_for: no task per wait, one loop turn sooner)
-                async with asyncio.timeout(remaining):
-                    await self._wake.wait()
+            try:  # (wait_for, not a timeout scope: a scope's expiry cancels this task, and a
+                await asyncio.wait_for(self._wake.wait(), remaining)  # drop then is skipped)
             except TimeoutError:
                 continue
             finally:

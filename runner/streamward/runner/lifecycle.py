@@ -90,8 +90,6 @@ HandlerSpec = Handler | type[Session]
 class _FunctionHosts:
     """A function handler's host factory: its hosts are stateless (``FunctionHost``)."""
 
-    stateless = True
-
     def __init__(self, fn: Handler) -> None:
         self.fn = fn
 
@@ -216,7 +214,7 @@ class Activation:
         """A function handler's: activating it reads and writes nothing and cannot fail, so
         the actor activates it as soon as the session is open (its first inbox read may then
         publish the start notice itself: one hop sooner for a session's first invoke)."""
-        return bool(getattr(self.factory, "stateless", False))
+        return isinstance(self.factory, _FunctionHosts)
 
     @property
     def hosted(self) -> bool:

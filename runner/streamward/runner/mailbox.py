@@ -172,4 +172,4 @@ class InboxSweep(Loop):
                     elif pending > 1:
                         actor.on_input()  # an interrupting input may be waiting
                 elif pending > 0:
-                    actor.wake()
+                    actor.on_input()  # (its mail may be the lost one of an interrupt)
