@@ -90,6 +90,10 @@ async def test_kill_9_mid_batch_leaves_no_duplicates_and_no_gaps(
         for sk in sessions:
             # primary keys make a duplicate impossible; equality says no gap either
             assert await _wait_archived(engine, sk, 3000, 60) == list(range(1, 3001))
+        # the killed ones may have archived everything: entries only this process can
+        # archive show it is up (a SIGTERM while it still starts would kill it, -15)
+        await write_log(store, sessions[0], 3001, 10)
+        assert await _wait_archived(engine, sessions[0], 3010, 60) == list(range(1, 3011))
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
