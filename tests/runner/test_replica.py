@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -110,6 +111,29 @@ async def own_redis(replicas: list[Replica]) -> AsyncIterator[OwnRedis]:
         await client.aclose()
         await asyncio.to_thread(fleet.stop)
         server.cleanup()
+
+
+def _gated(run_id: str) -> tuple[asyncio.Event, Handler]:
+    """(gate, handler): the handler holds ``run_id`` until the gate is set; other runs end."""
+    gate = asyncio.Event()
+
+    async def handler(ctx: RunContext, input: Any) -> AsyncIterator[Any]:
+        if ctx.run_id == run_id:
+            await gate.wait()
+        yield None
+
+    return gate, handler
+
+
+@contextlib.asynccontextmanager
+async def _notices(client: aioredis.Redis, channel: str) -> AsyncIterator[Any]:
+    """A pub/sub subscription to ``channel`` (start notices), closed on the way out."""
+    heard = client.pubsub()
+    await heard.subscribe(channel)
+    try:
+        yield heard
+    finally:
+        await heard.aclose()  # type: ignore[no-untyped-call]
 
 
 async def _start(replicas: list[Replica], settings: RunnerSettings, handler: Handler) -> Replica:
@@ -402,9 +426,7 @@ async def test_the_owner_announces_a_start_only_for_an_input_whose_take_it_recor
     await _start(replicas, settings_for(redis_server.url, api.url, fleet, tmp_path), echo)
     streams, sk = Streams(redis_client), keys.session("default", "ann")
     channel = keys.starts_channel("test-api")
-    heard = redis_client.pubsub()
-    await heard.subscribe(channel)
-    try:
+    async with _notices(redis_client, channel) as heard:
         await store.enqueue(sk, "run_quiet", "{}")  # names no channel
         await store.enqueue(sk, "run_loud", "{}", starts_to=channel)  # run after it
         await streams.publish_work(sk.ref, "invoke")
@@ -413,8 +435,6 @@ async def test_the_owner_announces_a_start_only_for_an_input_whose_take_it_recor
         assert token is not None
         got = [StartNotice.parse(m["data"]) for m in await _messages(heard, 1)]
         assert got == [StartNotice(sk.ref, "run_loud", "inproc", token)]
-    finally:
-        await heard.aclose()  # type: ignore[no-untyped-call]
     # a superseded owner's peek records no take: it would announce nothing
     await store.enqueue(sk, "run_late", "{}", starts_to=channel)
     state = SessionState()
@@ -441,9 +461,7 @@ async def test_a_function_handlers_first_input_is_announced_by_the_owners_first_
     await _start(replicas, settings_for(redis_server.url, api.url, fleet, tmp_path), handler)
     streams, sk = Streams(redis_client), keys.session("default", "cold")
     channel = keys.starts_channel("test-api")
-    heard = redis_client.pubsub()
-    await heard.subscribe(channel)
-    try:
+    async with _notices(redis_client, channel) as heard:
         queued = await store.enqueue(sk, "run_first", "{}", starts_to=channel)
         await streams.publish_work(sk.ref, "invoke")
         await asyncio.wait_for(handler.started.wait(), 10)
@@ -452,8 +470,6 @@ async def test_a_function_handlers_first_input_is_announced_by_the_owners_first_
         assert actor._state.head_announced == queued.entry_id  # published by the peek
         [notice] = [StartNotice.parse(m["data"]) for m in await _messages(heard, 1)]
         assert notice == StartNotice(sk.ref, "run_first", "inproc", actor.token)  # once
-    finally:
-        await heard.aclose()  # type: ignore[no-untyped-call]
 
 
 async def _messages(pubsub: Any, n: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
@@ -526,22 +542,14 @@ async def test_an_input_announced_by_the_advance_still_runs_here_when_a_drain_la
     """advanceInbox may publish the next input's start notice ("running, owner R token T");
     a drain landing before the actor runs it must not leave that answer wrong: the input
     runs here, under the token announced, then the actor leaves."""
-    gate = asyncio.Event()
-
-    async def handler(ctx: RunContext, input: Any) -> AsyncIterator[Any]:
-        if ctx.run_id == "run_a":
-            await gate.wait()
-        yield None
-
+    gate, handler = _gated("run_a")
     api = fleet.start_api()
     replica = await _start(
         replicas, settings_for(redis_server.url, api.url, fleet, tmp_path), handler
     )
     streams, sk = Streams(redis_client), keys.session("default", "drained")
     channel = keys.starts_channel("test-api")
-    heard = redis_client.pubsub()
-    await heard.subscribe(channel)
-    try:
+    async with _notices(redis_client, channel) as heard:
         await store.enqueue(sk, "run_a", "{}")
         await store.enqueue(sk, "run_b", "{}", starts_to=channel)
         await streams.publish_work(sk.ref, "invoke")
@@ -560,8 +568,6 @@ async def test_an_input_announced_by_the_advance_still_runs_here_when_a_drain_la
         gate.set()
         await wait_for(_status(streams, sk, "run_b", "completed"), 10, "run_b")
         [notice] = [StartNotice.parse(m["data"]) for m in await _messages(heard, 1)]
-    finally:
-        await heard.aclose()  # type: ignore[no-untyped-call]
     started = [e for e in await _entries(streams, sk) if e.type == "run.started"]
     assert [(e.run_id, e.token) for e in started] == [("run_a", 1), ("run_b", 1)]
     assert notice == StartNotice(sk.ref, "run_b", "inproc", 1)  # the answer was right
@@ -625,13 +631,7 @@ async def test_a_drain_landing_before_the_last_post_records_no_take_of_the_next_
     """The run's last post would consume its input and take the next (ingestAdvance); a
     leaving actor must take nothing it will not run, or the next owner would count one
     owner too many towards the poison limit."""
-    gate = asyncio.Event()
-
-    async def handler(ctx: RunContext, input: Any) -> AsyncIterator[Any]:
-        if ctx.run_id == "run_a":
-            await gate.wait()
-        yield None
-
+    gate, handler = _gated("run_a")
     api = fleet.start_api()
     replica = await _start(
         replicas, settings_for(redis_server.url, api.url, fleet, tmp_path), handler

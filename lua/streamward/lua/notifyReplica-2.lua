@@ -25,12 +25,10 @@ local rcall = redis.call
 if rcall('HGET', KEYS[1], 'incarnation') ~= ARGV[1] then
   return {0}
 end
-local id
-if (ARGV[6] or '') == '' then
-  id = rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', ARGV[2],
-    'session', ARGV[3], 'run_id', ARGV[4])
-else
-  id = rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', ARGV[2],
-    'session', ARGV[3], 'run_id', ARGV[4], 'multitask', ARGV[6])
+local fields = {'kind', ARGV[2], 'session', ARGV[3], 'run_id', ARGV[4]}
+if (ARGV[6] or '') ~= '' then
+  fields[#fields + 1] = 'multitask'
+  fields[#fields + 1] = ARGV[6]
 end
+local id = rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
 return {OK, id}
