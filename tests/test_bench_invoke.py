@@ -30,8 +30,10 @@ def test_bench_invoke_runs_and_reports_every_figure() -> None:
         check=True,
     )
     res = json.loads(out.stdout)
-    # every warm invoke was answered as started (the runners ran them), none queued
+    # every warm invoke was answered as started (the runner ran them), none queued
     assert res["invoke_statuses"] == {"running": 40}  # after the 4 cold ones
+    # one runner beside the API by default: two server processes, as each peer has
+    assert res["runners"] == 1 and res["runners_answering"] == 1
     assert res["invoke"]["p50_ms"] > 0 and res["invoke"]["p99_ms"] >= res["invoke"]["p50_ms"]
     assert res["invoke_raw"]["p50_ms"] > 0 and res["invoke_ratio_p50"] > 0
     assert res["ingest_entries_per_s"] > 0 and res["ingest_ratio"] > 0
@@ -89,3 +91,30 @@ def test_bench_invoke_with_the_archiver_reports_archive_lag_rate_and_cpu() -> No
     # the record's processes are counted beside the rest (at this size their CPU may round
     # to 0 clock ticks, so only their presence is checked)
     assert {"archiver", "postgres"} <= set(res["cpu_ms_per_invoke"])
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamward.tools", "bench", "invoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_bench_invoke_runners_sets_the_fleet_and_both_runners_answer() -> None:
+    out = _bench("--runners", "2", "--peers", "none", "--concurrency", "6", "--requests", "60",
+                 "-o", "json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["runners"] == 2 and res["invoke_statuses"] == {"running": 60}
+    # the six sessions spread over both runners: each answered some of the invokes
+    assert res["runners_answering"] == 2
+
+
+def test_bench_invoke_refuses_a_fleet_without_a_runner_before_anything_starts() -> None:
+    for n in ("0", "9"):
+        out = _bench("--runners", n, "--peers", "none")
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr.strip() == "need 1 <= --runners <= 8"

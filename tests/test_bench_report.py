@@ -43,6 +43,7 @@ SECTIONS = (
     "## Failover",
     "## Detached invoke latency",
     "## Ingest throughput",
+    "## The fleet first measured: one API and two runners",
     "## The durable record (archiver on)",
     "## Rolling update of the runners",
     "## Reproduce",
@@ -85,6 +86,7 @@ def _results(quick_run: Path) -> dict[str, Any]:
         p99_met=True,
         ingest_met=True,
         invokes_per_s=570.0,
+        runners_answering=1,
     )
     # the peer job queues, one faster and one slower than the made-up streamward
     res.peers = [
@@ -113,6 +115,17 @@ def _results(quick_run: Path) -> dict[str, Any]:
         "cores": 2,
         "closed_loop_floor_ms": 41.3,
     }
+    # the race with two runners: slower against the same peers, both runners answering
+    slow = invoke.Latency.of([0.013 + 0.0001 * i for i in range(100)])
+    fl = invoke.Results(**{**res.__dict__, "peers": [], "round_figures": []})
+    fl.invoke, fl.invokes_per_s, fl.runners, fl.runners_answering = slow, 480.0, 2, 2
+    fl.cpu_ms_per_invoke = {"api": 0.97, "runners": 0.6, "redis": 0.2, "total": 1.77}
+    fl.rounds, fl.peers = (
+        3,
+        [peers.PeerResult("saq", "saq 1.0", "1.0", 2, 25, lat, lat, None, 500.0)],
+    )
+    fl.versus_best_peer = peers.compare(slow, lat, 480.0, fl.peers)
+    fleet_json = asdict(fl)
     # the same bench with the record on: slower, with the archiver's and PostgreSQL's CPU
     arc = invoke.Results(**{**res.__dict__, "peers": [], "peers_skipped": {}})
     arc.invoke = invoke.Latency.of([0.012 + 0.0001 * i for i in range(100)])
@@ -165,6 +178,7 @@ def _results(quick_run: Path) -> dict[str, Any]:
         "heartbeat": machine["benches"]["heartbeat"],
         "failover": {"command": "streamward bench failover --trials 20", "result": fo},
         "invoke": {"command": "streamward bench invoke", "result": inv},
+        "fleet": {"command": "streamward bench invoke --runners 2", "result": fleet_json},
         "archive": {"command": "streamward bench invoke --archiver", "result": arc_json},
         "rollout": {"command": "streamward bench rollout", "exit_status": 1, "result": ro},
     }
@@ -189,7 +203,7 @@ def test_quick_run_writes_report_plot_and_results(quick_run: Path) -> None:
     for section in SECTIONS[:8]:
         assert section in md, section
     assert "quick smoke run" in md
-    assert "Not run this time: failover, invoke, archive, rollout." in md
+    assert "Not run this time: failover, invoke, fleet, archive, rollout." in md
     raw = orjson.loads((quick_run.parent / "bench" / "results.json").read_bytes())
     assert raw["quick"] is True and set(raw["benches"]) == {"heartbeat"}
     hb = raw["benches"]["heartbeat"]
@@ -267,6 +281,31 @@ def test_the_archive_section_sets_the_record_beside_the_invoke_bench(
     assert "durable record" not in render(results, {})
 
 
+def test_the_fleet_section_sets_two_runners_beside_the_race_above(quick_run: Path) -> None:
+    results = _results(quick_run)
+    md = render(results, {})
+    # the race above: one runner, its fleet named as such
+    assert "one API and one runner: two server processes, as each peer has two workers" in md
+    rows = {r[0]: r for r in _summary_rows(md)}
+    per_s = rows["detached invoke started/s, 1 API + 2 runners, vs saq (same run)"]
+    assert per_s[1:] == ["480 /s", "500 /s (saq)", "0.96x", "", "-"]
+    p50 = rows["detached invoke warm p50, 1 API + 2 runners, vs saq (same run)"]
+    assert p50[1:4] == ["17.90 ms", "15.90 ms (saq)", "1.13x"]
+    section = md.split("## The fleet first measured", 1)[1].split("\n## ", 1)[0]
+    assert "`streamward bench invoke --runners 2`" in section and "medians of 3 rounds" in section
+    # each fleet against its own run's best peer: saq's started/s is 2,000 in the race above
+    assert "| 1 API + 1 runner (the race above) | 15.90 | " in section
+    assert "| 570 | 1.65 | 4.50x (saq) | 0.34x (saq) | 1 |" in section
+    assert "| 1 API + 2 runners (this race) | 17.90 | " in section
+    assert "| 480 | 1.77 | 1.13x (saq) | 0.96x (saq) | 2 |" in section
+    # results from before this bench (and before --runners: two runners) render as they did
+    del results["benches"]["fleet"]
+    del results["benches"]["invoke"]["result"]["runners"]
+    md = render(results, {})
+    assert "fleet first measured" not in md and "1 API + 2 runners" not in md
+    assert "`streamward bench invoke`: one API and 2 runners (echo handler)" in md
+
+
 def test_bench_all_runs_the_archive_bench_small(tmp_path: Path) -> None:
     """A real small run: `bench all --only archive` with tiny sizes (PostgreSQL, a fleet,
     an archiver, 40 invokes and a 400-entry backlog) renders the section with its figures."""
@@ -330,7 +369,7 @@ def test_cli_all_from_results(quick_run: Path, tmp_path: Path) -> None:
 
 
 def test_selection() -> None:
-    with_rollout = ["heartbeat", "failover", "invoke", "archive", "rollout"]
+    with_rollout = ["heartbeat", "failover", "invoke", "fleet", "archive", "rollout"]
     assert selected(Options()) == with_rollout
     assert selected(Options(quick=True)) == with_rollout[:-1]
     assert selected(Options(quick=True, rollout=True)) == with_rollout

@@ -71,6 +71,13 @@ def invoke(
             "each system's medians (one run moves +-20% on a shared machine).",
         ),
     ] = 1,
+    runners: Annotated[
+        int,
+        typer.Option(
+            help="Runner processes beside the one API: 1 (default) gives streamward two "
+            "server processes, as each peer has two workers.",
+        ),
+    ] = 1,
 ) -> None:
     """Detached invoke latency and ingest throughput vs raw Redis and Redis job queues."""
     from streamward.tools.bench.invoke import main as run
@@ -83,6 +90,7 @@ def invoke(
             peers=peers,
             archiver=archiver,
             rounds=rounds,
+            runners=runners,
         )
     )
 
@@ -184,8 +192,8 @@ def all_benches(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Run only this bench (repeatable): heartbeat, failover, invoke, archive "
-            "(invoke with the record on), rollout."
+            help="Run only this bench (repeatable): heartbeat, failover, invoke, fleet "
+            "(invoke with two runners), archive (invoke with the record on), rollout."
         ),
     ] = None,
     with_rollout: Annotated[

@@ -1,7 +1,8 @@
 """``streamward bench invoke``: detached invoke latency and admin ingest throughput.
 
-Measured in one run, on one throwaway ``redis-server``, one ``streamward api`` and two
-``streamward runner`` processes (echo handler), each figure beside a raw-Redis baseline:
+Measured in one run, on one throwaway ``redis-server``, one ``streamward api`` and
+``--runners`` ``streamward runner`` processes (echo handler; default 1: streamward's two
+server processes against each peer's two workers), each figure beside a raw-Redis baseline:
 
 * **detached invoke round trip**: ``POST /v1/sessions/{id}/invoke`` (mode detached) until the
   202 that names the run's owner, i.e. API enqueue -> mail/work -> runner claims and starts
@@ -64,6 +65,8 @@ if TYPE_CHECKING:
 TARGET_P50_MS = 15.0
 TARGET_P99_MS = 60.0
 TARGET_INGEST_EPS = 30_000.0
+# --runners: a fleet this size still leaves the 2 cores a share for the rest
+MAX_RUNNERS = 8
 INGEST_BATCH = 100
 INGEST_SESSIONS = 16
 INGEST_ENTRIES = 200_000
@@ -122,6 +125,10 @@ class Results:
     # are here; the single caller, raw baselines and ingest are round 1's
     rounds: int = 1
     round_figures: list[dict[str, Any]] = field(default_factory=list)
+    # runner processes beside the one API (results from before --runners had 2), and how
+    # many of them the answers named as their run's owner (round 1)
+    runners: int = 1
+    runners_answering: int = 0
 
     @property
     def invoke_ratio_p50(self) -> float:
@@ -213,10 +220,15 @@ def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
 
 
 async def bench_invoke(
-    api_url: str, concurrency: int, requests: int, run_tag: str, cpu: CpuMeter | None = None
+    api_url: str,
+    concurrency: int,
+    requests: int,
+    run_tag: str,
+    cpu: CpuMeter | None = None,
+    owners: set[str] | None = None,
 ) -> tuple[Latency, Latency, dict[str, int], Latency | None]:
     """(warm, cold, status counts, burst) of detached invokes; ``cpu`` (when given) measures
-    the warm phase only.
+    the warm phase only; ``owners`` (when given) gets the replica id of each answer's owner.
 
     Cold: the first invoke of each session (all callers at once). Burst: each caller's next
     invoke, which all callers send at the same instant when the cold ones are answered, so it
@@ -242,8 +254,11 @@ async def bench_invoke(
         dt = time.perf_counter() - t0
         if status != 202:
             raise RuntimeError(f"invoke answered {status}: {reply[:300]!r}")
-        name = str(orjson.loads(reply)["status"])
+        doc = orjson.loads(reply)
+        name = str(doc["status"])
         statuses[name] = statuses.get(name, 0) + 1
+        if owners is not None and doc.get("owner"):
+            owners.add(str(doc["owner"]["replica_id"]))
         return dt
 
     try:
@@ -454,8 +469,9 @@ async def _run(
     single = await _prelude(api_url, redis_url, fleet.admin_token, concurrency, phase, ingest)
     phase(f"1/4 detached invokes: {requests} through the API, {concurrency} callers...")
     cpu = CpuMeter(pids or {})
+    owners: set[str] = set()
     warm, cold, statuses, burst = await bench_invoke(
-        api_url, concurrency, requests, uuid.uuid4().hex[:6], cpu=cpu
+        api_url, concurrency, requests, uuid.uuid4().hex[:6], cpu=cpu, owners=owners
     )
     measured = warm.samples + (burst.samples if burst is not None else 0)
     cpu_ms = cpu.per_invoke_ms(measured)
@@ -487,6 +503,7 @@ async def _run(
         cpu_ms_per_invoke=cpu_ms,
         cores=cores or 1,
         closed_loop_floor_ms=round(concurrency * cpu_ms["total"] / (cores or 1), 2),
+        runners_answering=len(owners),
     )
 
 
@@ -670,13 +687,13 @@ def render_peers(res: Results, console: Console) -> None:
 
 @contextlib.contextmanager
 def _streamward_up(
-    console: Console, archiver: bool, status: Any
+    console: Console, archiver: bool, status: Any, runners: int = 1
 ) -> Iterator[tuple[str, str, Fleet, str, dict[str, list[int]], str | None]]:
-    """A throwaway redis-server, one API and two runners (and with ``archiver`` an embedded
-    PostgreSQL and one archiver): (redis url, api url, fleet, admin token, pids, database
-    url or None)."""
+    """A throwaway redis-server, one API and ``runners`` runners (and with ``archiver`` an
+    embedded PostgreSQL and one archiver): (redis url, api url, fleet, admin token, pids,
+    database url or None)."""
     with RedisServer() as server, Fleet(server.url) as fleet, contextlib.ExitStack() as stack:
-        console.print(f"redis {server.url}; 1 API and 2 runners (echo handler)")
+        console.print(f"redis {server.url}; 1 API and {runners} runner(s) (echo handler)")
         database_url: str | None = None
         extra_pids: dict[str, list[int]] = {}
         if archiver:  # the record on: an embedded PostgreSQL and one archiver process
@@ -690,11 +707,10 @@ def _streamward_up(
                 extra_pids["postgres"] = [pg.proc.pid]  # its backends added once connected
         status.update("starting the API...")
         api = fleet.start_api()
-        runners = []
-        for i in (1, 2):
-            status.update(f"starting runner {i}/2...")
-            runners.append(fleet.start_runner(f"bench-runner-{i}").pid)
-        pids = {"api": [api.pid], "runners": runners}
+        pids = {"api": [api.pid], "runners": []}
+        for i in range(1, runners + 1):
+            status.update(f"starting runner {i}/{runners}...")
+            pids["runners"].append(fleet.start_runner(f"bench-runner-{i}").pid)
         if server.proc is not None:
             pids["redis"] = [server.proc.pid]
         pids.update(extra_pids)  # what the record costs, beside the rest
@@ -782,6 +798,7 @@ def main(
     peers: Sequence[str] | None = None,
     archiver: bool = False,
     rounds: int = 1,
+    runners: int = 1,
 ) -> int:
     """Run the bench; print a table (or JSON with ``output="json"``); 0 when it ran.
 
@@ -789,7 +806,8 @@ def main(
     comma-separated allowed); None = every installed one, ``["none"]`` = none. ``archiver``:
     the record on (an embedded PostgreSQL and one archiver), with its lag and CPU reported.
     ``rounds``: the comparison repeated in alternating order, medians compared
-    (bench/rounds.py).
+    (bench/rounds.py). ``runners``: runner processes beside the one API (1: two server
+    processes, as each peer has two workers; 2: the fleet the issue first measured).
     """
     from streamward.tools.bench import peers as peerbench
     from streamward.tools.bench import rounds as roundbench
@@ -807,6 +825,9 @@ def main(
             file=sys.stderr,
         )
         return 2
+    if not 1 <= runners <= MAX_RUNNERS:
+        print(f"need 1 <= --runners <= {MAX_RUNNERS}", file=sys.stderr)
+        return 2
     try:
         to_run, skipped = peerbench.select(peers)
     except ValueError as exc:
@@ -816,13 +837,15 @@ def main(
     # progress on the console (stderr with -o json, so stdout stays one JSON document)
     with (
         console.status("starting...") as status,
-        _streamward_up(console, archiver, status) as (redis_url, api_url, fleet, _, pids, db),
+        _streamward_up(console, archiver, status, runners) as up,
     ):
+        redis_url, api_url, fleet, _, pids, db = up
         res = _run_loop(
             _run_measured(
                 fleet, redis_url, api_url, concurrency, requests, status.update, pids, db
             )
         )  # fmt: skip
+    res.runners = runners
     # after streamward's API and runners are gone: each peer has the machine to itself too
     res.peers_skipped = skipped
     label = "round 1: " if rounds > 1 else ""
@@ -832,7 +855,7 @@ def main(
         def streamward_round(n: int) -> roundbench.SystemRound:
             with (
                 console.status(f"round {n}/{rounds}: streamward...") as status,
-                _streamward_up(console, False, status) as (redis, api, _, token, pids, _),
+                _streamward_up(console, False, status, runners) as (redis, api, _, token, pids, _),
             ):
 
                 def phase(what: str) -> None:

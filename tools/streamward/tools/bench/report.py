@@ -31,21 +31,23 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from rich.console import Console
 
-from streamward.tools.bench import report_archive, report_peers
+from streamward.tools.bench import report_archive, report_fleet, report_peers
 from streamward.tools.server import find_redis_server
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-BENCHES = ("heartbeat", "failover", "invoke", "archive", "rollout")
+BENCHES = ("heartbeat", "failover", "invoke", "fleet", "archive", "rollout")
 # the command a bench name runs, when it is not the name: "archive" is the invoke bench with
-# the record on (bench/report_archive.py)
-COMMANDS = {"archive": report_archive.COMMAND}
+# the record on (bench/report_archive.py), "fleet" the invoke race with two runners
+# (bench/report_fleet.py)
+COMMANDS = {"archive": report_archive.COMMAND, "fleet": report_fleet.COMMAND}
 # command-line arguments of each bench: a full run, and a smoke run (--quick)
 FULL_ARGS: dict[str, list[str]] = {
     "heartbeat": ["--leases", "100000"],
     "failover": ["--trials", "20"],
     "invoke": ["--concurrency", "50", "--requests", "5000", "--rounds", "5"],
+    "fleet": report_fleet.FULL_ARGS,
     "archive": report_archive.FULL_ARGS,
     "rollout": [],
 }
@@ -53,6 +55,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "heartbeat": ["--leases", "2000"],
     "failover": ["--trials", "3"],
     "invoke": ["--concurrency", "10", "--requests", "200"],
+    "fleet": report_fleet.QUICK_ARGS,
     "archive": report_archive.QUICK_ARGS,
     "rollout": ["--runners", "2", "--before-s", "3", "--after-s", "1"],
 }
@@ -554,12 +557,22 @@ def render(
         _failover_section(doc, res["failover"], plots.get("failover"), benches["failover"])
     if "invoke" in res:
         _invoke_sections(doc, res["invoke"], benches["invoke"], plots.get("invoke"))
+    if "fleet" in res:
+        doc.add(*report_fleet.section(res["fleet"], benches["fleet"], res.get("invoke")))
     if "archive" in res:
         doc.add(*report_archive.section(res["archive"], benches["archive"], res.get("invoke")))
     if "rollout" in res:
         _rollout_section(doc, res["rollout"], benches["rollout"])
     _reproduce(doc)
     return str(doc)
+
+
+def _fleet_words(inv: dict[str, Any]) -> str:
+    """The invoke bench's fleet in words (results from before ``--runners`` had two)."""
+    n = int(inv.get("runners", 2))
+    if n == 1:
+        return "one API and one runner: two server processes, as each peer has two workers"
+    return f"one API and {n} runners"
 
 
 def _duration(seconds: float | None) -> str:
@@ -733,6 +746,8 @@ def _summary(res: dict[str, Any]) -> str:
             ]
         )
         rows += report_peers.summary_rows(inv)
+    if fleet := res.get("fleet"):
+        rows += report_fleet.summary_rows(fleet)
     if arc := res.get("archive"):
         rows += report_archive.summary_rows(arc, res.get("invoke"))
     if ro := res.get("rollout"):
@@ -1033,11 +1048,12 @@ def _invoke_sections(
         )
     doc.add(
         "## Detached invoke latency",
-        f"`{bench['command']}`: one API and two runners (echo handler). {inv['concurrency']} "
+        f"`{bench['command']}`: {_fleet_words(inv)} (echo handler). {inv['concurrency']} "
         f"callers, {inv['requests']:,} detached invokes in all, each caller looping on its own "
         "session (warm: owner known); round trip = `POST /v1/sessions/{id}/invoke` until the "
-        "202 that names the run's owner (enqueue → mail → the runner starts the run → "
-        "`run.started` ingested → the API's log tail answers). Baseline: the same hand-off "
+        "202 that names the run's owner (enqueue and the owner's mail → the owner takes the "
+        "input and its start notice reaches the waiting API → the API answers). Baseline: the "
+        "same hand-off "
         "with raw Redis and no HTTP (XADD request → responder XREAD + XADD reply → caller "
         f"XREAD BLOCK), same concurrency. Answers: "
         f"{', '.join(f'{k} {v:,}' for k, v in (inv.get('invoke_statuses') or {}).items())}.",

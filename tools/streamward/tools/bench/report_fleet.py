@@ -1,0 +1,90 @@
+"""The invoke race with the fleet issue 17 first measured, in docs/BENCHMARKS.md:
+``streamward bench invoke --runners 2`` (one API and two runners) against saq, beside the
+main race (one API and one runner: two server processes, as each peer has two workers).
+
+Both fleets run the same code; the second shows what a third process on the same two cores
+costs. Every function reads the benches' JSON and returns nothing to add without a fleet
+result (results from before this bench render as they did).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# the bench name ``bench all`` gives it, and what it runs (bench/report.py); saq only: the
+# best peer of every race so far, and the other peers would double the bench's time
+COMMAND = "invoke"
+FULL_ARGS = ["--runners", "2", "--peers", "saq", "--concurrency", "50", "--requests", "5000",
+             "--rounds", "3"]  # fmt: skip
+QUICK_ARGS = ["--runners", "2", "--peers", "none", "--concurrency", "10", "--requests", "200"]
+TITLE = "## The fleet first measured: one API and two runners"
+
+
+def _fleet(res: dict[str, Any]) -> str:
+    n = int(res.get("runners", 2))  # results from before --runners had two
+    return f"1 API + {n} runner{'s' if n != 1 else ''}"
+
+
+def _ratio(versus: dict[str, Any], key: str) -> str:
+    v = versus.get(key)
+    return f"{v['ratio']:.2f}x ({v['peer']})" if v else "-"
+
+
+def summary_rows(fleet: dict[str, Any]) -> list[list[str]]:
+    """Rows of the report's summary table (figure, streamward, baseline, ratio, target, met):
+    informative, the targets are the main race's."""
+    versus = fleet.get("versus_best_peer") or {}
+    rows = []
+    for key, what, unit in (("started_per_s", "started/s", "/s"), ("warm_p50", "warm p50", "ms")):
+        v = versus.get(key)
+        if not v:
+            continue
+        value = f"{v['streamward']:,.0f} /s" if unit == "/s" else f"{v['streamward']:.2f} ms"
+        peer = f"{v['peer_value']:,.0f} /s" if unit == "/s" else f"{v['peer_value']:.2f} ms"
+        rows.append(
+            [
+                f"detached invoke {what}, {_fleet(fleet)}, vs {v['peer']} (same run)",
+                value,
+                f"{peer} ({v['peer']})",
+                f"{v['ratio']:.2f}x",
+                "",
+                "-",
+            ]
+        )
+    return rows
+
+
+def section(fleet: dict[str, Any], bench: dict[str, Any], inv: dict[str, Any] | None) -> list[str]:
+    """The report's section: markdown blocks (the report's ``_Doc.add`` takes them)."""
+    if not fleet.get("invoke"):
+        return []
+    header = (
+        "| fleet | warm p50 ms | warm p99 ms | started/s | CPU ms / round trip | "
+        "p50 ÷ best peer | started/s ÷ best peer | runners that answered |\n"
+        "|---|--:|--:|--:|--:|--:|--:|--:|\n"
+    )
+    body = ""
+    for res, where in ((inv, "the race above"), (fleet, "this race")):
+        if not res or not res.get("invoke"):
+            continue
+        versus = res.get("versus_best_peer") or {}
+        cpu = (res.get("cpu_ms_per_invoke") or {}).get("total")
+        body += (
+            f"| {_fleet(res)} ({where}) | {res['invoke']['p50_ms']:.2f} | "
+            f"{res['invoke']['p99_ms']:.2f} | {res.get('invokes_per_s', 0):,.0f} | "
+            f"{f'{cpu:.2f}' if cpu is not None else '-'} | {_ratio(versus, 'warm_p50')} | "
+            f"{_ratio(versus, 'started_per_s')} | {res.get('runners_answering') or '-'} |\n"
+        )
+    rounds = fleet.get("rounds", 1)
+    return [
+        TITLE,
+        f"`{bench['command']}`: the race above with a second runner process, the fleet the "
+        "race was first measured with (issue 17). The race above gives streamward two server "
+        "processes, its API and one runner, as each peer has its two workers; here a third "
+        "process shares the same 2 cores, so every round trip pays more context switches, "
+        "and each runner batches half as many sessions per Redis round trip and per ingest "
+        "post. Each fleet against its own run's best peer"
+        + (f" (medians of {rounds} rounds)" if rounds > 1 else "")
+        + ":",
+        header + body,
+    ]
