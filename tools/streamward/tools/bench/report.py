@@ -1276,6 +1276,7 @@ def _reproduce(doc: _Doc) -> None:
         "streamward bench invoke --concurrency 50 --requests 5000   # + saq, arq, Celery\n"
         "streamward bench invoke --peers saq,celery   # a subset of the peers (or: none)\n"
         "streamward bench invoke --rounds 3   # alternate with the peers 3 times, compare medians\n"
+        "streamward bench invoke --runners 2 --peers saq   # the fleet first measured (1 API + 2)\n"
         "streamward bench invoke --archiver --peers none   # the record on: lag, throughput\n"
         "```",
         "Each bench starts its own throwaway `redis-server` (never port 6379) and, for failover "
