@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 TARGET_P50_MS = 15.0
 TARGET_P99_MS = 60.0
 TARGET_INGEST_EPS = 30_000.0
-# --runners: a fleet this size still leaves the 2 cores a share for the rest
+# --runners: more would measure how many processes 2 cores can switch between, not a trip
 MAX_RUNNERS = 8
 INGEST_BATCH = 100
 INGEST_SESSIONS = 16
