@@ -104,12 +104,13 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bench_invoke_runners_sets_the_fleet_and_both_runners_answer() -> None:
-    out = _bench("--runners", "2", "--peers", "none", "--concurrency", "6", "--requests", "60",
-                 "-o", "json")  # fmt: skip
+    out = _bench("--runners", "2", "--peers", "none", "--concurrency", "12", "--requests",
+                 "120", "-o", "json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
-    assert res["runners"] == 2 and res["invoke_statuses"] == {"running": 60}
-    # the six sessions spread over both runners: each answered some of the invokes
+    assert res["runners"] == 2 and res["invoke_statuses"] == {"running": 120}
+    # twelve new sessions at once: Redis hands each new work entry to a runner blocked in
+    # its work read, so both runners claim some and both answer invokes
     assert res["runners_answering"] == 2
 
 

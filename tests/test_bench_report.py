@@ -21,12 +21,15 @@ from streamward.tools.bench import archive, failover, invoke, peers, rounds
 from streamward.tools.bench.cli import _extra_kwargs, app
 from streamward.tools.bench.report import (
     BENCHES,
+    FULL_ARGS,
+    QUICK_ARGS,
     Options,
     main,
     render,
     rollout_available,
     run_bench,
     selected,
+    sized,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -285,25 +288,32 @@ def test_the_fleet_section_sets_two_runners_beside_the_race_above(quick_run: Pat
     results = _results(quick_run)
     md = render(results, {})
     # the race above: one runner, its fleet named as such
-    assert "one API and one runner: two server processes, as each peer has two workers" in md
+    assert "one API and one runner, echo handler (two server processes, as each peer has two)" in md
     rows = {r[0]: r for r in _summary_rows(md)}
     per_s = rows["detached invoke started/s, 1 API + 2 runners, vs saq (same run)"]
     assert per_s[1:] == ["480 /s", "500 /s (saq)", "0.96x", "", "-"]
     p50 = rows["detached invoke warm p50, 1 API + 2 runners, vs saq (same run)"]
     assert p50[1:4] == ["17.90 ms", "15.90 ms (saq)", "1.13x"]
     section = md.split("## The fleet first measured", 1)[1].split("\n## ", 1)[0]
-    assert "`streamward bench invoke --runners 2`" in section and "medians of 3 rounds" in section
+    assert "`streamward bench invoke --runners 2`" in section and "saq only" in section
     # each fleet against its own run's best peer: saq's started/s is 2,000 in the race above
-    assert "| 1 API + 1 runner (the race above) | 15.90 | " in section
+    assert "| 1 API + 1 runner (the race above) | 2: saq, arq | 15.90 | " in section
     assert "| 570 | 1.65 | 4.50x (saq) | 0.34x (saq) | 1 |" in section
-    assert "| 1 API + 2 runners (this race) | 17.90 | " in section
+    assert "| 1 API + 2 runners (this race) | 3: saq | 17.90 | " in section
     assert "| 480 | 1.77 | 1.13x (saq) | 0.96x (saq) | 2 |" in section
+    # the main race's summary rows name its fleet too
+    assert any(
+        figure.startswith("started/s vs the best Redis job queue, 1 API + 1 runner, concurrency")
+        for figure in rows
+    )
     # results from before this bench (and before --runners: two runners) render as they did
     del results["benches"]["fleet"]
     del results["benches"]["invoke"]["result"]["runners"]
     md = render(results, {})
-    assert "fleet first measured" not in md and "1 API + 2 runners" not in md
-    assert "`streamward bench invoke`: one API and 2 runners (echo handler)" in md
+    assert "## The fleet first measured" not in md and "(this race)" not in md
+    assert "`streamward bench invoke`: one API and 2 runners, echo handler. 50 callers" in md
+    assert any(r[0].startswith("started/s vs the best Redis job queue, concurrency 50")
+               for r in _summary_rows(md))  # fmt: skip
 
 
 def test_bench_all_runs_the_archive_bench_small(tmp_path: Path) -> None:
@@ -366,6 +376,18 @@ def test_cli_all_from_results(quick_run: Path, tmp_path: Path) -> None:
     assert (tmp_path / "p" / "results.json").exists()
     assert "](../p/heartbeat.png)" in out.read_text()
     assert CliRunner().invoke(app, ["all", "--only", "nope"]).exit_code == 2
+
+
+def test_sizes_apply_to_every_invoke_race() -> None:
+    got = sized(FULL_ARGS, 7, None)
+    assert set(got) == {"invoke", "fleet", "archive"}
+    for name, args in got.items():
+        assert args[args.index("--concurrency") + 1] == "7", name
+        assert args[args.index("--requests") + 1] == "5000", name  # untouched
+    assert "--archiver" in got["archive"] and got["fleet"][:2] == ["--runners", "2"]
+    assert FULL_ARGS["invoke"][FULL_ARGS["invoke"].index("--concurrency") + 1] == "50"
+    assert sized(QUICK_ARGS, None, 99)["fleet"][-2:] == ["--requests", "99"]
+    assert sized(FULL_ARGS, None, None) == {}
 
 
 def test_selection() -> None:

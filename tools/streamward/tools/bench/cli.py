@@ -212,25 +212,21 @@ def all_benches(
     ] = None,
     leases: Annotated[int | None, typer.Option(help="heartbeat --leases.")] = None,
     trials: Annotated[int | None, typer.Option(help="failover --trials.")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="invoke --concurrency.")] = None,
-    requests: Annotated[int | None, typer.Option(help="invoke --requests.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="--concurrency of invoke, fleet and archive.")
+    ] = None,
+    requests: Annotated[
+        int | None, typer.Option(help="--requests of invoke, fleet and archive.")
+    ] = None,
 ) -> None:
     """Every bench; writes docs/BENCHMARKS.md, docs/bench/*.png and docs/bench/results.json."""
-    from streamward.tools.bench.report import FULL_ARGS, QUICK_ARGS, Options, main
+    from streamward.tools.bench.report import FULL_ARGS, QUICK_ARGS, Options, main, sized
 
-    base = QUICK_ARGS if quick else FULL_ARGS
-    overrides: dict[str, list[str]] = {}
+    overrides = sized(QUICK_ARGS if quick else FULL_ARGS, concurrency, requests)
     if leases is not None:
         overrides["heartbeat"] = ["--leases", str(leases)]
     if trials is not None:
         overrides["failover"] = ["--trials", str(trials)]
-    if concurrency is not None or requests is not None:
-        inv = dict(zip(base["invoke"][::2], base["invoke"][1::2], strict=True))
-        if concurrency is not None:
-            inv["--concurrency"] = str(concurrency)
-        if requests is not None:
-            inv["--requests"] = str(requests)
-        overrides["invoke"] = [x for kv in inv.items() for x in kv]
     opts = Options(
         out=out,
         plots_dir=plots_dir,

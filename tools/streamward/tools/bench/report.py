@@ -59,6 +59,8 @@ QUICK_ARGS: dict[str, list[str]] = {
     "archive": report_archive.QUICK_ARGS,
     "rollout": ["--runners", "2", "--before-s", "3", "--after-s", "1"],
 }
+# the benches that run the invoke race: --concurrency / --requests size all three alike
+INVOKE_RACES = ("invoke", "fleet", "archive")
 BENCH_TIMEOUT_S = 3600.0
 HEARTBEAT_TARGET = 30.0  # x, renew_many vs each per-lock baseline
 SIGTERM_TARGET_MS = 300.0
@@ -121,6 +123,28 @@ def main(opts: Options) -> int:
 
 
 # -- running ---------------------------------------------------------------------------------
+
+
+def sized(
+    base: dict[str, list[str]], concurrency: int | None, requests: int | None
+) -> dict[str, list[str]]:
+    """Overrides that set the callers and invokes of every invoke race (``INVOKE_RACES``):
+    the main race and the ones set beside it are compared with it, so they run at one size.
+    {} when neither is given."""
+    out: dict[str, list[str]] = {}
+    if concurrency is None and requests is None:
+        return out
+    for name in INVOKE_RACES:
+        args = list(base[name])
+        for flag, value in (("--concurrency", concurrency), ("--requests", requests)):
+            if value is None:
+                continue
+            if flag in args:
+                args[args.index(flag) + 1] = str(value)
+            else:
+                args += [flag, str(value)]
+        out[name] = args
+    return out
 
 
 def selected(opts: Options) -> list[str]:
@@ -571,8 +595,8 @@ def _fleet_words(inv: dict[str, Any]) -> str:
     """The invoke bench's fleet in words (results from before ``--runners`` had two)."""
     n = int(inv.get("runners", 2))
     if n == 1:
-        return "one API and one runner: two server processes, as each peer has two workers"
-    return f"one API and {n} runners"
+        return "one API and one runner, echo handler (two server processes, as each peer has two)"
+    return f"one API and {n} runners, echo handler"
 
 
 def _duration(seconds: float | None) -> str:
@@ -1048,7 +1072,7 @@ def _invoke_sections(
         )
     doc.add(
         "## Detached invoke latency",
-        f"`{bench['command']}`: {_fleet_words(inv)} (echo handler). {inv['concurrency']} "
+        f"`{bench['command']}`: {_fleet_words(inv)}. {inv['concurrency']} "
         f"callers, {inv['requests']:,} detached invokes in all, each caller looping on its own "
         "session (warm: owner known); round trip = `POST /v1/sessions/{id}/invoke` until the "
         "202 that names the run's owner (enqueue and the owner's mail → the owner takes the "

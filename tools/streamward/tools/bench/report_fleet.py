@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from streamward.tools.bench.report_peers import fleet_words
+
 # the bench name ``bench all`` gives it, and what it runs (bench/report.py); saq only: the
 # best peer of every race so far, and the other peers would double the bench's time
 COMMAND = "invoke"
@@ -18,11 +20,6 @@ FULL_ARGS = ["--runners", "2", "--peers", "saq", "--concurrency", "50", "--reque
              "--rounds", "3"]  # fmt: skip
 QUICK_ARGS = ["--runners", "2", "--peers", "none", "--concurrency", "10", "--requests", "200"]
 TITLE = "## The fleet first measured: one API and two runners"
-
-
-def _fleet(res: dict[str, Any]) -> str:
-    n = int(res.get("runners", 2))  # results from before --runners had two
-    return f"1 API + {n} runner{'s' if n != 1 else ''}"
 
 
 def _ratio(versus: dict[str, Any], key: str) -> str:
@@ -43,7 +40,7 @@ def summary_rows(fleet: dict[str, Any]) -> list[list[str]]:
         peer = f"{v['peer_value']:,.0f} /s" if unit == "/s" else f"{v['peer_value']:.2f} ms"
         rows.append(
             [
-                f"detached invoke {what}, {_fleet(fleet)}, vs {v['peer']} (same run)",
+                f"detached invoke {what}, {fleet_words(fleet)}, vs {v['peer']} (same run)",
                 value,
                 f"{peer} ({v['peer']})",
                 f"{v['ratio']:.2f}x",
@@ -59,9 +56,9 @@ def section(fleet: dict[str, Any], bench: dict[str, Any], inv: dict[str, Any] | 
     if not fleet.get("invoke"):
         return []
     header = (
-        "| fleet | warm p50 ms | warm p99 ms | started/s | CPU ms / round trip | "
-        "p50 ÷ best peer | started/s ÷ best peer | runners that answered |\n"
-        "|---|--:|--:|--:|--:|--:|--:|--:|\n"
+        "| fleet | rounds, peers | warm p50 ms | warm p99 ms | started/s | CPU ms / round trip "
+        "| p50 ÷ best peer | started/s ÷ best peer | runners that answered (round 1) |\n"
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|\n"
     )
     body = ""
     for res, where in ((inv, "the race above"), (fleet, "this race")):
@@ -69,22 +66,21 @@ def section(fleet: dict[str, Any], bench: dict[str, Any], inv: dict[str, Any] | 
             continue
         versus = res.get("versus_best_peer") or {}
         cpu = (res.get("cpu_ms_per_invoke") or {}).get("total")
+        peers = ", ".join(p["name"] for p in res.get("peers") or []) or "none"
         body += (
-            f"| {_fleet(res)} ({where}) | {res['invoke']['p50_ms']:.2f} | "
+            f"| {fleet_words(res)} ({where}) | {res.get('rounds', 1)}: {peers} | "
+            f"{res['invoke']['p50_ms']:.2f} | "
             f"{res['invoke']['p99_ms']:.2f} | {res.get('invokes_per_s', 0):,.0f} | "
             f"{f'{cpu:.2f}' if cpu is not None else '-'} | {_ratio(versus, 'warm_p50')} | "
             f"{_ratio(versus, 'started_per_s')} | {res.get('runners_answering') or '-'} |\n"
         )
-    rounds = fleet.get("rounds", 1)
     return [
         TITLE,
         f"`{bench['command']}`: the race above with a second runner process, the fleet the "
         "race was first measured with (issue 17). The race above gives streamward two server "
         "processes, its API and one runner, as each peer has its two workers; here a third "
-        "process shares the same 2 cores, so every round trip pays more context switches, "
-        "and each runner batches half as many sessions per Redis round trip and per ingest "
-        "post. Each fleet against its own run's best peer"
-        + (f" (medians of {rounds} rounds)" if rounds > 1 else "")
-        + ":",
+        "process shares the same 2 cores (why that costs: [performance.md](performance.md), "
+        "\"Seventh round\"). Each fleet against its own race's best peer, over that race's "
+        "rounds and peers (this race: saq only, the best peer of every race so far):",
         header + body,
     ]

@@ -36,11 +36,13 @@ def summary_rows(inv: dict[str, Any]) -> list[list[str]]:
     versus = inv.get("versus_best_peer") or {}
     labels = {p["name"]: p["label"] for p in inv.get("peers") or []}
     rows = []
+    # the fleet, once the bench can set it (bench invoke --runners; report_fleet.py)
+    fleet = f", {fleet_words(inv)}" if "runners" in inv else ""
     for key, title in FIGURES:
         if v := versus.get(key):
             rows.append(
                 [
-                    f"{title}, concurrency {inv['concurrency']}{_rounds(v)}",
+                    f"{title}{fleet}, concurrency {inv['concurrency']}{_rounds(v)}",
                     _unit(key, v["streamward"]),
                     f"{_unit(key, v['peer_value'])} ({labels.get(v['peer'], v['peer'])})",
                     f"{v['ratio']:.2f}x",
@@ -60,6 +62,13 @@ def summary_rows(inv: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def fleet_words(res: dict[str, Any]) -> str:
+    """streamward's fleet in a race: "1 API + N runner(s)" (results from before ``--runners``
+    had two)."""
+    n = int(res.get("runners", 2))
+    return f"1 API + {n} runner{'s' if n != 1 else ''}"
 
 
 def table_rows(inv: dict[str, Any]) -> list[list[str]]:
