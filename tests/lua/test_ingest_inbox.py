@@ -578,7 +578,7 @@ async def test_ingest_advance_consumes_the_input_only_after_its_entries_are_stor
     assert await redis_client.xlen(session.inbox) == 1
     # a retried (or late) copy finds its input consumed: it announces nothing again
     assert await heard.get_message(ignore_subscribe_messages=True, timeout=0.3) is None
-    await heard.aclose()  # type: ignore[no-untyped-call]
+    await heard.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 async def test_a_peek_asked_to_announce_publishes_only_a_runnable_heads_start(
@@ -646,7 +646,7 @@ async def test_a_peek_asked_to_announce_publishes_only_a_runnable_heads_start(
         StartNotice(session.ref, "run_b", "r2", second.token),  # (the interrupted one)
         StartNotice(session.ref, "run_e", "r2", second.token),
     ]
-    await heard.aclose()  # type: ignore[no-untyped-call]
+    await heard.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 async def test_peek_inbox_counts_each_owner_that_takes_the_head_fenced(

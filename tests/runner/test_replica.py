@@ -133,7 +133,7 @@ async def _notices(client: aioredis.Redis, channel: str) -> AsyncIterator[Any]:
     try:
         yield heard
     finally:
-        await heard.aclose()  # type: ignore[no-untyped-call]
+        await heard.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 async def _start(replicas: list[Replica], settings: RunnerSettings, handler: Handler) -> Replica:

@@ -63,7 +63,7 @@ class _HiredisPack(AbstractConnection):
             return [hiredis.pack_command(args)]
         except TypeError:  # anything else: redis-py's encoder, with its errors
             encode = self.encoder.encode  # encoder is untyped in redis-py
-            return [hiredis.pack_command(tuple(encode(a) for a in args))]  # type: ignore[no-untyped-call]
+            return [hiredis.pack_command(tuple(encode(a) for a in args))]  # type: ignore[no-untyped-call, unused-ignore]
 
 
 class HiredisPackConnection(_HiredisPack, Connection):
@@ -237,7 +237,7 @@ def _connect_sentinel(
     master_opts = {**cfg._master_options(), **opts}
     if cfg.use_tls:
         master_opts.update(cfg.ssl_options())
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         list(cfg.sentinels),
         sentinel_kwargs={**cfg.sentinel_options(**opts), **identity()},
         **master_opts,
@@ -309,7 +309,7 @@ def connect_sync(cfg: RedisConfig, **kwargs: Any) -> Any:
         for k in ("db", "host", "port"):
             first.pop(k, None)
         nodes = [
-            redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call, unused-ignore]
             for host, port in cfg._startup_nodes()
         ]
         if cfg.use_tls:
@@ -318,13 +318,13 @@ def connect_sync(cfg: RedisConfig, **kwargs: Any) -> Any:
     if cfg.mode == "sentinel":
         if cfg.use_tls:
             opts["ssl"] = True
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(cfg.sentinels),
             sentinel_kwargs={**cfg.sentinel_options(**opts), **identity()},
             **cfg._master_options(),
             **opts,
         )
-        return sentinel.master_for(cfg.sentinel_master)  # type: ignore[no-untyped-call]
+        return sentinel.master_for(cfg.sentinel_master)  # type: ignore[no-untyped-call, unused-ignore]
     url = cfg.urls[0]
     opts = {**cfg._url_options(url), **opts}
     if urlsplit(url).scheme == "unix":
