@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamward.tools.bench.report_peers import fleet_words
+from streamward.tools.bench.report_peers import fleet_words, unit
 
 # the bench name ``bench all`` gives it, and what it runs (bench/report.py); saq only: the
 # best peer of every race so far, and the other peers would double the bench's time
@@ -32,17 +32,15 @@ def summary_rows(fleet: dict[str, Any]) -> list[list[str]]:
     informative, the targets are the main race's."""
     versus = fleet.get("versus_best_peer") or {}
     rows = []
-    for key, what, unit in (("started_per_s", "started/s", "/s"), ("warm_p50", "warm p50", "ms")):
+    for key, what in (("started_per_s", "started/s"), ("warm_p50", "warm p50")):
         v = versus.get(key)
         if not v:
             continue
-        value = f"{v['streamward']:,.0f} /s" if unit == "/s" else f"{v['streamward']:.2f} ms"
-        peer = f"{v['peer_value']:,.0f} /s" if unit == "/s" else f"{v['peer_value']:.2f} ms"
         rows.append(
             [
                 f"detached invoke {what}, {fleet_words(fleet)}, vs {v['peer']} (same run)",
-                value,
-                f"{peer} ({v['peer']})",
+                unit(key, v["streamward"]),
+                f"{unit(key, v['peer_value'])} ({v['peer']})",
                 f"{v['ratio']:.2f}x",
                 "",
                 "-",

@@ -16,7 +16,8 @@ FIGURES = (
 )
 
 
-def _unit(key: str, v: float) -> str:
+def unit(key: str, v: float) -> str:
+    """A figure of ``versus_best_peer`` with its unit (also the fleet race's rows)."""
     return f"{v:,.0f} /s" if key == "started_per_s" else f"{v:,.2f} ms"
 
 
@@ -43,8 +44,8 @@ def summary_rows(inv: dict[str, Any]) -> list[list[str]]:
             rows.append(
                 [
                     f"{title}{fleet}, concurrency {inv['concurrency']}{_rounds(v)}",
-                    _unit(key, v["streamward"]),
-                    f"{_unit(key, v['peer_value'])} ({labels.get(v['peer'], v['peer'])})",
+                    unit(key, v["streamward"]),
+                    f"{unit(key, v['peer_value'])} ({labels.get(v['peer'], v['peer'])})",
                     f"{v['ratio']:.2f}x",
                     v["target"],
                     _met(v["met"]),
